@@ -1,0 +1,34 @@
+# Front door: `make demo` runs the demo on the local cluster, `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test cluster bench binaries lock clean
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+binaries:
+	hack/testenv/build.sh
+
+demo: $(STAMP) binaries
+	$(VENV)/bin/compozy dev demo
+
+cluster: $(STAMP) binaries
+	$(VENV)/bin/compozy dev up
+
+test: $(STAMP) binaries
+	$(PY) -m pytest
+
+bench: $(STAMP) binaries
+	$(PY) hack/bench/testenv.py
+
+lock:
+	$(PY) -m pip freeze --exclude-editable | sed '1i # Exact versions tested (pip freeze of .venv); refresh with: make lock' > requirements.lock
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,132 @@
+"""A thin JSON-in, JSON-out client over the official kubernetes ApiClient.
+
+The local cluster and the process node work on plain dicts (what the API sends), which keeps
+their logic testable without the generated model classes. Authentication, TLS and kubeconfig
+handling stay with the official client.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+JSON = dict[str, Any]
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+
+__all__ = ["ApiException", "Kube", "write_kubeconfig"]
+
+
+def write_kubeconfig(
+    path: Path,
+    server: str,
+    ca_cert: Path,
+    *,
+    user: Mapping[str, str],
+    namespace: str | None = None,
+    name: str = "compozy-local",
+) -> Path:
+    """Write a one-context kubeconfig; ``user`` holds client-certificate/-key or token entries."""
+    context: JSON = {"cluster": name, "user": name}
+    if namespace:
+        context["namespace"] = namespace
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": {"server": server, "certificate-authority": str(ca_cert)}}],
+        "users": [{"name": name, "user": dict(user)}],
+        "contexts": [{"name": name, "context": context}],
+        "current-context": name,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    path.chmod(0o600)
+    return path
+
+
+class Kube:
+    """Raw REST calls with dict bodies."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api_client = api_client
+
+    @classmethod
+    def from_kubeconfig(cls, path: Path | str) -> Kube:
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=str(path), client_configuration=cfg)
+        cfg.retries = 3
+        return cls(client.ApiClient(cfg))
+
+    def close(self) -> None:
+        self.api_client.close()
+
+    def raw(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: Mapping[str, Any] | None = None,
+        content_type: str | None = None,
+        timeout: float | tuple[float, float] | None = 30,
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type or "application/json"
+        return self.api_client.call_api(
+            path,
+            method,
+            query_params=[(k, v) for k, v in (query or {}).items() if v is not None],
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=timeout,
+        )[0]
+
+    def request(self, method: str, path: str, body: Any = None, **kw: Any) -> JSON:
+        resp = self.raw(method, path, body, **kw)
+        data = resp.data
+        return json.loads(data) if data else {}
+
+    def get(self, path: str, **query: Any) -> JSON:
+        return self.request("GET", path, query=query)
+
+    def create(self, path: str, body: JSON) -> JSON:
+        return self.request("POST", path, body)
+
+    def merge_patch(self, path: str, body: JSON) -> JSON:
+        return self.request("PATCH", path, body, content_type=MERGE_PATCH)
+
+    def delete(self, path: str, body: JSON | None = None) -> JSON:
+        return self.request("DELETE", path, body)
+
+    def watch(self, path: str, resource_version: str, timeout_seconds: int = 300, **query: Any) -> Iterator[JSON]:
+        """Yield watch events ({"type", "object"}) until the server closes the stream."""
+        resp = self.raw(
+            "GET",
+            path,
+            query={
+                "watch": "true",
+                "resourceVersion": resource_version,
+                "allowWatchBookmarks": "true",
+                "timeoutSeconds": timeout_seconds,
+                **query,
+            },
+            timeout=(10, timeout_seconds + 30),
+        )
+        buffer = b""
+        try:
+            for chunk in resp.stream(64 * 1024):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        yield json.loads(line)
+        finally:
+            resp.release_conn()

@@ -1,0 +1,75 @@
+"""nats-server with JetStream on loopback, token auth on, data in the run directory."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import urllib.request
+from pathlib import Path
+
+from .process import ComponentError, ManagedProcess
+from .workdir import free_port, which
+
+
+class NatsServer:
+    def __init__(self, bindir: Path, workdir: Path, token: str | None = None) -> None:
+        self.bindir = bindir
+        self.workdir = workdir
+        self.token = token or secrets.token_urlsafe(24)
+        self.port = 0
+        self.monitor_port = 0
+        self.proc: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _write_config(self) -> Path:
+        conf = self.workdir / "nats.conf"
+        # JSON is valid NATS config syntax, and json.dumps quotes the token safely.
+        conf.write_text(json.dumps({
+            "listen": f"127.0.0.1:{self.port}",
+            "http": f"127.0.0.1:{self.monitor_port}",
+            "authorization": {"token": self.token},
+            "jetstream": {
+                "store_dir": str(self.workdir / "jetstream"),
+                "max_memory_store": 256 * 1024 * 1024,
+                "max_file_store": 2 * 1024 * 1024 * 1024,
+            },
+        }, indent=2))
+        conf.chmod(0o600)
+        return conf
+
+    def start(self, timeout: float = 30, attempts: int = 3) -> NatsServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, attempts + 1):
+            self.port, self.monitor_port = free_port(), free_port()
+            conf = self._write_config()
+            self.proc = ManagedProcess(
+                "nats-server", [which(self.bindir, "nats-server"), "-c", str(conf)],
+                self.workdir / "nats-server.log",
+            ).start()
+            try:
+                self.proc.wait_until(self._jetstream_ready, timeout, "ready with JetStream")
+                return self
+            except ComponentError as err:
+                self.proc.stop(1)
+                if attempt == attempts or "address already in use" not in err.log_tail:
+                    raise
+        return self
+
+    def _jetstream_ready(self) -> bool:
+        url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
+        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
+            return resp.status == 200
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop(10)
+            self.proc = None
