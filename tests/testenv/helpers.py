@@ -1,0 +1,81 @@
+"""Small helpers for tests against the local cluster."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from compozy_operator.testenv import Kube
+from compozy_operator.testenv.node import DEFAULT_IMAGES
+
+T = TypeVar("T")
+IMAGE = f"{DEFAULT_IMAGES[0]}:test"
+
+
+def wait_for(fn: Callable[[], T | None], timeout: float = 30, what: str = "condition", interval: float = 0.1) -> T:
+    """Poll ``fn`` until it returns something truthy; fail naming ``what`` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def pod_manifest(name: str, command: list[str], *, image: str = IMAGE, restart: str = "Never",
+                 node: str | None = None, **container: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "restartPolicy": restart,
+        "terminationGracePeriodSeconds": 5,
+        "containers": [{"name": "main", "image": image, "command": command, **container}],
+    }
+    if node:
+        spec["nodeSelector"] = {"kubernetes.io/hostname": node}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+def create_pod(kube: Kube, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    return kube.create(f"/api/v1/namespaces/{namespace}/pods", manifest)
+
+
+def get_pod(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return kube.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
+    except Exception as e:  # noqa: BLE001
+        if getattr(e, "status", None) == 404:
+            return None
+        raise
+
+
+def wait_phase(kube: Kube, namespace: str, name: str, *phases: str, timeout: float = 30) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        pod = get_pod(kube, namespace, name)
+        return pod if pod and (pod.get("status") or {}).get("phase") in phases else None
+
+    return wait_for(check, timeout, f"pod {namespace}/{name} in phase {'/'.join(phases)}")
+
+
+def container_status(pod: dict[str, Any]) -> dict[str, Any]:
+    return pod["status"]["containerStatuses"][0]
+
+
+def pid_of(pod: dict[str, Any]) -> int:
+    """The process id behind a pod's container (``process://<node>/<pid>``)."""
+    return int(container_status(pod)["containerID"].rsplit("/", 1)[1])
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
