@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test cluster bench binaries lock clean
+.PHONY: demo test cluster bench-testenv binaries lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ cluster: $(STAMP) binaries
 test: $(STAMP) binaries
 	$(PY) -m pytest
 
-bench: $(STAMP) binaries
+bench-testenv: $(STAMP) binaries
 	$(PY) hack/bench/testenv.py
 
 lock:
