@@ -1,0 +1,225 @@
+"""The API (group ``compozy.dev``, version ``v1alpha1``) as pydantic models.
+
+These models are the single source of truth: the CRDs in ``crds/`` are generated from them
+(``python -m compozy_operator.api.crd``), and the operator validates with them. Field names are
+camelCase on the wire (Kubernetes convention) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "compozy.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+ID_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "TimedOut", "Cancelled"]
+TaskPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Skipped", "Cancelled"]
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "TimedOut", "Cancelled"})
+JSONObject = dict[str, Any]
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``5m``, ``1h30m``, ``250ms`` -> seconds."""
+    if not re.fullmatch(DURATION_PATTERN, text or ""):
+        raise ValueError(f"invalid duration {text!r}: use a number with ms, s, m or h, e.g. 90s, 5m, 1h30m")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+
+
+class Model(BaseModel):
+    """Base: camelCase aliases, unknown fields refused (so typos are errors, not silence)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def dump(self) -> JSONObject:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+Duration = Field(pattern=DURATION_PATTERN)
+
+
+class SecretKeyRef(Model):
+    name: str = Field(description="Name of a Secret in the execution's namespace.")
+    key: str = Field(description="Key within the Secret.")
+
+
+class Tool(Model):
+    id: str = Field(pattern=ID_PATTERN, description="Tool id, referenced by tasks and agents.")
+    description: str | None = Field(None, description="What the tool does (shown to agents).")
+    input_schema: JSONObject | None = Field(None, description="JSON Schema of the tool's input.")
+    python: str | None = Field(None, description="Inline Python defining run(input, ctx) -> dict.")
+    command: list[str] | None = Field(
+        None, description="Command run with the input JSON on stdin; prints its output JSON on stdout."
+    )
+    image: str | None = Field(None, description="Image for the task pod (must contain the runner); default: the operator's.")
+    env: list[JSONObject] | None = Field(
+        None, description="Kubernetes EnvVar list for the task pod (valueFrom.secretKeyRef allowed)."
+    )
+    resources: JSONObject | None = Field(None, description="Kubernetes resource requirements of the task pod.")
+
+
+class ModelConfig(Model):
+    """An LLM endpoint (agents arrive in their own issue; the shape is fixed now)."""
+
+    provider: Literal["openai", "anthropic"] = Field("openai", description="API flavour of the endpoint.")
+    name: str = Field(description="Model name, e.g. gpt-4o-mini.")
+    base_url: str | None = Field(None, alias="baseURL", description="Endpoint base URL (OpenAI-compatible).")
+    api_key_secret_ref: SecretKeyRef | None = Field(None, description="Secret key holding the API key.")
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1)
+
+
+class AgentAction(Model):
+    id: str = Field(pattern=ID_PATTERN)
+    prompt: str = Field(description="User prompt template; context: input, env, workflow.")
+    output_schema: JSONObject | None = Field(None, description="JSON Schema the answer must match.")
+
+
+class Agent(Model):
+    id: str = Field(pattern=ID_PATTERN)
+    model: ModelConfig
+    instructions: str | None = Field(None, description="System prompt.")
+    tools: list[str] | None = Field(None, description="Ids of tools the agent may call.")
+    max_iterations: int | None = Field(None, ge=1, le=100)
+    actions: list[AgentAction] = Field(min_length=1)
+
+
+class Backoff(Model):
+    initial: str = Field("1s", pattern=DURATION_PATTERN)
+    factor: float = Field(2, ge=1)
+    max: str = Field("1m", pattern=DURATION_PATTERN)
+
+
+class Retry(Model):
+    limit: int = Field(0, ge=0, le=100, description="Retries after the first attempt.")
+    backoff: Backoff | None = None
+
+
+class Transition(Model):
+    next: str | None = Field(None, pattern=ID_PATTERN, description="Id of the task to run next.")
+
+
+class Task(Model):
+    id: str = Field(pattern=ID_PATTERN, description="Task id, unique in the workflow.")
+    type: Literal["basic", "router", "parallel", "collection"] = "basic"
+    tool: str | None = Field(None, description="Id of the tool to run (basic tasks).")
+    agent: str | None = Field(None, description="Id of the agent to run (basic tasks, with action).")
+    action: str | None = Field(None, description="Id of the agent's action.")
+    with_: JSONObject | None = Field(None, alias="with", description="Input of the task; values may be templates.")
+    retry: Retry | None = None
+    timeout: str | None = Field(None, pattern=DURATION_PATTERN, description="Per-attempt timeout.")
+    on_success: Transition | None = None
+    on_error: Transition | None = None
+    final: bool | None = Field(None, description="End the workflow after this task.")
+    # router
+    condition: str | None = Field(None, description="Router: template whose value picks a route.")
+    routes: dict[str, str] | None = Field(None, description="Router: value -> task id.")
+    default: str | None = Field(None, description="Router: task id for unmatched values.")
+    # parallel
+    strategy: Literal["waitAll", "failFast", "bestEffort", "race"] | None = None
+    max_workers: int | None = Field(None, ge=1)
+    tasks: list[Task] | None = Field(None, description="Parallel: child tasks.")
+    # collection
+    items: Any = Field(None, description="Collection: template (or list) yielding the items.")
+    mode: Literal["parallel", "sequential"] | None = None
+    filter: str | None = Field(None, description="Collection: template; items where it is false are skipped.")
+    task: Task | None = Field(None, description="Collection: the task run per item (item, index in context).")
+
+
+class WorkflowSpec(Model):
+    description: str | None = None
+    input: JSONObject | None = Field(None, description="JSON Schema of WorkflowExecution.spec.input.")
+    env: dict[str, str] | None = Field(None, description="Variables for templates (env.NAME) and task pods.")
+    timeout: str | None = Field(None, pattern=DURATION_PATTERN)
+    tools: list[Tool] | None = None
+    agents: list[Agent] | None = None
+    tasks: list[Task] = Field(min_length=1, description="tasks[0] starts; a task with no onSuccess.next ends the run.")
+    output: Any = Field(None, description="Template of the workflow's output.")
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, v: str | None) -> str | None:
+        if v is not None and parse_duration(v) <= 0:
+            raise ValueError("timeout must be greater than zero")
+        return v
+
+
+class WorkflowRef(Model):
+    name: str = Field(description="Name of a Workflow in the execution's namespace.")
+
+
+class WorkflowExecutionSpec(Model):
+    workflow_ref: WorkflowRef | None = Field(None, description="The Workflow to run (or give `workflow` inline).")
+    workflow: WorkflowSpec | None = Field(None, description="An inline Workflow spec (instead of workflowRef).")
+    input: Any = Field(None, description="Input, validated against the Workflow's input schema.")
+    timeout: str | None = Field(None, pattern=DURATION_PATTERN, description="Overrides the Workflow's timeout.")
+    cancel: bool | None = Field(None, description="Set true to cancel the run.")
+
+
+class ErrorInfo(Model):
+    task: str | None = None
+    reason: str | None = None
+    message: str | None = None
+
+
+class OutputRef(Model):
+    bucket: str
+    key: str
+    size: int
+    digest: str
+
+
+class AttemptRecord(Model):
+    attempt: int
+    pod_name: str | None = None
+    phase: TaskPhase
+    error: ErrorInfo | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class TaskStatus(Model):
+    phase: TaskPhase
+    attempt: int = 1
+    pod_name: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    output: Any = None
+    output_ref: OutputRef | None = None
+    error: ErrorInfo | None = None
+    attempts: list[AttemptRecord] | None = None
+
+
+class Condition(Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str | None = None
+    message: str | None = None
+    last_transition_time: str | None = None
+
+
+class WorkflowExecutionStatus(Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    phase: Phase = "Pending"
+    workflow: str | None = Field(None, description="Name of the Workflow run (or `<inline>`).")
+    progress: str | None = Field(None, description="Finished tasks / tasks known so far.")
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration: str | None = Field(None, description="Wall time from start to end, e.g. 1m12s.")
+    message: str | None = None
+    output: Any = None
+    error: ErrorInfo | None = None
+    tasks: dict[str, TaskStatus] = Field(default_factory=dict)
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+    state_seq: int = Field(0, description="JetStream sequence of the last state event folded into this status.")
