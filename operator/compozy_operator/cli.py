@@ -80,9 +80,28 @@ def dev_demo(args: argparse.Namespace) -> int:
     return run_demo(args.keep)
 
 
+def operator(_: argparse.Namespace) -> int:
+    from .operator_main import run
+
+    run()
+    return 0
+
+
+def task_run(_: argparse.Namespace) -> int:
+    from .task_executor import main as run_task
+
+    return run_task()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="compozy", description="Compozy Operator command line")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("operator", help="run the operator (settings from COMPOZY_* environment variables)"
+                   ).set_defaults(func=operator)
+    task = sub.add_parser("task", help="task pod entrypoints")
+    task_sub = task.add_subparsers(dest="task_command", required=True)
+    task_sub.add_parser("run", help="run the task attempt named by COMPOZY_* variables (in a task pod)"
+                        ).set_defaults(func=task_run)
     dev = sub.add_parser("dev", help="the local cluster (kube-apiserver, etcd, process nodes, NATS)")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
     up = dev_sub.add_parser("up", help="start the local cluster in the foreground")

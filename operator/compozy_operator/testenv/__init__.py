@@ -7,7 +7,7 @@ node, which runs pods of the project's own image as local processes).
 
 from .cluster import LocalCluster
 from .environment import DevEnvironment
-from .kube import Kube
+from ..kube import Kube
 from .natsserver import NatsServer
 from .process import ComponentError
 

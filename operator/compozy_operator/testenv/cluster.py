@@ -8,7 +8,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .kube import Kube, write_kubeconfig
+from ..kube import Kube, write_kubeconfig
 from .pki import Pki, write_pki
 from .process import ComponentError, ManagedProcess
 from .workdir import free_port, which

@@ -7,7 +7,7 @@ import subprocess
 import time
 
 from .environment import DevEnvironment
-from .kube import Kube
+from ..kube import Kube
 from .natsclient import jetstream_round_trip
 from .workdir import free_port
 

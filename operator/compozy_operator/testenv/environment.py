@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cluster import LocalCluster
-from .kube import ApiException, Kube
+from ..kube import ApiException, Kube
 from .natsserver import NatsServer
 from .node import DEFAULT_ENTRYPOINT, DEFAULT_IMAGES
 from .process import ComponentError, ManagedProcess, install_cleanup_handlers

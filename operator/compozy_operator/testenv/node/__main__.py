@@ -8,7 +8,7 @@ import logging
 import signal
 from pathlib import Path
 
-from ..kube import Kube
+from ...kube import Kube
 from .kubelet import DEFAULT_ENTRYPOINT, DEFAULT_IMAGES, NodeConfig, ProcessNode
 
 

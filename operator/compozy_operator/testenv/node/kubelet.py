@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..kube import ApiException, Kube, write_kubeconfig
+from ...kube import ApiException, Kube, write_kubeconfig
 from ..process import _die_with_parent, log_tail
 from . import podspec
 from .podspec import ConfigError, condition

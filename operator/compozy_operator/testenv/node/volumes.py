@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..kube import Kube
+from ...kube import Kube
 from .podspec import ConfigError, Lookup, field_ref
 
 JSON = dict[str, Any]

@@ -1,8 +1,8 @@
 """A thin JSON-in, JSON-out client over the official kubernetes ApiClient.
 
-The local cluster and the process node work on plain dicts (what the API sends), which keeps
-their logic testable without the generated model classes. Authentication, TLS and kubeconfig
-handling stay with the official client.
+The operator, the local cluster and the process node work on plain dicts (what the API
+sends), which keeps their logic testable without the generated model classes. Authentication,
+TLS and kubeconfig handling stay with the official client.
 """
 
 from __future__ import annotations
@@ -61,6 +61,18 @@ class Kube:
         cfg = client.Configuration()
         config.load_kube_config(config_file=str(path), client_configuration=cfg)
         cfg.retries = 3
+        return cls(client.ApiClient(cfg))
+
+    @classmethod
+    def from_environment(cls, pool_size: int = 32) -> Kube:
+        """In-cluster service-account credentials if present, else ``$KUBECONFIG`` / ~/.kube/config."""
+        cfg = client.Configuration()
+        try:
+            config.load_incluster_config(client_configuration=cfg)
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=cfg)
+        cfg.retries = 3
+        cfg.connection_pool_maxsize = pool_size
         return cls(client.ApiClient(cfg))
 
     def close(self) -> None:
@@ -130,3 +142,18 @@ class Kube:
                         yield json.loads(line)
         finally:
             resp.release_conn()
+
+
+def merge_patch_diff(old: Any, new: Any) -> Any:
+    """The RFC 7386 merge patch that turns ``old`` into ``new`` (removed keys become null)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: JSON = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = merge_patch_diff(old[key], value)
+    return patch

@@ -1,0 +1,134 @@
+"""nats.Client: the connection, JetStream streams, and typed publish/fetch helpers.
+
+Streams:
+
+* ``COMPOZY_STATE`` (``compozy.state.>``): every state event, file storage, de-duplicated by
+  ``Nats-Msg-Id`` within a 10-minute window. The state manager's durable consumer reads it.
+* ``COMPOZY_COMMANDS`` (``compozy.cmd.>``): TaskExecute commands, one kept per subject; a task
+  pod reads its own with a direct get, so a restarted pod fetches it again.
+* ``COMPOZY_LOGS`` (``compozy.log.>``): LogEmitted events, bounded by age and size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from .events import COMMAND_STREAM, LOG_STREAM, STATE_STREAM, Event, EventType, log_subject, utcnow
+
+log = logging.getLogger(__name__)
+
+DAY = 24 * 3600
+STREAMS = (
+    StreamConfig(name=STATE_STREAM, subjects=["compozy.state.>"], storage=StorageType.FILE,
+                 retention=RetentionPolicy.LIMITS, max_age=7 * DAY, duplicate_window=600),
+    StreamConfig(name=COMMAND_STREAM, subjects=["compozy.cmd.>"], storage=StorageType.FILE,
+                 retention=RetentionPolicy.LIMITS, max_age=DAY, max_msgs_per_subject=1,
+                 allow_direct=True, duplicate_window=600),
+    StreamConfig(name=LOG_STREAM, subjects=["compozy.log.>"], storage=StorageType.FILE,
+                 retention=RetentionPolicy.LIMITS, max_age=DAY, max_bytes=1024 ** 3, discard=DiscardPolicy.OLD),
+)
+
+
+class Bus:
+    def __init__(self, url: str, token: str | None, name: str) -> None:
+        self.url = url
+        self.token = token
+        self.name = name
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self.last_error: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    async def connect(self, attempts: int | None = None, initial_delay: float = 0.5, max_delay: float = 15) -> None:
+        """Connect, retrying with back-off (forever unless ``attempts``); log each failure."""
+        delay, tried = initial_delay, 0
+        while True:
+            tried += 1
+            try:
+                self.nc = await nats.connect(
+                    self.url, token=self.token, name=self.name, connect_timeout=5,
+                    max_reconnect_attempts=-1, reconnect_time_wait=1,
+                    error_cb=self._on_error, disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect)
+                self.js = self.nc.jetstream()
+                self.last_error = None
+                return
+            except Exception as e:  # noqa: BLE001 - any failure is retried the same way
+                self.last_error = f"NATS at {self.url} unreachable: {e or type(e).__name__}"
+                if attempts is not None and tried >= attempts:
+                    raise ConnectionError(self.last_error) from e
+                log.warning("%s; retrying in %.1fs", self.last_error, delay)
+                await asyncio.sleep(delay)
+                delay = min(max_delay, delay * 2)
+
+    async def _on_error(self, e: Exception) -> None:
+        self.last_error = str(e)
+        log.warning("NATS error: %s", e)
+
+    async def _on_disconnect(self) -> None:
+        log.warning("NATS disconnected; reconnecting")
+
+    async def _on_reconnect(self) -> None:
+        self.last_error = None
+        log.info("NATS reconnected")
+
+    async def ensure_streams(self) -> None:
+        assert self.js is not None
+        for config in STREAMS:
+            try:
+                await self.js.stream_info(config.name)
+                await self.js.update_stream(config)
+            except NotFoundError:
+                await self.js.add_stream(config)
+
+    async def publish_event(self, event: Event) -> int:
+        """Publish a state event; return its stream sequence (the original's, for a duplicate)."""
+        assert self.js is not None
+        ack = await self.js.publish(event.subject, event.model_dump_json().encode(), stream=STATE_STREAM,
+                                    headers={"Nats-Msg-Id": event.id})
+        return ack.seq
+
+    async def publish_command(self, subject: str, payload: dict[str, Any], msg_id: str) -> int:
+        assert self.js is not None
+        ack = await self.js.publish(subject, json.dumps(payload).encode(), stream=COMMAND_STREAM,
+                                    headers={"Nats-Msg-Id": msg_id})
+        return ack.seq
+
+    async def get_command(self, subject: str) -> dict[str, Any] | None:
+        assert self.js is not None
+        try:
+            msg = await self.js.get_last_msg(COMMAND_STREAM, subject, direct=True)
+        except NotFoundError:
+            return None
+        return json.loads(msg.data)
+
+    async def emit_log(self, namespace: str, execution: str, component: str, level: str, message: str,
+                       **fields: Any) -> None:
+        """A LogEmitted event (fire and forget: logs must never block the work they describe)."""
+        if not self.connected:
+            return
+        data = {"namespace": namespace, "execution": execution, "component": component, "level": level,
+                "message": message, **fields}
+        body = {"specversion": "1.0", "id": uuid.uuid4().hex, "source": f"compozy/{component}", "type": EventType.LOG_EMITTED.value,
+                "time": utcnow(), "subject": log_subject(namespace, execution, component), "data": data}
+        await self.nc.publish(body["subject"], json.dumps(body, default=str).encode())  # type: ignore[union-attr]
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            try:
+                await self.nc.drain()
+            except Exception:  # noqa: BLE001 - closing anyway
+                await self.nc.close()
+            self.nc = None

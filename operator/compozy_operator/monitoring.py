@@ -1,0 +1,119 @@
+"""system.Monitoring: Prometheus metrics, Kubernetes Events for an execution's milestones, and the
+HTTP endpoints (``/metrics``, ``/healthz``, ``/readyz``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+from .api.models import API_VERSION, TERMINAL_PHASES, WorkflowExecutionStatus
+from .kube import ApiException, Kube
+from .reducer import TASK_TERMINAL
+
+log = logging.getLogger(__name__)
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+EXECUTIONS = Counter("compozy_executions_total", "Executions that reached a phase", ["phase"])
+EXECUTIONS_ACTIVE = Gauge("compozy_executions_active", "Executions Running right now (as folded by this operator)")
+TASKS = Counter("compozy_tasks_total", "Task attempts that reached a phase", ["phase"])
+EXECUTION_SECONDS = Histogram("compozy_execution_duration_seconds", "Start to end of executions", ["phase"],
+                              buckets=_BUCKETS)
+TASK_SECONDS = Histogram("compozy_task_duration_seconds", "Start to end of task attempts", ["phase"],
+                         buckets=_BUCKETS)
+EVENTS = Counter("compozy_state_events_total", "State events consumed by the state manager", ["type"])
+STATUS_PATCHES = Counter("compozy_status_patches_total", "Status PATCH requests sent by the state manager")
+PODS_CREATED = Counter("compozy_task_pods_created_total", "Task pods created by the orchestrator")
+DISPATCH_SECONDS = Histogram(
+    "compozy_dispatch_latency_seconds",
+    "From the event that made a task runnable (its predecessor's success) to its pod created",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+
+
+def _seconds(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    parse = lambda t: datetime.fromisoformat(t.replace("Z", "+00:00"))  # noqa: E731
+    return (parse(end) - parse(start)).total_seconds()
+
+
+def observe(before: WorkflowExecutionStatus, after: WorkflowExecutionStatus) -> list[tuple[str, str, str]]:
+    """Update metrics for what changed; return the Kubernetes Events to post: (type, reason, message)."""
+    events: list[tuple[str, str, str]] = []
+    if before.phase != after.phase:
+        EXECUTIONS.labels(after.phase).inc()
+        if after.phase == "Running":
+            EXECUTIONS_ACTIVE.inc()
+            events.append(("Normal", "Started", f"workflow {after.workflow} started"))
+        elif after.phase in TERMINAL_PHASES:
+            if before.phase == "Running":
+                EXECUTIONS_ACTIVE.dec()
+            if (secs := _seconds(after.started_at, after.finished_at)) is not None:
+                EXECUTION_SECONDS.labels(after.phase).observe(secs)
+            kind = "Normal" if after.phase == "Succeeded" else "Warning"
+            events.append((kind, after.phase, after.message or after.phase))
+    for tid, task in after.tasks.items():
+        old = before.tasks.get(tid)
+        if task.phase in TASK_TERMINAL and (old is None or old.phase != task.phase or old.attempt != task.attempt):
+            TASKS.labels(task.phase).inc()
+            if (secs := _seconds(task.started_at, task.finished_at)) is not None:
+                TASK_SECONDS.labels(task.phase).observe(secs)
+            if task.phase == "Failed":
+                reason = task.error.reason if task.error else "Failed"
+                message = task.error.message if task.error else ""
+                events.append(("Warning", "TaskFailed", f"task {tid} attempt {task.attempt}: {reason}: {message}"))
+    return events
+
+
+def post_event(kube: Kube, execution: dict[str, Any], etype: str, reason: str, message: str) -> None:
+    """A core/v1 Event on the execution (what `kubectl describe wfx` shows)."""
+    meta = execution["metadata"]
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": API_VERSION, "kind": "WorkflowExecution", "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta["uid"]},
+        "type": etype, "reason": reason, "message": message[:1024],
+        "source": {"component": "compozy-operator"}, "reportingComponent": "compozy-operator",
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    }
+    try:
+        kube.create(f"/api/v1/namespaces/{meta['namespace']}/events", body)
+    except ApiException as e:
+        log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], e.reason)
+
+
+class HttpServer:
+    """``/metrics`` for Prometheus, ``/healthz`` (the process serves), ``/readyz`` (NATS is connected)."""
+
+    def __init__(self, port: int, ready: Callable[[], tuple[bool, str]]) -> None:
+        self.port = port
+        self.ready = ready
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", lambda _: web.Response(text="ok"))
+        app.router.add_get("/readyz", self._readyz)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "0.0.0.0", self.port).start()  # noqa: S104 - a pod serves on its IP
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = await asyncio.to_thread(generate_latest)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        ok, why = self.ready()
+        return web.Response(status=200 if ok else 503, text=why)
+
+    async def stop(self) -> None:
+        if self.runner:
+            await self.runner.cleanup()

@@ -1,0 +1,98 @@
+"""Task pod manifests (pure): deterministic names, owner reference, labels, restricted security."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from .api.models import API_VERSION, Tool
+from .settings import Settings
+
+LABEL_MANAGED = "app.kubernetes.io/managed-by"
+MANAGER = "compozy-operator"
+LABEL_EXECUTION = "compozy.dev/execution"
+LABEL_TASK = "compozy.dev/task"
+LABEL_ATTEMPT = "compozy.dev/attempt"
+TASK_POD_SELECTOR = f"{LABEL_MANAGED}={MANAGER},app.kubernetes.io/component=task"
+RUNNER_UID = 65532
+_MAX_NAME = 253
+
+
+def pod_name(execution: str, task: str, attempt: int) -> str:
+    """``<execution>-<task>-<attempt>``; names too long for the API keep a hash of the whole."""
+    name = f"{execution}-{task}-{attempt}"
+    if len(name) <= _MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    tail = f"-{digest}-{attempt}"
+    return name[: _MAX_NAME - len(tail)].rstrip("-.") + tail
+
+
+def _label_value(text: str) -> str:
+    """Label values are at most 63 characters."""
+    if len(text) <= 63:
+        return text
+    return text[:52].rstrip("-.") + "-" + hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def task_pod(settings: Settings, execution: dict[str, Any], task: str, attempt: int, tool: Tool) -> dict[str, Any]:
+    meta = execution["metadata"]
+    name = pod_name(meta["name"], task, attempt)
+    secret = settings.nats_secret
+    env: list[dict[str, Any]] = [
+        {"name": "COMPOZY_NAMESPACE", "value": meta["namespace"]},
+        {"name": "COMPOZY_EXECUTION", "value": meta["name"]},
+        {"name": "COMPOZY_EXECUTION_UID", "value": meta["uid"]},
+        {"name": "COMPOZY_TASK", "value": task},
+        {"name": "COMPOZY_ATTEMPT", "value": str(attempt)},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "COMPOZY_NATS_URL", "valueFrom": {"secretKeyRef": {"name": secret, "key": "url"}}},
+        {"name": "COMPOZY_NATS_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}}},
+        *(tool.env or []),
+    ]
+    container = {
+        "name": "task",
+        "image": tool.image or settings.task_image,
+        "args": ["task", "run"],
+        "env": env,
+        "resources": tool.resources or {"requests": {"cpu": "50m", "memory": "64Mi"}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": {
+                LABEL_MANAGED: MANAGER,
+                "app.kubernetes.io/component": "task",
+                LABEL_EXECUTION: _label_value(meta["name"]),
+                LABEL_TASK: _label_value(task),
+                LABEL_ATTEMPT: str(attempt),
+            },
+            "ownerReferences": [{
+                "apiVersion": API_VERSION, "kind": "WorkflowExecution", "name": meta["name"], "uid": meta["uid"],
+                "controller": True, "blockOwnerDeletion": True,
+            }],
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 10,
+            "securityContext": {
+                "runAsNonRoot": True, "runAsUser": RUNNER_UID, "runAsGroup": RUNNER_UID,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+            "containers": [container],
+        },
+    }

@@ -1,0 +1,99 @@
+"""system.Runtime: runs a tool (inline ``python`` or a ``command``) inside the task pod.
+
+A python tool defines ``run(input, ctx)`` returning a JSON-serialisable dict; an exception
+fails the attempt with its message. A command tool gets the input JSON on stdin and the facts
+of the attempt as ``COMPOZY_*`` environment variables, prints its output JSON on stdout, and
+fails with a non-zero exit (stderr becomes the message). Agents arrive in their own issue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_ERROR_CHARS = 2000
+
+
+class ToolError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message[-MAX_ERROR_CHARS:]
+
+
+@dataclass
+class ToolContext:
+    """What a tool knows about the attempt it runs in (``ctx`` of ``run(input, ctx)``)."""
+
+    attempt: int
+    task: str
+    execution: str
+    namespace: str
+    env: dict[str, str] = field(default_factory=dict)
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("compozy.tool"))
+
+    def environ(self) -> dict[str, str]:
+        return {"COMPOZY_ATTEMPT": str(self.attempt), "COMPOZY_TASK": self.task,
+                "COMPOZY_EXECUTION": self.execution, "COMPOZY_NAMESPACE": self.namespace}
+
+
+def _json_object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ToolError("InvalidOutput", f"{what} must be a JSON object, got {type(value).__name__}")
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as e:
+        raise ToolError("InvalidOutput", f"{what} is not JSON-serialisable: {e}") from e
+    return value
+
+
+def run_python(code: str, tool_id: str, value: Any, ctx: ToolContext) -> dict[str, Any]:
+    namespace: dict[str, Any] = {"__name__": f"compozy_tool_{tool_id.replace('-', '_')}"}
+    try:
+        exec(compile(code, f"<tool {tool_id}>", "exec"), namespace)  # noqa: S102 - the workflow's own code, in its own pod
+    except Exception as e:  # noqa: BLE001
+        raise ToolError("ToolLoadError", f"tool {tool_id}: {type(e).__name__}: {e}") from e
+    run = namespace.get("run")
+    if not callable(run):
+        raise ToolError("ToolLoadError", f"tool {tool_id}: the python code must define run(input, ctx)")
+    try:
+        result = run(value, ctx)
+    except Exception as e:  # noqa: BLE001
+        tb = traceback.extract_tb(e.__traceback__)
+        where = next((f" (line {f.lineno})" for f in reversed(tb) if f.filename == f"<tool {tool_id}>"), "")
+        raise ToolError("ToolError", f"{type(e).__name__}: {e}{where}") from e
+    return _json_object(result, f"tool {tool_id}: run() result")
+
+
+def run_command(command: list[str], tool_id: str, value: Any, ctx: ToolContext,
+                extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    env = {**os.environ, **ctx.env, **(extra_env or {}), **ctx.environ()}
+    try:
+        done = subprocess.run(command, input=json.dumps(value).encode(), capture_output=True, env=env)
+    except OSError as e:
+        raise ToolError("CommandNotFound", f"tool {tool_id}: cannot run {command[0]!r}: {e}") from e
+    for line in done.stderr.decode(errors="replace").splitlines()[-50:]:
+        ctx.log.info("%s", line)
+    if done.returncode != 0:
+        stderr = done.stderr.decode(errors="replace").strip()
+        raise ToolError("CommandFailed", f"tool {tool_id}: exit code {done.returncode}: {stderr or '(no stderr)'}")
+    out = done.stdout.decode(errors="replace").strip()
+    try:
+        parsed = json.loads(out) if out else {}
+    except json.JSONDecodeError as e:
+        raise ToolError("InvalidOutput", f"tool {tool_id}: stdout is not JSON ({e}): {out[:200]!r}") from e
+    return _json_object(parsed, f"tool {tool_id}: stdout")
+
+
+def run_tool(tool: dict[str, Any], value: Any, ctx: ToolContext) -> dict[str, Any]:
+    """Run the tool described by ``tool`` (its spec as in the Workflow) on ``value``."""
+    if tool.get("python"):
+        return run_python(tool["python"], tool["id"], value, ctx)
+    if tool.get("command"):
+        return run_command(tool["command"], tool["id"], value, ctx)
+    raise ToolError("InvalidTool", f"tool {tool.get('id')}: needs python or command")

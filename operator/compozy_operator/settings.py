@@ -1,0 +1,35 @@
+"""Operator and runner settings, read once from the environment (12-factor; the Helm chart sets them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def _token() -> str | None:
+    if path := _env("COMPOZY_NATS_TOKEN_FILE"):
+        return Path(path).read_text().strip()
+    return _env("COMPOZY_NATS_TOKEN") or None
+
+
+@dataclass(frozen=True)
+class Settings:
+    nats_url: str = field(default_factory=lambda: _env("COMPOZY_NATS_URL", "nats://127.0.0.1:4222"))
+    nats_token: str | None = field(default_factory=_token)
+    # Secret (keys `url`, `token`) the task pods read their NATS credentials from; the operator
+    # keeps one with this name in every namespace it runs tasks in.
+    nats_secret: str = field(default_factory=lambda: _env("COMPOZY_NATS_SECRET", "compozy-nats"))
+    task_image: str = field(default_factory=lambda: _env("COMPOZY_TASK_IMAGE", f"compozy/compozy-operator:{__version__}"))
+    namespaces: tuple[str, ...] = field(
+        default_factory=lambda: tuple(n for n in _env("COMPOZY_NAMESPACES").split(",") if n))
+    http_port: int = field(default_factory=lambda: int(_env("COMPOZY_HTTP_PORT", "8080")))
+    delete_finished_pods: bool = field(
+        default_factory=lambda: _env("COMPOZY_DELETE_FINISHED_PODS", "true").lower() == "true")
+    state_batch: int = field(default_factory=lambda: int(_env("COMPOZY_STATE_BATCH", "256")))

@@ -1,0 +1,130 @@
+"""state.Manager: folds state events from JetStream into WorkflowExecution status.
+
+A durable pull consumer reads ``COMPOZY_STATE``. Each batch is grouped by execution; each group
+becomes at most one status PATCH (a merge patch of only what changed). Messages are acked only
+after their PATCH succeeded, so an operator crash re-delivers them, and the reducer's
+``stateSeq`` check makes the re-delivery a no-op. This is the only writer of the status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from .api.models import GROUP, VERSION, WorkflowExecutionStatus
+from .bus import Bus
+from .events import STATE_STREAM, Event
+from .kube import ApiException, Kube, merge_patch_diff
+from .monitoring import EVENTS, STATUS_PATCHES, observe, post_event
+from .reducer import fold
+
+log = logging.getLogger(__name__)
+DURABLE = "compozy-state-manager"
+Key = tuple[str, str]  # namespace, execution name
+OnStatus = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def execution_path(namespace: str, name: str) -> str:
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/workflowexecutions/{name}"
+
+
+class StateManager:
+    def __init__(self, bus: Bus, kube: Kube, on_status: OnStatus, batch: int = 256) -> None:
+        self.bus = bus
+        self.kube = kube
+        self.on_status = on_status
+        self.batch = batch
+        self.cache: dict[Key, dict[str, Any]] = {}  # last object this manager wrote (it is the only writer)
+        self.running = True
+
+    async def run(self) -> None:
+        assert self.bus.js is not None
+        sub = await self.bus.js.pull_subscribe(
+            "compozy.state.>", durable=DURABLE, stream=STATE_STREAM,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=60,
+                                  max_ack_pending=20_000))
+        while self.running:
+            try:
+                msgs = await sub.fetch(1, timeout=5)  # returns as soon as one event is there
+            except asyncio.TimeoutError:
+                continue
+            except Exception as e:  # noqa: BLE001 - NATS reconnecting; try again
+                log.warning("state consumer fetch failed: %s", e)
+                await asyncio.sleep(0.5)
+                continue
+            try:  # then whatever else is already waiting, without lingering
+                msgs += await sub.fetch(self.batch - 1, timeout=0.002)
+            except asyncio.TimeoutError:
+                pass
+            await self.apply_batch(msgs)
+
+    async def apply_batch(self, msgs: list[Msg]) -> None:
+        groups: dict[Key, list[tuple[Msg, Event, int]]] = defaultdict(list)
+        for m in msgs:
+            try:
+                ev = Event.model_validate_json(m.data)
+            except ValueError:
+                log.error("dropping a malformed state event on %s", m.subject)
+                await m.term()
+                continue
+            EVENTS.labels(ev.type).inc()
+            groups[(ev.namespace, ev.execution)].append((m, ev, m.metadata.sequence.stream))
+        await asyncio.gather(*(self.apply_group(k, items) for k, items in groups.items()))
+
+    async def _current(self, key: Key) -> dict[str, Any] | None:
+        if key in self.cache:
+            return self.cache[key]
+        try:
+            return await asyncio.to_thread(self.kube.get, execution_path(*key))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def apply_group(self, key: Key, items: list[tuple[Msg, Event, int]]) -> None:
+        try:
+            obj = await self._current(key)
+            if obj is None:  # the execution is gone; its events have nowhere to go
+                await asyncio.gather(*(m.ack() for m, _, _ in items))
+                return
+            uid = obj["metadata"]["uid"]
+            before = WorkflowExecutionStatus.model_validate(obj.get("status") or {})
+            after = before
+            for _, ev, seq in items:
+                if ev.data.get("uid") == uid:  # events of an earlier execution with the same name are dropped
+                    after = fold(after, ev, seq)
+            if after != before:
+                patch = merge_patch_diff(obj.get("status") or {}, after.dump())
+                STATUS_PATCHES.inc()
+                obj = await asyncio.to_thread(self.kube.merge_patch, execution_path(*key) + "/status",
+                                              {"status": patch})
+                self.cache[key] = obj
+                for etype, reason, message in observe(before, after):
+                    asyncio.get_running_loop().run_in_executor(None, post_event, self.kube, obj, etype, reason,
+                                                               message)
+            await asyncio.gather(*(m.ack() for m, _, _ in items))
+        except ApiException as e:
+            self.cache.pop(key, None)
+            if e.status == 404:
+                await asyncio.gather(*(m.ack() for m, _, _ in items))
+                return
+            log.warning("status patch of %s/%s failed (%s %s); events will be re-delivered", *key, e.status, e.reason)
+            await asyncio.gather(*(m.nak(delay=1) for m, _, _ in items))
+            return
+        except Exception:  # noqa: BLE001
+            self.cache.pop(key, None)
+            log.exception("folding events into %s/%s failed; they will be re-delivered", *key)
+            await asyncio.gather(*(m.nak(delay=1) for m, _, _ in items))
+            return
+        if after.phase in ("Succeeded", "Failed", "TimedOut", "Cancelled"):
+            self.cache.pop(key, None)
+        await self.on_status(obj)
+
+    def forget(self, key: Key) -> None:
+        self.cache.pop(key, None)

@@ -1,0 +1,66 @@
+"""Event envelope and subjects; pod manifests; merge-patch diffs."""
+
+from __future__ import annotations
+
+from compozy_operator.api.models import Tool
+from compozy_operator.events import EventType, command_subject, event_id, make_event, state_subject
+from compozy_operator.kube import merge_patch_diff
+from compozy_operator.pods import pod_name, task_pod
+from compozy_operator.settings import Settings
+
+
+def test_event_ids_are_deterministic_and_distinct() -> None:
+    a = make_event(EventType.TASK_SUCCESS, "x", "ns", "run", "uid", "t", 1, output={"a": 1})
+    b = make_event(EventType.TASK_SUCCESS, "y", "ns", "run", "uid", "t", 1, output={"other": 2})
+    assert a.id == b.id == event_id("uid", "t", 1, EventType.TASK_SUCCESS)
+    ids = {event_id("uid", "t", n, t) for n in (1, 2) for t in (EventType.TASK_SUCCESS, EventType.TASK_FAILED)}
+    assert len(ids) == 4
+    assert event_id("uid-2", "t", 1, EventType.TASK_SUCCESS) != a.id
+
+
+def test_envelope_uses_cloudevents_names() -> None:
+    e = make_event(EventType.WORKFLOW_STARTED, "compozy/orchestrator", "ns", "run.v2", "uid")
+    body = e.model_dump()
+    assert set(body) == {"specversion", "id", "source", "type", "time", "subject", "data"}
+    assert body["specversion"] == "1.0" and body["type"] == "WorkflowExecutionStarted"
+    assert body["subject"] == "compozy.state.ns.run_v2.workflow.WorkflowExecutionStarted"
+    assert body["data"] == {"namespace": "ns", "execution": "run.v2", "uid": "uid"}
+
+
+def test_subjects() -> None:
+    assert state_subject("ns", "r", EventType.TOOL_FAILED) == "compozy.state.ns.r.tool.ToolExecutionFailed"
+    assert command_subject("ns", "r", "count", 2) == "compozy.cmd.ns.r.task.execute.count.2"
+
+
+def test_pod_names() -> None:
+    assert pod_name("hello-1", "count", 1) == "hello-1-count-1"
+    long = pod_name("e" * 240, "task", 3)
+    assert len(long) <= 253 and long.endswith("-3") and long != pod_name("e" * 241, "task", 3)
+
+
+def test_task_pod_is_restricted_owned_and_labelled() -> None:
+    execution = {"metadata": {"name": "hello-1", "namespace": "ns", "uid": "u1"}}
+    pod = task_pod(Settings(task_image="img:1"), execution, "count", 2, Tool(id="t", python="x"))
+    meta, spec = pod["metadata"], pod["spec"]
+    assert meta["name"] == "hello-1-count-2"
+    assert meta["ownerReferences"][0] | {} == {"apiVersion": "compozy.dev/v1alpha1", "kind": "WorkflowExecution",
+                                               "name": "hello-1", "uid": "u1", "controller": True,
+                                               "blockOwnerDeletion": True}
+    assert meta["labels"]["compozy.dev/task"] == "count" and meta["labels"]["compozy.dev/attempt"] == "2"
+    assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
+    assert spec["securityContext"]["runAsNonRoot"] and spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    c = spec["containers"][0]
+    assert c["image"] == "img:1" and c["args"] == ["task", "run"]
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+    token = next(e for e in c["env"] if e["name"] == "COMPOZY_NATS_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "compozy-nats", "key": "token"}
+    assert all("value" not in e or "token" not in e["name"].lower() for e in c["env"])
+
+
+def test_merge_patch_diff() -> None:
+    old = {"a": 1, "b": {"c": 2, "d": 3}, "e": [1], "gone": True}
+    new = {"a": 1, "b": {"c": 2, "d": 4}, "e": [1, 2], "f": None}
+    assert merge_patch_diff(old, new) == {"gone": None, "b": {"d": 4}, "e": [1, 2], "f": None}
+    assert merge_patch_diff({}, {"x": 1}) == {"x": 1}
+    assert merge_patch_diff(old, old) == {}

@@ -1,0 +1,92 @@
+"""The status reducer: transitions, idempotency, progress."""
+
+from __future__ import annotations
+
+from compozy_operator.api.models import WorkflowExecutionStatus
+from compozy_operator.events import EventType, make_event
+from compozy_operator.reducer import fold, format_duration
+
+UID = "uid-1"
+
+
+def ev(etype: EventType, task: str | None = None, attempt: int | None = None, time: str | None = None, **data):
+    e = make_event(etype, "test", "ns", "run", UID, task, attempt, **data)
+    if time:
+        e.time = time
+    return e
+
+
+def run(*events) -> WorkflowExecutionStatus:
+    s = WorkflowExecutionStatus()
+    for seq, e in enumerate(events, start=1):
+        s = fold(s, e, seq)
+    return s
+
+
+HAPPY = [
+    ev(EventType.WORKFLOW_STARTED, workflow="hello", taskCount=2, time="2026-01-01T00:00:00.000000Z"),
+    ev(EventType.TASK_DISPATCHED, "a", 1, podName="run-a-1"),
+    ev(EventType.TASK_STARTED, "a", 1, time="2026-01-01T00:00:01.000000Z"),
+    ev(EventType.TASK_SUCCESS, "a", 1, output={"n": 1}, time="2026-01-01T00:00:02.000000Z"),
+    ev(EventType.TASK_DISPATCHED, "b", 1, podName="run-b-1"),
+    ev(EventType.TASK_STARTED, "b", 1),
+    ev(EventType.TASK_SUCCESS, "b", 1, output={"m": 2}),
+    ev(EventType.WORKFLOW_SUCCESS, output={"n": 1}, time="2026-01-01T00:01:05.000000Z"),
+]
+
+
+def test_happy_path() -> None:
+    s = run(*HAPPY)
+    assert s.phase == "Succeeded" and s.progress == "2/2" and s.output == {"n": 1}
+    assert s.tasks["a"].phase == "Succeeded" and s.tasks["a"].output == {"n": 1}
+    assert s.tasks["a"].pod_name == "run-a-1" and s.tasks["a"].started_at == "2026-01-01T00:00:01.000000Z"
+    assert s.duration == "1m5s" and s.state_seq == len(HAPPY)
+    assert [(c.type, c.status, c.reason) for c in s.conditions] == [("Succeeded", "True", "Succeeded")]
+
+
+def test_progress_while_running() -> None:
+    s = run(*HAPPY[:4])
+    assert (s.phase, s.progress, s.tasks["a"].phase) == ("Running", "1/2", "Succeeded")
+
+
+def test_redelivery_by_sequence_is_a_no_op() -> None:
+    s = run(*HAPPY[:4])
+    assert fold(s, HAPPY[1], 2) == s
+    assert fold(s, HAPPY[3], 4) == s
+
+
+def test_the_same_fact_under_a_new_sequence_changes_nothing_but_the_sequence() -> None:
+    s = run(*HAPPY[:4])
+    again = fold(s, HAPPY[3], 99)
+    assert again.model_copy(update={"state_seq": s.state_seq}) == s and again.state_seq == 99
+    # a dispatch of an attempt that already finished does not reset the task
+    assert fold(s, HAPPY[1], 100).tasks["a"].phase == "Succeeded"
+
+
+def test_failure_keeps_error_and_attempt_history() -> None:
+    s = run(HAPPY[0], HAPPY[1], HAPPY[2],
+            ev(EventType.TASK_FAILED, "a", 1, error={"reason": "ToolError", "message": "boom"}),
+            ev(EventType.WORKFLOW_FAILED, error={"reason": "ToolError", "message": "task a failed: boom"}))
+    assert s.phase == "Failed" and s.message == "task a failed: boom"
+    assert s.tasks["a"].error.reason == "ToolError" and s.tasks["a"].attempts[0].error.message == "boom"
+    assert s.conditions[0].status == "False" and s.conditions[0].reason == "Failed"
+
+
+def test_stale_attempt_events_are_ignored() -> None:
+    s = run(HAPPY[0], ev(EventType.TASK_DISPATCHED, "a", 2, podName="run-a-2"))
+    assert fold(s, ev(EventType.TASK_SUCCESS, "a", 1, output={}), 10).tasks["a"].phase == "Pending"
+
+
+def test_terminal_workflow_takes_no_new_end() -> None:
+    s = run(*HAPPY)
+    assert fold(s, ev(EventType.WORKFLOW_FAILED, error={"message": "late"}), 100).phase == "Succeeded"
+
+
+def test_events_of_unknown_type_only_move_the_sequence() -> None:
+    s = run(HAPPY[0])
+    e = HAPPY[1].model_copy(update={"type": "SomethingNew"})
+    assert fold(s, e, 5).model_copy(update={"state_seq": 1}) == s
+
+
+def test_format_duration() -> None:
+    assert [format_duration(x) for x in (0, 59.6, 61, 3600, 3725)] == ["0s", "1m0s", "1m1s", "1h0m0s", "1h2m5s"]
