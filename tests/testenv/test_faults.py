@@ -17,7 +17,7 @@ from compozy_operator.testenv import ComponentError, DevEnvironment, LocalCluste
 from compozy_operator.testenv import natsserver
 from compozy_operator.testenv.workdir import free_port, repo_root
 
-from .helpers import pid_alive, wait_for
+from tests.helpers import pid_alive, wait_for
 
 REPO = repo_root()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from compozy_operator.testenv import DevEnvironment, Kube
 
-from .helpers import container_status, create_pod, get_pod, pid_alive, pid_of, pod_manifest, wait_for, wait_phase
+from tests.helpers import container_status, create_pod, get_pod, pid_alive, pid_of, pod_manifest, wait_for, wait_phase
 
 
 def node_ready(kube: Kube, name: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from compozy_operator.testenv import DevEnvironment, Kube
 
-from .helpers import (IMAGE, container_status, create_pod, get_pod, pid_alive, pid_of, pod_manifest, wait_for,
+from tests.helpers import (IMAGE, container_status, create_pod, get_pod, pid_alive, pid_of, pod_manifest, wait_for,
                       wait_phase)
 
 

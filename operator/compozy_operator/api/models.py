@@ -53,16 +53,16 @@ class SecretKeyRef(Model):
 
 
 class Tool(Model):
-    id: str = Field(pattern=ID_PATTERN, description="Tool id, referenced by tasks and agents.")
+    id: str = Field(pattern=ID_PATTERN, max_length=63, description="Tool id, referenced by tasks and agents.")
     description: str | None = Field(None, description="What the tool does (shown to agents).")
     input_schema: JSONObject | None = Field(None, description="JSON Schema of the tool's input.")
     python: str | None = Field(None, description="Inline Python defining run(input, ctx) -> dict.")
     command: list[str] | None = Field(
-        None, description="Command run with the input JSON on stdin; prints its output JSON on stdout."
+        None, max_length=100, description="Command run with the input JSON on stdin; prints its output JSON on stdout."
     )
     image: str | None = Field(None, description="Image for the task pod (must contain the runner); default: the operator's.")
     env: list[JSONObject] | None = Field(
-        None, description="Kubernetes EnvVar list for the task pod (valueFrom.secretKeyRef allowed)."
+        None, max_length=100, description="Kubernetes EnvVar list for the task pod (valueFrom.secretKeyRef allowed)."
     )
     resources: JSONObject | None = Field(None, description="Kubernetes resource requirements of the task pod.")
 
@@ -74,75 +74,89 @@ class ModelConfig(Model):
     name: str = Field(description="Model name, e.g. gpt-4o-mini.")
     base_url: str | None = Field(None, alias="baseURL", description="Endpoint base URL (OpenAI-compatible).")
     api_key_secret_ref: SecretKeyRef | None = Field(None, description="Secret key holding the API key.")
-    temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
+    max_tokens: int | None = Field(None, ge=1, description="Maximum tokens per completion.")
 
 
 class AgentAction(Model):
-    id: str = Field(pattern=ID_PATTERN)
+    id: str = Field(pattern=ID_PATTERN, max_length=63, description="Action id, referenced by a task's action.")
     prompt: str = Field(description="User prompt template; context: input, env, workflow.")
     output_schema: JSONObject | None = Field(None, description="JSON Schema the answer must match.")
 
 
 class Agent(Model):
-    id: str = Field(pattern=ID_PATTERN)
-    model: ModelConfig
+    id: str = Field(pattern=ID_PATTERN, max_length=63, description="Agent id, referenced by a task's agent.")
+    model: ModelConfig = Field(description="The LLM endpoint the agent uses.")
     instructions: str | None = Field(None, description="System prompt.")
-    tools: list[str] | None = Field(None, description="Ids of tools the agent may call.")
-    max_iterations: int | None = Field(None, ge=1, le=100)
-    actions: list[AgentAction] = Field(min_length=1)
+    tools: list[str] | None = Field(None, max_length=100, description="Ids of tools the agent may call.")
+    max_iterations: int | None = Field(None, ge=1, le=100, description="Maximum model calls per action run.")
+    actions: list[AgentAction] = Field(
+        min_length=1, max_length=50, description="Prompts the agent can run; a task picks one with action."
+    )
 
 
 class Backoff(Model):
-    initial: str = Field("1s", pattern=DURATION_PATTERN)
-    factor: float = Field(2, ge=1)
-    max: str = Field("1m", pattern=DURATION_PATTERN)
+    initial: str = Field("1s", pattern=DURATION_PATTERN, description="Delay before the first retry.")
+    factor: float = Field(2, ge=1, description="Multiplier applied to the delay after each retry.")
+    max: str = Field("1m", pattern=DURATION_PATTERN, description="Upper bound of the delay.")
 
 
 class Retry(Model):
     limit: int = Field(0, ge=0, le=100, description="Retries after the first attempt.")
-    backoff: Backoff | None = None
+    backoff: Backoff | None = Field(None, description="Delay between attempts.")
 
 
 class Transition(Model):
-    next: str | None = Field(None, pattern=ID_PATTERN, description="Id of the task to run next.")
+    next: str | None = Field(None, pattern=ID_PATTERN, max_length=63, description="Id of the task to run next.")
 
 
 class Task(Model):
-    id: str = Field(pattern=ID_PATTERN, description="Task id, unique in the workflow.")
-    type: Literal["basic", "router", "parallel", "collection"] = "basic"
+    id: str = Field(pattern=ID_PATTERN, max_length=63, description="Task id, unique in the workflow.")
+    type: Literal["basic", "router", "parallel", "collection"] = Field(
+        "basic",
+        description="basic (default): run a tool, or an agent's action; router: pick the next task by condition; "
+        "parallel: run child tasks; collection: run task once per item.",
+    )
     tool: str | None = Field(None, description="Id of the tool to run (basic tasks).")
     agent: str | None = Field(None, description="Id of the agent to run (basic tasks, with action).")
     action: str | None = Field(None, description="Id of the agent's action.")
     with_: JSONObject | None = Field(None, alias="with", description="Input of the task; values may be templates.")
-    retry: Retry | None = None
+    retry: Retry | None = Field(None, description="Retries of a failed attempt.")
     timeout: str | None = Field(None, pattern=DURATION_PATTERN, description="Per-attempt timeout.")
-    on_success: Transition | None = None
-    on_error: Transition | None = None
+    on_success: Transition | None = Field(None, description="Where to go after success.")
+    on_error: Transition | None = Field(None, description="Where to go after failure (tasks.<id>.error in context).")
     final: bool | None = Field(None, description="End the workflow after this task.")
     # router
     condition: str | None = Field(None, description="Router: template whose value picks a route.")
     routes: dict[str, str] | None = Field(None, description="Router: value -> task id.")
     default: str | None = Field(None, description="Router: task id for unmatched values.")
     # parallel
-    strategy: Literal["waitAll", "failFast", "bestEffort", "race"] | None = None
-    max_workers: int | None = Field(None, ge=1)
-    tasks: list[Task] | None = Field(None, description="Parallel: child tasks.")
+    strategy: Literal["waitAll", "failFast", "bestEffort", "race"] | None = Field(
+        None, description="Parallel: how the children's results decide the task's outcome."
+    )
+    max_workers: int | None = Field(None, ge=1, description="Parallel/collection: children running at once.")
+    tasks: list[Task] | None = Field(None, max_length=50, description="Parallel: child tasks.")
     # collection
     items: Any = Field(None, description="Collection: template (or list) yielding the items.")
-    mode: Literal["parallel", "sequential"] | None = None
+    mode: Literal["parallel", "sequential"] | None = Field(
+        None, description="Collection: run the items in parallel or one by one."
+    )
     filter: str | None = Field(None, description="Collection: template; items where it is false are skipped.")
     task: Task | None = Field(None, description="Collection: the task run per item (item, index in context).")
 
 
 class WorkflowSpec(Model):
-    description: str | None = None
+    description: str | None = Field(None, description="What the workflow does (shown by kubectl get czwf).")
     input: JSONObject | None = Field(None, description="JSON Schema of WorkflowExecution.spec.input.")
     env: dict[str, str] | None = Field(None, description="Variables for templates (env.NAME) and task pods.")
-    timeout: str | None = Field(None, pattern=DURATION_PATTERN)
-    tools: list[Tool] | None = None
-    agents: list[Agent] | None = None
-    tasks: list[Task] = Field(min_length=1, description="tasks[0] starts; a task with no onSuccess.next ends the run.")
+    timeout: str | None = Field(None, pattern=DURATION_PATTERN, description="Limit on a run's wall time, e.g. 30m.")
+    tools: list[Tool] | None = Field(None, max_length=100, description="Tools: Python or a command, run in task pods.")
+    agents: list[Agent] | None = Field(
+        None, max_length=100, description="LLM agents; a task runs one of their actions."
+    )
+    tasks: list[Task] = Field(
+        min_length=1, max_length=200, description="tasks[0] starts; a task with no onSuccess.next ends the run."
+    )
     output: Any = Field(None, description="Template of the workflow's output.")
 
     @field_validator("timeout")
@@ -189,14 +203,14 @@ class AttemptRecord(Model):
 
 class TaskStatus(Model):
     phase: TaskPhase
-    attempt: int = 1
-    pod_name: str | None = None
+    attempt: int = Field(1, description="Current attempt, 1-based.")
+    pod_name: str | None = Field(None, description="Pod of the current attempt.")
     started_at: str | None = None
     finished_at: str | None = None
-    output: Any = None
-    output_ref: OutputRef | None = None
+    output: Any = Field(None, description="The task's output (small outputs only; see outputRef).")
+    output_ref: OutputRef | None = Field(None, description="Where a large output is stored (NATS object store).")
     error: ErrorInfo | None = None
-    attempts: list[AttemptRecord] | None = None
+    attempts: list[AttemptRecord] | None = Field(None, description="Earlier attempts.")
 
 
 class Condition(Model):
@@ -210,16 +224,18 @@ class Condition(Model):
 class WorkflowExecutionStatus(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
-    phase: Phase = "Pending"
+    phase: Phase = Field("Pending", description="Pending, Running, then Succeeded, Failed, TimedOut or Cancelled.")
     workflow: str | None = Field(None, description="Name of the Workflow run (or `<inline>`).")
     progress: str | None = Field(None, description="Finished tasks / tasks known so far.")
     started_at: str | None = None
     finished_at: str | None = None
     duration: str | None = Field(None, description="Wall time from start to end, e.g. 1m12s.")
-    message: str | None = None
-    output: Any = None
-    error: ErrorInfo | None = None
-    tasks: dict[str, TaskStatus] = Field(default_factory=dict)
-    conditions: list[Condition] = Field(default_factory=list)
+    message: str | None = Field(None, description="Human-readable state of the run.")
+    output: Any = Field(None, description="The workflow's output (spec.output rendered).")
+    error: ErrorInfo | None = Field(None, description="Why the run failed.")
+    tasks: dict[str, TaskStatus] = Field(
+        default_factory=dict, description="State of each task by id (collection children: <id>[<index>])."
+    )
+    conditions: list[Condition] = Field(default_factory=list, description="Standard conditions (type Succeeded).")
     observed_generation: int | None = None
     state_seq: int = Field(0, description="JetStream sequence of the last state event folded into this status.")

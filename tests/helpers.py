@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
+
+import yaml
 
 from compozy_operator.testenv import Kube
 from compozy_operator.testenv.node import DEFAULT_IMAGES
@@ -79,3 +83,36 @@ def pid_alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+class Kubectl:
+    """The real kubectl against the local cluster."""
+
+    def __init__(self, bindir: Path, kubeconfig: Path) -> None:
+        self.argv = [str(bindir / "kubectl"), "--kubeconfig", str(kubeconfig)]
+
+    def __call__(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.argv, *args], input=stdin, capture_output=True, text=True, timeout=60)
+
+    def ok(self, *args: str, stdin: str | None = None) -> str:
+        proc = self(*args, stdin=stdin)
+        assert proc.returncode == 0, f"kubectl {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}"
+        return proc.stdout
+
+    def apply(self, namespace: str, *docs: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return self("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump_all(docs, sort_keys=False))
+
+
+CRD_DIR = Path(__file__).resolve().parents[1] / "crds"
+CRD_NAMES = ["workflows.compozy.dev", "workflowexecutions.compozy.dev"]
+
+
+def apply_crds(kubectl: Kubectl) -> None:
+    """Apply crds/ and wait until both CRDs are Established and served. Idempotent.
+
+    A just-started apiserver can refuse a first apply while its storage initialises, so the apply
+    is retried for a few seconds."""
+    wait_for(lambda: kubectl("apply", "-f", str(CRD_DIR)).returncode == 0, 30, "kubectl apply -f crds/")
+    kubectl.ok("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in CRD_NAMES))
+    wait_for(lambda: kubectl("get", "workflows.compozy.dev,workflowexecutions.compozy.dev", "-A").returncode == 0,
+             30, "the compozy.dev resources to be served", interval=0.2)
