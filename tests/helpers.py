@@ -113,6 +113,8 @@ def apply_crds(kubectl: Kubectl) -> None:
     A just-started apiserver can refuse a first apply while its storage initialises, so the apply
     is retried for a few seconds."""
     wait_for(lambda: kubectl("apply", "-f", str(CRD_DIR)).returncode == 0, 30, "kubectl apply -f crds/")
-    kubectl.ok("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in CRD_NAMES))
+    established = ("wait", "--for=condition=Established", "--timeout=30s", *(f"crd/{n}" for n in CRD_NAMES))
+    wait_for(lambda: kubectl(*established).returncode == 0, 60,
+             "the CRDs to be Established")
     wait_for(lambda: kubectl("get", "workflows.compozy.dev,workflowexecutions.compozy.dev", "-A").returncode == 0,
              30, "the compozy.dev resources to be served", interval=0.2)

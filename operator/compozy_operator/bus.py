@@ -47,6 +47,7 @@ class Bus:
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self.last_error: str | None = None
+        self._connect_error: Exception | None = None
 
     @property
     def connected(self) -> bool:
@@ -58,15 +59,21 @@ class Bus:
         while True:
             tried += 1
             try:
+                # One try per round here (this loop owns the back-off and says why it waits) ...
                 self.nc = await nats.connect(
                     self.url, token=self.token, name=self.name, connect_timeout=5,
-                    max_reconnect_attempts=-1, reconnect_time_wait=1,
+                    max_reconnect_attempts=1, reconnect_time_wait=0.1,
                     error_cb=self._on_error, disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect)
+                # ... and once connected, the client reconnects on its own, forever.
+                self.nc.options["max_reconnect_attempts"] = -1
+                self.nc.options["reconnect_time_wait"] = 1
                 self.js = self.nc.jetstream()
                 self.last_error = None
                 return
             except Exception as e:  # noqa: BLE001 - any failure is retried the same way
-                self.last_error = f"NATS at {self.url} unreachable: {e or type(e).__name__}"
+                cause = self._connect_error or e  # "no servers available" hides e.g. "connection refused"
+                self._connect_error = None
+                self.last_error = f"NATS at {self.url} unreachable: {cause or type(cause).__name__}"
                 if attempts is not None and tried >= attempts:
                     raise ConnectionError(self.last_error) from e
                 log.warning("%s; retrying in %.1fs", self.last_error, delay)
@@ -74,8 +81,11 @@ class Bus:
                 delay = min(max_delay, delay * 2)
 
     async def _on_error(self, e: Exception) -> None:
-        self.last_error = str(e)
-        log.warning("NATS error: %s", e)
+        if self.js is None:  # while connecting, connect() reports the failure itself
+            self._connect_error = e
+        else:
+            self.last_error = f"NATS at {self.url}: {e}"
+            log.warning("NATS error: %s", e)
 
     async def _on_disconnect(self) -> None:
         log.warning("NATS disconnected; reconnecting")

@@ -49,7 +49,7 @@ def _condition(status: str, reason: str, message: str, at: str) -> Condition:
 
 def _error(data: dict) -> ErrorInfo:
     err = data.get("error") or {}
-    return ErrorInfo(task=data.get("task"), reason=err.get("reason"), message=err.get("message"))
+    return ErrorInfo(task=err.get("task") or data.get("task"), reason=err.get("reason"), message=err.get("message"))
 
 
 def fold(status: WorkflowExecutionStatus, event: Event, seq: int) -> WorkflowExecutionStatus:
@@ -111,6 +111,9 @@ def _fold_task(s: WorkflowExecutionStatus, etype: EventType, event: Event) -> Wo
                                        attempts=previous or None)
             s.progress = _progress(s)
         return s
+    if current is None and etype == EventType.TASK_FAILED:
+        # failed before any pod ran (e.g. its input template did not render)
+        current = s.tasks[name] = TaskStatus(phase="Pending", attempt=attempt)
     if current is None or attempt != current.attempt or current.phase in TASK_TERMINAL:
         return s  # a stale attempt, or a fact about a task that already ended
     if etype == EventType.TASK_STARTED:

@@ -90,3 +90,8 @@ def test_events_of_unknown_type_only_move_the_sequence() -> None:
 
 def test_format_duration() -> None:
     assert [format_duration(x) for x in (0, 59.6, 61, 3600, 3725)] == ["0s", "1m0s", "1m1s", "1h0m0s", "1h2m5s"]
+
+
+def test_task_failed_before_dispatch_is_recorded() -> None:
+    s = run(HAPPY[0], ev(EventType.TASK_FAILED, "a", 1, error={"reason": "TemplateError", "message": "x: bad"}))
+    assert s.tasks["a"].phase == "Failed" and s.tasks["a"].error.reason == "TemplateError"
