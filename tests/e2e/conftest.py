@@ -2,60 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from compozy_operator.testenv import DevEnvironment
-from compozy_operator.testenv.process import ManagedProcess
-from compozy_operator.testenv.workdir import free_port
+from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl, apply_crds, wait_for
 
 TASK_IMAGE = "compozy/compozy-operator:test"
-
-
-@dataclass
-class OperatorProcess:
-    devenv: DevEnvironment
-    port: int
-    log_path: Path
-    proc: ManagedProcess | None = None
-
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "KUBECONFIG": str(self.devenv.kubeconfig), "COMPOZY_NATS_URL": self.devenv.nats.url,
-                "COMPOZY_NATS_TOKEN": self.devenv.nats.token, "COMPOZY_TASK_IMAGE": TASK_IMAGE,
-                "COMPOZY_HTTP_PORT": str(self.port)}
-
-    def start(self, env: dict[str, str] | None = None, wait_ready: bool = True) -> ManagedProcess:
-        self.proc = ManagedProcess("operator", [sys.executable, "-m", "compozy_operator.cli", "operator"],
-                                   self.log_path, env=env or self.env()).start()
-        if wait_ready:
-            self.proc.wait_until(lambda: self.readyz()[0] == 200, 60, "ready")
-        return self.proc
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.signal_group(9)
-        self.proc.stop(1)
-
-    def readyz(self) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:  # noqa: S310
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError as e:  # not listening yet
-            return 0, str(e)
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:  # noqa: S310
-            return r.read().decode()
 
 
 @pytest.fixture(scope="session")
@@ -67,11 +22,10 @@ def kubectl(devenv: DevEnvironment) -> Kubectl:
 
 @pytest.fixture(scope="session")
 def operator(devenv: DevEnvironment, kubectl: Kubectl) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(devenv, free_port(), devenv.workdir / "logs" / "operator.log")
+    op = OperatorProcess(devenv, extra_env={"COMPOZY_TASK_IMAGE": TASK_IMAGE})
     op.start()
     yield op
-    if op.proc:
-        op.proc.stop(10)
+    op.stop()
 
 
 def execution_status(kubectl: Kubectl, namespace: str, name: str) -> dict:

@@ -17,7 +17,9 @@ from compozy_operator.events import event_id
 from compozy_operator.kube import Kube
 from tests.helpers import Kubectl, wait_for
 
-from .conftest import OperatorProcess, execution_status, wait_finished
+from compozy_operator.testenv.operator_process import OperatorProcess
+
+from .conftest import execution_status, wait_finished
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -303,10 +305,9 @@ def test_metrics_move_for_a_run(operator: OperatorProcess, kubectl: Kubectl, nam
 def test_unreachable_nats_is_retried_and_reported(operator: OperatorProcess, devenv, tmp_path: Path) -> None:
     from compozy_operator.testenv.workdir import free_port
 
-    port = free_port()
-    other = type(operator)(devenv, port, tmp_path / "operator.log")
-    other.start(env={**operator.env(), "COMPOZY_NATS_URL": f"nats://127.0.0.1:{free_port()}",
-                     "COMPOZY_HTTP_PORT": str(port)}, wait_ready=False)
+    other = OperatorProcess(devenv, log_path=tmp_path / "operator.log",
+                            extra_env={"COMPOZY_NATS_URL": f"nats://127.0.0.1:{free_port()}"})
+    other.start(wait_ready=False)
     try:
         def not_ready() -> tuple[int, str] | None:
             code, text = other.readyz()
@@ -316,4 +317,4 @@ def test_unreachable_nats_is_retried_and_reported(operator: OperatorProcess, dev
         assert text.startswith("NATS at nats://127.0.0.1:") and code == 503
         wait_for(lambda: "retrying in" in other.log_path.read_text(), 20, "a retry message in the log")
     finally:
-        other.proc.stop(5)
+        other.stop()

@@ -1,83 +1,90 @@
-"""``compozy dev demo``: the local cluster at work, end to end, in under a minute."""
+"""``compozy dev demo`` (``make demo``): a workflow runs end to end on the local cluster.
+
+Starts the control plane, a process node and NATS, installs the CRDs, starts the operator,
+applies ``examples/hello-workflow.yaml``, waits for the end, and prints
+``kubectl get workflowexecutions`` and the execution's output.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import json
 import subprocess
 import time
+from pathlib import Path
 
+from ..api.crd import generate
 from .environment import DevEnvironment
-from ..kube import Kube
-from .natsclient import jetstream_round_trip
-from .workdir import free_port
+from .operator_process import OperatorProcess
+from .workdir import repo_root
 
-NAMESPACE = "demo"
-
-
-def _kubectl(env: DevEnvironment, *args: str) -> None:
-    print(f"\n$ kubectl {' '.join(args)}", flush=True)
-    subprocess.run([str(env.bindir / "kubectl"), "--kubeconfig", str(env.kubeconfig), *args], check=True)
+EXAMPLE = "examples/hello-workflow.yaml"
+EXECUTION = "hello-1"
 
 
-def _deployment(image: str, port: int) -> dict:
-    container = {
-        "name": "web",
-        "image": image,
-        "command": ["python", "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-        "env": [{"name": "GREETING", "valueFrom": {"secretKeyRef": {"name": "demo-greeting", "key": "text"}}}],
-        "readinessProbe": {"httpGet": {"path": "/", "port": port}, "periodSeconds": 1},
-    }
-    return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "hello", "namespace": NAMESPACE},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": "hello"}},
-            "template": {"metadata": {"labels": {"app": "hello"}}, "spec": {"containers": [container]}},
-        },
-    }
+def _kubectl(env: DevEnvironment, *args: str, stdin: str | None = None, show: bool = True) -> str:
+    if show:
+        print(f"\n$ kubectl {' '.join(args)}", flush=True)
+    out = subprocess.run([str(env.bindir / "kubectl"), "--kubeconfig", str(env.kubeconfig), *args], input=stdin,
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")
+    if show:
+        print(out.stdout, end="", flush=True)
+    return out.stdout
 
 
-def _wait_available(kube: Kube, timeout: float = 60) -> None:
+def _wait_finished(env: DevEnvironment, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status = kube.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/hello").get("status") or {}
-        if status.get("availableReplicas") == 1:
-            return
-        time.sleep(0.2)
-    raise TimeoutError("deployment hello was not available after 60s")
+        status = json.loads(_kubectl(env, "get", "wfx", EXECUTION, "-o", "json", show=False)).get("status") or {}
+        if status.get("phase") in ("Succeeded", "Failed", "TimedOut", "Cancelled"):
+            return status
+        time.sleep(0.3)
+    raise TimeoutError(f"{EXECUTION} did not finish in {timeout:.0f}s")
 
 
 def run_demo(keep: bool = False) -> int:
+    root = repo_root()
+    example = (root or Path.cwd()) / EXAMPLE
     t0 = time.monotonic()
     with DevEnvironment.start() as env:
         print(f"local cluster up in {time.monotonic() - t0:.1f}s: kube-apiserver {env.cluster.server}, "
-              f"NATS {env.nats.url}", flush=True)
-        _kubectl(env, "get", "nodes", "-o", "wide")
-        kube = env.kube()
-        kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
-        env.cluster.wait_default_service_account(NAMESPACE)
-        kube.create(f"/api/v1/namespaces/{NAMESPACE}/secrets", {
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "demo-greeting"},
-            "stringData": {"text": "hello from a Secret"}})
-        t1 = time.monotonic()
-        kube.create(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments", _deployment(f"{env.images[0]}:dev", free_port()))
-        _wait_available(kube)
-        print(f"\nDeployment hello: scheduled, started and Ready on the process node in {time.monotonic() - t1:.1f}s")
-        _kubectl(env, "-n", NAMESPACE, "get", "deployments,pods", "-o", "wide")
-        data = asyncio.run(jetstream_round_trip(env.nats.url, env.nats.token, "DEMO", "demo.hello", b"hello, JetStream"))
-        print(f"\nJetStream round trip with token auth through nats-server: {data.decode()!r}")
-        kube.close()
-        if keep:
-            print("\nThe cluster stays up; in another shell:")
-            for k, v in env.exports().items():
-                print(f"export {k}={v}")
-            print("Ctrl-C stops it.", flush=True)
+              f"NATS {env.nats.url} (token auth)", flush=True)
+        _kubectl(env, "get", "nodes")
+        crds = "---\n".join(generate().values())
+        for _ in range(50):  # a just-started apiserver may still be initialising its storage
             try:
-                while True:
-                    time.sleep(1)
-                    env.check_alive()
-            except KeyboardInterrupt:
-                pass
+                _kubectl(env, "apply", "-f", "-", stdin=crds, show=False)
+                break
+            except RuntimeError:
+                time.sleep(0.2)
+        _kubectl(env, "wait", "--for=condition=Established", "crd/workflows.compozy.dev",
+                 "crd/workflowexecutions.compozy.dev", show=False)
+        operator = OperatorProcess(env)
+        operator.start()
+        print(f"\noperator running as a local process (pid {operator.proc.pid}), metrics on "
+              f"http://127.0.0.1:{operator.port}/metrics", flush=True)
+        try:
+            t1 = time.monotonic()
+            _kubectl(env, "apply", "-f", str(example))
+            status = _wait_finished(env)
+            print(f"\n{EXECUTION} finished in {time.monotonic() - t1:.1f}s")
+            _kubectl(env, "get", "workflowexecutions")
+            print(f"\noutput of {EXECUTION}:\n{json.dumps(status.get('output'), indent=2)}")
+            if status["phase"] != "Succeeded":
+                print(f"\n{EXECUTION} ended {status['phase']}: {status.get('message')}")
+            if keep:
+                print("\nThe cluster stays up; in another shell:")
+                for k, v in env.exports().items():
+                    print(f"export {k}={v}")
+                print(f"export PATH={env.bindir}:$PATH\nCtrl-C stops it.", flush=True)
+                try:
+                    while True:
+                        time.sleep(1)
+                        env.check_alive()
+                except KeyboardInterrupt:
+                    pass
+        finally:
+            operator.stop()
     print(f"\ndemo done in {time.monotonic() - t0:.1f}s; everything stopped")
-    return 0
+    return 0 if status["phase"] == "Succeeded" else 1
