@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test cluster bench-testenv binaries lock clean
+.PHONY: demo test cluster bench bench-testenv binaries lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ cluster: $(STAMP) binaries
 
 test: $(STAMP) binaries
 	$(PY) -m pytest
+
+bench: $(STAMP) binaries
+	$(PY) hack/bench/workflows.py
 
 bench-testenv: $(STAMP) binaries
 	$(PY) hack/bench/testenv.py

@@ -20,7 +20,8 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType,
+                         StreamConfig)
 from nats.js.errors import NotFoundError
 
 from .events import COMMAND_STREAM, LOG_STREAM, STATE_STREAM, Event, EventType, log_subject, utcnow
@@ -109,6 +110,25 @@ class Bus:
         ack = await self.js.publish(event.subject, event.model_dump_json().encode(), stream=STATE_STREAM,
                                     headers={"Nats-Msg-Id": event.id})
         return ack.seq
+
+    async def replay(self, subject: str, batch: int = 512) -> list[tuple[int, Event]]:
+        """Every state event stored under ``subject`` (a wildcard), in stream order, with sequences."""
+        assert self.js is not None
+        sub = await self.js.pull_subscribe(
+            subject, stream=STATE_STREAM,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30,
+                                  mem_storage=True))
+        out: list[tuple[int, Event]] = []
+        try:
+            while True:
+                info = await sub.consumer_info()
+                if info.num_pending == 0:
+                    break
+                msgs = await sub.fetch(min(batch, info.num_pending), timeout=5)
+                out += [(m.metadata.sequence.stream, Event.model_validate_json(m.data)) for m in msgs]
+        finally:
+            await sub.unsubscribe()
+        return out
 
     async def publish_command(self, subject: str, payload: dict[str, Any], msg_id: str) -> int:
         assert self.js is not None

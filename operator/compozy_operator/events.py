@@ -56,7 +56,10 @@ def token(name: str) -> str:
     return name.replace(".", "_")
 
 
-def state_subject(namespace: str, execution: str, etype: EventType) -> str:
+def state_subject(namespace: str, execution: str, etype: EventType | None) -> str:
+    """The subject of one event type, or with ``etype=None`` the wildcard for all of an execution's."""
+    if etype is None:
+        return f"compozy.state.{token(namespace)}.{token(execution)}.>"
     return f"compozy.state.{token(namespace)}.{token(execution)}.{etype.entity}.{etype.value}"
 
 

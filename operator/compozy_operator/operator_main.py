@@ -34,7 +34,8 @@ class Operator:
         self.kube = Kube.from_environment()
         self.bus = Bus(settings.nats_url, settings.nats_token, "compozy-operator")
         self.orchestrator = Orchestrator(settings, self.kube, self.bus)
-        self.state = StateManager(self.bus, self.kube, self.orchestrator.reconcile, settings.state_batch)
+        self.state = StateManager(self.bus, self.kube, self.orchestrator.reconcile, settings.state_batch,
+                                  settings.status_defer)
         self.http = HttpServer(settings.http_port, self.readiness)
         self.tasks: list[asyncio.Task[Any]] = []
         self.nats_ready = False

@@ -16,11 +16,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from nats.js.errors import NotFoundError
-
 from .api.models import GROUP, TERMINAL_PHASES, VERSION, WorkflowExecutionSpec, WorkflowExecutionStatus, WorkflowSpec
 from .bus import Bus
-from .events import STATE_STREAM, Event, EventType, command_subject, event_id, make_event, state_subject
+from .events import Event, EventType, command_subject, event_id, make_event, state_subject
 from .executor import Dispatch, FailTask, Finish, RunContext, decide
 from .kube import ApiException, Kube
 from .monitoring import DISPATCH_SECONDS, PODS_CREATED
@@ -44,6 +42,8 @@ class Run:
     spec: WorkflowSpec | None = None
     context: RunContext | None = None
     overlay: list[tuple[int, Event]] = field(default_factory=list)
+    history: list[tuple[int, Event]] = field(default_factory=list)  # replayed from the stream at load
+    loaded: bool = False
     acted: set[tuple[str, str, int]] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -91,16 +91,22 @@ class Orchestrator:
     # ---- the work -------------------------------------------------------------------------
 
     def _virtual(self, run: Run, status: WorkflowExecutionStatus) -> WorkflowExecutionStatus:
-        """The status plus our own events it does not show yet."""
+        """The status plus the facts it may not show yet: the replayed history and our own events.
+
+        The reducer is order-independent and idempotent, so folding facts the status already has
+        changes nothing."""
         run.overlay = [(seq, ev) for seq, ev in run.overlay if seq > status.state_seq]
-        for seq, ev in sorted(run.overlay, key=lambda x: x[0]):
+        for seq, ev in [*run.history, *run.overlay]:
             status = fold(status, ev, seq)
         return status
 
     async def _reconcile(self, run: Run, obj: dict[str, Any], status: WorkflowExecutionStatus) -> None:
-        if status.phase == "Pending" and not run.overlay:
+        if not run.loaded:
+            await self._load(run)
+            run.loaded = True
+        if run.spec is None and status.phase == "Pending":
             await self._start(run, obj)
-        if run.spec is None and not await self._load(run):
+        if run.spec is None:  # could not start (the failure is published), or started by nobody we know
             return
         virtual = self._virtual(run, status)
         assert run.spec is not None and run.context is not None
@@ -163,20 +169,19 @@ class Orchestrator:
             raise
         return name, parse_workflow(raw.get("spec") or {}, f"Workflow {name}: spec"), spec
 
-    async def _load(self, run: Run) -> bool:
-        """After a restart: the run's workflow, as it was resolved at start, from the state stream."""
-        assert self.bus.js is not None
-        subject = state_subject(run.namespace, run.name, EventType.WORKFLOW_STARTED)
-        try:
-            msg = await self.bus.js.get_last_msg(STATE_STREAM, subject)
-        except NotFoundError:
-            return False
-        ev = Event.model_validate_json(msg.data)
-        if ev.data.get("uid") != run.uid:
-            return False
-        run.spec = WorkflowSpec.model_validate(ev.data["spec"])
-        run.context = RunContext(execution=run.name, input=ev.data.get("input"))
-        return True
+    async def _load(self, run: Run) -> None:
+        """First sight of a run (e.g. after a restart): replay its events from the state stream.
+
+        The status may lag the stream: events a killed operator had fetched but not yet written
+        come back only after their ack wait. The stream has them all, so decisions are made from
+        status + history and never repeat a dispatch the status does not show yet."""
+        history = await self.bus.replay(state_subject(run.namespace, run.name, None))
+        history = [(seq, ev) for seq, ev in history if ev.data.get("uid") == run.uid]
+        run.history = history
+        started = next((ev for _, ev in history if ev.type == EventType.WORKFLOW_STARTED), None)
+        if started is not None:
+            run.spec = WorkflowSpec.model_validate(started.data["spec"])
+            run.context = RunContext(execution=run.name, input=started.data.get("input"))
 
     async def _ensure_nats_secret(self, namespace: str) -> None:
         if namespace in self.secrets_ready:

@@ -52,27 +52,25 @@ def _error(data: dict) -> ErrorInfo:
     return ErrorInfo(task=err.get("task") or data.get("task"), reason=err.get("reason"), message=err.get("message"))
 
 
-def fold(status: WorkflowExecutionStatus, event: Event, seq: int) -> WorkflowExecutionStatus:
-    """Return the status after ``event`` (stream sequence ``seq``); ``status`` is not modified."""
-    if seq and seq <= status.state_seq:
-        return status
+def fold(status: WorkflowExecutionStatus, event: Event, seq: int = 0) -> WorkflowExecutionStatus:
+    """Return the status after ``event`` (stream sequence ``seq``); ``status`` is not modified.
+
+    Order does not matter: each task attempt only moves forward (Pending -> Running -> an end),
+    a newer attempt replaces an older one, and facts that arrive late only fill in what is
+    missing. Folding the same event again changes nothing but ``stateSeq`` (the highest sequence
+    folded)."""
     s = status.model_copy(deep=True)
-    if seq:
-        s.state_seq = seq
+    s.state_seq = max(s.state_seq, seq)
     try:
         etype = EventType(event.type)
     except ValueError:
         return s
-    if s.phase in TERMINAL_PHASES and etype != EventType.WORKFLOW_STARTED:
-        # A finished run only takes late task facts (e.g. a pod that reported after a cancel).
-        if etype not in (EventType.TASK_SUCCESS, EventType.TASK_FAILED):
-            return s
     data = event.data
     if etype == EventType.WORKFLOW_STARTED:
+        s.workflow = s.workflow or data.get("workflow")
+        s.started_at = s.started_at or event.time
         if s.phase == "Pending":
             s.phase = "Running"
-            s.started_at = event.time
-            s.workflow = data.get("workflow")
             s.progress = _progress(s, data.get("taskCount", 0))
             s.message = "running"
             s.conditions = [_condition("Unknown", "Running", "the workflow is running", event.time)]
@@ -98,40 +96,51 @@ def fold(status: WorkflowExecutionStatus, event: Event, seq: int) -> WorkflowExe
     return _fold_task(s, etype, event)
 
 
+_TASK_TARGET = {
+    EventType.TASK_DISPATCHED: "Pending",
+    EventType.TASK_STARTED: "Running",
+    EventType.TASK_SUCCESS: "Succeeded",
+    EventType.TASK_FAILED: "Failed",
+}
+_RANK = {"Pending": 0, "Running": 1}  # every other phase is an end (rank 2)
+
+
+def _rank(phase: str) -> int:
+    return _RANK.get(phase, 2)
+
+
 def _fold_task(s: WorkflowExecutionStatus, etype: EventType, event: Event) -> WorkflowExecutionStatus:
-    data = event.data
-    name, attempt = event.task, int(event.attempt or 1)
-    if not name:
-        return s
+    name, attempt, data = event.task, int(event.attempt or 1), event.data
+    target = _TASK_TARGET.get(etype)
+    if not name or target is None:
+        return s  # Tool*/Agent* progress is in the event stream, not in the status
     current = s.tasks.get(name)
-    if etype == EventType.TASK_DISPATCHED:
-        if current is None or (attempt > current.attempt and current.phase in TASK_TERMINAL | {"Pending"}):
-            previous = (current.attempts or []) if current else []
-            s.tasks[name] = TaskStatus(phase="Pending", attempt=attempt, pod_name=data.get("podName"),
-                                       attempts=previous or None)
-            s.progress = _progress(s)
-        return s
-    if current is None and etype == EventType.TASK_FAILED:
-        # failed before any pod ran (e.g. its input template did not render)
-        current = s.tasks[name] = TaskStatus(phase="Pending", attempt=attempt)
-    if current is None or attempt != current.attempt or current.phase in TASK_TERMINAL:
-        return s  # a stale attempt, or a fact about a task that already ended
+    if current is not None and attempt < current.attempt:
+        return s  # a fact about an attempt that was already replaced
+    if current is None or attempt > current.attempt:
+        history = (current.attempts or None) if current else None
+        current = s.tasks[name] = TaskStatus(phase="Pending", attempt=attempt, attempts=history)
+    current.pod_name = current.pod_name or data.get("podName")
     if etype == EventType.TASK_STARTED:
-        current.phase = "Running"
         current.started_at = current.started_at or event.time
-        current.pod_name = data.get("podName") or current.pod_name
-    elif etype == EventType.TASK_SUCCESS:
-        current.phase = "Succeeded"
+    for record in current.attempts or []:  # the failed attempt's record gets the late facts too
+        if record.attempt == attempt:
+            record.pod_name = record.pod_name or current.pod_name
+            record.started_at = record.started_at or current.started_at
+    s.progress = _progress(s)
+    if _rank(target) <= _rank(current.phase):
+        return s  # already there or past it: late facts only filled in the blanks above
+    current.phase = target  # type: ignore[assignment]
+    if etype == EventType.TASK_SUCCESS:
         current.finished_at = event.time
         current.output = data.get("output")
-        current.error = None
     elif etype == EventType.TASK_FAILED:
-        current.phase = "Failed"
         current.finished_at = event.time
-        current.error = ErrorInfo(reason=(data.get("error") or {}).get("reason"),
-                                  message=(data.get("error") or {}).get("message"))
-        record = AttemptRecord(attempt=attempt, pod_name=current.pod_name, phase="Failed", error=current.error,
-                               started_at=current.started_at, finished_at=current.finished_at)
-        current.attempts = [*(current.attempts or []), record]
+        err = data.get("error") or {}
+        current.error = ErrorInfo(reason=err.get("reason"), message=err.get("message"))
+        if not any(r.attempt == attempt for r in current.attempts or []):
+            record = AttemptRecord(attempt=attempt, pod_name=current.pod_name, phase="Failed", error=current.error,
+                                   started_at=current.started_at, finished_at=current.finished_at)
+            current.attempts = [*(current.attempts or []), record]
     s.progress = _progress(s)
     return s

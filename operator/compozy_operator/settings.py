@@ -33,3 +33,5 @@ class Settings:
     delete_finished_pods: bool = field(
         default_factory=lambda: _env("COMPOZY_DELETE_FINISHED_PODS", "true").lower() == "true")
     state_batch: int = field(default_factory=lambda: int(_env("COMPOZY_STATE_BATCH", "256")))
+    # how long progress-only events (dispatched, started) may wait to share a status PATCH
+    status_defer: float = field(default_factory=lambda: float(_env("COMPOZY_STATUS_DEFER_SECONDS", "2")))

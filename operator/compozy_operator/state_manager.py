@@ -1,7 +1,8 @@
 """state.Manager: folds state events from JetStream into WorkflowExecution status.
 
 A durable pull consumer reads ``COMPOZY_STATE``. Each batch is grouped by execution; each group
-becomes at most one status PATCH (a merge patch of only what changed). Messages are acked only
+becomes at most one status PATCH (a merge patch of only what changed), and progress-only events
+wait briefly to share a PATCH with what follows. Messages are acked only
 after their PATCH succeeded, so an operator crash re-delivers them, and the reducer's
 ``stateSeq`` check makes the re-delivery a no-op. This is the only writer of the status.
 """
@@ -12,14 +13,15 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from .api.models import GROUP, VERSION, WorkflowExecutionStatus
+from .api.models import GROUP, TERMINAL_PHASES, VERSION, WorkflowExecutionStatus
 from .bus import Bus
-from .events import STATE_STREAM, Event
+from .events import STATE_STREAM, Event, EventType
 from .kube import ApiException, Kube, merge_patch_diff
 from .monitoring import EVENTS, STATUS_PATCHES, observe, post_event
 from .reducer import fold
@@ -34,13 +36,36 @@ def execution_path(namespace: str, name: str) -> str:
     return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/workflowexecutions/{name}"
 
 
+# Events that change what the orchestrator decides (or end something) are written at once; the
+# others (TaskDispatched, TaskExecutionStarted, Tool*/Agent* progress) wait up to `defer` seconds
+# to share a PATCH with what follows, so a fast task costs about one status write.
+URGENT = frozenset({
+    EventType.TASK_SUCCESS, EventType.TASK_FAILED, EventType.TASK_RETRY_SCHEDULED, EventType.WORKFLOW_SUCCESS, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_TIMED_OUT,
+    EventType.WORKFLOW_CANCELLED,
+})
+
+
+@dataclass
+class Pending:
+    """Events folded for one execution but not written yet."""
+
+    obj: dict[str, Any]
+    before: WorkflowExecutionStatus
+    after: WorkflowExecutionStatus
+    msgs: list[Msg] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+
+
 class StateManager:
-    def __init__(self, bus: Bus, kube: Kube, on_status: OnStatus, batch: int = 256) -> None:
+    def __init__(self, bus: Bus, kube: Kube, on_status: OnStatus, batch: int = 256, defer: float = 2.0) -> None:
         self.bus = bus
         self.kube = kube
         self.on_status = on_status
         self.batch = batch
+        self.defer = defer
         self.cache: dict[Key, dict[str, Any]] = {}  # last object this manager wrote (it is the only writer)
+        self.pending: dict[Key, Pending] = {}
+        self.locks: dict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.running = True
 
     async def run(self) -> None:
@@ -88,43 +113,80 @@ class StateManager:
             raise
 
     async def apply_group(self, key: Key, items: list[tuple[Msg, Event, int]]) -> None:
-        try:
-            obj = await self._current(key)
-            if obj is None:  # the execution is gone; its events have nowhere to go
-                await asyncio.gather(*(m.ack() for m, _, _ in items))
+        msgs = [m for m, _, _ in items]
+        async with self.locks[key]:
+            try:
+                p = self.pending.get(key)
+                if p is None:
+                    obj = await self._current(key)
+                    if obj is None:  # the execution is gone; its events have nowhere to go
+                        await asyncio.gather(*(m.ack() for m in msgs))
+                        return
+                    status = WorkflowExecutionStatus.model_validate(obj.get("status") or {})
+                    p = self.pending[key] = Pending(obj, status, status)
+                uid = p.obj["metadata"]["uid"]
+                for _, ev, seq in items:
+                    if ev.data.get("uid") == uid:  # events of an earlier execution with the same name are dropped
+                        p.after = fold(p.after, ev, seq)
+                p.msgs += msgs
+            except Exception:  # noqa: BLE001
+                self.pending.pop(key, None)
+                self.cache.pop(key, None)
+                log.exception("folding events into %s/%s failed; they will be re-delivered", *key)
+                await asyncio.gather(*(m.nak(delay=1) for m in msgs))
                 return
-            uid = obj["metadata"]["uid"]
-            before = WorkflowExecutionStatus.model_validate(obj.get("status") or {})
-            after = before
-            for _, ev, seq in items:
-                if ev.data.get("uid") == uid:  # events of an earlier execution with the same name are dropped
-                    after = fold(after, ev, seq)
-            if after != before:
-                patch = merge_patch_diff(obj.get("status") or {}, after.dump())
+            if any(ev.type in URGENT for _, ev, _ in items) or self.defer <= 0:
+                obj = await self._flush(key)
+            else:
+                if p.timer is None:
+                    p.timer = asyncio.get_running_loop().call_later(
+                        self.defer, lambda: asyncio.ensure_future(self._flush_later(key)))
+                return
+        if obj is not None:
+            await self.on_status(obj)
+
+    async def _flush_later(self, key: Key) -> None:
+        async with self.locks[key]:
+            obj = await self._flush(key)
+        if obj is not None:
+            await self.on_status(obj)
+
+    async def _flush(self, key: Key) -> dict[str, Any] | None:
+        """Write what is pending for ``key`` (one PATCH, only if the status really changed), then ack.
+
+        Returns the written object, or None when nothing was written."""
+        p = self.pending.pop(key, None)
+        if p is None:
+            return None
+        if p.timer is not None:
+            p.timer.cancel()
+        written = None
+        try:
+            if p.after.model_copy(update={"state_seq": p.before.state_seq}) != p.before:
+                patch = merge_patch_diff(p.obj.get("status") or {}, p.after.dump())
                 STATUS_PATCHES.inc()
-                obj = await asyncio.to_thread(self.kube.merge_patch, execution_path(*key) + "/status",
-                                              {"status": patch})
-                self.cache[key] = obj
-                for etype, reason, message in observe(before, after):
-                    asyncio.get_running_loop().run_in_executor(None, post_event, self.kube, obj, etype, reason,
+                written = await asyncio.to_thread(self.kube.merge_patch, execution_path(*key) + "/status",
+                                                  {"status": patch})
+                self.cache[key] = written
+                for etype, reason, message in observe(p.before, p.after):
+                    asyncio.get_running_loop().run_in_executor(None, post_event, self.kube, written, etype, reason,
                                                                message)
-            await asyncio.gather(*(m.ack() for m, _, _ in items))
+            await asyncio.gather(*(m.ack() for m in p.msgs))
         except ApiException as e:
             self.cache.pop(key, None)
             if e.status == 404:
-                await asyncio.gather(*(m.ack() for m, _, _ in items))
-                return
+                await asyncio.gather(*(m.ack() for m in p.msgs))
+                return None
             log.warning("status patch of %s/%s failed (%s %s); events will be re-delivered", *key, e.status, e.reason)
-            await asyncio.gather(*(m.nak(delay=1) for m, _, _ in items))
-            return
-        except Exception:  # noqa: BLE001
+            await asyncio.gather(*(m.nak(delay=1) for m in p.msgs))
+            return None
+        if p.after.phase in TERMINAL_PHASES:
             self.cache.pop(key, None)
-            log.exception("folding events into %s/%s failed; they will be re-delivered", *key)
-            await asyncio.gather(*(m.nak(delay=1) for m, _, _ in items))
-            return
-        if after.phase in ("Succeeded", "Failed", "TimedOut", "Cancelled"):
-            self.cache.pop(key, None)
-        await self.on_status(obj)
+            self.locks.pop(key, None)
+        return written
 
     def forget(self, key: Key) -> None:
         self.cache.pop(key, None)
+        p = self.pending.pop(key, None)
+        if p and p.timer:
+            p.timer.cancel()

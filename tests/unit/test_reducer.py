@@ -95,3 +95,23 @@ def test_format_duration() -> None:
 def test_task_failed_before_dispatch_is_recorded() -> None:
     s = run(HAPPY[0], ev(EventType.TASK_FAILED, "a", 1, error={"reason": "TemplateError", "message": "x: bad"}))
     assert s.tasks["a"].phase == "Failed" and s.tasks["a"].error.reason == "TemplateError"
+
+
+def test_any_order_and_any_repetition_give_the_same_status() -> None:
+    import itertools
+
+    facts = HAPPY[1:4] + [ev(EventType.TASK_DISPATCHED, "b", 1, podName="run-b-1"),
+                          ev(EventType.TASK_FAILED, "b", 1, error={"reason": "X", "message": "m"})]
+    reference = run(HAPPY[0], *facts)
+    for order in itertools.permutations(facts):
+        s = run(HAPPY[0], *order, *order[:2])  # and some delivered twice
+        assert s.model_copy(update={"state_seq": 0}) == reference.model_copy(update={"state_seq": 0}), order
+
+
+def test_a_newer_attempt_replaces_an_older_one_in_any_order() -> None:
+    first = [ev(EventType.TASK_DISPATCHED, "a", 1, podName="p1"),
+             ev(EventType.TASK_FAILED, "a", 1, error={"reason": "X", "message": "one"})]
+    second = [ev(EventType.TASK_DISPATCHED, "a", 2, podName="p2"), ev(EventType.TASK_SUCCESS, "a", 2, output={})]
+    for events in (first + second, second + first, second[:1] + first + second[1:]):
+        task = run(HAPPY[0], *events).tasks["a"]
+        assert (task.attempt, task.phase, task.pod_name) == (2, "Succeeded", "p2"), events
