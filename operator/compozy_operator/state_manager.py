@@ -136,20 +136,21 @@ class StateManager:
                 await asyncio.gather(*(m.nak(delay=1) for m in msgs))
                 return
             if any(ev.type in URGENT for _, ev, _ in items) or self.defer <= 0:
-                obj = await self._flush(key)
+                # The orchestrator decides from the folded status at once, in parallel with the
+                # PATCH: the events are already durable in the stream, which is what it replays
+                # after a restart, so nothing is decided that a crash could lose.
+                decided = asyncio.create_task(self.on_status({**p.obj, "status": p.after.dump()}))
+                await self._flush(key)
             else:
                 if p.timer is None:
                     p.timer = asyncio.get_running_loop().call_later(
                         self.defer, lambda: asyncio.ensure_future(self._flush_later(key)))
                 return
-        if obj is not None:
-            await self.on_status(obj)
+        await decided
 
     async def _flush_later(self, key: Key) -> None:
         async with self.locks[key]:
-            obj = await self._flush(key)
-        if obj is not None:
-            await self.on_status(obj)
+            await self._flush(key)
 
     async def _flush(self, key: Key) -> dict[str, Any] | None:
         """Write what is pending for ``key`` (one PATCH, only if the status really changed), then ack.
