@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +15,7 @@ from compozy_operator.api import crd
 from compozy_operator.api.models import (GROUP, VERSION, WorkflowExecutionSpec, WorkflowExecutionStatus, WorkflowSpec)
 from compozy_operator.testenv import DevEnvironment, Kube
 
-from tests.helpers import CRD_DIR, CRD_NAMES, Kubectl, apply_crds
+from tests.helpers import CRD_DIR, CRD_NAMES, Kubectl, apply_crds, wait_for
 
 from . import example_execution, example_workflow
 
@@ -189,17 +188,6 @@ def test_converter_translates_and_refuses() -> None:
 
 # --- against the apiserver -----------------------------------------------------------------------------
 
-def _poll(fn: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-
-
 @pytest.fixture(scope="module")
 def kubectl(devenv: DevEnvironment) -> Iterator[Kubectl]:
     k = Kubectl(devenv.bindir, devenv.kubeconfig)
@@ -223,7 +211,7 @@ def _explain(kubectl: Kubectl, what: str) -> str:
         proc = kubectl("explain", what)
         return proc.stdout if proc.returncode == 0 else None
 
-    return " ".join(_poll(run, 30, f"kubectl explain {what}").split())
+    return " ".join(wait_for(run, 30, f"kubectl explain {what}", interval=0.2).split())
 
 
 def _words(text: str | None) -> str:

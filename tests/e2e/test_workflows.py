@@ -7,12 +7,10 @@ import asyncio
 import json
 import re
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import nats
-import pytest
 
 from compozy_operator.events import event_id
 from compozy_operator.kube import Kube

@@ -142,18 +142,26 @@ class LocalCluster:
         ctx = self._admin_context()
         proc.wait_until(lambda: _https_ok(f"{self.server}/readyz", ctx), timeout, "ready")
 
-    def _launch_controller_manager(self) -> tuple[ManagedProcess, str]:
+    def _launch_client_component(self, name: str, flags: list[str]) -> tuple[ManagedProcess, str]:
+        """Start a component that talks to the apiserver as admin and serves /healthz on loopback."""
         port = free_port()
-        p = self.pki
-        proc = self._start("kube-controller-manager", [
-            which(self.bindir, "kube-controller-manager"),
+        proc = self._start(name, [
+            which(self.bindir, name),
             f"--kubeconfig={self.kubeconfig}",
             f"--authentication-kubeconfig={self.kubeconfig}",
             f"--authorization-kubeconfig={self.kubeconfig}",
             "--bind-address=127.0.0.1",
             f"--secure-port={port}",
-            f"--cert-dir={self.workdir / 'controller-manager'}",
+            f"--cert-dir={self.workdir / name}",
             "--leader-elect=false",
+            "--profiling=false",
+            *flags,
+        ])
+        return proc, f"https://127.0.0.1:{port}/healthz"
+
+    def _launch_controller_manager(self) -> tuple[ManagedProcess, str]:
+        p = self.pki
+        return self._launch_client_component("kube-controller-manager", [
             "--controllers=*",
             f"--service-account-private-key-file={p.sa_key}",
             f"--root-ca-file={p.ca_cert}",
@@ -162,24 +170,10 @@ class LocalCluster:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             f"--node-monitor-grace-period={self.node_monitor_grace_period}",
             "--use-service-account-credentials=false",
-            "--profiling=false",
         ])
-        return proc, f"https://127.0.0.1:{port}/healthz"
 
     def _launch_scheduler(self) -> tuple[ManagedProcess, str]:
-        port = free_port()
-        proc = self._start("kube-scheduler", [
-            which(self.bindir, "kube-scheduler"),
-            f"--kubeconfig={self.kubeconfig}",
-            f"--authentication-kubeconfig={self.kubeconfig}",
-            f"--authorization-kubeconfig={self.kubeconfig}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={port}",
-            f"--cert-dir={self.workdir / 'scheduler'}",
-            "--leader-elect=false",
-            "--profiling=false",
-        ])
-        return proc, f"https://127.0.0.1:{port}/healthz"
+        return self._launch_client_component("kube-scheduler", [])
 
     def _wait_healthz(self, launched: tuple[ManagedProcess, str], timeout: float) -> None:
         proc, url = launched
