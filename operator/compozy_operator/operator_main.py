@@ -92,8 +92,8 @@ def build_registry(op_ref: dict[str, Operator], app_settings: Settings) -> kopf.
     async def execution_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
         op = op_ref["op"]
         if event["type"] == "DELETED":
-            op.orchestrator.forget(body["metadata"]["uid"])
             op.state.forget((body["metadata"]["namespace"], body["metadata"]["name"]))
+            await op.orchestrator.on_deleted(_plain(body))
             return
         await op.orchestrator.reconcile(_plain(body))
 

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api.models import GROUP, TERMINAL_PHASES, VERSION, WorkflowExecutionSpec, WorkflowExecutionStatus, WorkflowSpec
+from .api.models import (GROUP, TERMINAL_PHASES, VERSION, WorkflowExecutionSpec, WorkflowExecutionStatus,
+                         WorkflowSpec, parse_duration)
 from .bus import Bus
-from .events import Event, EventType, command_subject, event_id, make_event, state_subject
-from .executor import Dispatch, FailTask, Finish, RunContext, decide
+from .events import Event, EventType, cancel_subject, command_subject, event_id, make_event, state_subject
+from .executor import Dispatch, FailTask, Finish, RunContext, ScheduleRetry, WakeAt, decide
 from .kube import ApiException, Kube
 from .monitoring import DISPATCH_SECONDS, PODS_CREATED
-from .pods import LABEL_ATTEMPT, LABEL_TASK, pod_name, task_pod
+from .pods import LABEL_ATTEMPT, LABEL_EXECUTION, LABEL_TASK, label_value, pod_name, task_pod
 from .reducer import fold
 from .settings import Settings
 from .validation import SpecError, check_input, check_workflow, parse_workflow
@@ -44,6 +46,9 @@ class Run:
     overlay: list[tuple[int, Event]] = field(default_factory=list)
     history: list[tuple[int, Event]] = field(default_factory=list)  # replayed from the stream at load
     loaded: bool = False
+    cancel: bool = False  # spec.cancel was seen (sticky: a stale copy of the object cannot undo it)
+    obj: dict[str, Any] = field(default_factory=dict)  # the latest object seen, for timers
+    timer: asyncio.TimerHandle | None = None
     acted: set[tuple[str, str, int]] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -61,6 +66,7 @@ class Orchestrator:
         self.bus = bus
         self.runs: dict[str, Run] = {}
         self.secrets_ready: set[str] = set()
+        self.rechecks: set[tuple[str, str]] = set()
 
     # ---- entry points ---------------------------------------------------------------------
 
@@ -75,6 +81,8 @@ class Orchestrator:
             self.forget(meta["uid"])
             return
         run = self.runs.setdefault(meta["uid"], Run(meta["uid"], meta["namespace"], meta["name"]))
+        run.obj = obj
+        run.cancel = run.cancel or bool((obj.get("spec") or {}).get("cancel"))
         async with run.lock:
             try:
                 await self._reconcile(run, obj, status)
@@ -83,10 +91,26 @@ class Orchestrator:
                 asyncio.get_running_loop().call_later(RETRY_SECONDS, self._retry, obj)
 
     def _retry(self, obj: dict[str, Any]) -> None:
-        asyncio.ensure_future(self.reconcile(obj))
+        run = self.runs.get(obj["metadata"]["uid"])
+        asyncio.ensure_future(self.reconcile(run.obj if run else obj))
+
+    async def on_deleted(self, obj: dict[str, Any]) -> None:
+        """``kubectl delete`` of a running execution: its pods go with it (owner references); tell
+        its tasks to stop, and record the end for whoever watches the event stream."""
+        meta = obj["metadata"]
+        self.forget(meta["uid"])
+        phase = (obj.get("status") or {}).get("phase", "Pending")
+        if phase in TERMINAL_PHASES or self.bus.nc is None:
+            return
+        await self.bus.nc.publish(cancel_subject(meta["namespace"], meta["name"]), b"{}")
+        await self.bus.publish_event(make_event(
+            EventType.WORKFLOW_CANCELLED, SOURCE, meta["namespace"], meta["name"], meta["uid"],
+            error={"reason": "Deleted", "message": "the WorkflowExecution was deleted while it ran"}))
 
     def forget(self, uid: str) -> None:
-        self.runs.pop(uid, None)
+        run = self.runs.pop(uid, None)
+        if run and run.timer:
+            run.timer.cancel()
 
     # ---- the work -------------------------------------------------------------------------
 
@@ -110,13 +134,29 @@ class Orchestrator:
             return
         virtual = self._virtual(run, status)
         assert run.spec is not None and run.context is not None
-        for action in decide(run.spec, virtual, run.context):
+        context = dataclasses.replace(run.context, cancel=run.cancel)
+        wake: list[float] = []
+        for action in decide(run.spec, virtual, context, time.time()):
             if isinstance(action, Dispatch):
                 await self._dispatch(run, obj, virtual, action)
             elif isinstance(action, FailTask):
                 await self._fail_task(run, action)
+            elif isinstance(action, ScheduleRetry):
+                await self._schedule_retry(run, action)
             elif isinstance(action, Finish):
-                await self._finish(run, action)
+                await self._finish(run, action, virtual)
+            elif isinstance(action, WakeAt):
+                wake.append(action.at)
+        self._wake(run, min(wake) if wake else None)
+
+    def _wake(self, run: Run, at: float | None) -> None:
+        """Decide again at ``at`` (a timeout or a retry's back-off ends then)."""
+        if run.timer is not None:
+            run.timer.cancel()
+            run.timer = None
+        if at is not None:
+            loop = asyncio.get_running_loop()
+            run.timer = loop.call_later(max(0.0, at - time.time()) + 0.01, self._retry, run.obj)
 
     async def _publish(self, run: Run, event: Event) -> int:
         seq = await self.bus.publish_event(event)
@@ -144,10 +184,12 @@ class Orchestrator:
             await self.bus.emit_log(run.namespace, run.name, "orchestrator", "error", f"not started: {message}")
             return
         run.spec = wf
-        run.context = RunContext(execution=run.name, input=spec.input)
+        timeout = spec.timeout or wf.timeout
+        timeout_s = parse_duration(timeout) if timeout else None
+        run.context = RunContext(execution=run.name, input=spec.input, timeout=timeout_s)
         await self._publish(run, make_event(EventType.WORKFLOW_STARTED, SOURCE, run.namespace, run.name, run.uid,
                                             workflow=wf_name, taskCount=len(wf.tasks), spec=wf.dump(),
-                                            input=spec.input))
+                                            input=spec.input, timeoutSeconds=timeout_s))
         await self.bus.emit_log(run.namespace, run.name, "orchestrator", "info",
                                 f"started workflow {wf_name} ({len(wf.tasks)} tasks)")
 
@@ -181,7 +223,8 @@ class Orchestrator:
         started = next((ev for _, ev in history if ev.type == EventType.WORKFLOW_STARTED), None)
         if started is not None:
             run.spec = WorkflowSpec.model_validate(started.data["spec"])
-            run.context = RunContext(execution=run.name, input=started.data.get("input"))
+            run.context = RunContext(execution=run.name, input=started.data.get("input"),
+                                     timeout=started.data.get("timeoutSeconds"))
 
     async def _ensure_nats_secret(self, namespace: str) -> None:
         if namespace in self.secrets_ready:
@@ -234,12 +277,54 @@ class Orchestrator:
 
     async def _fail_task(self, run: Run, f: FailTask) -> None:
         key = ("fail", f.task, f.attempt)
-        if key not in run.acted:
-            run.acted.add(key)
-            await self._publish(run, make_event(EventType.TASK_FAILED, SOURCE, run.namespace, run.name, run.uid,
-                                                f.task, f.attempt, error={"reason": f.reason, "message": f.message}))
+        if key in run.acted:
+            return
+        run.acted.add(key)
+        # The same id as the runner's own TaskExecutionFailed: whichever is first is the one kept.
+        await self._publish(run, make_event(EventType.TASK_FAILED, SOURCE, run.namespace, run.name, run.uid,
+                                            f.task, f.attempt, error={"reason": f.reason, "message": f.message}))
+        await self.bus.emit_log(run.namespace, run.name, "orchestrator", "warning",
+                                f"task {f.task} attempt {f.attempt} failed: {f.message}", task=f.task,
+                                attempt=f.attempt)
+        if f.stop_pod:
+            await self._delete_pod(run.namespace, pod_name(run.name, f.task, f.attempt))
 
-    async def _finish(self, run: Run, f: Finish) -> None:
+    async def _schedule_retry(self, run: Run, r: ScheduleRetry) -> None:
+        key = ("retry", r.task, r.attempt)
+        if key in run.acted:
+            return
+        run.acted.add(key)
+        await self._publish(run, make_event(EventType.TASK_RETRY_SCHEDULED, SOURCE, run.namespace, run.name, run.uid,
+                                            r.task, r.attempt, delay=r.delay, notBefore=r.not_before))
+        await self.bus.emit_log(run.namespace, run.name, "orchestrator", "info",
+                                f"task {r.task}: attempt {r.attempt} scheduled in {r.delay:g}s", task=r.task,
+                                attempt=r.attempt)
+
+    async def _delete_pod(self, namespace: str, name: str, grace: int | None = None) -> None:
+        body = {} if grace is None else {"gracePeriodSeconds": grace}
+        try:
+            await asyncio.to_thread(self.kube.delete, f"/api/v1/namespaces/{namespace}/pods/{name}", body)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    async def _stop_in_flight(self, run: Run, status: WorkflowExecutionStatus) -> None:
+        """The run has ended: tell its tasks still in flight over NATS, and remove their pods.
+        (Pods of tasks that already reported exit by themselves.)"""
+        in_flight = {pod_name(run.name, tid, t.attempt) for tid, t in status.tasks.items()
+                     if t.phase in ("Pending", "Running")}
+        if not in_flight:
+            return
+        assert self.bus.nc is not None
+        await self.bus.nc.publish(cancel_subject(run.namespace, run.name), b"{}")
+        pods = await asyncio.to_thread(self.kube.get, f"/api/v1/namespaces/{run.namespace}/pods",
+                                       labelSelector=f"{LABEL_EXECUTION}={label_value(run.name)}")
+        for pod in pods["items"]:
+            owners = {o.get("uid") for o in pod["metadata"].get("ownerReferences") or []}
+            if run.uid in owners and pod["metadata"]["name"] in in_flight:
+                await self._delete_pod(run.namespace, pod["metadata"]["name"])
+
+    async def _finish(self, run: Run, f: Finish, status: WorkflowExecutionStatus) -> None:
         key = ("finish", f.phase, 0)
         if key in run.acted:
             return
@@ -247,15 +332,22 @@ class Orchestrator:
         if f.phase == "Succeeded":
             ev = make_event(EventType.WORKFLOW_SUCCESS, SOURCE, run.namespace, run.name, run.uid, output=f.output)
         else:
-            error = f.error.dump() if f.error else {}
-            ev = make_event(EventType.WORKFLOW_FAILED, SOURCE, run.namespace, run.name, run.uid, error=error)
+            etype = {"Failed": EventType.WORKFLOW_FAILED, "TimedOut": EventType.WORKFLOW_TIMED_OUT,
+                     "Cancelled": EventType.WORKFLOW_CANCELLED}[f.phase]
+            ev = make_event(etype, SOURCE, run.namespace, run.name, run.uid, error=f.error.dump() if f.error else {})
         await self._publish(run, ev)
         await self.bus.emit_log(run.namespace, run.name, "orchestrator", "info", f"workflow {f.phase.lower()}")
+        if f.phase != "Succeeded":
+            await self._stop_in_flight(run, status)
 
     # ---- pods -----------------------------------------------------------------------------
 
     async def on_pod(self, event_type: str, pod: dict[str, Any]) -> None:
-        """Turn a task pod that ended without reporting into TaskExecutionFailed; clean up finished pods."""
+        """Turn a task pod that cannot report into TaskExecutionFailed; clean up finished pods.
+
+        Caught here: a pod deleted before it reported, a pod that failed (OOM-killed, evicted,
+        the runner crashed), a pod that cannot start (image, config errors) for
+        ``pod_start_timeout``, and a pod whose node is not ready for ``node_lost_seconds``."""
         meta = pod["metadata"]
         owner = next((o for o in meta.get("ownerReferences") or [] if o.get("kind") == "WorkflowExecution"), None)
         labels = meta.get("labels") or {}
@@ -264,16 +356,23 @@ class Orchestrator:
         ns, task, attempt = meta["namespace"], labels[LABEL_TASK], int(labels.get(LABEL_ATTEMPT, "1"))
         phase = (pod.get("status") or {}).get("phase", "Pending")
         failure = None
-        if event_type == "DELETED" and phase not in ("Succeeded", "Failed"):
-            failure = ("PodDeleted", f"pod {meta['name']} was deleted before the task reported a result")
+        if event_type == "DELETED":
+            if phase not in ("Succeeded", "Failed"):
+                failure = ("PodDeleted", f"pod {meta['name']} was deleted before the task reported a result")
         elif phase == "Failed":
             failure = _pod_failure(pod)
+        elif phase == "Pending":
+            failure = self._start_failure(pod)
+        elif phase == "Running" and not _pod_ready(pod):
+            failure = await self._node_lost(pod)
         if failure:
             reason, message = failure
             # Same id as the runner's own TaskExecutionFailed: if it did report, this is a duplicate.
             ev = make_event(EventType.TASK_FAILED, SOURCE, ns, owner["name"], owner["uid"], task, attempt,
                             podName=meta["name"], error={"reason": reason, "message": message})
             await self.bus.publish_event(ev)
+            if event_type != "DELETED" and phase in ("Pending", "Running"):
+                await self._delete_pod(ns, meta["name"], grace=0)
         if event_type != "DELETED" and phase in ("Succeeded", "Failed") and self.settings.delete_finished_pods:
             try:
                 await asyncio.to_thread(self.kube.delete, f"/api/v1/namespaces/{ns}/pods/{meta['name']}",
@@ -281,6 +380,65 @@ class Orchestrator:
             except ApiException as e:
                 if e.status not in (404, 409):
                     raise
+
+    def _recheck_later(self, pod: dict[str, Any], delay: float) -> None:
+        """Look at a pod again later: nothing may change on it while the clock runs out."""
+        key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+        if key in self.rechecks:
+            return
+        self.rechecks.add(key)
+
+        async def recheck() -> None:
+            self.rechecks.discard(key)
+            try:
+                fresh = await asyncio.to_thread(self.kube.get, f"/api/v1/namespaces/{key[0]}/pods/{key[1]}")
+            except ApiException:
+                return
+            await self.on_pod("MODIFIED", fresh)
+
+        asyncio.get_running_loop().call_later(delay, lambda: asyncio.ensure_future(recheck()))
+
+    def _start_failure(self, pod: dict[str, Any]) -> tuple[str, str] | None:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in START_FAILURES:
+                limit = self.settings.pod_start_timeout
+                age = time.time() - _parse_time(pod["metadata"]["creationTimestamp"])
+                if age >= limit:
+                    return waiting["reason"], (f"the task pod could not start within {limit:g}s: "
+                                               f"{waiting.get('message') or waiting['reason']}")
+                self._recheck_later(pod, limit - age + 0.5)
+        return None
+
+    async def _node_lost(self, pod: dict[str, Any]) -> tuple[str, str] | None:
+        node_name = pod["spec"].get("nodeName")
+        if not node_name:
+            return None
+        try:
+            node = await asyncio.to_thread(self.kube.get, f"/api/v1/nodes/{node_name}")
+        except ApiException as e:
+            if e.status == 404:
+                return "NodeLost", f"node {node_name} of pod {pod['metadata']['name']} no longer exists"
+            raise
+        ready = next((c for c in node.get("status", {}).get("conditions") or [] if c["type"] == "Ready"), {})
+        if ready.get("status") == "True":
+            return None
+        limit = self.settings.node_lost_seconds
+        since = time.time() - _parse_time(ready.get("lastTransitionTime") or pod["metadata"]["creationTimestamp"])
+        if since >= limit:
+            return "NodeLost", (f"node {node_name} has not been ready for {since:.0f}s "
+                                f"({ready.get('reason') or 'no status'}); the task's pod is lost")
+        self._recheck_later(pod, limit - since + 0.5)
+        return None
+
+
+START_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+                            "CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    conds = (pod.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conds) or not conds
 
 
 def _pod_failure(pod: dict[str, Any]) -> tuple[str, str]:

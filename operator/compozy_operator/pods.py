@@ -28,7 +28,7 @@ def pod_name(execution: str, task: str, attempt: int) -> str:
     return name[: _MAX_NAME - len(tail)].rstrip("-.") + tail
 
 
-def _label_value(text: str) -> str:
+def label_value(text: str) -> str:
     """Label values are at most 63 characters."""
     if len(text) <= 63:
         return text
@@ -74,8 +74,8 @@ def task_pod(settings: Settings, execution: dict[str, Any], task: str, attempt: 
             "labels": {
                 LABEL_MANAGED: MANAGER,
                 "app.kubernetes.io/component": "task",
-                LABEL_EXECUTION: _label_value(meta["name"]),
-                LABEL_TASK: _label_value(task),
+                LABEL_EXECUTION: label_value(meta["name"]),
+                LABEL_TASK: label_value(task),
                 LABEL_ATTEMPT: str(attempt),
             },
             "ownerReferences": [{

@@ -91,18 +91,24 @@ def fold(status: WorkflowExecutionStatus, event: Event, seq: int = 0) -> Workflo
         else:
             s.error = _error(data)
             s.message = s.error.message or reason
+            for task in s.tasks.values():  # nothing stays in flight once the run has ended
+                if _rank(task.phase) < 2:
+                    task.phase = "Cancelled"
+                    task.finished_at = task.finished_at or event.time
         s.conditions = [_condition(cond, reason, s.message or reason, event.time)]
         return s
     return _fold_task(s, etype, event)
 
 
 _TASK_TARGET = {
+    EventType.TASK_RETRY_SCHEDULED: "Waiting",
     EventType.TASK_DISPATCHED: "Pending",
     EventType.TASK_STARTED: "Running",
     EventType.TASK_SUCCESS: "Succeeded",
     EventType.TASK_FAILED: "Failed",
 }
-_RANK = {"Pending": 0, "Running": 1}  # every other phase is an end (rank 2)
+_RANK = {"Waiting": -1, "Pending": 0, "Running": 1}  # every other phase is an end (rank 2)
+CANCELLED_REASON = "Cancelled"  # a TaskExecutionFailed with this reason ends the task Cancelled
 
 
 def _rank(phase: str) -> int:
@@ -112,6 +118,8 @@ def _rank(phase: str) -> int:
 def _fold_task(s: WorkflowExecutionStatus, etype: EventType, event: Event) -> WorkflowExecutionStatus:
     name, attempt, data = event.task, int(event.attempt or 1), event.data
     target = _TASK_TARGET.get(etype)
+    if etype == EventType.TASK_FAILED and (data.get("error") or {}).get("reason") == CANCELLED_REASON:
+        target = "Cancelled"
     if not name or target is None:
         return s  # Tool*/Agent* progress is in the event stream, not in the status
     current = s.tasks.get(name)
@@ -119,8 +127,12 @@ def _fold_task(s: WorkflowExecutionStatus, etype: EventType, event: Event) -> Wo
         return s  # a fact about an attempt that was already replaced
     if current is None or attempt > current.attempt:
         history = (current.attempts or None) if current else None
-        current = s.tasks[name] = TaskStatus(phase="Pending", attempt=attempt, attempts=history)
+        current = s.tasks[name] = TaskStatus(phase="Waiting", attempt=attempt, attempts=history)
     current.pod_name = current.pod_name or data.get("podName")
+    if etype == EventType.TASK_RETRY_SCHEDULED:
+        current.not_before = current.not_before or data.get("notBefore")
+    if etype == EventType.TASK_DISPATCHED:
+        current.dispatched_at = current.dispatched_at or event.time
     if etype == EventType.TASK_STARTED:
         current.started_at = current.started_at or event.time
     for record in current.attempts or []:  # the failed attempt's record gets the late facts too
@@ -134,12 +146,12 @@ def _fold_task(s: WorkflowExecutionStatus, etype: EventType, event: Event) -> Wo
     if etype == EventType.TASK_SUCCESS:
         current.finished_at = event.time
         current.output = data.get("output")
-    elif etype == EventType.TASK_FAILED:
+    elif etype == EventType.TASK_FAILED:  # Failed or Cancelled
         current.finished_at = event.time
         err = data.get("error") or {}
         current.error = ErrorInfo(reason=err.get("reason"), message=err.get("message"))
         if not any(r.attempt == attempt for r in current.attempts or []):
-            record = AttemptRecord(attempt=attempt, pod_name=current.pod_name, phase="Failed", error=current.error,
+            record = AttemptRecord(attempt=attempt, pod_name=current.pod_name, phase=target, error=current.error,
                                    started_at=current.started_at, finished_at=current.finished_at)
             current.attempts = [*(current.attempts or []), record]
     s.progress = _progress(s)

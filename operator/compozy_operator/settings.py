@@ -33,5 +33,9 @@ class Settings:
     delete_finished_pods: bool = field(
         default_factory=lambda: _env("COMPOZY_DELETE_FINISHED_PODS", "true").lower() == "true")
     state_batch: int = field(default_factory=lambda: int(_env("COMPOZY_STATE_BATCH", "256")))
+    # a task pod that cannot start (image or config errors) fails its attempt after this long
+    pod_start_timeout: float = field(default_factory=lambda: float(_env("COMPOZY_POD_START_TIMEOUT_SECONDS", "120")))
+    # a task pod whose node is not ready fails its attempt after this long
+    node_lost_seconds: float = field(default_factory=lambda: float(_env("COMPOZY_NODE_LOST_SECONDS", "60")))
     # how long progress-only events (dispatched, started) may wait to share a status PATCH
     status_defer: float = field(default_factory=lambda: float(_env("COMPOZY_STATUS_DEFER_SECONDS", "2")))

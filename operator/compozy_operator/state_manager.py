@@ -162,7 +162,7 @@ class StateManager:
         if p.timer is not None:
             p.timer.cancel()
         written = None
-        try:
+        try:  # every failure below ends in ack or nak, never in silence
             if p.after.model_copy(update={"state_seq": p.before.state_seq}) != p.before:
                 patch = merge_patch_diff(p.obj.get("status") or {}, p.after.dump())
                 STATUS_PATCHES.inc()
@@ -181,13 +181,17 @@ class StateManager:
             log.warning("status patch of %s/%s failed (%s %s); events will be re-delivered", *key, e.status, e.reason)
             await asyncio.gather(*(m.nak(delay=1) for m in p.msgs))
             return None
+        except Exception:  # noqa: BLE001
+            self.cache.pop(key, None)
+            log.exception("writing the status of %s/%s failed; events will be re-delivered", *key)
+            await asyncio.gather(*(m.nak(delay=1) for m in p.msgs))
+            return None
         if p.after.phase in TERMINAL_PHASES:
             self.cache.pop(key, None)
             self.locks.pop(key, None)
         return written
 
     def forget(self, key: Key) -> None:
+        """The execution was deleted: drop its cached object (pending events still flush: the
+        PATCH answers 404 and they are acked)."""
         self.cache.pop(key, None)
-        p = self.pending.pop(key, None)
-        if p and p.timer:
-            p.timer.cancel()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 from nats.errors import MaxPayloadError
 
 from .bus import Bus
-from .events import EventType, command_subject, make_event
+from .events import EventType, cancel_subject, command_subject, make_event
 from .runtime import ToolContext, ToolError, run_tool
 
 COMMAND_WAIT_SECONDS = 30
@@ -76,7 +77,30 @@ class TaskRunner:
             await asyncio.sleep(0.2)
         return command
 
+    async def stop_early(self, reason: str, message: str) -> None:
+        """Cancelled over NATS, or SIGTERM (the pod is being deleted): report it, then leave at once."""
+        try:
+            await self.event(EventType.TASK_FAILED, "compozy/task-executor", error={"reason": reason, "message": message})
+            await self.log(message, "warning")
+            await self.bus.close()
+        finally:
+            _termination_message(message)
+            os._exit(143)  # the tool may still run in a thread; nothing of it may report after this
+
+    async def watch_for_stop(self) -> None:
+        a = self.a
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(
+            self.stop_early("Terminated", f"the pod of task {a.task} attempt {a.attempt} was stopped (SIGTERM)")))
+
+        async def on_cancel(_msg: Any) -> None:
+            await self.stop_early("Cancelled", f"task {a.task} attempt {a.attempt} cancelled with its workflow")
+
+        assert self.bus.nc is not None
+        await self.bus.nc.subscribe(cancel_subject(a.namespace, a.execution), cb=on_cancel)
+
     async def run(self) -> None:
+        await self.watch_for_stop()
         command = await self.fetch_command()
         await self.event(EventType.TASK_STARTED, "compozy/task-executor")
         await self.log(f"task {self.a.task} attempt {self.a.attempt} started in pod {self.a.pod}")

@@ -22,7 +22,8 @@ def kubectl(devenv: DevEnvironment) -> Kubectl:
 
 @pytest.fixture(scope="session")
 def operator(devenv: DevEnvironment, kubectl: Kubectl) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(devenv, extra_env={"COMPOZY_TASK_IMAGE": TASK_IMAGE})
+    op = OperatorProcess(devenv, extra_env={"COMPOZY_TASK_IMAGE": TASK_IMAGE, "COMPOZY_POD_START_TIMEOUT_SECONDS": "3",
+                                            "COMPOZY_NODE_LOST_SECONDS": "5"})
     op.start()
     yield op
     op.stop()

@@ -115,3 +115,24 @@ def test_a_newer_attempt_replaces_an_older_one_in_any_order() -> None:
     for events in (first + second, second + first, second[:1] + first + second[1:]):
         task = run(HAPPY[0], *events).tasks["a"]
         assert (task.attempt, task.phase, task.pod_name) == (2, "Succeeded", "p2"), events
+
+
+def test_retry_scheduled_then_new_attempt_keeps_history() -> None:
+    s = run(HAPPY[0], ev(EventType.TASK_DISPATCHED, "a", 1, podName="p1"),
+            ev(EventType.TASK_FAILED, "a", 1, error={"reason": "ToolError", "message": "one"}),
+            ev(EventType.TASK_RETRY_SCHEDULED, "a", 2, notBefore="2026-01-01T00:00:05.000000Z", delay=1.0))
+    a = s.tasks["a"]
+    assert (a.phase, a.attempt, a.not_before) == ("Waiting", 2, "2026-01-01T00:00:05.000000Z")
+    assert [r.error.message for r in a.attempts] == ["one"]
+    s = fold(s, ev(EventType.TASK_DISPATCHED, "a", 2, podName="p2"), 10)
+    assert (s.tasks["a"].phase, s.tasks["a"].pod_name, s.tasks["a"].dispatched_at is not None) == ("Pending", "p2", True)
+
+
+def test_cancelled_failure_and_ended_runs_leave_nothing_in_flight() -> None:
+    s = run(HAPPY[0], ev(EventType.TASK_DISPATCHED, "a", 1), ev(EventType.TASK_STARTED, "a", 1),
+            ev(EventType.TASK_DISPATCHED, "b", 1),
+            ev(EventType.TASK_FAILED, "b", 1, error={"reason": "Cancelled", "message": "stop"}))
+    assert s.tasks["b"].phase == "Cancelled"
+    s = fold(s, ev(EventType.WORKFLOW_CANCELLED, error={"reason": "Cancelled", "message": "by user"}), 20)
+    assert s.phase == "Cancelled" and {t.phase for t in s.tasks.values()} == {"Cancelled"}
+    assert fold(s, ev(EventType.TASK_SUCCESS, "a", 1, output={}), 21).tasks["a"].phase == "Cancelled"

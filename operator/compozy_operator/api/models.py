@@ -23,7 +23,7 @@ _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "TimedOut", "Cancelled"]
-TaskPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Skipped", "Cancelled"]
+TaskPhase = Literal["Waiting", "Pending", "Running", "Succeeded", "Failed", "Skipped", "Cancelled"]
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "TimedOut", "Cancelled"})
 JSONObject = dict[str, Any]
 
@@ -205,6 +205,8 @@ class TaskStatus(Model):
     phase: TaskPhase
     attempt: int = Field(1, description="Current attempt, 1-based.")
     pod_name: str | None = Field(None, description="Pod of the current attempt.")
+    not_before: str | None = Field(None, description="Waiting: when the scheduled retry may start.")
+    dispatched_at: str | None = Field(None, description="When the current attempt's pod was requested.")
     started_at: str | None = None
     finished_at: str | None = None
     output: Any = Field(None, description="The task's output (small outputs only; see outputRef).")
