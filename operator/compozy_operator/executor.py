@@ -42,6 +42,14 @@ class FailTask:
 
 
 @dataclass(frozen=True)
+class CompleteTask:
+    """A task that runs no pod of its own (router, parallel, collection) succeeded with ``output``."""
+
+    task: str
+    output: Any
+
+
+@dataclass(frozen=True)
 class ScheduleRetry:
     task: str
     attempt: int  # the attempt to run next
@@ -63,7 +71,7 @@ class WakeAt:
     at: float
 
 
-Action = Dispatch | FailTask | ScheduleRetry | Finish | WakeAt
+Action = Dispatch | FailTask | CompleteTask | ScheduleRetry | Finish | WakeAt
 
 
 @dataclass(frozen=True)
