@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -9,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 
 from compozy_operator.testenv import Kube
 from compozy_operator.testenv.node import DEFAULT_IMAGES
@@ -100,7 +100,8 @@ class Kubectl:
         return proc.stdout
 
     def apply(self, namespace: str, *docs: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-        return self("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump_all(docs, sort_keys=False))
+        # JSON documents: YAML 1.1 readers (kubectl's) would turn keys like `n` or `y` into booleans
+        return self("apply", "-n", namespace, "-f", "-", stdin="\n---\n".join(json.dumps(d) for d in docs))
 
 
 CRD_DIR = Path(__file__).resolve().parents[1] / "crds"

@@ -7,6 +7,9 @@ Streams:
 * ``COMPOZY_COMMANDS`` (``compozy.cmd.>``): TaskExecute commands, one kept per subject; a task
   pod reads its own with a direct get, so a restarted pod fetches it again.
 * ``COMPOZY_LOGS`` (``compozy.log.>``): LogEmitted events, bounded by age and size.
+
+Object store ``COMPOZY_OUTPUTS``: task outputs too large for the status (``outputRef`` points
+there); removed with their execution.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType,
-                         StreamConfig)
+from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, ObjectStoreConfig, RetentionPolicy,
+                         StorageType, StreamConfig)
 from nats.js.errors import NotFoundError
 
 from .events import COMMAND_STREAM, LOG_STREAM, STATE_STREAM, Event, EventType, log_subject, utcnow
@@ -29,6 +32,7 @@ from .events import COMMAND_STREAM, LOG_STREAM, STATE_STREAM, Event, EventType, 
 log = logging.getLogger(__name__)
 
 DAY = 24 * 3600
+OUTPUT_BUCKET = "COMPOZY_OUTPUTS"
 STREAMS = (
     StreamConfig(name=STATE_STREAM, subjects=["compozy.state.>"], storage=StorageType.FILE,
                  retention=RetentionPolicy.LIMITS, max_age=7 * DAY, duplicate_window=600),
@@ -103,6 +107,31 @@ class Bus:
                 await self.js.update_stream(config)
             except NotFoundError:
                 await self.js.add_stream(config)
+        await self.js.create_object_store(OUTPUT_BUCKET, ObjectStoreConfig(storage=StorageType.FILE))
+
+    async def put_output(self, key: str, data: bytes) -> dict[str, Any]:
+        """Store a large output; return its ``outputRef`` (bucket, key, size, digest)."""
+        assert self.js is not None
+        info = await (await self.js.object_store(OUTPUT_BUCKET)).put(key, data)
+        return {"bucket": OUTPUT_BUCKET, "key": key, "size": info.size, "digest": info.digest}
+
+    async def get_output(self, ref: dict[str, Any]) -> Any:
+        assert self.js is not None
+        result = await (await self.js.object_store(ref["bucket"])).get(ref["key"])
+        return json.loads(result.data)
+
+    async def delete_outputs(self, prefix: str) -> int:
+        """Remove every stored output whose key starts with ``prefix`` (an execution's)."""
+        assert self.js is not None
+        store = await self.js.object_store(OUTPUT_BUCKET)
+        try:
+            infos = await store.list(ignore_deletes=True)
+        except NotFoundError:  # the bucket is empty
+            return 0
+        names = [i.name for i in infos if i.name.startswith(prefix)]
+        for name in names:
+            await store.delete(name)
+        return len(names)
 
     async def publish_event(self, event: Event) -> int:
         """Publish a state event; return its stream sequence (the original's, for a duplicate)."""

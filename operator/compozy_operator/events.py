@@ -75,6 +75,15 @@ def cancel_subject(namespace: str, execution: str) -> str:
     return f"compozy.cmd.{token(namespace)}.{token(execution)}.workflow.cancel"
 
 
+def output_prefix(namespace: str, execution: str, uid: str) -> str:
+    return f"{namespace}/{execution}/{uid}/"
+
+
+def output_key(namespace: str, execution: str, uid: str, task: str, attempt: int) -> str:
+    """Object-store key of a task attempt's large output."""
+    return f"{output_prefix(namespace, execution, uid)}{task}/{attempt}"
+
+
 def event_id(uid: str, task: str | None, attempt: int | None, etype: EventType | str, extra: str = "") -> str:
     """Deterministic id: the same fact always gets the same id."""
     raw = f"{uid}/{task or '-'}/{attempt or 0}/{etype}/{extra}"

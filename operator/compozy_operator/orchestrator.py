@@ -20,11 +20,12 @@ from typing import Any
 from .api.models import (GROUP, TERMINAL_PHASES, VERSION, WorkflowExecutionSpec, WorkflowExecutionStatus,
                          WorkflowSpec, parse_duration)
 from .bus import Bus
-from .events import Event, EventType, cancel_subject, command_subject, event_id, make_event, state_subject
-from .executor import Dispatch, FailTask, Finish, RunContext, ScheduleRetry, WakeAt, decide
+from .events import (Event, EventType, cancel_subject, command_subject, event_id, make_event, output_prefix,
+                     state_subject)
+from .executor import CompleteTask, Dispatch, FailTask, Finish, RunContext, ScheduleRetry, WakeAt, decide
 from .kube import ApiException, Kube
 from .monitoring import DISPATCH_SECONDS, PODS_CREATED
-from .pods import LABEL_ATTEMPT, LABEL_EXECUTION, LABEL_TASK, label_value, pod_name, task_pod
+from .pods import ANNOTATION_TASK, LABEL_ATTEMPT, LABEL_EXECUTION, LABEL_TASK, label_value, pod_name, task_pod
 from .reducer import fold
 from .settings import Settings
 from .validation import SpecError, check_input, check_workflow, parse_workflow
@@ -49,6 +50,7 @@ class Run:
     cancel: bool = False  # spec.cancel was seen (sticky: a stale copy of the object cannot undo it)
     obj: dict[str, Any] = field(default_factory=dict)  # the latest object seen, for timers
     timer: asyncio.TimerHandle | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)  # object-store outputs already fetched
     acted: set[tuple[str, str, int]] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -99,8 +101,13 @@ class Orchestrator:
         its tasks to stop, and record the end for whoever watches the event stream."""
         meta = obj["metadata"]
         self.forget(meta["uid"])
+        if self.bus.nc is None:
+            return
+        removed = await self.bus.delete_outputs(output_prefix(meta["namespace"], meta["name"], meta["uid"]))
+        if removed:
+            log.info("removed %d stored outputs of %s/%s", removed, meta["namespace"], meta["name"])
         phase = (obj.get("status") or {}).get("phase", "Pending")
-        if phase in TERMINAL_PHASES or self.bus.nc is None:
+        if phase in TERMINAL_PHASES:
             return
         await self.bus.nc.publish(cancel_subject(meta["namespace"], meta["name"]), b"{}")
         await self.bus.publish_event(make_event(
@@ -124,6 +131,16 @@ class Orchestrator:
             status = fold(status, ev, seq)
         return status
 
+    async def _with_outputs(self, run: Run, status: WorkflowExecutionStatus) -> WorkflowExecutionStatus:
+        """Templates read outputs by value: fetch the ones kept in the object store (cached per run)."""
+        for key, task in status.tasks.items():
+            if task.output_ref is not None and task.output is None:
+                ref = task.output_ref.dump()
+                if ref["key"] not in run.outputs:
+                    run.outputs[ref["key"]] = await self.bus.get_output(ref)
+                task.output = run.outputs[ref["key"]]
+        return status
+
     async def _reconcile(self, run: Run, obj: dict[str, Any], status: WorkflowExecutionStatus) -> None:
         if not run.loaded:
             await self._load(run)
@@ -132,7 +149,7 @@ class Orchestrator:
             await self._start(run, obj)
         if run.spec is None:  # could not start (the failure is published), or started by nobody we know
             return
-        virtual = self._virtual(run, status)
+        virtual = await self._with_outputs(run, self._virtual(run, status))
         assert run.spec is not None and run.context is not None
         context = dataclasses.replace(run.context, cancel=run.cancel)
         wake: list[float] = []
@@ -141,6 +158,8 @@ class Orchestrator:
                 await self._dispatch(run, obj, virtual, action)
             elif isinstance(action, FailTask):
                 await self._fail_task(run, action)
+            elif isinstance(action, CompleteTask):
+                await self._complete_task(run, action)
             elif isinstance(action, ScheduleRetry):
                 await self._schedule_retry(run, action)
             elif isinstance(action, Finish):
@@ -251,7 +270,8 @@ class Orchestrator:
             name = pod_name(run.name, d.task, d.attempt)
             await self._ensure_nats_secret(run.namespace)
             command = {"namespace": run.namespace, "execution": run.name, "uid": run.uid, "task": d.task,
-                       "attempt": d.attempt, "tool": d.tool.dump(), "input": d.input, "env": run.spec.env or {}}
+                       "attempt": d.attempt, "tool": d.tool.dump(), "input": d.input, "env": run.spec.env or {},
+                       "outputInlineLimit": self.settings.output_inline_limit}
             # Both must be stored before the pod exists (it fetches the command); their order is free.
             await asyncio.gather(
                 self._publish(run, make_event(EventType.TASK_DISPATCHED, SOURCE, run.namespace, run.name, run.uid,
@@ -288,6 +308,14 @@ class Orchestrator:
                                 attempt=f.attempt)
         if f.stop_pod:
             await self._delete_pod(run.namespace, pod_name(run.name, f.task, f.attempt))
+
+    async def _complete_task(self, run: Run, c: CompleteTask) -> None:
+        key = ("complete", c.task, 1)
+        if key in run.acted:
+            return
+        run.acted.add(key)
+        await self._publish(run, make_event(EventType.TASK_SUCCESS, SOURCE, run.namespace, run.name, run.uid,
+                                            c.task, 1, output=c.output))
 
     async def _schedule_retry(self, run: Run, r: ScheduleRetry) -> None:
         key = ("retry", r.task, r.attempt)
@@ -353,7 +381,8 @@ class Orchestrator:
         labels = meta.get("labels") or {}
         if owner is None or LABEL_TASK not in labels:
             return
-        ns, task, attempt = meta["namespace"], labels[LABEL_TASK], int(labels.get(LABEL_ATTEMPT, "1"))
+        task = (meta.get("annotations") or {}).get(ANNOTATION_TASK) or labels[LABEL_TASK]
+        ns, attempt = meta["namespace"], int(labels.get(LABEL_ATTEMPT, "1"))
         phase = (pod.get("status") or {}).get("phase", "Pending")
         failure = None
         if event_type == "DELETED":

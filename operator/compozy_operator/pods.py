@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 from .api.models import API_VERSION, Tool
@@ -18,9 +19,17 @@ RUNNER_UID = 65532
 _MAX_NAME = 253
 
 
+ANNOTATION_TASK = "compozy.dev/task-key"  # the exact status key, e.g. each-url[3]
+
+
+def dns_part(task: str) -> str:
+    """A status key as a name part: ``each-url[3]`` -> ``each-url-3``."""
+    return re.sub(r"[^a-z0-9-]+", "-", task.lower()).strip("-")
+
+
 def pod_name(execution: str, task: str, attempt: int) -> str:
     """``<execution>-<task>-<attempt>``; names too long for the API keep a hash of the whole."""
-    name = f"{execution}-{task}-{attempt}"
+    name = f"{execution}-{dns_part(task)}-{attempt}"
     if len(name) <= _MAX_NAME:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:10]
@@ -75,9 +84,10 @@ def task_pod(settings: Settings, execution: dict[str, Any], task: str, attempt: 
                 LABEL_MANAGED: MANAGER,
                 "app.kubernetes.io/component": "task",
                 LABEL_EXECUTION: label_value(meta["name"]),
-                LABEL_TASK: label_value(task),
+                LABEL_TASK: label_value(dns_part(task)),
                 LABEL_ATTEMPT: str(attempt),
             },
+            "annotations": {ANNOTATION_TASK: task},
             "ownerReferences": [{
                 "apiVersion": API_VERSION, "kind": "WorkflowExecution", "name": meta["name"], "uid": meta["uid"],
                 "controller": True, "blockOwnerDeletion": True,

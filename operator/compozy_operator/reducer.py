@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .api.models import (AttemptRecord, Condition, ErrorInfo, TaskStatus, TERMINAL_PHASES,
+from .api.models import (AttemptRecord, Condition, ErrorInfo, OutputRef, TaskStatus, TERMINAL_PHASES,
                          WorkflowExecutionStatus)
 from .events import Event, EventType
 
@@ -146,6 +146,8 @@ def _fold_task(s: WorkflowExecutionStatus, etype: EventType, event: Event) -> Wo
     if etype == EventType.TASK_SUCCESS:
         current.finished_at = event.time
         current.output = data.get("output")
+        if data.get("outputRef"):
+            current.output_ref = OutputRef.model_validate(data["outputRef"])
     elif etype == EventType.TASK_FAILED:  # Failed or Cancelled
         current.finished_at = event.time
         err = data.get("error") or {}

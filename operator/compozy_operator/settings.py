@@ -37,5 +37,7 @@ class Settings:
     pod_start_timeout: float = field(default_factory=lambda: float(_env("COMPOZY_POD_START_TIMEOUT_SECONDS", "120")))
     # a task pod whose node is not ready fails its attempt after this long
     node_lost_seconds: float = field(default_factory=lambda: float(_env("COMPOZY_NODE_LOST_SECONDS", "60")))
+    # task outputs larger than this (bytes of JSON) go to the NATS object store; status keeps outputRef
+    output_inline_limit: int = field(default_factory=lambda: int(_env("COMPOZY_OUTPUT_INLINE_LIMIT", "16384")))
     # how long progress-only events (dispatched, started) may wait to share a status PATCH
     status_defer: float = field(default_factory=lambda: float(_env("COMPOZY_STATUS_DEFER_SECONDS", "2")))

@@ -9,6 +9,7 @@ is deterministic, so a pod that runs twice reports each fact once.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -20,10 +21,11 @@ from typing import Any
 from nats.errors import MaxPayloadError
 
 from .bus import Bus
-from .events import EventType, cancel_subject, command_subject, make_event
+from .events import EventType, cancel_subject, command_subject, make_event, output_key
 from .runtime import ToolContext, ToolError, run_tool
 
 COMMAND_WAIT_SECONDS = 30
+DEFAULT_INLINE_LIMIT = 16 * 1024  # bytes of JSON; larger outputs go to the object store
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,16 @@ class TaskRunner:
             await self.log(f"tool {tool['id']} failed: {e.message}", "error")
             await self.event(EventType.TASK_FAILED, "compozy/task-executor", error=error)
             return
+        result: dict[str, Any] = {"output": output}
+        encoded = json.dumps(output).encode()
+        if len(encoded) > int(command.get("outputInlineLimit", DEFAULT_INLINE_LIMIT)):
+            a = self.a
+            ref = await self.bus.put_output(output_key(a.namespace, a.execution, a.uid, a.task, a.attempt), encoded)
+            result = {"outputRef": ref}
+            await self.log(f"output of {len(encoded)} bytes stored as {ref['bucket']}/{ref['key']}")
         try:
-            await self.event(EventType.TOOL_SUCCESS, "compozy/runtime", tool=tool["id"], output=output)
-            await self.event(EventType.TASK_SUCCESS, "compozy/task-executor", output=output)
+            await self.event(EventType.TOOL_SUCCESS, "compozy/runtime", tool=tool["id"], **result)
+            await self.event(EventType.TASK_SUCCESS, "compozy/task-executor", **result)
         except MaxPayloadError:
             error = {"reason": "OutputTooLarge", "message": "the task's output exceeds the NATS message size limit"}
             await self.event(EventType.TOOL_FAILED, "compozy/runtime", tool=tool["id"], error=error)

@@ -135,3 +135,41 @@ def test_a_pod_that_cannot_start_fails_its_attempt(operator: OperatorProcess, ku
     assert "could not start within 3s" in err["message"] and 'secret "missing" not found' in err["message"]
     assert execution_status(kubectl, namespace, "unstartable-1")["tasks"]["a"]["phase"] == "Failed"
     wait_for(lambda: not pods_of(kube, namespace), 20, "the pod to be removed")
+
+
+def test_large_outputs_go_to_the_object_store_and_templates_still_read_them(
+        operator: OperatorProcess, kubectl: Kubectl, devenv, namespace: str) -> None:
+    import asyncio
+
+    import nats
+
+    big = "def run(input, ctx):\n    return {'blob': 'x' * 40000, 'n': 7}\n"
+    echo = "def run(input, ctx):\n    return input\n"
+    apply(kubectl, namespace,
+          workflow("bulky", [{"id": "make", "tool": "big", "onSuccess": {"next": "use"}},
+                             {"id": "use", "tool": "echo", "with": {"size": "{{ tasks.make.output.blob | length }}",
+                                                                   "n": "{{ tasks.make.output.n }}"}}],
+                   tools=[{"id": "big", "python": big}, {"id": "echo", "python": echo}],
+                   output={"size": "{{ tasks.use.output.size }}"}),
+          execution("bulky-1", "bulky"))
+    status = wait_finished(kubectl, namespace, "bulky-1", 60)
+    assert status["phase"] == "Succeeded", status
+    make = status["tasks"]["make"]
+    assert "output" not in make
+    ref = make["outputRef"]
+    assert ref["bucket"] == "COMPOZY_OUTPUTS" and ref["size"] > 40000 and ref["digest"].startswith("SHA-256=")
+    assert status["tasks"]["use"]["output"] == {"size": 40000, "n": 7} and status["output"] == {"size": 40000}
+
+    async def stored() -> list[str]:
+        nc = await nats.connect(devenv.nats.url, token=devenv.nats.token)
+        try:
+            infos = await (await nc.jetstream().object_store("COMPOZY_OUTPUTS")).list(ignore_deletes=True)
+            return [i.name for i in infos]
+        except nats.js.errors.NotFoundError:
+            return []
+        finally:
+            await nc.close()
+
+    assert ref["key"] in asyncio.run(stored())
+    kubectl.ok("delete", "wfx", "bulky-1", "-n", namespace)
+    wait_for(lambda: ref["key"] not in asyncio.run(stored()), 20, "the stored output to be removed")

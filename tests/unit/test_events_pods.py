@@ -64,3 +64,12 @@ def test_merge_patch_diff() -> None:
     assert merge_patch_diff(old, new) == {"gone": None, "b": {"d": 4}, "e": [1, 2], "f": None}
     assert merge_patch_diff({}, {"x": 1}) == {"x": 1}
     assert merge_patch_diff(old, old) == {}
+
+
+def test_collection_child_keys_make_valid_names() -> None:
+    execution = {"metadata": {"name": "run", "namespace": "ns", "uid": "u1"}}
+    pod = task_pod(Settings(task_image="img:1"), execution, "each-url[12]", 1, Tool(id="t", python="x"))
+    assert pod["metadata"]["name"] == "run-each-url-12-1"
+    assert pod["metadata"]["labels"]["compozy.dev/task"] == "each-url-12"
+    assert pod["metadata"]["annotations"]["compozy.dev/task-key"] == "each-url[12]"
+    assert next(e for e in pod["spec"]["containers"][0]["env"] if e["name"] == "COMPOZY_TASK")["value"] == "each-url[12]"
