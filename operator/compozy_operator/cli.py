@@ -80,6 +80,19 @@ def dev_demo(args: argparse.Namespace) -> int:
     return run_demo(args.keep)
 
 
+def validate(args: argparse.Namespace) -> int:
+    from .manifests import validate_files
+
+    count, problems = validate_files(args.files)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) in {count} file(s)", file=sys.stderr)
+        return 1
+    print(f"{count} file(s) valid")
+    return 0
+
+
 def operator(_: argparse.Namespace) -> int:
     from .operator_main import run
 
@@ -98,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("operator", help="run the operator (settings from COMPOZY_* environment variables)"
                    ).set_defaults(func=operator)
+    check = sub.add_parser("validate", help="check Workflow and WorkflowExecution manifests offline")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.set_defaults(func=validate)
     task = sub.add_parser("task", help="task pod entrypoints")
     task_sub = task.add_subparsers(dest="task_command", required=True)
     task_sub.add_parser("run", help="run the task attempt named by COMPOZY_* variables (in a task pod)"
