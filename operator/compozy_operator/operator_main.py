@@ -102,6 +102,10 @@ def build_registry(op_ref: dict[str, Operator], app_settings: Settings) -> kopf.
     async def pod_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
         await op_ref["op"].orchestrator.on_pod(event["type"] or "ADDED", _plain(body))
 
+    @kopf.on.event("", "v1", "nodes", registry=registry)
+    async def node_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        await op_ref["op"].orchestrator.on_node(_plain(body), deleted=event["type"] == "DELETED")
+
     return registry
 
 

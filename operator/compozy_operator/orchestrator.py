@@ -25,7 +25,8 @@ from .events import (Event, EventType, cancel_subject, command_subject, event_id
 from .executor import CompleteTask, Dispatch, FailTask, Finish, RunContext, ScheduleRetry, WakeAt, decide
 from .kube import ApiException, Kube
 from .monitoring import DISPATCH_SECONDS, PODS_CREATED
-from .pods import ANNOTATION_TASK, LABEL_ATTEMPT, LABEL_EXECUTION, LABEL_TASK, label_value, pod_name, task_pod
+from .pods import (ANNOTATION_TASK, LABEL_ATTEMPT, LABEL_EXECUTION, LABEL_TASK, TASK_POD_SELECTOR, label_value,
+                   pod_name, task_pod)
 from .reducer import fold
 from .settings import Settings
 from .validation import SpecError, check_input, check_workflow, parse_workflow
@@ -370,7 +371,17 @@ class Orchestrator:
 
     # ---- pods -----------------------------------------------------------------------------
 
-    async def on_pod(self, event_type: str, pod: dict[str, Any]) -> None:
+    async def on_node(self, node: dict[str, Any], deleted: bool = False) -> None:
+        """A node that is not ready (or gone) strands the task pods on it: look at each of them."""
+        ready = next((c for c in (node.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), {})
+        if ready.get("status") == "True" and not deleted:
+            return
+        pods = await asyncio.to_thread(self.kube.get, "/api/v1/pods", labelSelector=TASK_POD_SELECTOR,
+                                       fieldSelector=f"spec.nodeName={node['metadata']['name']}")
+        for pod in pods["items"]:
+            await self.on_pod("MODIFIED", pod, recheck=True)
+
+    async def on_pod(self, event_type: str, pod: dict[str, Any], recheck: bool = False) -> None:
         """Turn a task pod that cannot report into TaskExecutionFailed; clean up finished pods.
 
         Caught here: a pod deleted before it reported, a pod that failed (OOM-killed, evicted,
@@ -392,7 +403,7 @@ class Orchestrator:
             failure = _pod_failure(pod)
         elif phase == "Pending":
             failure = self._start_failure(pod)
-        elif phase == "Running" and not _pod_ready(pod):
+        elif phase == "Running" and (recheck or not _pod_ready(pod)):
             failure = await self._node_lost(pod)
         if failure:
             reason, message = failure
@@ -423,7 +434,7 @@ class Orchestrator:
                 fresh = await asyncio.to_thread(self.kube.get, f"/api/v1/namespaces/{key[0]}/pods/{key[1]}")
             except ApiException:
                 return
-            await self.on_pod("MODIFIED", fresh)
+            await self.on_pod("MODIFIED", fresh, recheck=True)
 
         asyncio.get_running_loop().call_later(delay, lambda: asyncio.ensure_future(recheck()))
 

@@ -173,3 +173,35 @@ def test_large_outputs_go_to_the_object_store_and_templates_still_read_them(
     assert ref["key"] in asyncio.run(stored())
     kubectl.ok("delete", "wfx", "bulky-1", "-n", namespace)
     wait_for(lambda: ref["key"] not in asyncio.run(stored()), 20, "the stored output to be removed")
+
+
+def test_a_lost_node_fails_the_attempt_and_the_retry_runs_elsewhere(
+        operator: OperatorProcess, kubectl: Kubectl, kube: Kube, devenv, namespace: str) -> None:
+    sleeper_then_ok = ("import time\n"
+                       "def run(input, ctx):\n"
+                       "    if ctx.attempt == 1:\n"
+                       "        time.sleep(300)\n"
+                       "    return {'attempt': ctx.attempt}\n")
+    devenv.start_node("process-node-doomed")
+    kubectl.ok("cordon", "process-node-1")
+    try:
+        apply(kubectl, namespace,
+              workflow("stranded", [{"id": "a", "tool": "s", "retry": {"limit": 1}}],
+                       tools=[{"id": "s", "python": sleeper_then_ok}]),
+              execution("stranded-1", "stranded"))
+        pod = wait_for(lambda: [p for p in pods_of(kube, namespace) if p["status"].get("phase") == "Running"], 30,
+                       "the first attempt to run")[0]
+        assert pod["spec"]["nodeName"] == "process-node-doomed"
+        kubectl.ok("uncordon", "process-node-1")
+        devenv.stop_node("process-node-doomed")  # its processes die; its Node goes NotReady
+        status = wait_finished(kubectl, namespace, "stranded-1", 90)
+    finally:
+        kubectl("uncordon", "process-node-1")
+        if "process-node-doomed" in devenv.nodes:
+            devenv.stop_node("process-node-doomed")
+        kubectl("delete", "node", "process-node-doomed", "--wait=false")
+    assert status["phase"] == "Succeeded", status
+    a = status["tasks"]["a"]
+    assert a["attempt"] == 2 and a["output"] == {"attempt": 2}
+    lost = a["attempts"][0]["error"]
+    assert lost["reason"] == "NodeLost" and "process-node-doomed" in lost["message"]
