@@ -4,19 +4,68 @@ Pure: no I/O, and the clock comes in as an argument. The orchestrator calls :fun
 whenever the status may have moved (and at the times a :class:`WakeAt` asks for) and carries
 out the actions; calling it twice on the same status and time gives the same actions, which the
 orchestrator makes harmless (deterministic pod names and event ids).
+
+The walk. Top-level tasks run one at a time: from ``tasks[0]``, each ended task leads to the next
+(``onSuccess.next``, a router's chosen route, ``onError.next``) until a task has no successor
+(the run ends) or a task would run a second time (the run fails with reason ``Cycle``: a task
+runs at most once per run, so its status entry is never ambiguous).
+
+Task types:
+
+* ``basic`` runs its tool in a pod (:class:`Dispatch`), with retries and a per-attempt timeout.
+* ``router`` renders ``condition``; the value (a string as it is, anything else as JSON, so
+  booleans are ``true``/``false``) picks ``routes[value]``, else ``default``. It succeeds with
+  output ``{"route": value, "next": task id}`` and the walk continues at that task; the status
+  entry, not a second rendering, decides where. No match fails it (``NoRoute``), a template
+  error too (``TemplateError``).
+* ``parallel`` runs its basic child ``tasks`` (status key: the child's id).
+* ``collection`` renders ``items`` (must give a list, else ``InvalidItems``) and runs ``task``
+  once per item that passes ``filter`` (status key ``<id>[<index>]``, the index in the full
+  list; ``item`` and ``index`` in the template context). A ``filter`` value that is JSON-falsy,
+  or a string such as ``false``, ``0``, ``no`` or empty, skips the item. The output is the list
+  of the children's outputs in item order (skipped items left out). A collection behaves like a
+  ``waitAll`` parallel task; ``mode: sequential`` means ``maxWorkers: 1``. ``items`` and
+  ``filter`` may only use facts of earlier tasks: they are rendered before any child starts, and
+  a failure then fails the collection at once.
+
+Composite tasks (router, parallel, collection) run no pod of their own and have no status entry
+while they run: their state is derived from their children's entries. They get one when they
+end: decide returns :class:`CompleteTask` or :class:`FailTask` (attempt 1, reason
+``ChildFailed`` for children) for them, repeatedly until the status shows it. A parallel task or
+collection ends only once none of its children is in flight, so the walk never moves on while a
+child of an earlier task still runs. ``retry`` and ``timeout`` belong to basic tasks and
+children; composites have neither (validation refuses them). A transition to an unknown id (a
+spec that skipped validation) fails the run with reason ``InvalidTransition``.
+
+Children. In flight: ``Waiting`` (a retry scheduled), ``Pending``, ``Running``, or ``Failed``
+with a retry still to schedule; ``maxWorkers`` bounds how many are. A child *fails* when it
+fails for good (retries exhausted, or not retryable). Strategies of a parallel task:
+
+* ``waitAll`` (default; collections too): once a child fails, no new child starts; those in
+  flight run to their end (retries included); then the task fails. Output: child id -> output.
+* ``failFast``: the first failure cancels the children in flight (``FailTask`` reason
+  ``Cancelled``, stopping the pod of a dispatched one) and no new child starts; the task fails.
+* ``bestEffort``: every child runs; the task succeeds when all have ended, with output
+  child id -> ``{"output": ...}`` or ``{"error": {"reason": ..., "message": ...}}``.
+* ``race``: the first success cancels the others; output ``{"winner": id, "output": ...}``
+  (the earliest ``finishedAt`` among successes, ties by declaration order). The task fails only
+  when every child has failed.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from .api.models import ErrorInfo, Task, TaskStatus, Tool, WorkflowExecutionStatus, WorkflowSpec, parse_duration
+from .reducer import TASK_TERMINAL
 from .templates import TemplateError, render
 
 # Failures that would fail the same way again: never retried.
 NON_RETRYABLE = frozenset({"TemplateError", "ToolLoadError", "InvalidTool", "Cancelled"})
+IN_FLIGHT = frozenset({"Waiting", "Pending", "Running"})
 
 
 @dataclass(frozen=True)
@@ -85,6 +134,15 @@ class RunContext:
     cancel: bool = False  # spec.cancel
 
 
+@dataclass(frozen=True)
+class _Child:
+    """One child of a parallel task or collection: its status key, its task, its template context."""
+
+    key: str
+    task: Task
+    context: dict[str, Any]
+
+
 def epoch(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
@@ -116,12 +174,12 @@ def _tool(wf: WorkflowSpec, task: Task) -> Tool:
     raise LookupError(f"task {task.id}: tool {task.tool!r} is not defined")  # validation prevents this
 
 
-def _start(wf: WorkflowSpec, task: Task, attempt: int, status: WorkflowExecutionStatus, run: RunContext) -> Action:
+def _start(wf: WorkflowSpec, task: Task, key: str, attempt: int, context: dict[str, Any]) -> Action:
     try:
-        rendered = render(task.with_ or {}, template_context(wf, status, run), f"tasks.{task.id}.with")
+        rendered = render(task.with_ or {}, context, f"tasks.{key}.with")
     except TemplateError as e:
-        return FailTask(task.id, attempt, "TemplateError", str(e))
-    return Dispatch(task.id, attempt, _tool(wf, task), rendered)
+        return FailTask(key, attempt, "TemplateError", str(e))
+    return Dispatch(key, attempt, _tool(wf, task), rendered)
 
 
 def _finish_success(wf: WorkflowSpec, status: WorkflowExecutionStatus, run: RunContext) -> Finish:
@@ -133,19 +191,25 @@ def _finish_success(wf: WorkflowSpec, status: WorkflowExecutionStatus, run: RunC
         return Finish("Failed", error=ErrorInfo(reason="TemplateError", message=str(e)))
 
 
-def _in_flight(task: Task, st: TaskStatus, now: float) -> list[Action]:
+def _failure(label: str, key: str, st: TaskStatus) -> str:
+    err = st.error or ErrorInfo()
+    attempts = f" after {st.attempt} attempts" if st.attempt > 1 else ""
+    return f"{label} {key} failed{attempts}: {err.message or err.reason}"
+
+
+def _in_flight(task: Task, key: str, st: TaskStatus, now: float) -> list[Action]:
     """A dispatched attempt: wait for it, or fail it when its timeout has passed."""
     if not task.timeout or not st.dispatched_at:
         return []
     limit = parse_duration(task.timeout)
     deadline = epoch(st.dispatched_at) + limit
     if now >= deadline:
-        return [FailTask(task.id, st.attempt, "Timeout",
+        return [FailTask(key, st.attempt, "Timeout",
                          f"attempt {st.attempt} exceeded the task timeout of {task.timeout}", stop_pod=True)]
     return [WakeAt(deadline)]
 
 
-def _failed(task: Task, st: TaskStatus) -> ScheduleRetry | None:
+def _failed(task: Task, key: str, st: TaskStatus) -> ScheduleRetry | None:
     """The retry to schedule after a failed attempt, if the policy allows one."""
     reason = st.error.reason if st.error else None
     limit = task.retry.limit if task.retry else 0
@@ -153,7 +217,22 @@ def _failed(task: Task, st: TaskStatus) -> ScheduleRetry | None:
         return None
     delay = backoff_delay(task, st.attempt)
     failed_at = epoch(st.finished_at) if st.finished_at else 0.0
-    return ScheduleRetry(task.id, st.attempt + 1, delay, rfc3339(failed_at + delay))
+    return ScheduleRetry(key, st.attempt + 1, delay, rfc3339(failed_at + delay))
+
+
+def _advance(wf: WorkflowSpec, task: Task, key: str, st: TaskStatus | None, context: dict[str, Any],
+             now: float) -> list[Action] | None:
+    """What moves a pod-running task (basic, or a child) on; None once it has ended for good."""
+    if st is None:
+        return [_start(wf, task, key, 1, context)]
+    if st.phase == "Waiting":
+        if st.not_before and now < epoch(st.not_before):
+            return [WakeAt(epoch(st.not_before))]
+        return [_start(wf, task, key, st.attempt, context)]
+    if st.phase in ("Pending", "Running"):
+        return _in_flight(task, key, st, now)
+    retry = _failed(task, key, st)
+    return [retry] if retry else None
 
 
 def _run_timeout(status: WorkflowExecutionStatus, run: RunContext, now: float) -> list[Action]:
@@ -166,8 +245,140 @@ def _run_timeout(status: WorkflowExecutionStatus, run: RunContext, now: float) -
     return [WakeAt(deadline)]
 
 
+def _route(task: Task, context: dict[str, Any]) -> Action:
+    try:
+        value = render(task.condition or "", context, f"tasks.{task.id}.condition")
+    except TemplateError as e:
+        return FailTask(task.id, 1, "TemplateError", str(e))
+    route = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    target = (task.routes or {}).get(route, task.default)
+    if target is None:
+        known = ", ".join(sorted(task.routes or {}))
+        return FailTask(task.id, 1, "NoRoute", f"router {task.id}: condition gave {route!r}; known routes: {known}")
+    return CompleteTask(task.id, {"route": route, "next": target})
+
+
+def _child_state(child: _Child, st: TaskStatus | None) -> str:
+    """new | running | retrying (failed, a retry to schedule) | succeeded | failed (for good)."""
+    if st is None:
+        return "new"
+    if st.phase in IN_FLIGHT:
+        return "running"
+    if st.phase == "Succeeded":
+        return "succeeded"
+    return "retrying" if _failed(child.task, child.key, st) else "failed"
+
+
+def _cancel(child: _Child, st: TaskStatus, why: str) -> FailTask:
+    """Cancel a child in flight; a dispatched attempt's pod is stopped (a Waiting one has none)."""
+    return FailTask(child.key, st.attempt, "Cancelled", f"cancelled: {why}", stop_pod=st.phase != "Waiting")
+
+
+def _run_children(wf: WorkflowSpec, parent: Task, children: list[_Child], strategy: str, limit: int | None,
+                  status: WorkflowExecutionStatus, now: float) -> list[Action]:
+    """Advance the children of a parallel task or collection; end the parent once none is in flight."""
+    sts = {c.key: status.tasks.get(c.key) for c in children}
+    of: dict[str, list[_Child]] = {s: [] for s in ("new", "running", "retrying", "succeeded", "failed")}
+    for c in children:
+        of[_child_state(c, sts[c.key])].append(c)
+    why = None
+    if strategy == "failFast" and of["failed"]:
+        why = f"{of['failed'][0].key} failed and {parent.id} is failFast"
+    elif strategy == "race" and of["succeeded"]:
+        why = f"{of['succeeded'][0].key} won the race of {parent.id}"
+    if why is not None:  # a child with a retry still to schedule counts as failed: the retry never comes
+        cancels: list[Action] = [_cancel(c, st, why) for c in of["running"] if (st := sts[c.key])]
+        return cancels or [_end(parent, strategy, children, sts)]
+    actions: list[Action] = []
+    for c in of["running"] + of["retrying"]:
+        actions += _advance(wf, c.task, c.key, sts[c.key], c.context, now) or []
+    busy = len(of["running"]) + len(of["retrying"])
+    stop = strategy == "waitAll" and bool(of["failed"])  # no new child once the outcome is failure
+    if not stop:
+        slots = len(of["new"]) if limit is None else max(0, limit - busy)
+        actions += [_start(wf, c.task, c.key, 1, c.context) for c in of["new"][:slots]]
+    if not busy and (stop or not of["new"]):
+        return [_end(parent, strategy, children, sts)]
+    return actions
+
+
+def _end(parent: Task, strategy: str, children: list[_Child], sts: dict[str, TaskStatus | None]) -> Action:
+    """The outcome of a parent whose children have all ended (or will never start)."""
+    ended = [(c.key, st) for c in children if (st := sts[c.key]) is not None]
+    wins = [(key, st) for key, st in ended if st.phase == "Succeeded"]
+    losses = [(key, st) for key, st in ended if st.phase != "Succeeded"]
+    if strategy == "bestEffort":
+        return CompleteTask(parent.id, {key: {"output": st.output} if st.phase == "Succeeded"
+                                        else {"error": (st.error or ErrorInfo()).dump()} for key, st in ended})
+    if strategy == "race" and wins:
+        key, st = min(wins, key=lambda w: epoch(w[1].finished_at) if w[1].finished_at else float("inf"))
+        return CompleteTask(parent.id, {"winner": key, "output": st.output})
+    if losses:
+        causes = [(key, st) for key, st in losses if st.phase != "Cancelled"] or losses
+        return FailTask(parent.id, 1, "ChildFailed", "; ".join(_failure("child", key, st) for key, st in causes))
+    if parent.type == "collection":
+        return CompleteTask(parent.id, [st.output for _, st in ended])
+    return CompleteTask(parent.id, {key: st.output for key, st in ended})
+
+
+def _truthy(value: Any) -> bool:
+    """A filter's verdict: JSON-falsy values, and strings like ``false``/``0``/``no``, skip the item."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "false", "0", "no", "none", "null")
+    return bool(value)
+
+
+def _json_type(value: Any) -> str:
+    for kind, name in ((bool, "boolean"), ((int, float), "number"), (str, "string"), (dict, "object")):
+        if isinstance(value, kind):
+            return name
+    return "null" if value is None else type(value).__name__
+
+
+def _collection(wf: WorkflowSpec, task: Task, status: WorkflowExecutionStatus, context: dict[str, Any],
+                now: float) -> list[Action]:
+    try:
+        items = render(task.items, context, f"tasks.{task.id}.items")
+    except TemplateError as e:
+        return [FailTask(task.id, 1, "TemplateError", str(e))]
+    if not isinstance(items, list):
+        return [FailTask(task.id, 1, "InvalidItems",
+                         f"tasks.{task.id}.items: expected a list, got {_json_type(items)}")]
+    assert task.task is not None  # validation requires it
+    children = []
+    for index, item in enumerate(items):
+        key = f"{task.id}[{index}]"
+        scope = {**context, "item": item, "index": index}
+        if task.filter is not None:
+            try:
+                if not _truthy(render(task.filter, scope, f"tasks.{key}.filter")):
+                    continue
+            except TemplateError as e:
+                return [FailTask(task.id, 1, "TemplateError", str(e))]
+        children.append(_Child(key, task.task, scope))
+    limit = 1 if task.mode == "sequential" else task.max_workers
+    return _run_children(wf, task, children, "waitAll", limit, status, now)
+
+
+def _step(wf: WorkflowSpec, task: Task, status: WorkflowExecutionStatus, context: dict[str, Any],
+          now: float) -> list[Action] | None:
+    """The actions that move a top-level task on; None once its status shows it ended for good."""
+    st = status.tasks.get(task.id)
+    if task.type == "basic":
+        return _advance(wf, task, task.id, st, context, now)
+    if st is not None and st.phase in TASK_TERMINAL:
+        return None
+    if task.type == "router":
+        return [_route(task, context)]
+    if task.type == "parallel":
+        children = [_Child(c.id, c, context) for c in task.tasks or []]
+        return _run_children(wf, task, children, task.strategy or "waitAll", task.max_workers, status, now)
+    return _collection(wf, task, status, context, now)
+
+
 def decide(wf: WorkflowSpec, status: WorkflowExecutionStatus, run: RunContext, now: float) -> list[Action]:
-    """The next actions of a Running execution (empty while tasks are in flight or after the end)."""
+    """The next actions of a Running execution (empty after the end). While the run goes on, the
+    actions include a :class:`WakeAt` for the run's deadline, if it has one."""
     if status.phase != "Running":
         return []
     if run.cancel:
@@ -175,39 +386,33 @@ def decide(wf: WorkflowSpec, status: WorkflowExecutionStatus, run: RunContext, n
     timeout = _run_timeout(status, run, now)
     if timeout and isinstance(timeout[0], Finish):
         return timeout
+    context = template_context(wf, status, run)
     by_id = {t.id: t for t in wf.tasks}
-    task: Task | None = wf.tasks[0]
+    task = wf.tasks[0]
     visited: set[str] = set()
-    while task is not None:
+    while True:
         if task.id in visited:
             return [Finish("Failed", error=ErrorInfo(task=task.id, reason="Cycle",
                                                      message=f"task {task.id} would run a second time"))]
         visited.add(task.id)
-        st = status.tasks.get(task.id)
-        if st is None:
-            return [_start(wf, task, 1, status, run)]
-        if st.phase == "Waiting":
-            if st.not_before and now < epoch(st.not_before):
-                return [WakeAt(epoch(st.not_before)), *timeout]
-            return [_start(wf, task, st.attempt, status, run)]
-        if st.phase in ("Pending", "Running"):
-            return [*_in_flight(task, st, now), *timeout]
+        actions = _step(wf, task, status, context, now)
+        if actions is not None:
+            return [*actions, *timeout]
+        st = status.tasks[task.id]
         if st.phase == "Succeeded":
-            nxt = task.on_success.next if task.on_success else None
-            if task.final or not nxt:
+            if task.type == "router":
+                nxt = st.output.get("next") if isinstance(st.output, dict) else None
+            elif task.final or not (task.on_success and task.on_success.next):
                 return [_finish_success(wf, status, run)]
-            task = by_id[nxt]
-            continue
-        retry = _failed(task, st)
-        if retry is not None:
-            return [retry]
-        nxt = task.on_error.next if task.on_error else None
-        if nxt:
-            task = by_id[nxt]
-            continue
-        err = st.error or ErrorInfo()
-        attempts = f" after {st.attempt} attempts" if st.attempt > 1 else ""
-        return [Finish("Failed", error=ErrorInfo(task=task.id, reason=err.reason,
-                                                 message=f"task {task.id} failed{attempts}: "
-                                                         f"{err.message or err.reason}"))]
-    return []
+            else:
+                nxt = task.on_success.next
+        else:
+            nxt = task.on_error.next if task.on_error else None
+            if not nxt:
+                err = st.error or ErrorInfo()
+                return [Finish("Failed", error=ErrorInfo(task=task.id, reason=err.reason,
+                                                         message=_failure("task", task.id, st)))]
+        if nxt not in by_id:
+            return [Finish("Failed", error=ErrorInfo(task=task.id, reason="InvalidTransition",
+                                                     message=f"task {task.id}: no task with id {nxt!r} to go to"))]
+        task = by_id[nxt]

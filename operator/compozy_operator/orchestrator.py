@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,8 +21,8 @@ from typing import Any
 from .api.models import (GROUP, TERMINAL_PHASES, VERSION, WorkflowExecutionSpec, WorkflowExecutionStatus,
                          WorkflowSpec, parse_duration)
 from .bus import Bus
-from .events import (Event, EventType, cancel_subject, command_subject, event_id, make_event, output_prefix,
-                     state_subject)
+from .events import (Event, EventType, cancel_subject, command_subject, event_id, make_event, output_key,
+                     output_prefix, state_subject)
 from .executor import CompleteTask, Dispatch, FailTask, Finish, RunContext, ScheduleRetry, WakeAt, decide
 from .kube import ApiException, Kube
 from .monitoring import DISPATCH_SECONDS, PODS_CREATED
@@ -315,8 +316,13 @@ class Orchestrator:
         if key in run.acted:
             return
         run.acted.add(key)
+        result: dict[str, Any] = {"output": c.output}
+        encoded = json.dumps(c.output).encode()
+        if len(encoded) > self.settings.output_inline_limit:  # e.g. a large collection's list
+            result = {"outputRef": await self.bus.put_output(
+                output_key(run.namespace, run.name, run.uid, c.task, 1), encoded)}
         await self._publish(run, make_event(EventType.TASK_SUCCESS, SOURCE, run.namespace, run.name, run.uid,
-                                            c.task, 1, output=c.output))
+                                            c.task, 1, **result))
 
     async def _schedule_retry(self, run: Run, r: ScheduleRetry) -> None:
         key = ("retry", r.task, r.attempt)

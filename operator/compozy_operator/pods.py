@@ -23,8 +23,12 @@ ANNOTATION_TASK = "compozy.dev/task-key"  # the exact status key, e.g. each-url[
 
 
 def dns_part(task: str) -> str:
-    """A status key as a name part: ``each-url[3]`` -> ``each-url-3``."""
-    return re.sub(r"[^a-z0-9-]+", "-", task.lower()).strip("-")
+    """A status key as a name part. Task ids are used as they are; a collection child's key
+    ``each-url[3]`` becomes ``each-url-3-<hash>``, so it can never equal a real task id ``each-url-3``."""
+    if re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", task):
+        return task
+    readable = re.sub(r"[^a-z0-9-]+", "-", task.lower()).strip("-")
+    return f"{readable}-{hashlib.sha256(task.encode()).hexdigest()[:5]}"
 
 
 def pod_name(execution: str, task: str, attempt: int) -> str:

@@ -7,9 +7,17 @@ from typing import Any
 import jsonschema
 from pydantic import ValidationError
 
-from .api.models import WorkflowSpec
+from .api.models import Task, WorkflowSpec
 
-SUPPORTED_TYPES = {"basic"}
+# The fields each task type uses (besides id and type); any other field set is a mistake.
+_TRANSITIONS = {"on_success", "on_error", "final"}
+_FIELDS: dict[str, set[str]] = {
+    "basic": {"tool", "agent", "action", "with_", "retry", "timeout", *_TRANSITIONS},
+    "router": {"condition", "routes", "default", "on_error"},  # routes replace onSuccess
+    "parallel": {"strategy", "max_workers", "tasks", *_TRANSITIONS},
+    "collection": {"items", "mode", "max_workers", "filter", "task", *_TRANSITIONS},
+}
+SUPPORTED_TYPES = set(_FIELDS)
 
 
 class SpecError(ValueError):
@@ -34,38 +42,150 @@ def parse_workflow(raw: Any, prefix: str = "spec") -> WorkflowSpec:
         raise SpecError([f"{_loc(prefix, err['loc'])}: {err['msg']}" for err in e.errors()]) from None
 
 
+def _unused_fields(task: Task, where: str, allowed: set[str], kind: str | None = None) -> list[str]:
+    return [f"{where}.{info.alias or name}: not used by {kind or task.type + ' tasks'}"
+            for name, info in Task.model_fields.items()
+            if name not in ("id", "type") and name not in allowed and getattr(task, name) is not None]
+
+
+def _check_basic(task: Task, where: str, tools: set[str], agents: dict[str, set[str]]) -> list[str]:
+    problems = []
+    if bool(task.tool) == bool(task.agent):
+        problems.append(f"{where}: a basic task needs exactly one of tool or agent")
+    if task.tool and task.tool not in tools:
+        problems.append(f"{where}.tool: tool {task.tool!r} is not defined in spec.tools")
+    if task.agent:
+        if task.agent not in agents:
+            problems.append(f"{where}.agent: agent {task.agent!r} is not defined in spec.agents")
+        elif task.action not in agents[task.agent]:
+            problems.append(f"{where}.action: agent {task.agent!r} has no action {task.action!r}")
+        else:
+            problems.append(f"{where}.agent: agent tasks are not supported yet")
+    return problems
+
+
+def _check_child(child: Task, where: str, tools: set[str], agents: dict[str, set[str]]) -> list[str]:
+    """A parallel task's child or a collection's task: a basic task without transitions."""
+    if child.type != "basic":
+        return [f"{where}.type: a child task must be a basic task, not {child.type}"]
+    unused = _unused_fields(child, where, _FIELDS["basic"] - _TRANSITIONS, "child tasks (a child ends with its parent)")
+    return [*unused, *_check_basic(child, where, tools, agents)]
+
+
+def _check_parallel(task: Task, where: str, ids: set[str], children: set[str], tools: set[str],
+                    agents: dict[str, set[str]]) -> list[str]:
+    """Children's ids share one namespace with the top-level ids (they are status keys too);
+    ``children`` collects them across the workflow."""
+    problems = [] if task.tasks else [f"{where}.tasks: a parallel task needs at least one child task"]
+    for j, child in enumerate(task.tasks or []):
+        cwhere = f"{where}.tasks[{j}] ({child.id})"
+        if child.id in ids or child.id in children:
+            problems.append(f"{cwhere}.id: duplicate task id {child.id!r}")
+        children.add(child.id)
+        problems += _check_child(child, cwhere, tools, agents)
+    return problems
+
+
+def _check_router(task: Task, where: str, ids: set[str]) -> list[str]:
+    problems = []
+    if task.condition is None:
+        problems.append(f"{where}.condition: a router needs a condition")
+    if not task.routes:
+        problems.append(f"{where}.routes: a router needs at least one route")
+    for value, target in (task.routes or {}).items():
+        if target not in ids:
+            problems.append(f"{where}.routes.{value}: no task with id {target!r}")
+    if task.default is not None and task.default not in ids:
+        problems.append(f"{where}.default: no task with id {task.default!r}")
+    return problems
+
+
+def _check_collection(task: Task, where: str, tools: set[str], agents: dict[str, set[str]]) -> list[str]:
+    problems = []
+    if task.items is None:
+        problems.append(f"{where}.items: a collection needs items (a list, or a template giving one)")
+    elif not isinstance(task.items, list) and not (isinstance(task.items, str) and "{{" in task.items):
+        problems.append(f"{where}.items: must be a list or a template such as '{{{{ workflow.input.urls }}}}'")
+    if task.task is None:
+        problems.append(f"{where}.task: a collection needs the task to run for each item")
+    else:
+        problems += _check_child(task.task, f"{where}.task ({task.task.id})", tools, agents)
+    if task.mode == "sequential" and (task.max_workers or 1) > 1:
+        problems.append(f"{where}.maxWorkers: a sequential collection runs one item at a time")
+    return problems
+
+
+def _successors(task: Task) -> list[str]:
+    if task.type == "router":
+        nexts = [*(task.routes or {}).values(), task.default]
+    else:
+        nexts = [task.on_success.next if task.on_success else None]
+    return [n for n in (*nexts, task.on_error.next if task.on_error else None) if n]
+
+
+def _ends_run(task: Task) -> bool:
+    """Whether this task's success can end the run (a router always continues at a route)."""
+    return task.type != "router" and bool(task.final or not (task.on_success and task.on_success.next))
+
+
+def _closure(start: set[str], edges: dict[str, list[str]]) -> set[str]:
+    seen, todo = set(start), list(start)
+    while todo:
+        for n in edges.get(todo.pop(), []):
+            if n not in seen:
+                seen.add(n)
+                todo.append(n)
+    return seen
+
+
+def _dead_ends(wf: WorkflowSpec) -> set[str]:
+    """Tasks the run can reach from tasks[0] but from which it can never succeed.
+
+    A task runs at most once, so from such a task every path ends in a failure or returns to a
+    task that already ran (the executor then fails the run with reason Cycle)."""
+    forward = {t.id: _successors(t) for t in wf.tasks}
+    backward: dict[str, list[str]] = {}
+    for src, dsts in forward.items():
+        for dst in dsts:
+            backward.setdefault(dst, []).append(src)
+    reachable = _closure({wf.tasks[0].id}, forward)
+    can_succeed = _closure({t.id for t in wf.tasks if _ends_run(t)}, backward)
+    return reachable - can_succeed
+
+
 def check_workflow(wf: WorkflowSpec, prefix: str = "spec") -> list[str]:
     """Reference and graph checks the schema cannot express."""
     problems: list[str] = []
-    ids = [t.id for t in wf.tasks]
+    ids = {t.id for t in wf.tasks}
     tools = {t.id for t in wf.tools or []}
     agents = {a.id: {x.id for x in a.actions} for a in wf.agents or []}
     seen: set[str] = set()
+    children: set[str] = set()  # ids of parallel tasks' children so far
     for i, task in enumerate(wf.tasks):
         where = f"{prefix}.tasks[{i}] ({task.id})"
         if task.id in seen:
             problems.append(f"{where}.id: duplicate task id {task.id!r}")
         seen.add(task.id)
-        if task.type not in SUPPORTED_TYPES:
-            problems.append(f"{where}.type: {task.type} tasks are not supported yet")
-            continue
-        if bool(task.tool) == bool(task.agent):
-            problems.append(f"{where}: a basic task needs exactly one of tool or agent")
-        if task.tool and task.tool not in tools:
-            problems.append(f"{where}.tool: tool {task.tool!r} is not defined in spec.tools")
-        if task.agent:
-            if task.agent not in agents:
-                problems.append(f"{where}.agent: agent {task.agent!r} is not defined in spec.agents")
-            elif task.action not in agents[task.agent]:
-                problems.append(f"{where}.action: agent {task.agent!r} has no action {task.action!r}")
-            else:
-                problems.append(f"{where}.agent: agent tasks are not supported yet")
+        problems += _unused_fields(task, where, _FIELDS[task.type])
+        if task.type == "basic":
+            problems += _check_basic(task, where, tools, agents)
+        elif task.type == "router":
+            problems += _check_router(task, where, ids)
+        elif task.type == "collection":
+            problems += _check_collection(task, where, tools, agents)
+        else:
+            problems += _check_parallel(task, where, ids, children, tools, agents)
         for kind, tr in (("onSuccess", task.on_success), ("onError", task.on_error)):
             if tr and tr.next and tr.next not in ids:
                 problems.append(f"{where}.{kind}.next: no task with id {tr.next!r}")
     for j, tool in enumerate(wf.tools or []):
         if bool(tool.python) == bool(tool.command):
             problems.append(f"{prefix}.tools[{j}] ({tool.id}): a tool needs exactly one of python or command")
+    if not problems:  # the graph check needs every reference resolved
+        dead = _dead_ends(wf)
+        problems += [f"{prefix}.tasks[{i}] ({t.id}): the run can never succeed from here: every path after "
+                     f"this task fails or returns to a task that already ran (a task runs at most once)"
+                     for i, t in enumerate(wf.tasks) if t.id in dead]
     return problems
 
 

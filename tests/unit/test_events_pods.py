@@ -69,7 +69,9 @@ def test_merge_patch_diff() -> None:
 def test_collection_child_keys_make_valid_names() -> None:
     execution = {"metadata": {"name": "run", "namespace": "ns", "uid": "u1"}}
     pod = task_pod(Settings(task_image="img:1"), execution, "each-url[12]", 1, Tool(id="t", python="x"))
-    assert pod["metadata"]["name"] == "run-each-url-12-1"
-    assert pod["metadata"]["labels"]["compozy.dev/task"] == "each-url-12"
+    part = pod["metadata"]["labels"]["compozy.dev/task"]
+    assert part.startswith("each-url-12-") and part != "each-url-12"
+    assert pod["metadata"]["name"] == f"run-{part}-1"
+    assert pod_name("run", "each-url[12]", 1) != pod_name("run", "each-url-12", 1)
     assert pod["metadata"]["annotations"]["compozy.dev/task-key"] == "each-url[12]"
     assert next(e for e in pod["spec"]["containers"][0]["env"] if e["name"] == "COMPOZY_TASK")["value"] == "each-url[12]"

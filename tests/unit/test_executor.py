@@ -156,3 +156,26 @@ def test_cancel_ends_a_running_run_at_once() -> None:
     (action,) = decide(RETRYING, status(a=TaskStatus(phase="Running")), run, NOW)
     assert isinstance(action, Finish) and action.phase == "Cancelled"
     assert decide(RETRYING, status("Succeeded"), run, NOW) == []
+
+
+def test_unknown_transition_target_fails_the_run_instead_of_crashing() -> None:
+    wf = WF.model_copy(deep=True)  # a spec that skipped validation
+    wf.tasks[0].on_success = type(wf.tasks[0].on_success)(next="nowhere")
+    (action,) = decide(wf, status(a=TaskStatus(phase="Succeeded", output={"n": 1})), RUN, NOW)
+    assert isinstance(action, Finish) and action.phase == "Failed" and action.error.reason == "InvalidTransition"
+    assert action.error.message == "task a: no task with id 'nowhere' to go to"
+
+
+def test_final_ends_the_run_even_with_a_next_task() -> None:
+    wf = WF.model_copy(deep=True)
+    wf.tasks[0].final = True
+    wf.output = None
+    assert decide(wf, status(a=TaskStatus(phase="Succeeded", output={"n": 1})), RUN, NOW) == [Finish("Succeeded")]
+
+
+def test_run_deadline_wake_comes_with_every_action_set() -> None:
+    run = RunContext(execution="r", input={"text": "hi"}, timeout=60)
+    s = status()
+    s.started_at = rfc3339(NOW - 30)
+    actions = decide(WF, s, run, NOW)
+    assert isinstance(actions[0], Dispatch) and actions[1:] == [WakeAt(NOW + 30)]

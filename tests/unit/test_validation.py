@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from compozy_operator.validation import SpecError, check_input, check_workflow, parse_workflow
+from compozy_operator.validation import SUPPORTED_TYPES, SpecError, check_input, check_workflow, parse_workflow
+
+from tests.api import example_workflow
 
 BASE = {"tools": [{"id": "t", "python": "def run(i, c): return {}"}], "tasks": [{"id": "a", "tool": "t"}]}
 
@@ -54,3 +56,129 @@ def test_input_validated_against_schema() -> None:
                                                  "spec.input.n: 'one' is not of type 'integer'"]
     assert check_input(None, {"anything": 1}) == []
     assert "input schema is invalid" in check_input({"type": "nonsense"}, {})[0]
+
+
+# --- router, parallel, collection; the task graph --------------------------------------------------
+
+def test_all_task_types_are_supported() -> None:
+    assert SUPPORTED_TYPES == {"basic", "router", "parallel", "collection"}
+    tasks = [
+        {"id": "route", "type": "router", "condition": "{{ workflow.input.kind }}",
+         "routes": {"spam": "fan", "ham": "each"}, "default": "fan", "onError": {"next": "each"}},
+        {"id": "fan", "type": "parallel", "strategy": "race", "maxWorkers": 2, "onSuccess": {"next": "each"},
+         "tasks": [{"id": "a", "tool": "t", "retry": {"limit": 1}, "timeout": "5s"}, {"id": "b", "tool": "t"}]},
+        {"id": "each", "type": "collection", "items": "{{ workflow.input.urls }}", "filter": "{{ item }}",
+         "mode": "sequential", "task": {"id": "fetch", "tool": "t", "with": {"url": "{{ item }}"}}, "final": True},
+    ]
+    assert check_workflow(wf(tasks=tasks)) == []
+
+
+def test_the_architecture_example_only_lacks_agent_support() -> None:
+    assert check_workflow(parse_workflow(example_workflow()["spec"])) == [
+        "spec.tasks[2] (summarize).agent: agent tasks are not supported yet"]
+
+
+ROUTE = {"id": "route", "type": "router", "condition": "{{ workflow.input.kind }}", "routes": {"ham": "a"}}
+
+
+@pytest.mark.parametrize("tasks, problem", [
+    ([{**ROUTE, "routes": {"ham": "a", "spam": "drop"}}, BASE["tasks"][0]],
+     "spec.tasks[0] (route).routes.spam: no task with id 'drop'"),
+    ([{**ROUTE, "default": "nope"}, BASE["tasks"][0]], "spec.tasks[0] (route).default: no task with id 'nope'"),
+    ([{**ROUTE, "routes": {}}, BASE["tasks"][0]], "spec.tasks[0] (route).routes: a router needs at least one route"),
+    ([{k: v for k, v in ROUTE.items() if k != "routes"}, BASE["tasks"][0]],
+     "spec.tasks[0] (route).routes: a router needs at least one route"),
+    ([{k: v for k, v in ROUTE.items() if k != "condition"}, BASE["tasks"][0]],
+     "spec.tasks[0] (route).condition: a router needs a condition"),
+    ([{**ROUTE, "onSuccess": {"next": "a"}}, BASE["tasks"][0]],
+     "spec.tasks[0] (route).onSuccess: not used by router tasks"),
+    ([{**ROUTE, "retry": {"limit": 1}}, BASE["tasks"][0]], "spec.tasks[0] (route).retry: not used by router tasks"),
+    ([{**ROUTE, "onError": {"next": "zz"}}, BASE["tasks"][0]],
+     "spec.tasks[0] (route).onError.next: no task with id 'zz'"),
+])
+def test_router_problems(tasks, problem) -> None:
+    assert problem in check_workflow(wf(tasks=tasks)), check_workflow(wf(tasks=tasks))
+
+
+FAN = {"id": "fan", "type": "parallel", "tasks": [{"id": "c1", "tool": "t"}]}
+
+
+@pytest.mark.parametrize("tasks, problem", [
+    ([{**FAN, "tasks": []}], "spec.tasks[0] (fan).tasks: a parallel task needs at least one child task"),
+    ([{k: v for k, v in FAN.items() if k != "tasks"}],
+     "spec.tasks[0] (fan).tasks: a parallel task needs at least one child task"),
+    ([{**FAN, "tasks": [{"id": "c1", "type": "router", "condition": "x", "routes": {"x": "fan"}}]}],
+     "spec.tasks[0] (fan).tasks[0] (c1).type: a child task must be a basic task, not router"),
+    ([{**FAN, "tasks": [{"id": "c1", "tool": "zz"}]}],
+     "spec.tasks[0] (fan).tasks[0] (c1).tool: tool 'zz' is not defined in spec.tools"),
+    ([{**FAN, "tasks": [{"id": "c1"}]}], "spec.tasks[0] (fan).tasks[0] (c1): a basic task needs exactly one of tool"),
+    ([{**FAN, "tasks": [{"id": "fan", "tool": "t"}]}],
+     "spec.tasks[0] (fan).tasks[0] (fan).id: duplicate task id 'fan'"),
+    ([{**FAN, "onSuccess": {"next": "a"}}, {"id": "a", "tool": "t"}, {**FAN, "id": "fan2"}],
+     "spec.tasks[2] (fan2).tasks[0] (c1).id: duplicate task id 'c1'"),
+    ([{**FAN, "onSuccess": {"next": "c1"}}], "spec.tasks[0] (fan).onSuccess.next: no task with id 'c1'"),
+    ([{**FAN, "tasks": [{"id": "c1", "tool": "t", "onSuccess": {"next": "fan"}}]}],
+     "spec.tasks[0] (fan).tasks[0] (c1).onSuccess: not used by child tasks "
+     "(a child ends with its parent)"),
+    ([{**FAN, "timeout": "5s"}], "spec.tasks[0] (fan).timeout: not used by parallel tasks"),
+    ([{**FAN, "with": {"x": 1}}], "spec.tasks[0] (fan).with: not used by parallel tasks"),
+])
+def test_parallel_problems(tasks, problem) -> None:
+    assert any(p.startswith(problem) for p in check_workflow(wf(tasks=tasks))), check_workflow(wf(tasks=tasks))
+
+
+EACH = {"id": "each", "type": "collection", "items": [1, 2], "task": {"id": "f", "tool": "t"}}
+
+
+@pytest.mark.parametrize("tasks, problem", [
+    ([{k: v for k, v in EACH.items() if k != "items"}], "spec.tasks[0] (each).items: a collection needs items"),
+    ([{**EACH, "items": "urls"}], "spec.tasks[0] (each).items: must be a list or a template"),
+    ([{**EACH, "items": {"a": 1}}], "spec.tasks[0] (each).items: must be a list or a template"),
+    ([{k: v for k, v in EACH.items() if k != "task"}],
+     "spec.tasks[0] (each).task: a collection needs the task to run for each item"),
+    ([{**EACH, "task": {"id": "f", "type": "parallel", "tasks": [{"id": "g", "tool": "t"}]}}],
+     "spec.tasks[0] (each).task (f).type: a child task must be a basic task, not parallel"),
+    ([{**EACH, "task": {"id": "f", "tool": "zz"}}], "spec.tasks[0] (each).task (f).tool: tool 'zz' is not defined"),
+    ([{**EACH, "task": {"id": "f", "tool": "t", "final": True}}],
+     "spec.tasks[0] (each).task (f).final: not used by child tasks"),
+    ([{**EACH, "mode": "sequential", "maxWorkers": 2}],
+     "spec.tasks[0] (each).maxWorkers: a sequential collection runs one item at a time"),
+    ([{**EACH, "strategy": "race"}], "spec.tasks[0] (each).strategy: not used by collection tasks"),
+    ([{"id": "a", "tool": "t", "items": [1]}], "spec.tasks[0] (a).items: not used by basic tasks"),
+])
+def test_collection_problems(tasks, problem) -> None:
+    assert any(p.startswith(problem) for p in check_workflow(wf(tasks=tasks))), check_workflow(wf(tasks=tasks))
+
+
+def test_collection_items_may_be_a_list_or_a_template() -> None:
+    for items in ([], [{"u": 1}], "{{ workflow.input.urls }}", "{{ tasks.a.output.items }}"):
+        assert check_workflow(wf(tasks=[{**EACH, "items": items}])) == [], items
+
+
+def back(i: int) -> str:
+    return f"spec.tasks[{i}] ({'abc'[i]}): the run can never succeed from here"
+
+
+@pytest.mark.parametrize("tasks, dead", [
+    ([{"id": "a", "tool": "t", "onSuccess": {"next": "b"}}, {"id": "b", "tool": "t", "onSuccess": {"next": "a"}}],
+     [0, 1]),
+    ([{"id": "a", "tool": "t", "onSuccess": {"next": "a"}}], [0]),
+    ([{"id": "a", "tool": "t", "onSuccess": {"next": "b"}},
+      {"id": "b", "type": "router", "condition": "x", "routes": {"x": "a", "y": "b"}}], [0, 1]),
+    ([{"id": "a", "tool": "t", "onSuccess": {"next": "b"}, "onError": {"next": "c"}},
+      {"id": "b", "tool": "t", "onSuccess": {"next": "a"}},
+      {"id": "c", "tool": "t", "onSuccess": {"next": "b"}}], [0, 1, 2]),
+    # each of these can still succeed somewhere: nothing to report
+    ([{"id": "a", "tool": "t", "onSuccess": {"next": "b"}},
+      {"id": "b", "tool": "t", "onSuccess": {"next": "a"}, "onError": {"next": "c"}}, {"id": "c", "tool": "t"}], []),
+    ([{"id": "a", "tool": "t", "onSuccess": {"next": "a"}, "final": True}], []),
+    ([{"id": "a", "tool": "t", "onSuccess": {"next": "b"}},
+      {"id": "b", "type": "router", "condition": "x", "routes": {"x": "a"}, "default": "c"}, {"id": "c", "tool": "t"}],
+     []),
+    # unreachable loops never run
+    ([{"id": "a", "tool": "t"}, {"id": "b", "tool": "t", "onSuccess": {"next": "c"}},
+      {"id": "c", "tool": "t", "onSuccess": {"next": "b"}}], []),
+])
+def test_reachable_tasks_that_can_never_succeed_are_reported(tasks, dead) -> None:
+    problems = check_workflow(wf(tasks=tasks))
+    assert [p.split(": every path")[0] for p in problems] == [back(i) for i in dead], problems
