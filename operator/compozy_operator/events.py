@@ -91,7 +91,8 @@ def event_id(uid: str, task: str | None, attempt: int | None, etype: EventType |
 
 
 def utcnow() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 with milliseconds (status holds thousands of these; microseconds add nothing)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Event(BaseModel):

@@ -28,7 +28,7 @@ from .kube import ApiException, Kube
 from .monitoring import DISPATCH_SECONDS, PODS_CREATED
 from .pods import (ANNOTATION_TASK, LABEL_ATTEMPT, LABEL_EXECUTION, LABEL_TASK, TASK_POD_SELECTOR, label_value,
                    pod_name, task_pod)
-from .reducer import fold
+from .reducer import fold_all
 from .settings import Settings
 from .validation import SpecError, check_input, check_workflow, parse_workflow
 
@@ -129,9 +129,9 @@ class Orchestrator:
         The reducer is order-independent and idempotent, so folding facts the status already has
         changes nothing."""
         run.overlay = [(seq, ev) for seq, ev in run.overlay if seq > status.state_seq]
-        for seq, ev in [*run.history, *run.overlay]:
-            status = fold(status, ev, seq)
-        return status
+        if not run.history and not run.overlay:
+            return status
+        return fold_all(status, [(ev, seq) for seq, ev in [*run.history, *run.overlay]])
 
     async def _with_outputs(self, run: Run, status: WorkflowExecutionStatus) -> WorkflowExecutionStatus:
         """Templates read outputs by value: fetch the ones kept in the object store (cached per run)."""

@@ -59,7 +59,19 @@ def fold(status: WorkflowExecutionStatus, event: Event, seq: int = 0) -> Workflo
     a newer attempt replaces an older one, and facts that arrive late only fill in what is
     missing. Folding the same event again changes nothing but ``stateSeq`` (the highest sequence
     folded)."""
+    return fold_all(status, [(event, seq)])
+
+
+def fold_all(status: WorkflowExecutionStatus, events: list[tuple[Event, int]]) -> WorkflowExecutionStatus:
+    """:func:`fold` for many events, copying the status once (a large status is costly to copy)."""
     s = status.model_copy(deep=True)
+    for event, seq in events:
+        _apply(s, event, seq)
+    return s
+
+
+def _apply(s: WorkflowExecutionStatus, event: Event, seq: int) -> WorkflowExecutionStatus:
+    """Fold ``event`` into ``s`` in place."""
     s.state_seq = max(s.state_seq, seq)
     try:
         etype = EventType(event.type)
@@ -131,7 +143,7 @@ def _fold_task(s: WorkflowExecutionStatus, etype: EventType, event: Event) -> Wo
     current.pod_name = current.pod_name or data.get("podName")
     if etype == EventType.TASK_RETRY_SCHEDULED:
         current.not_before = current.not_before or data.get("notBefore")
-    if etype == EventType.TASK_DISPATCHED:
+    if etype == EventType.TASK_DISPATCHED and _rank(current.phase) < 2:  # an ended attempt has no deadline
         current.dispatched_at = current.dispatched_at or event.time
     if etype == EventType.TASK_STARTED:
         current.started_at = current.started_at or event.time
@@ -143,6 +155,8 @@ def _fold_task(s: WorkflowExecutionStatus, etype: EventType, event: Event) -> Wo
     if _rank(target) <= _rank(current.phase):
         return s  # already there or past it: late facts only filled in the blanks above
     current.phase = target  # type: ignore[assignment]
+    if _rank(target) == 2:
+        current.dispatched_at = None  # only needed for the timeout of an attempt in flight
     if etype == EventType.TASK_SUCCESS:
         current.finished_at = event.time
         current.output = data.get("output")

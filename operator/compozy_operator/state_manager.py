@@ -24,7 +24,7 @@ from .bus import Bus
 from .events import STATE_STREAM, Event, EventType
 from .kube import ApiException, Kube, merge_patch_diff
 from .monitoring import EVENTS, STATUS_PATCHES, observe, post_event
-from .reducer import fold
+from .reducer import fold_all
 
 log = logging.getLogger(__name__)
 DURABLE = "compozy-state-manager"
@@ -125,9 +125,8 @@ class StateManager:
                     status = WorkflowExecutionStatus.model_validate(obj.get("status") or {})
                     p = self.pending[key] = Pending(obj, status, status)
                 uid = p.obj["metadata"]["uid"]
-                for _, ev, seq in items:
-                    if ev.data.get("uid") == uid:  # events of an earlier execution with the same name are dropped
-                        p.after = fold(p.after, ev, seq)
+                # events of an earlier execution with the same name are dropped
+                p.after = fold_all(p.after, [(ev, seq) for _, ev, seq in items if ev.data.get("uid") == uid])
                 p.msgs += msgs
             except Exception:  # noqa: BLE001
                 self.pending.pop(key, None)

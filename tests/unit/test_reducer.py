@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from compozy_operator.api.models import WorkflowExecutionStatus
 from compozy_operator.events import EventType, make_event
-from compozy_operator.reducer import fold, format_duration
+from compozy_operator.reducer import fold, fold_all, format_duration
 
 UID = "uid-1"
 
@@ -136,3 +136,21 @@ def test_cancelled_failure_and_ended_runs_leave_nothing_in_flight() -> None:
     s = fold(s, ev(EventType.WORKFLOW_CANCELLED, error={"reason": "Cancelled", "message": "by user"}), 20)
     assert s.phase == "Cancelled" and {t.phase for t in s.tasks.values()} == {"Cancelled"}
     assert fold(s, ev(EventType.TASK_SUCCESS, "a", 1, output={}), 21).tasks["a"].phase == "Cancelled"
+
+
+def test_a_1000_task_collection_keeps_the_status_under_256_kib() -> None:
+    """ARCHITECTURE.md §7: status <= 256 KiB for a 1,000-task execution (outputs of this size stay inline)."""
+    import json
+
+    e = lambda t, task=None, att=None, **d: make_event(  # noqa: E731
+        t, "x", "ns", "some-execution-name-abc12", "0b8f5a7e-1c0d-4c55-9d57-1234567890ab", task, att, **d)
+    events = [e(EventType.WORKFLOW_STARTED, workflow="wf", taskCount=1)]
+    for i in range(1000):
+        key = f"each-url[{i}]"
+        events += [e(EventType.TASK_DISPATCHED, key, 1, podName=f"some-execution-name-abc12-each-url-{i}-ab12c-1"),
+                   e(EventType.TASK_STARTED, key, 1),
+                   e(EventType.TASK_SUCCESS, key, 1, output={"status": 200, "bytes": 12345})]
+    events.append(e(EventType.WORKFLOW_SUCCESS, output={"n": 1000}))
+    s = fold_all(WorkflowExecutionStatus(), [(ev, n) for n, ev in enumerate(events, 1)])
+    size = len(json.dumps(s.dump()))
+    assert size <= 256 * 1024, f"{size / 1024:.0f} KiB"
