@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test cluster bench bench-testenv binaries lock clean
+.PHONY: demo test cluster bench bench-collection bench-testenv binaries lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: $(STAMP) binaries
 
 bench: $(STAMP) binaries
 	$(PY) hack/bench/workflows.py
+
+bench-collection: $(STAMP) binaries
+	$(PY) hack/bench/collection.py
 
 bench-testenv: $(STAMP) binaries
 	$(PY) hack/bench/testenv.py

@@ -53,6 +53,7 @@ class Run:
     obj: dict[str, Any] = field(default_factory=dict)  # the latest object seen, for timers
     timer: asyncio.TimerHandle | None = None
     outputs: dict[str, Any] = field(default_factory=dict)  # object-store outputs already fetched
+    limits: dict[str, tuple[str, int]] | None = None  # child key prefix -> (parent, maxWorkers)
     acted: set[tuple[str, str, int]] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -71,6 +72,8 @@ class Orchestrator:
         self.runs: dict[str, Run] = {}
         self.secrets_ready: set[str] = set()
         self.rechecks: set[tuple[str, str]] = set()
+        # task pods not yet ended, per execution uid: pod name -> task key (from the pod watch)
+        self.alive_pods: dict[str, dict[str, str]] = {}
 
     # ---- entry points ---------------------------------------------------------------------
 
@@ -262,11 +265,26 @@ class Orchestrator:
                 raise
         self.secrets_ready.add(namespace)
 
+    def _workers_full(self, run: Run, task: str) -> bool:
+        """maxWorkers counts pods, not statuses: a child that has reported keeps its pod alive a
+        moment longer (its runner is exiting), and a new child must wait for that pod to end."""
+        assert run.spec is not None
+        if run.limits is None:
+            run.limits = worker_limits(run.spec)
+        parent = run.limits.get(task.split("[", 1)[0])
+        if parent is None:
+            return False
+        parent_id, limit = parent
+        alive = self.alive_pods.get(run.uid, {}).values()
+        busy = sum(1 for key in alive if run.limits.get(key.split("[", 1)[0], ("",))[0] == parent_id)
+        return busy >= limit
+
     async def _dispatch(self, run: Run, obj: dict[str, Any], status: WorkflowExecutionStatus, d: Dispatch) -> None:
         key = ("dispatch", d.task, d.attempt)
-        if key in run.acted:
-            return
+        if key in run.acted or self._workers_full(run, d.task):
+            return  # a full parent is decided again when one of its pods ends
         run.acted.add(key)
+        self.alive_pods.setdefault(run.uid, {})[pod_name(run.name, d.task, d.attempt)] = d.task
         try:
             assert run.spec is not None
             name = pod_name(run.name, d.task, d.attempt)
@@ -401,6 +419,7 @@ class Orchestrator:
         task = (meta.get("annotations") or {}).get(ANNOTATION_TASK) or labels[LABEL_TASK]
         ns, attempt = meta["namespace"], int(labels.get(LABEL_ATTEMPT, "1"))
         phase = (pod.get("status") or {}).get("phase", "Pending")
+        self._track_pod(owner["uid"], meta["name"], task, ended=event_type == "DELETED" or phase in ("Succeeded", "Failed"))
         failure = None
         if event_type == "DELETED":
             if phase not in ("Succeeded", "Failed"):
@@ -426,6 +445,17 @@ class Orchestrator:
             except ApiException as e:
                 if e.status not in (404, 409):
                     raise
+
+    def _track_pod(self, uid: str, name: str, task: str, ended: bool) -> None:
+        alive = self.alive_pods.setdefault(uid, {})
+        if not ended:
+            alive[name] = task
+            return
+        if alive.pop(name, None) is not None and uid in self.runs:
+            run = self.runs[uid]  # a worker slot is free: a full parent may dispatch now
+            asyncio.get_running_loop().call_soon(self._retry, run.obj)
+        if not alive:
+            self.alive_pods.pop(uid, None)
 
     def _recheck_later(self, pod: dict[str, Any], delay: float) -> None:
         """Look at a pod again later: nothing may change on it while the clock runs out."""
@@ -482,13 +512,27 @@ START_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageNam
                             "CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
 
 
+def worker_limits(spec: WorkflowSpec) -> dict[str, tuple[str, int]]:
+    """Child key prefix -> (parent id, maxWorkers) for the parents that bound their children."""
+    limits: dict[str, tuple[str, int]] = {}
+    for t in spec.tasks:
+        if t.type == "parallel" and t.max_workers:
+            limits.update({c.id: (t.id, t.max_workers) for c in t.tasks or []})
+        elif t.type == "collection" and (t.max_workers or t.mode == "sequential"):
+            limits[t.id] = (t.id, 1 if t.mode == "sequential" else t.max_workers or 1)
+    return limits
+
+
 def _pod_ready(pod: dict[str, Any]) -> bool:
     conds = (pod.get("status") or {}).get("conditions") or []
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conds) or not conds
 
 
 def _pod_failure(pod: dict[str, Any]) -> tuple[str, str]:
+    """The reason a failed pod gives: the pod's own (Evicted, ...) first, else its container's."""
     status = pod.get("status") or {}
+    if status.get("reason"):
+        return status["reason"], status.get("message") or f"the task pod failed ({status['reason']})"
     for cs in status.get("containerStatuses") or []:
         term = (cs.get("state") or {}).get("terminated")
         if term:

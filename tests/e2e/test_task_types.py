@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from compozy_operator.kube import Kube
 from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl
 
@@ -34,6 +37,39 @@ def max_overlap(tasks: list[dict[str, Any]]) -> int:
         now += step
         best = max(best, now)
     return best
+
+
+class AlivePods:
+    """The most task pods alive (created, not yet ended) at once in a namespace, from a pod watch."""
+
+    def __init__(self, kube: Kube, namespace: str) -> None:
+        self.kube, self.namespace = kube, namespace
+        self.alive: set[str] = set()
+        self.most = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        path = f"/api/v1/namespaces/{self.namespace}/pods"
+        rv = self.kube.get(path)["metadata"]["resourceVersion"]
+        while not self.stop.is_set():
+            for ev in self.kube.watch(path, rv, timeout_seconds=5):
+                if ev["type"] == "BOOKMARK":
+                    continue
+                obj = ev["object"]
+                rv = obj["metadata"]["resourceVersion"]
+                ended = ev["type"] == "DELETED" or obj.get("status", {}).get("phase") in ("Succeeded", "Failed")
+                (self.alive.discard if ended else self.alive.add)(obj["metadata"]["name"])
+                self.most = max(self.most, len(self.alive))
+
+    def __enter__(self) -> AlivePods:
+        self.thread.start()
+        time.sleep(0.3)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
 
 
 def test_router_example(operator: OperatorProcess, kubectl: Kubectl, namespace: str) -> None:
@@ -101,9 +137,11 @@ def test_parallel_race_takes_the_first_success_and_cancels_the_rest(operator: Op
     assert status["tasks"]["tortoise"]["phase"] == "Cancelled"
 
 
-def test_collection_example(operator: OperatorProcess, kubectl: Kubectl, namespace: str) -> None:
-    kubectl.ok("apply", "-n", namespace, "-f", str(EXAMPLES / "collection.yaml"))
-    status = wait_finished(kubectl, namespace, "shout-words-1", 90)
+def test_collection_example(operator: OperatorProcess, kubectl: Kubectl, kube: Kube, namespace: str) -> None:
+    with AlivePods(kube, namespace) as pods:
+        kubectl.ok("apply", "-n", namespace, "-f", str(EXAMPLES / "collection.yaml"))
+        status = wait_finished(kubectl, namespace, "shout-words-1", 90)
+    assert pods.most <= 2, f"{pods.most} task pods alive at once with maxWorkers 2"
     assert status["phase"] == "Succeeded", status
     assert status["output"] == {"shouted": ["THE", "QUICK", "BROWN", "FOX", "FAST"]}
     children = {k: v for k, v in status["tasks"].items() if k.startswith("each-word[")}
@@ -112,13 +150,15 @@ def test_collection_example(operator: OperatorProcess, kubectl: Kubectl, namespa
     assert max_overlap(list(children.values())) <= 2
 
 
-def test_sequential_collection_runs_one_at_a_time(operator: OperatorProcess, kubectl: Kubectl,
+def test_sequential_collection_runs_one_at_a_time(operator: OperatorProcess, kubectl: Kubectl, kube: Kube,
                                                   namespace: str) -> None:
-    apply(kubectl, namespace,
-          workflow("one-by-one", [{"id": "c", "type": "collection", "items": [1, 2, 3], "mode": "sequential",
-                                   "task": {"id": "step", "tool": "sleep", "with": {"s": 1}}}], tools=TOOLS),
-          execution("one-by-one-1", "one-by-one"))
-    status = wait_finished(kubectl, namespace, "one-by-one-1", 90)
+    with AlivePods(kube, namespace) as pods:
+        apply(kubectl, namespace,
+              workflow("one-by-one", [{"id": "c", "type": "collection", "items": [1, 2, 3], "mode": "sequential",
+                                       "task": {"id": "step", "tool": "sleep", "with": {"s": 1}}}], tools=TOOLS),
+              execution("one-by-one-1", "one-by-one"))
+        status = wait_finished(kubectl, namespace, "one-by-one-1", 90)
+    assert pods.most == 1, f"{pods.most} task pods alive at once in a sequential collection"
     assert status["phase"] == "Succeeded", status
     children = [status["tasks"][f"c[{i}]"] for i in range(3)]
     assert max_overlap(children) == 1
