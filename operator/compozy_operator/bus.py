@@ -115,6 +115,13 @@ class Bus:
         info = await (await self.js.object_store(OUTPUT_BUCKET)).put(key, data)
         return {"bucket": OUTPUT_BUCKET, "key": key, "size": info.size, "digest": info.digest}
 
+    async def output_fields(self, key: str, value: Any, inline_limit: int) -> dict[str, Any]:
+        """``{"output": value}``, or ``{"outputRef": ...}`` with the value stored when it is too large."""
+        encoded = json.dumps(value).encode()
+        if len(encoded) <= inline_limit:
+            return {"output": value}
+        return {"outputRef": await self.put_output(key, encoded)}
+
     async def get_output(self, ref: dict[str, Any]) -> Any:
         assert self.js is not None
         result = await (await self.js.object_store(ref["bucket"])).get(ref["key"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -189,10 +188,8 @@ class Orchestrator:
 
     async def _start(self, run: Run, obj: dict[str, Any]) -> None:
         """Resolve and validate the workflow; publish Started, or Failed naming the field."""
-        key = ("", "start", 0)
-        if key in run.acted:
+        if not self._once(run, ("", "start", 0)):
             return
-        run.acted.add(key)
         try:
             wf_name, wf, spec = await self._resolve(obj)
             problems = check_workflow(wf, "spec.workflow" if spec.workflow else "workflow.spec")
@@ -315,11 +312,17 @@ class Orchestrator:
             run.acted.discard(key)
             raise
 
-    async def _fail_task(self, run: Run, f: FailTask) -> None:
-        key = ("fail", f.task, f.attempt)
+    @staticmethod
+    def _once(run: Run, key: tuple[str, str, int]) -> bool:
+        """True the first time an action is carried out for this run (decide repeats itself)."""
         if key in run.acted:
-            return
+            return False
         run.acted.add(key)
+        return True
+
+    async def _fail_task(self, run: Run, f: FailTask) -> None:
+        if not self._once(run, ("fail", f.task, f.attempt)):
+            return
         # The same id as the runner's own TaskExecutionFailed: whichever is first is the one kept.
         await self._publish(run, make_event(EventType.TASK_FAILED, SOURCE, run.namespace, run.name, run.uid,
                                             f.task, f.attempt, error={"reason": f.reason, "message": f.message}))
@@ -330,23 +333,17 @@ class Orchestrator:
             await self._delete_pod(run.namespace, pod_name(run.name, f.task, f.attempt))
 
     async def _complete_task(self, run: Run, c: CompleteTask) -> None:
-        key = ("complete", c.task, 1)
-        if key in run.acted:
+        if not self._once(run, ("complete", c.task, 1)):
             return
-        run.acted.add(key)
-        result: dict[str, Any] = {"output": c.output}
-        encoded = json.dumps(c.output).encode()
-        if len(encoded) > self.settings.output_inline_limit:  # e.g. a large collection's list
-            result = {"outputRef": await self.bus.put_output(
-                output_key(run.namespace, run.name, run.uid, c.task, 1), encoded)}
+        # e.g. a large collection's list of outputs goes to the object store like any large output
+        result = await self.bus.output_fields(output_key(run.namespace, run.name, run.uid, c.task, 1), c.output,
+                                              self.settings.output_inline_limit)
         await self._publish(run, make_event(EventType.TASK_SUCCESS, SOURCE, run.namespace, run.name, run.uid,
                                             c.task, 1, **result))
 
     async def _schedule_retry(self, run: Run, r: ScheduleRetry) -> None:
-        key = ("retry", r.task, r.attempt)
-        if key in run.acted:
+        if not self._once(run, ("retry", r.task, r.attempt)):
             return
-        run.acted.add(key)
         await self._publish(run, make_event(EventType.TASK_RETRY_SCHEDULED, SOURCE, run.namespace, run.name, run.uid,
                                             r.task, r.attempt, delay=r.delay, notBefore=r.not_before))
         await self.bus.emit_log(run.namespace, run.name, "orchestrator", "info",
@@ -378,10 +375,8 @@ class Orchestrator:
                 await self._delete_pod(run.namespace, pod["metadata"]["name"])
 
     async def _finish(self, run: Run, f: Finish, status: WorkflowExecutionStatus) -> None:
-        key = ("finish", f.phase, 0)
-        if key in run.acted:
+        if not self._once(run, ("finish", f.phase, 0)):
             return
-        run.acted.add(key)
         if f.phase == "Succeeded":
             ev = make_event(EventType.WORKFLOW_SUCCESS, SOURCE, run.namespace, run.name, run.uid, output=f.output)
         else:

@@ -9,7 +9,6 @@ is deterministic, so a pod that runs twice reports each fact once.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -122,13 +121,12 @@ class TaskRunner:
             await self.log(f"tool {tool['id']} failed: {e.message}", "error")
             await self.event(EventType.TASK_FAILED, "compozy/task-executor", error=error)
             return
-        result: dict[str, Any] = {"output": output}
-        encoded = json.dumps(output).encode()
-        if len(encoded) > int(command.get("outputInlineLimit", DEFAULT_INLINE_LIMIT)):
-            a = self.a
-            ref = await self.bus.put_output(output_key(a.namespace, a.execution, a.uid, a.task, a.attempt), encoded)
-            result = {"outputRef": ref}
-            await self.log(f"output of {len(encoded)} bytes stored as {ref['bucket']}/{ref['key']}")
+        a = self.a
+        result = await self.bus.output_fields(output_key(a.namespace, a.execution, a.uid, a.task, a.attempt), output,
+                                              int(command.get("outputInlineLimit", DEFAULT_INLINE_LIMIT)))
+        if "outputRef" in result:
+            ref = result["outputRef"]
+            await self.log(f"output of {ref['size']} bytes stored as {ref['bucket']}/{ref['key']}")
         try:
             await self.event(EventType.TOOL_SUCCESS, "compozy/runtime", tool=tool["id"], **result)
             await self.event(EventType.TASK_SUCCESS, "compozy/task-executor", **result)
