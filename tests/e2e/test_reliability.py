@@ -7,7 +7,7 @@ from typing import Any
 
 from compozy_operator.kube import Kube
 from compozy_operator.testenv.operator_process import OperatorProcess
-from tests.helpers import Kubectl, pid_alive, wait_for
+from tests.helpers import Kubectl, pid_alive, pid_of, wait_for
 
 from .conftest import execution_status, wait_finished
 from .test_workflows import Recorder, _pods_ever_created, apply, execution, workflow
@@ -22,6 +22,19 @@ TOOLS = [{"id": "flaky", "python": FLAKY}, {"id": "sleepy", "python": SLEEPY}]
 
 def pods_of(kube: Kube, namespace: str) -> list[dict[str, Any]]:
     return kube.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
+
+
+def running_pod(kube: Kube, namespace: str) -> dict[str, Any]:
+    """The first task pod of the namespace to reach Running."""
+    return wait_for(lambda: [p for p in pods_of(kube, namespace) if p["status"].get("phase") == "Running"], 30,
+                    "a task pod to run")[0]
+
+
+def start_sleeper(kubectl: Kubectl, kube: Kube, namespace: str, name: str) -> int:
+    """Run a 300 s task; return the process id behind its pod once it runs."""
+    apply(kubectl, namespace, workflow(name, [{"id": "a", "tool": "sleepy", "with": {"seconds": 300}}], tools=TOOLS),
+          execution(f"{name}-1", name))
+    return pid_of(running_pod(kube, namespace))
 
 
 def record_pods(kube: Kube, namespace: str) -> tuple[dict[str, set[str]], threading.Event]:
@@ -93,12 +106,7 @@ def test_workflow_timeout_ends_timed_out_with_nothing_running(operator: Operator
 def test_cancel_stops_running_tasks(operator: OperatorProcess, kubectl: Kubectl, kube: Kube, devenv,
                                     namespace: str) -> None:
     with Recorder(devenv.nats.url, devenv.nats.token) as rec:
-        apply(kubectl, namespace, workflow("cancellable", [{"id": "a", "tool": "sleepy", "with": {"seconds": 300}}],
-                                           tools=TOOLS),
-              execution("cancellable-1", "cancellable"))
-        pod = wait_for(lambda: [p for p in pods_of(kube, namespace) if p["status"].get("phase") == "Running"], 30,
-                       "the task pod to run")[0]
-        pid = int(pod["status"]["containerStatuses"][0]["containerID"].rsplit("/", 1)[1])
+        pid = start_sleeper(kubectl, kube, namespace, "cancellable")
         kubectl.ok("patch", "wfx", "cancellable-1", "-n", namespace, "--type=merge", "-p", '{"spec":{"cancel":true}}')
         status = wait_finished(kubectl, namespace, "cancellable-1", 30)
         wait_for(lambda: not pods_of(kube, namespace), 20, "the pod to be removed")
@@ -111,12 +119,7 @@ def test_cancel_stops_running_tasks(operator: OperatorProcess, kubectl: Kubectl,
 
 def test_deleting_a_running_execution_stops_its_pods(operator: OperatorProcess, kubectl: Kubectl, kube: Kube,
                                                      namespace: str) -> None:
-    apply(kubectl, namespace, workflow("doomed", [{"id": "a", "tool": "sleepy", "with": {"seconds": 300}}],
-                                       tools=TOOLS),
-          execution("doomed-1", "doomed"))
-    pod = wait_for(lambda: [p for p in pods_of(kube, namespace) if p["status"].get("phase") == "Running"], 30,
-                   "the task pod to run")[0]
-    pid = int(pod["status"]["containerStatuses"][0]["containerID"].rsplit("/", 1)[1])
+    pid = start_sleeper(kubectl, kube, namespace, "doomed")
     kubectl.ok("delete", "wfx", "doomed-1", "-n", namespace)
     wait_for(lambda: not pods_of(kube, namespace), 30, "the pod to be garbage-collected")
     assert not pid_alive(pid)
@@ -189,8 +192,7 @@ def test_a_lost_node_fails_the_attempt_and_the_retry_runs_elsewhere(
               workflow("stranded", [{"id": "a", "tool": "s", "retry": {"limit": 1}}],
                        tools=[{"id": "s", "python": sleeper_then_ok}]),
               execution("stranded-1", "stranded"))
-        pod = wait_for(lambda: [p for p in pods_of(kube, namespace) if p["status"].get("phase") == "Running"], 30,
-                       "the first attempt to run")[0]
+        pod = running_pod(kube, namespace)
         assert pod["spec"]["nodeName"] == "process-node-doomed"
         kubectl.ok("uncordon", "process-node-1")
         devenv.stop_node("process-node-doomed")  # its processes die; its Node goes NotReady
