@@ -40,7 +40,6 @@ DEFAULT_ENTRYPOINT = ("compozy",)
 LEASE_SECONDS = 20
 HEARTBEAT_SECONDS = 5
 CONFIG_RETRY_SECONDS = 2.0
-STOP_GRACE_SECONDS = 5.0
 
 
 @dataclass
@@ -567,16 +566,11 @@ class ProcessNode:
         shutil.rmtree(pod.root, ignore_errors=True)
 
     def shutdown(self) -> None:
-        """Stop every process, then report the node as no longer posting status."""
-        running = [c for p in self.pods.values() for c in p.containers.values() if c.running]
-        for c in running:
-            os.killpg(c.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for c in running:
-            try:
-                c.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(c.proc.pid, signal.SIGKILL)
+        """Stop as a lost node would: every process dies at once (no SIGTERM, nothing reported for
+        the pods), and the Node stops posting a ready status."""
+        for c in [c for p in self.pods.values() for c in p.containers.values() if c.running]:
+            os.killpg(c.proc.pid, signal.SIGKILL)
+            c.proc.wait()
         try:
             self.kube.merge_patch(f"/api/v1/nodes/{self.cfg.name}/status", {"status": {
                 "conditions": self.node_status(False, "NodeStatusUnknown", "process node stopped")["conditions"]}})
