@@ -1,4 +1,4 @@
-"""Small JetStream round trip against the local nats-server (used by the demo and the tests)."""
+"""Small JetStream round trip against the local nats-server: a smoke check of NATS auth and streams."""
 
 from __future__ import annotations
 
