@@ -74,6 +74,8 @@ def build_registry(op_ref: dict[str, Operator], app_settings: Settings) -> kopf.
         settings.batching.batch_window = 0.005     # react to a status change within milliseconds
         settings.watching.server_timeout = 600
         settings.networking.request_timeout = 60
+        # Namespaced: the namespaces are given, so Kopf needs no cluster-wide list of namespaces or CRDs.
+        settings.scanning.disabled = bool(app_settings.namespaces)
         op = Operator(app_settings)
         op_ref["op"] = op
         await op.start()
@@ -102,9 +104,10 @@ def build_registry(op_ref: dict[str, Operator], app_settings: Settings) -> kopf.
     async def pod_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
         await op_ref["op"].orchestrator.on_pod(event["type"] or "ADDED", _plain(body))
 
-    @kopf.on.event("", "v1", "nodes", registry=registry)
-    async def node_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
-        await op_ref["op"].orchestrator.on_node(_plain(body), deleted=event["type"] == "DELETED")
+    if app_settings.watch_nodes:
+        @kopf.on.event("", "v1", "nodes", registry=registry)
+        async def node_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+            await op_ref["op"].orchestrator.on_node(_plain(body), deleted=event["type"] == "DELETED")
 
     return registry
 

@@ -29,6 +29,8 @@ class Settings:
     task_image: str = field(default_factory=lambda: _env("COMPOZY_TASK_IMAGE", f"compozy/compozy-operator:{__version__}"))
     namespaces: tuple[str, ...] = field(
         default_factory=lambda: tuple(n for n in _env("COMPOZY_NAMESPACES").split(",") if n))
+    # watch Nodes to fail the attempts stranded on a lost node (needs cluster-wide read on nodes)
+    watch_nodes: bool = field(default_factory=lambda: _env("COMPOZY_WATCH_NODES", "true").lower() == "true")
     http_port: int = field(default_factory=lambda: int(_env("COMPOZY_HTTP_PORT", "8080")))
     delete_finished_pods: bool = field(
         default_factory=lambda: _env("COMPOZY_DELETE_FINISHED_PODS", "true").lower() == "true")

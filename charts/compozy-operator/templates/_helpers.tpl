@@ -1,0 +1,122 @@
+{{/* Chart name, truncated to the 63 characters of a DNS label. */}}
+{{- define "compozy.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* <release>-<chart> unless the release name already contains the chart name. */}}
+{{- define "compozy.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of cluster-scoped objects: unique per release namespace and release. */}}
+{{- define "compozy.clusterName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "compozy.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "compozy.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "compozy.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "compozy.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "compozy.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "compozy.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "compozy.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "compozy.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* Namespaces watched in namespaced mode (default: the release namespace), as a list. */}}
+{{- define "compozy.namespaces" -}}
+{{- $ns := .Values.watch.namespaces | default (list .Release.Namespace) }}
+{{- toJson (uniq $ns) }}
+{{- end }}
+
+{{/* The Secret holding the NATS token (given or generated). */}}
+{{- define "compozy.natsSecretName" -}}
+{{- default (printf "%s-nats-auth" (include "compozy.fullname" .)) .Values.nats.auth.existingSecret }}
+{{- end }}
+
+{{- define "compozy.natsName" -}}
+{{- printf "%s-nats" (include "compozy.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The NATS URL the operator uses and hands to the task pods. */}}
+{{- define "compozy.natsUrl" -}}
+{{- if eq .Values.nats.mode "external" }}
+{{- .Values.nats.external.url }}
+{{- else }}
+{{- printf "%s://%s.%s.svc:4222" (ternary "tls" "nats" .Values.nats.tls.enabled) (include "compozy.natsName" .) .Release.Namespace }}
+{{- end }}
+{{- end }}
+
+{{/*
+Least privilege, derived from what the operator calls (see docs/install.md, "RBAC"):
+- workflowexecutions get/list/watch: Kopf's watch and the state manager's re-read
+- workflowexecutions/status patch: the state manager is the only writer of status
+- workflows get: resolve spec.workflowRef
+- pods get/list/watch/create/delete: task pods (create, watch, re-check, remove finished ones)
+- secrets create: the per-namespace NATS Secret for task pods (an existing one is kept; no read)
+- events create: Events on executions (kubectl describe wfx)
+*/}}
+{{- define "compozy.namespacedRules" -}}
+- apiGroups: [compozy.dev]
+  resources: [workflowexecutions]
+  verbs: [get, list, watch]
+- apiGroups: [compozy.dev]
+  resources: [workflowexecutions/status]
+  verbs: [patch]
+- apiGroups: [compozy.dev]
+  resources: [workflows]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, create, delete]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end }}
+
+{{/* The bundled NATS server's configuration; $NATS_TOKEN and $POD_NAME come from the environment. */}}
+{{- define "compozy.natsConf" -}}
+port: 4222
+http_port: 8222
+server_name: $POD_NAME
+authorization {
+  token: $NATS_TOKEN
+}
+jetstream {
+  store_dir: /data
+  max_memory_store: {{ .Values.nats.bundled.maxMemoryStore }}
+  max_file_store: {{ .Values.nats.bundled.maxFileStore }}
+}
+{{- if .Values.nats.tls.enabled }}
+tls {
+  cert_file: /etc/nats/tls/tls.crt
+  key_file: /etc/nats/tls/tls.key
+}
+{{- end }}
+{{- end }}
