@@ -1,8 +1,9 @@
 """``compozy dev demo`` (``make demo``): a workflow runs end to end on the local cluster.
 
-Starts the control plane, a process node and NATS, installs the CRDs, starts the operator,
-applies ``examples/hello-workflow.yaml``, waits for the end, and prints
-``kubectl get workflowexecutions`` and the execution's output.
+Starts the control plane, a process node and NATS, ``helm install``s the chart (CRDs, RBAC, the
+operator Deployment; NATS external, pointing at the local nats-server), waits for the operator
+pod to be Ready on the process node, applies ``examples/hello-workflow.yaml``, waits for the
+end, and prints ``kubectl get workflowexecutions`` and the execution's output.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..api.crd import generate
 from .environment import DevEnvironment
-from .operator_process import OperatorProcess
+from .helm import CHART, Helm, install, local_values
 from .workdir import repo_root
 
 EXAMPLE = "examples/hello-workflow.yaml"
 EXECUTION = "hello-1"
+RELEASE = "compozy-operator"
+NAMESPACE = "compozy-system"
 
 
 def _kubectl(env: DevEnvironment, *args: str, stdin: str | None = None, show: bool = True) -> str:
@@ -51,40 +53,32 @@ def run_demo(keep: bool = False) -> int:
         print(f"local cluster up in {time.monotonic() - t0:.1f}s: kube-apiserver {env.cluster.server}, "
               f"NATS {env.nats.url} (token auth)", flush=True)
         _kubectl(env, "get", "nodes")
-        crds = "---\n".join(generate().values())
-        for _ in range(50):  # a just-started apiserver may still be initialising its storage
+        values = local_values(env)
+        print(f"\n$ helm install {RELEASE} {CHART} -n {NAMESPACE} --set {' --set '.join(values[1::2])} --wait",
+              flush=True)
+        t1 = time.monotonic()
+        notes = install(env, Helm(env), RELEASE, NAMESPACE, values=values)
+        print(notes.split("\n1. ", 1)[0].rstrip(), flush=True)
+        print(f"\noperator Ready {time.monotonic() - t1:.1f}s after helm install", flush=True)
+        _kubectl(env, "get", "pods", "-n", NAMESPACE, "-o", "wide")
+        t1 = time.monotonic()
+        _kubectl(env, "apply", "-f", str(example))
+        status = _wait_finished(env)
+        print(f"\n{EXECUTION} finished in {time.monotonic() - t1:.1f}s")
+        _kubectl(env, "get", "workflowexecutions")
+        print(f"\noutput of {EXECUTION}:\n{json.dumps(status.get('output'), indent=2)}")
+        if status["phase"] != "Succeeded":
+            print(f"\n{EXECUTION} ended {status['phase']}: {status.get('message')}")
+        if keep:
+            print("\nThe cluster stays up; in another shell:")
+            for k, v in env.exports().items():
+                print(f"export {k}={v}")
+            print(f"export PATH={env.bindir}:$PATH\nCtrl-C stops it.", flush=True)
             try:
-                _kubectl(env, "apply", "-f", "-", stdin=crds, show=False)
-                break
-            except RuntimeError:
-                time.sleep(0.2)
-        _kubectl(env, "wait", "--for=condition=Established", "crd/workflows.compozy.dev",
-                 "crd/workflowexecutions.compozy.dev", show=False)
-        operator = OperatorProcess(env)
-        operator.start()
-        print(f"\noperator running as a local process (pid {operator.proc.pid}), metrics on "
-              f"http://127.0.0.1:{operator.port}/metrics", flush=True)
-        try:
-            t1 = time.monotonic()
-            _kubectl(env, "apply", "-f", str(example))
-            status = _wait_finished(env)
-            print(f"\n{EXECUTION} finished in {time.monotonic() - t1:.1f}s")
-            _kubectl(env, "get", "workflowexecutions")
-            print(f"\noutput of {EXECUTION}:\n{json.dumps(status.get('output'), indent=2)}")
-            if status["phase"] != "Succeeded":
-                print(f"\n{EXECUTION} ended {status['phase']}: {status.get('message')}")
-            if keep:
-                print("\nThe cluster stays up; in another shell:")
-                for k, v in env.exports().items():
-                    print(f"export {k}={v}")
-                print(f"export PATH={env.bindir}:$PATH\nCtrl-C stops it.", flush=True)
-                try:
-                    while True:
-                        time.sleep(1)
-                        env.check_alive()
-                except KeyboardInterrupt:
-                    pass
-        finally:
-            operator.stop()
+                while True:
+                    time.sleep(1)
+                    env.check_alive()
+            except KeyboardInterrupt:
+                pass
     print(f"\ndemo done in {time.monotonic() - t0:.1f}s; everything stopped")
     return 0 if status["phase"] == "Succeeded" else 1
