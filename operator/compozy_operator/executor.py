@@ -12,7 +12,9 @@ runs at most once per run, so its status entry is never ambiguous).
 
 Task types:
 
-* ``basic`` runs its tool in a pod (:class:`Dispatch`), with retries and a per-attempt timeout.
+* ``basic`` runs its tool, or its agent's action, in a pod (:class:`Dispatch`), with retries and a
+  per-attempt timeout. For an agent the action's ``prompt`` and the agent's ``instructions`` are
+  rendered here, with the task's rendered ``with`` as ``input``.
 * ``router`` renders ``condition``; the value (a string as it is, anything else as JSON, so
   booleans are ``true``/``false``) picks ``routes[value]``, else ``default``. It succeeds with
   output ``{"route": value, "next": task id}`` and the walk continues at that task; the status
@@ -59,23 +61,83 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .api.models import ErrorInfo, Task, TaskStatus, Tool, WorkflowExecutionStatus, WorkflowSpec, parse_duration
+from .api.models import (
+    Agent, AgentAction, ErrorInfo, Task, TaskStatus, Tool, WorkflowExecutionStatus, WorkflowSpec, parse_duration,
+)
+from .agents.providers import API_KEY_ENV
 from .reducer import TASK_TERMINAL
 from .templates import TemplateError, render
 
-# Failures that would fail the same way again: never retried.
-NON_RETRYABLE = frozenset({"TemplateError", "ToolLoadError", "InvalidTool", "Cancelled"})
+# Failures that would fail the same way again: never retried. (Agents: a 401/403 or a 400 from
+# the provider, an answer that never matched the output schema, a tool loop that never ended.)
+NON_RETRYABLE = frozenset({
+    "TemplateError", "ToolLoadError", "InvalidTool", "Cancelled",
+    "ProviderAuthError", "ProviderBadRequest", "OutputSchemaNotSatisfied", "MaxIterationsExceeded",
+})
 IN_FLIGHT = frozenset({"Waiting", "Pending", "Running"})
 
 
 @dataclass(frozen=True)
+class AgentCall:
+    """An agent task's work: the agent, the action, its prompts rendered, the tools it may call."""
+
+    agent: Agent
+    action: AgentAction
+    instructions: str | None
+    prompt: str
+    tools: tuple[Tool, ...]
+
+
+@dataclass(frozen=True)
 class Dispatch:
-    """Run one attempt of a task in a pod."""
+    """Run one attempt of a task in a pod: a tool, or an agent's action."""
 
     task: str
     attempt: int
-    tool: Tool
     input: dict[str, Any]
+    tool: Tool | None = None
+    agent: AgentCall | None = None
+
+    @property
+    def runs(self) -> dict[str, str]:
+        """What the attempt runs, for events and logs: ``{"tool": id}`` or ``{"agent": id, "action": id}``."""
+        if self.agent:
+            return {"agent": self.agent.agent.id, "action": self.agent.action.id}
+        assert self.tool is not None
+        return {"tool": self.tool.id}
+
+    def command(self) -> dict[str, Any]:
+        """The work part of the TaskExecute command. Holds no secret: the API key stays in its Secret."""
+        if self.agent is None:
+            assert self.tool is not None
+            return {"tool": self.tool.dump(), "input": self.input}
+        a = self.agent
+        model = a.agent.model.model_copy(update={"api_key_secret_ref": None})
+        agent = {"id": a.agent.id, "model": model.dump(), "instructions": a.instructions,
+                 "maxIterations": a.agent.max_iterations, "logMessages": a.agent.log_messages}
+        action = {"id": a.action.id, "prompt": a.prompt, "outputSchema": a.action.output_schema,
+                  "outputRetries": a.action.output_retries}
+        return {"agent": {k: v for k, v in agent.items() if v is not None},
+                "action": {k: v for k, v in action.items() if v is not None},
+                "tools": [t.dump() for t in a.tools], "input": self.input}
+
+    @property
+    def image(self) -> str | None:
+        return self.tool.image if self.tool else None
+
+    @property
+    def resources(self) -> dict[str, Any] | None:
+        return self.tool.resources if self.tool else None
+
+    @property
+    def env(self) -> list[dict[str, Any]]:
+        """Pod env of the work: the tool's, or the agent's tools' plus the API key from its Secret."""
+        if self.agent is None:
+            return list(self.tool.env or []) if self.tool else []
+        env = [e for t in self.agent.tools for e in t.env or []]
+        if ref := self.agent.agent.model.api_key_secret_ref:
+            env.append({"name": API_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+        return env
 
 
 @dataclass(frozen=True)
@@ -167,19 +229,36 @@ def template_context(wf: WorkflowSpec, status: WorkflowExecutionStatus, run: Run
     return {"workflow": {"input": run.input, "id": run.execution}, "tasks": tasks, "env": {**(wf.env or {}), **run.env}}
 
 
-def _tool(wf: WorkflowSpec, task: Task) -> Tool:
+def _tool(wf: WorkflowSpec, tool_id: str | None) -> Tool:
     for tool in wf.tools or []:
-        if tool.id == task.tool:
+        if tool.id == tool_id:
             return tool
-    raise LookupError(f"task {task.id}: tool {task.tool!r} is not defined")  # validation prevents this
+    raise LookupError(f"tool {tool_id!r} is not defined")  # validation prevents this
+
+
+def _agent_call(wf: WorkflowSpec, task: Task, context: dict[str, Any]) -> AgentCall:
+    """The agent and action of ``task`` with prompts rendered (``input`` is the rendered ``with``)."""
+    agent = next(a for a in wf.agents or [] if a.id == task.agent)
+    action = next(x for x in agent.actions if x.id == task.action)
+    where = f"agents.{agent.id}"
+
+    def text(template: str, field: str) -> str:
+        value = render(template, context, field)
+        return value if isinstance(value, str) else json.dumps(value, default=str)
+
+    instructions = text(agent.instructions, f"{where}.instructions") if agent.instructions else None
+    prompt = text(action.prompt, f"{where}.actions.{action.id}.prompt")
+    return AgentCall(agent, action, instructions, prompt, tuple(_tool(wf, t) for t in agent.tools or []))
 
 
 def _start(wf: WorkflowSpec, task: Task, key: str, attempt: int, context: dict[str, Any]) -> Action:
     try:
         rendered = render(task.with_ or {}, context, f"tasks.{key}.with")
+        if task.agent:
+            return Dispatch(key, attempt, rendered, agent=_agent_call(wf, task, {**context, "input": rendered}))
     except TemplateError as e:
         return FailTask(key, attempt, "TemplateError", str(e))
-    return Dispatch(key, attempt, _tool(wf, task), rendered)
+    return Dispatch(key, attempt, rendered, tool=_tool(wf, task.tool))
 
 
 def _finish_success(wf: WorkflowSpec, status: WorkflowExecutionStatus, run: RunContext) -> Finish:
@@ -215,7 +294,8 @@ def _failed(task: Task, key: str, st: TaskStatus) -> ScheduleRetry | None:
     limit = task.retry.limit if task.retry else 0
     if st.phase != "Failed" or reason in NON_RETRYABLE or st.attempt > limit:
         return None
-    delay = backoff_delay(task, st.attempt)
+    # a service that said when to come back (429 Retry-After) is not asked again sooner
+    delay = max(backoff_delay(task, st.attempt), (st.error.retry_after or 0.0) if st.error else 0.0)
     failed_at = epoch(st.finished_at) if st.finished_at else 0.0
     return ScheduleRetry(key, st.attempt + 1, delay, rfc3339(failed_at + delay))
 

@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from .api.models import API_VERSION, TERMINAL_PHASES, WorkflowExecutionStatus
+from .events import Event, EventType
 from .kube import ApiException, Kube
 from .reducer import TASK_TERMINAL
 
@@ -33,6 +34,30 @@ DISPATCH_SECONDS = Histogram(
     "compozy_dispatch_latency_seconds",
     "From the event that made a task runnable (its predecessor's success) to its pod created",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+
+LLM_TOKENS = Counter("compozy_llm_tokens_total", "Tokens of agents' model calls, as the provider reported them",
+                     ["provider", "model", "direction"])
+LLM_CALLS = Counter("compozy_llm_calls_total", "Model calls made by agents", ["provider", "model"])
+LLM_CALL_SECONDS = Histogram("compozy_llm_call_duration_seconds", "Latency of one model call (SDK retries included)",
+                             ["provider", "model"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+AGENT_ATTEMPTS = Counter("compozy_agent_attempts_total", "Agent attempts by outcome (Succeeded or the failure reason)",
+                         ["provider", "model", "outcome"])
+
+
+def observe_event(event: Event) -> None:
+    """Metrics carried by single events: an agent attempt's tokens, model calls and their latency."""
+    if event.type not in (EventType.AGENT_SUCCESS, EventType.AGENT_FAILED):
+        return
+    d = event.data
+    labels = (str(d.get("provider", "")), str(d.get("model", "")))
+    usage = d.get("usage") or {}
+    LLM_TOKENS.labels(*labels, "input").inc(max(0, int(usage.get("inputTokens", 0))))
+    LLM_TOKENS.labels(*labels, "output").inc(max(0, int(usage.get("outputTokens", 0))))
+    LLM_CALLS.labels(*labels).inc(max(0, int(usage.get("modelCalls", 0))))
+    for seconds in d.get("callSeconds") or []:
+        LLM_CALL_SECONDS.labels(*labels).observe(float(seconds))
+    outcome = "Succeeded" if event.type == EventType.AGENT_SUCCESS else (d.get("error") or {}).get("reason", "Failed")
+    AGENT_ATTEMPTS.labels(*labels, str(outcome)).inc()
 
 
 def _seconds(start: str | None, end: str | None) -> float | None:

@@ -287,15 +287,16 @@ class Orchestrator:
             name = pod_name(run.name, d.task, d.attempt)
             await self._ensure_nats_secret(run.namespace)
             command = {"namespace": run.namespace, "execution": run.name, "uid": run.uid, "task": d.task,
-                       "attempt": d.attempt, "tool": d.tool.dump(), "input": d.input, "env": run.spec.env or {},
+                       "attempt": d.attempt, **d.command(), "env": run.spec.env or {},
                        "outputInlineLimit": self.settings.output_inline_limit}
             # Both must be stored before the pod exists (it fetches the command); their order is free.
             await asyncio.gather(
                 self._publish(run, make_event(EventType.TASK_DISPATCHED, SOURCE, run.namespace, run.name, run.uid,
-                                              d.task, d.attempt, podName=name, tool=d.tool.id)),
+                                              d.task, d.attempt, podName=name, **d.runs)),
                 self.bus.publish_command(command_subject(run.namespace, run.name, d.task, d.attempt), command,
                                          event_id(run.uid, d.task, d.attempt, "TaskExecute")))
-            manifest = task_pod(self.settings, obj, d.task, d.attempt, d.tool)
+            manifest = task_pod(self.settings, obj, d.task, d.attempt, image=d.image, env=d.env,
+                                resources=d.resources)
             try:
                 await asyncio.to_thread(self.kube.create, f"/api/v1/namespaces/{run.namespace}/pods", manifest)
                 PODS_CREATED.inc()

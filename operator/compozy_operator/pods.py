@@ -6,7 +6,7 @@ import hashlib
 import re
 from typing import Any
 
-from .api.models import API_VERSION, Tool
+from .api.models import API_VERSION
 from .settings import Settings
 
 LABEL_MANAGED = "app.kubernetes.io/managed-by"
@@ -48,11 +48,14 @@ def label_value(text: str) -> str:
     return text[:52].rstrip("-.") + "-" + hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def task_pod(settings: Settings, execution: dict[str, Any], task: str, attempt: int, tool: Tool) -> dict[str, Any]:
+def task_pod(settings: Settings, execution: dict[str, Any], task: str, attempt: int, *, image: str | None = None,
+             env: list[dict[str, Any]] | None = None, resources: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The pod of one attempt; ``image``, ``env`` (EnvVars, after the runner's own) and ``resources``
+    come from the tool (or the agent) it runs."""
     meta = execution["metadata"]
     name = pod_name(meta["name"], task, attempt)
     secret = settings.nats_secret
-    env: list[dict[str, Any]] = [
+    variables: list[dict[str, Any]] = [
         {"name": "COMPOZY_NAMESPACE", "value": meta["namespace"]},
         {"name": "COMPOZY_EXECUTION", "value": meta["name"]},
         {"name": "COMPOZY_EXECUTION_UID", "value": meta["uid"]},
@@ -61,14 +64,14 @@ def task_pod(settings: Settings, execution: dict[str, Any], task: str, attempt: 
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "COMPOZY_NATS_URL", "valueFrom": {"secretKeyRef": {"name": secret, "key": "url"}}},
         {"name": "COMPOZY_NATS_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}}},
-        *(tool.env or []),
+        *(env or []),
     ]
     container = {
         "name": "task",
-        "image": tool.image or settings.task_image,
+        "image": image or settings.task_image,
         "args": ["task", "run"],
-        "env": env,
-        "resources": tool.resources or {"requests": {"cpu": "50m", "memory": "64Mi"}},
+        "env": variables,
+        "resources": resources or {"requests": {"cpu": "50m", "memory": "64Mi"}},
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .api.models import (AttemptRecord, Condition, ErrorInfo, OutputRef, TaskStatus, TERMINAL_PHASES,
+from .api.models import (AttemptRecord, Condition, ErrorInfo, OutputRef, TaskStatus, TERMINAL_PHASES, TokenUsage,
                          WorkflowExecutionStatus)
 from .events import Event, EventType
 
@@ -50,6 +50,17 @@ def _condition(status: str, reason: str, message: str, at: str) -> Condition:
 def _error(data: dict) -> ErrorInfo:
     err = data.get("error") or {}
     return ErrorInfo(task=err.get("task") or data.get("task"), reason=err.get("reason"), message=err.get("message"))
+
+
+def _usage_total(status: WorkflowExecutionStatus) -> TokenUsage | None:
+    """Tokens of every attempt: the failed ones' records, plus each task's current attempt."""
+    parts = []
+    for t in status.tasks.values():
+        records = t.attempts or []
+        parts += [r.usage for r in records if r.usage]
+        if t.usage and not any(r.attempt == t.attempt for r in records):
+            parts.append(t.usage)
+    return sum(parts[1:], parts[0]) if parts else None
 
 
 def fold(status: WorkflowExecutionStatus, event: Event, seq: int = 0) -> WorkflowExecutionStatus:
@@ -157,6 +168,8 @@ def _fold_task(s: WorkflowExecutionStatus, etype: EventType, event: Event) -> Wo
     current.phase = target  # type: ignore[assignment]
     if _rank(target) == 2:
         current.dispatched_at = None  # only needed for the timeout of an attempt in flight
+    if data.get("usage"):
+        current.usage = TokenUsage.model_validate(data["usage"])
     if etype == EventType.TASK_SUCCESS:
         current.finished_at = event.time
         current.output = data.get("output")
@@ -165,10 +178,13 @@ def _fold_task(s: WorkflowExecutionStatus, etype: EventType, event: Event) -> Wo
     elif etype == EventType.TASK_FAILED:  # Failed or Cancelled
         current.finished_at = event.time
         err = data.get("error") or {}
-        current.error = ErrorInfo(reason=err.get("reason"), message=err.get("message"))
+        current.error = ErrorInfo(reason=err.get("reason"), message=err.get("message"), retry_after=err.get("retryAfter"))
         if not any(r.attempt == attempt for r in current.attempts or []):
             record = AttemptRecord(attempt=attempt, pod_name=current.pod_name, phase=target, error=current.error,
-                                   started_at=current.started_at, finished_at=current.finished_at)
+                                   started_at=current.started_at, finished_at=current.finished_at,
+                                   usage=current.usage)
             current.attempts = [*(current.attempts or []), record]
     s.progress = _progress(s)
+    if current.usage:
+        s.usage = _usage_total(s)
     return s

@@ -3,7 +3,8 @@
 A python tool defines ``run(input, ctx)`` returning a JSON-serialisable dict; an exception
 fails the attempt with its message. A command tool gets the input JSON on stdin and the facts
 of the attempt as ``COMPOZY_*`` environment variables, prints its output JSON on stdout, and
-fails with a non-zero exit (stderr becomes the message). Agents arrive in their own issue.
+fails with a non-zero exit (stderr becomes the message). Agents (:mod:`.agents`) call these same
+tools through function calling.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ class ToolError(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message[-MAX_ERROR_CHARS:]
+
+    def info(self) -> dict[str, str]:
+        return {"reason": self.reason, "message": self.message}
 
 
 @dataclass

@@ -23,7 +23,7 @@ from .api.models import GROUP, TERMINAL_PHASES, VERSION, WorkflowExecutionStatus
 from .bus import Bus
 from .events import STATE_STREAM, Event, EventType
 from .kube import ApiException, Kube, merge_patch_diff
-from .monitoring import EVENTS, STATUS_PATCHES, observe, post_event
+from .monitoring import EVENTS, STATUS_PATCHES, observe, observe_event, post_event
 from .reducer import fold_all
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class Pending:
     before: WorkflowExecutionStatus
     after: WorkflowExecutionStatus
     msgs: list[Msg] = field(default_factory=list)
+    fresh: list[Event] = field(default_factory=list)  # events not folded before (for metrics once written)
     timer: asyncio.TimerHandle | None = None
 
 
@@ -126,7 +127,9 @@ class StateManager:
                     p = self.pending[key] = Pending(obj, status, status)
                 uid = p.obj["metadata"]["uid"]
                 # events of an earlier execution with the same name are dropped
-                p.after = fold_all(p.after, [(ev, seq) for _, ev, seq in items if ev.data.get("uid") == uid])
+                mine = [(ev, seq) for _, ev, seq in items if ev.data.get("uid") == uid]
+                p.fresh += [ev for ev, seq in mine if seq > p.after.state_seq]
+                p.after = fold_all(p.after, mine)
                 p.msgs += msgs
             except Exception:  # noqa: BLE001
                 self.pending.pop(key, None)
@@ -172,6 +175,8 @@ class StateManager:
                     asyncio.get_running_loop().run_in_executor(None, post_event, self.kube, written, etype, reason,
                                                                message)
             await asyncio.gather(*(m.ack() for m in p.msgs))
+            for ev in p.fresh:
+                observe_event(ev)
         except ApiException as e:
             self.cache.pop(key, None)
             if e.status == 404:

@@ -1,14 +1,16 @@
 """task.Executor: the entrypoint of a task pod (``compozy task run``).
 
 It fetches its TaskExecute command from NATS (so a restarted pod fetches it again), reports
-TaskExecutionStarted, lets system.Runtime run the tool (Tool* events), and ends with
-TaskExecutionSuccess or TaskExecutionFailed. Log lines become LogEmitted events. Every event id
+TaskExecutionStarted, lets system.Runtime run the tool (Tool* events) or the agent's action
+(Agent* events, with Tool* events for each tool call), and ends with TaskExecutionSuccess or
+TaskExecutionFailed (agents: with the attempt's token usage). Log lines become LogEmitted events. Every event id
 is deterministic, so a pod that runs twice reports each fact once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -19,6 +21,8 @@ from typing import Any
 
 from nats.errors import MaxPayloadError
 
+from .agents.loop import AgentLoop
+from .agents.providers import API_KEY_ENV, NO_PARAMETERS, PROVIDERS, AgentError, Reply, ToolCall, ToolSpec
 from .bus import Bus
 from .events import EventType, cancel_subject, command_subject, make_event, output_key
 from .runtime import ToolContext, ToolError, run_tool
@@ -100,26 +104,27 @@ class TaskRunner:
         assert self.bus.nc is not None
         await self.bus.nc.subscribe(cancel_subject(a.namespace, a.execution), cb=on_cancel)
 
+    def tool_context(self, command: dict[str, Any]) -> ToolContext:
+        logger = logging.getLogger(f"compozy.tool.{self.a.task}")
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        logger.addHandler(_NatsLogHandler(asyncio.get_running_loop(), self.bus, self.a))
+        return ToolContext(attempt=self.a.attempt, task=self.a.task, execution=self.a.execution,
+                           namespace=self.a.namespace, env=command.get("env") or {}, log=logger)
+
     async def run(self) -> None:
         await self.watch_for_stop()
         command = await self.fetch_command()
         await self.event(EventType.TASK_STARTED, "compozy/task-executor")
         await self.log(f"task {self.a.task} attempt {self.a.attempt} started in pod {self.a.pod}")
-        tool = command["tool"]
-        logger = logging.getLogger(f"compozy.tool.{tool['id']}")
-        logger.propagate = False
-        logger.setLevel(logging.INFO)
-        logger.addHandler(_NatsLogHandler(asyncio.get_running_loop(), self.bus, self.a))
-        ctx = ToolContext(attempt=self.a.attempt, task=self.a.task, execution=self.a.execution,
-                          namespace=self.a.namespace, env=command.get("env") or {}, log=logger)
-        await self.event(EventType.TOOL_STARTED, "compozy/runtime", tool=tool["id"])
+        ctx = self.tool_context(command)
+        work: Work = AgentWork(self, command, ctx) if "agent" in command else ToolWork(command, ctx)
+        await self.event(work.started, RUNTIME, **work.ident)
         try:
-            output = await asyncio.to_thread(run_tool, tool, command.get("input"), ctx)
-        except ToolError as e:
-            error = {"reason": e.reason, "message": e.message}
-            await self.event(EventType.TOOL_FAILED, "compozy/runtime", tool=tool["id"], error=error)
-            await self.log(f"tool {tool['id']} failed: {e.message}", "error")
-            await self.event(EventType.TASK_FAILED, "compozy/task-executor", error=error)
+            output = await work.run()
+        except (ToolError, AgentError) as e:
+            await self.fail(work, e.info())
+            await self.log(f"{work.label} failed: {e.message}", "error")
             return
         a = self.a
         result = await self.bus.output_fields(output_key(a.namespace, a.execution, a.uid, a.task, a.attempt), output,
@@ -128,14 +133,124 @@ class TaskRunner:
             ref = result["outputRef"]
             await self.log(f"output of {ref['size']} bytes stored as {ref['bucket']}/{ref['key']}")
         try:
-            await self.event(EventType.TOOL_SUCCESS, "compozy/runtime", tool=tool["id"], **result)
-            await self.event(EventType.TASK_SUCCESS, "compozy/task-executor", **result)
+            await self.event(work.succeeded, RUNTIME, **work.ident, **result, **work.report())
+            await self.event(EventType.TASK_SUCCESS, "compozy/task-executor", **result, **work.task_report())
         except MaxPayloadError:
-            error = {"reason": "OutputTooLarge", "message": "the task's output exceeds the NATS message size limit"}
-            await self.event(EventType.TOOL_FAILED, "compozy/runtime", tool=tool["id"], error=error)
-            await self.event(EventType.TASK_FAILED, "compozy/task-executor", error=error)
+            await self.fail(work, {"reason": "OutputTooLarge",
+                                   "message": "the task's output exceeds the NATS message size limit"})
             return
         await self.log(f"task {self.a.task} attempt {self.a.attempt} succeeded")
+
+    async def fail(self, work: Work, error: dict[str, Any]) -> None:
+        await self.event(work.failed, RUNTIME, **work.ident, error=error, **work.report())
+        await self.event(EventType.TASK_FAILED, "compozy/task-executor", error=error, **work.task_report())
+
+
+RUNTIME = "compozy/runtime"
+
+
+class Work:
+    """What a task pod runs (a tool, or an agent's action): its events and the facts they carry."""
+
+    started: EventType
+    succeeded: EventType
+    failed: EventType
+    ident: dict[str, Any]  # what runs, in every runtime event
+    label: str
+
+    async def run(self) -> Any:
+        raise NotImplementedError
+
+    def report(self) -> dict[str, Any]:
+        """Extra facts of the runtime's end event."""
+        return {}
+
+    def task_report(self) -> dict[str, Any]:
+        """Extra facts of the task's end event."""
+        return {}
+
+
+class ToolWork(Work):
+    started, succeeded, failed = EventType.TOOL_STARTED, EventType.TOOL_SUCCESS, EventType.TOOL_FAILED
+
+    def __init__(self, command: dict[str, Any], ctx: ToolContext) -> None:
+        self.tool, self.input, self.ctx = command["tool"], command.get("input"), ctx
+        self.ident = {"tool": self.tool["id"]}
+        self.label = f"tool {self.tool['id']}"
+
+    async def run(self) -> Any:
+        return await asyncio.to_thread(run_tool, self.tool, self.input, self.ctx)
+
+
+class AgentWork(Work):
+    """An agent's action: the model loop (:mod:`.agents.loop`), the agent's tools run here."""
+
+    started, succeeded, failed = EventType.AGENT_STARTED, EventType.AGENT_SUCCESS, EventType.AGENT_FAILED
+
+    def __init__(self, runner: TaskRunner, command: dict[str, Any], ctx: ToolContext) -> None:
+        self.runner = runner
+        agent, action = command["agent"], command["action"]
+        model = agent["model"]
+        provider = model.get("provider", "openai")
+        self.ident = {"agent": agent["id"], "action": action["id"], "provider": provider, "model": model["name"]}
+        self.label = f"agent {agent['id']} action {action['id']}"
+        self.log_messages = bool(agent.get("logMessages"))
+        self.prompt = action["prompt"]
+        # Popped, so the agent's command tools (subprocesses) never inherit the key.
+        api_key = os.environ.pop(API_KEY_ENV, None) or None
+        tools = {t["id"]: t for t in command.get("tools") or []}
+        specs = [ToolSpec(t["id"], t.get("description") or t["id"], t.get("inputSchema") or NO_PARAMETERS)
+                 for t in tools.values()]
+        chat = PROVIDERS[provider](model, api_key, agent.get("instructions"), self.prompt, specs,
+                                   action.get("outputSchema"))
+
+        async def call(name: str, value: Any) -> dict[str, Any]:
+            return await asyncio.to_thread(run_tool, tools[name], value, ctx)
+
+        self.loop = AgentLoop(chat, call, {n: t.get("inputSchema") for n, t in tools.items()}, self,
+                              max_iterations=agent.get("maxIterations"), output_schema=action.get("outputSchema"),
+                              output_retries=action.get("outputRetries"))
+
+    async def run(self) -> Any:
+        if self.log_messages:
+            await self.runner.log(f"prompt: {self.prompt[:MAX_LOGGED_TEXT]}")
+        return await self.loop.run()
+
+    def report(self) -> dict[str, Any]:
+        return {"usage": self.loop.usage.dump(), "callSeconds": [round(s, 4) for s in self.loop.call_seconds]}
+
+    def task_report(self) -> dict[str, Any]:
+        return {"usage": self.loop.usage.dump()}
+
+    # the loop's Observer
+    async def model_replied(self, iteration: int, reply: Reply) -> None:
+        what = (f"{len(reply.tool_calls)} tool call(s): {', '.join(c.name for c in reply.tool_calls)}"
+                if reply.tool_calls else "an answer")
+        await self.runner.log(f"model call {iteration} ({self.ident['provider']}/{self.ident['model']}): {what}; "
+                              f"{reply.input_tokens} input / {reply.output_tokens} output tokens; "
+                              f"{reply.seconds * 1000:.0f} ms")
+        if self.log_messages and reply.text:
+            await self.runner.log(f"model reply {iteration}: {reply.text[:MAX_LOGGED_TEXT]}")
+
+    async def tool_started(self, key: str, call: ToolCall) -> None:
+        await self.runner.event(EventType.TOOL_STARTED, RUNTIME, id_extra=key, tool=call.name, call=key,
+                                agent=self.ident["agent"])
+
+    async def tool_ended(self, key: str, call: ToolCall, output: Any, error: str | None) -> None:
+        facts: dict[str, Any] = {"tool": call.name, "call": key, "agent": self.ident["agent"]}
+        if error is not None:
+            await self.runner.event(EventType.TOOL_FAILED, RUNTIME, id_extra=key, error={"reason": "ToolError",
+                                                                                          "message": error}, **facts)
+            await self.runner.log(f"tool {call.name} (call {key}) failed; the error goes back to the model", "warning")
+            return
+        size = len(json.dumps(output, default=str))
+        if size <= MAX_EVENT_OUTPUT:
+            facts["output"] = output
+        await self.runner.event(EventType.TOOL_SUCCESS, RUNTIME, id_extra=key, outputBytes=size, **facts)
+
+
+MAX_LOGGED_TEXT = 4000
+MAX_EVENT_OUTPUT = 16 * 1024
 
 
 def _termination_message(text: str) -> None:

@@ -59,8 +59,37 @@ def _check_basic(task: Task, where: str, tools: set[str], agents: dict[str, set[
             problems.append(f"{where}.agent: agent {task.agent!r} is not defined in spec.agents")
         elif task.action not in agents[task.agent]:
             problems.append(f"{where}.action: agent {task.agent!r} has no action {task.action!r}")
-        else:
-            problems.append(f"{where}.agent: agent tasks are not supported yet")
+    elif task.action:
+        problems.append(f"{where}.action: only agent tasks have an action")
+    return problems
+
+
+def _schema_problem(schema: dict[str, Any] | None, where: str) -> list[str]:
+    if not schema:
+        return []
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        return [f"{where}: not a valid JSON Schema: {e.message}"]
+    return []
+
+
+def _check_agents(wf: WorkflowSpec, prefix: str, tools: set[str]) -> list[str]:
+    problems: list[str] = []
+    seen: set[str] = set()
+    for i, agent in enumerate(wf.agents or []):
+        where = f"{prefix}.agents[{i}] ({agent.id})"
+        if agent.id in seen:
+            problems.append(f"{where}.id: duplicate agent id {agent.id!r}")
+        seen.add(agent.id)
+        problems += [f"{where}.tools[{j}]: tool {t!r} is not defined in spec.tools"
+                     for j, t in enumerate(agent.tools or []) if t not in tools]
+        actions: set[str] = set()
+        for j, action in enumerate(agent.actions):
+            if action.id in actions:
+                problems.append(f"{where}.actions[{j}].id: duplicate action id {action.id!r}")
+            actions.add(action.id)
+            problems += _schema_problem(action.output_schema, f"{where}.actions[{j}] ({action.id}).outputSchema")
     return problems
 
 
@@ -181,6 +210,8 @@ def check_workflow(wf: WorkflowSpec, prefix: str = "spec") -> list[str]:
     for j, tool in enumerate(wf.tools or []):
         if bool(tool.python) == bool(tool.command):
             problems.append(f"{prefix}.tools[{j}] ({tool.id}): a tool needs exactly one of python or command")
+        problems += _schema_problem(tool.input_schema, f"{prefix}.tools[{j}] ({tool.id}).inputSchema")
+    problems += _check_agents(wf, prefix, tools)
     if not problems:  # the graph check needs every reference resolved
         dead = _dead_ends(wf)
         problems += [f"{prefix}.tasks[{i}] ({t.id}): the run can never succeed from here: every path after "
@@ -193,12 +224,9 @@ def check_input(schema: dict[str, Any] | None, value: Any, prefix: str = "spec.i
     """Validate the execution's input against the workflow's JSON Schema."""
     if not schema:
         return []
-    try:
-        validator_cls = jsonschema.validators.validator_for(schema)
-        validator_cls.check_schema(schema)
-    except jsonschema.SchemaError as e:
-        return [f"workflow input schema is invalid: {e.message}"]
-    validator = validator_cls(schema)
+    if bad := _schema_problem(schema, "workflow input schema"):
+        return bad
+    validator = jsonschema.validators.validator_for(schema)(schema)
     problems = []
     for err in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path)):
         problems.append(f"{_loc(prefix, tuple(err.absolute_path))}: {err.message}")

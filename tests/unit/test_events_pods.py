@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from compozy_operator.api.models import Tool
 from compozy_operator.events import EventType, command_subject, event_id, make_event, state_subject
 from compozy_operator.kube import merge_patch_diff
 from compozy_operator.pods import pod_name, task_pod
@@ -40,7 +39,7 @@ def test_pod_names() -> None:
 
 def test_task_pod_is_restricted_owned_and_labelled() -> None:
     execution = {"metadata": {"name": "hello-1", "namespace": "ns", "uid": "u1"}}
-    pod = task_pod(Settings(task_image="img:1"), execution, "count", 2, Tool(id="t", python="x"))
+    pod = task_pod(Settings(task_image="img:1"), execution, "count", 2)
     meta, spec = pod["metadata"], pod["spec"]
     assert meta["name"] == "hello-1-count-2"
     assert meta["ownerReferences"][0] | {} == {"apiVersion": "compozy.dev/v1alpha1", "kind": "WorkflowExecution",
@@ -68,7 +67,7 @@ def test_merge_patch_diff() -> None:
 
 def test_collection_child_keys_make_valid_names() -> None:
     execution = {"metadata": {"name": "run", "namespace": "ns", "uid": "u1"}}
-    pod = task_pod(Settings(task_image="img:1"), execution, "each-url[12]", 1, Tool(id="t", python="x"))
+    pod = task_pod(Settings(task_image="img:1"), execution, "each-url[12]", 1)
     part = pod["metadata"]["labels"]["compozy.dev/task"]
     assert part.startswith("each-url-12-") and part != "each-url-12"
     assert pod["metadata"]["name"] == f"run-{part}-1"

@@ -397,7 +397,7 @@ def test_collection_child_failure_waits_for_in_flight_then_fails_without_cancell
 def test_collection_child_template_error_fails_that_child_only() -> None:
     wf = collection([{"url": "a"}, 5], task={"id": "f", "tool": "t", "with": {"url": "{{ item.url }}"}})
     actions = decide(wf, status(), RUN, NOW)
-    assert actions[0] == Dispatch("each[0]", 1, wf.tools[0], {"url": "a"})
+    assert actions[0] == Dispatch("each[0]", 1, {"url": "a"}, tool=wf.tools[0])
     assert isinstance(actions[1], FailTask) and (actions[1].task, actions[1].reason) == ("each[1]", "TemplateError")
     assert actions[1].message.startswith("tasks.each[1].with.url: ")
     s = keyed({"each[0]": ok(), "each[1]": failed("bad", reason="TemplateError")})

@@ -55,7 +55,7 @@ def test_input_validated_against_schema() -> None:
     assert check_input(schema, {"n": "one"}) == ["spec.input: 'text' is a required property",
                                                  "spec.input.n: 'one' is not of type 'integer'"]
     assert check_input(None, {"anything": 1}) == []
-    assert "input schema is invalid" in check_input({"type": "nonsense"}, {})[0]
+    assert check_input({"type": "nonsense"}, {})[0].startswith("workflow input schema: not a valid JSON Schema: ")
 
 
 # --- router, parallel, collection; the task graph --------------------------------------------------
@@ -73,9 +73,28 @@ def test_all_task_types_are_supported() -> None:
     assert check_workflow(wf(tasks=tasks)) == []
 
 
-def test_the_architecture_example_only_lacks_agent_support() -> None:
-    assert check_workflow(parse_workflow(example_workflow()["spec"])) == [
-        "spec.tasks[2] (summarize).agent: agent tasks are not supported yet"]
+def test_the_architecture_example_is_valid() -> None:
+    assert check_workflow(parse_workflow(example_workflow()["spec"])) == []
+
+
+def test_agent_references_and_schemas_are_checked() -> None:
+    spec = example_workflow()["spec"]
+    agent = spec["agents"][0]
+    agent["tools"] = ["word-count", "missing"]
+    agent["actions"].append({"id": "summarize", "prompt": "again", "outputSchema": {"type": "nonsense"}})
+    spec["tools"][0]["inputSchema"] = {"required": "text"}
+    problems = check_workflow(parse_workflow(spec))
+    assert "spec.agents[0] (writer).tools[1]: tool 'missing' is not defined in spec.tools" in problems
+    assert "spec.agents[0] (writer).actions[1].id: duplicate action id 'summarize'" in problems
+    assert any(p.startswith("spec.agents[0] (writer).actions[1] (summarize).outputSchema: not a valid JSON Schema")
+               for p in problems), problems
+    assert any(p.startswith("spec.tools[0] (word-count).inputSchema: not a valid JSON Schema") for p in problems)
+
+
+def test_action_without_agent_is_refused() -> None:
+    spec = example_workflow()["spec"]
+    spec["tasks"][0]["action"] = "summarize"
+    assert "spec.tasks[0] (count).action: only agent tasks have an action" in check_workflow(parse_workflow(spec))
 
 
 ROUTE = {"id": "route", "type": "router", "condition": "{{ workflow.input.kind }}", "routes": {"ham": "a"}}

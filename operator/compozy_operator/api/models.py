@@ -68,28 +68,52 @@ class Tool(Model):
 
 
 class ModelConfig(Model):
-    """An LLM endpoint (agents arrive in their own issue; the shape is fixed now)."""
+    """An LLM endpoint: any OpenAI-compatible chat-completions API, or Anthropic's Messages API."""
 
-    provider: Literal["openai", "anthropic"] = Field("openai", description="API flavour of the endpoint.")
-    name: str = Field(description="Model name, e.g. gpt-4o-mini.")
-    base_url: str | None = Field(None, alias="baseURL", description="Endpoint base URL (OpenAI-compatible).")
-    api_key_secret_ref: SecretKeyRef | None = Field(None, description="Secret key holding the API key.")
+    provider: Literal["openai", "anthropic"] = Field(
+        "openai", description="API flavour: openai (any OpenAI-compatible endpoint) or anthropic (Messages API).")
+    name: str = Field(min_length=1, description="Model name, e.g. gpt-4o-mini.")
+    base_url: str | None = Field(
+        None, alias="baseURL", pattern=r"^https?://",
+        description="Endpoint base URL, e.g. http://vllm:8000/v1 (default: the provider's public API).")
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        None, description="Secret key holding the API key; it reaches the task pod as an env var from the Secret.")
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
-    max_tokens: int | None = Field(None, ge=1, description="Maximum tokens per completion.")
+    max_tokens: int | None = Field(
+        None, ge=1, description="Maximum tokens per completion (anthropic requires one; default 4096).")
+    timeout: str | None = Field(None, pattern=DURATION_PATTERN, description="Timeout of one model call (default 60s).")
+    max_retries: int | None = Field(
+        None, ge=0, le=10,
+        description="Retries of one model call inside the attempt on 429 (honouring Retry-After), 5xx, timeouts "
+        "and connection errors (default 2); then the task's retry policy applies.")
+    structured_output: Literal["native", "prompt"] | None = Field(
+        None, description="How an outputSchema is asked for: native (the API's JSON-schema mode, default) or "
+        "prompt (the schema in the system prompt, for endpoints without that mode); the answer is validated either way.")
 
 
 class AgentAction(Model):
     id: str = Field(pattern=ID_PATTERN, max_length=63, description="Action id, referenced by a task's action.")
-    prompt: str = Field(description="User prompt template; context: input, env, workflow.")
-    output_schema: JSONObject | None = Field(None, description="JSON Schema the answer must match.")
+    prompt: str = Field(min_length=1, description="User prompt template; context: input (the task's with), env, "
+                        "workflow, tasks.")
+    output_schema: JSONObject | None = Field(
+        None, description="JSON Schema the answer must match; the task output is the validated object "
+        "(without one: {text: <answer>}).")
+    output_retries: int | None = Field(
+        None, ge=0, le=10, description="Times an answer that does not match outputSchema is sent back to the model "
+        "with the validation error (default 2); then the attempt fails with OutputSchemaNotSatisfied.")
 
 
 class Agent(Model):
     id: str = Field(pattern=ID_PATTERN, max_length=63, description="Agent id, referenced by a task's agent.")
     model: ModelConfig = Field(description="The LLM endpoint the agent uses.")
-    instructions: str | None = Field(None, description="System prompt.")
-    tools: list[str] | None = Field(None, max_length=100, description="Ids of tools the agent may call.")
-    max_iterations: int | None = Field(None, ge=1, le=100, description="Maximum model calls per action run.")
+    instructions: str | None = Field(None, description="System prompt template (same context as the prompt).")
+    tools: list[str] | None = Field(
+        None, max_length=100, description="Ids of tools the agent may call (function calling); they run in its pod.")
+    max_iterations: int | None = Field(
+        None, ge=1, le=100, description="Model calls allowed per attempt (default 10); then MaxIterationsExceeded.")
+    log_messages: bool | None = Field(
+        None, description="Put prompts and replies in LogEmitted lines (default false: lines carry only counts, "
+        "tool names and token usage).")
     actions: list[AgentAction] = Field(
         min_length=1, max_length=50, description="Prompts the agent can run; a task picks one with action."
     )
@@ -183,6 +207,18 @@ class ErrorInfo(Model):
     task: str | None = None
     reason: str | None = None
     message: str | None = None
+    retry_after: float | None = Field(None, description="Seconds the failed service asked to wait (429 Retry-After).")
+
+
+class TokenUsage(Model):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    model_calls: int = 0
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(input_tokens=self.input_tokens + other.input_tokens,
+                          output_tokens=self.output_tokens + other.output_tokens,
+                          model_calls=self.model_calls + other.model_calls)
 
 
 class OutputRef(Model):
@@ -199,6 +235,7 @@ class AttemptRecord(Model):
     error: ErrorInfo | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    usage: TokenUsage | None = None
 
 
 class TaskStatus(Model):
@@ -212,6 +249,7 @@ class TaskStatus(Model):
     output: Any = Field(None, description="The task's output (small outputs only; see outputRef).")
     output_ref: OutputRef | None = Field(None, description="Where a large output is stored (NATS object store).")
     error: ErrorInfo | None = None
+    usage: TokenUsage | None = Field(None, description="Agent tasks: tokens and model calls of the current attempt.")
     attempts: list[AttemptRecord] | None = Field(None, description="Earlier attempts.")
 
 
@@ -235,6 +273,7 @@ class WorkflowExecutionStatus(Model):
     message: str | None = Field(None, description="Human-readable state of the run.")
     output: Any = Field(None, description="The workflow's output (spec.output rendered).")
     error: ErrorInfo | None = Field(None, description="Why the run failed.")
+    usage: TokenUsage | None = Field(None, description="Tokens and model calls of every agent attempt of the run.")
     tasks: dict[str, TaskStatus] = Field(
         default_factory=dict, description="State of each task by id (collection children: <id>[<index>])."
     )

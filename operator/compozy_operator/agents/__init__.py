@@ -1,0 +1,1 @@
+"""AI agents in task pods: providers (:mod:`.providers`) and the agent loop (:mod:`.loop`)."""

@@ -1,0 +1,265 @@
+"""LLM providers behind one small interface: a :class:`Chat` holds one conversation.
+
+* ``openai``: any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, LiteLLM,
+  Groq, Mistral, ...) through the official ``openai`` SDK.
+* ``anthropic``: Anthropic's Messages API through the official ``anthropic`` SDK.
+
+The SDKs do the wire protocol, and retry one call in place (``maxRetries``) on 429 (honouring
+Retry-After), 5xx, timeouts and connection errors. What still fails is turned into an
+:class:`AgentError` whose reason says whether another attempt could help (see
+:func:`provider_error`). The SDKs are imported on first use: only agent pods pay for them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+
+from ..api.models import parse_duration
+
+DEFAULT_TIMEOUT = "60s"
+DEFAULT_MAX_RETRIES = 2
+ANTHROPIC_DEFAULT_MAX_TOKENS = 4096
+API_KEY_ENV = "COMPOZY_MODEL_API_KEY"  # the task pod's variable holding the API key (from its Secret)
+NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+
+
+class AgentError(Exception):
+    """An agent attempt failed; ``reason`` decides whether the task's retry policy applies."""
+
+    def __init__(self, reason: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.reason, self.message, self.retry_after = reason, message, retry_after
+
+    def info(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"reason": self.reason, "message": self.message}
+        if self.retry_after is not None:
+            out["retryAfter"] = self.retry_after
+        return out
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One model call's answer: final text, or tool calls to make first."""
+
+    text: str | None
+    tool_calls: list[ToolCall]
+    input_tokens: int
+    output_tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    call: ToolCall
+    content: str  # JSON text given back to the model
+    is_error: bool
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool as the model sees it (function calling)."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any] = field(default_factory=lambda: dict(NO_PARAMETERS))
+
+
+class Chat(Protocol):
+    """One conversation with a model; ``send`` appends the model's reply to it."""
+
+    async def send(self) -> Reply: ...
+
+    def add_tool_results(self, results: list[ToolResult]) -> None: ...
+
+    def add_user(self, text: str) -> None: ...
+
+
+def schema_instruction(schema: dict[str, Any]) -> str:
+    return ("Answer with only a JSON value (no prose, no code fence) that matches this JSON Schema:\n"
+            + json.dumps(schema, sort_keys=True))
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def provider_error(exc: Exception, secret: str | None = None) -> AgentError:
+    """Map an SDK exception (either SDK: they share the shape) to an :class:`AgentError`.
+
+    Retryable: ``RateLimited`` (429, with Retry-After), ``ProviderUnavailable`` (5xx, 408, 409),
+    ``ProviderTimeout``, ``ProviderConnectionError``. Not retryable: ``ProviderAuthError``
+    (401/403; the provider's text is dropped, since some echo part of the key) and
+    ``ProviderBadRequest`` (other 4xx). The API key is masked in every message."""
+    name = type(exc).__name__
+    status = getattr(exc, "status_code", None)
+    response = getattr(exc, "response", None)
+    text = str(getattr(exc, "message", None) or exc)
+    if secret:
+        text = text.replace(secret, "***")
+    text = text[:500]
+    if status is None:
+        if "Timeout" in name:
+            return AgentError("ProviderTimeout", f"the model call timed out: {text}")
+        if "Connection" in name:
+            return AgentError("ProviderConnectionError", f"cannot reach the model endpoint: {text}")
+        return AgentError("ProviderError", f"{name}: {text}")
+    if status in (401, 403):
+        return AgentError("ProviderAuthError", f"HTTP {status}: the provider refused the credentials "
+                                               "(check the agent's model.apiKeySecretRef)")
+    if status == 429:
+        wait = _retry_after(getattr(response, "headers", None))
+        after = f" (Retry-After {wait:g}s)" if wait is not None else ""
+        return AgentError("RateLimited", f"HTTP 429: rate limited{after}: {text}", retry_after=wait)
+    if status >= 500 or status in (408, 409):
+        return AgentError("ProviderUnavailable", f"HTTP {status}: {text}")
+    return AgentError("ProviderBadRequest", f"HTTP {status}: {text}")
+
+
+def _client_options(model: dict[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {"timeout": parse_duration(model.get("timeout") or DEFAULT_TIMEOUT),
+                               "max_retries": model.get("maxRetries", DEFAULT_MAX_RETRIES)}
+    if model.get("baseURL"):
+        options["base_url"] = model["baseURL"]
+    return options
+
+
+class OpenAIChat:
+    """Chat completions (``/chat/completions``) of any OpenAI-compatible endpoint."""
+
+    def __init__(self, model: dict[str, Any], api_key: str | None, system: str | None, prompt: str,
+                 tools: list[ToolSpec], output_schema: dict[str, Any] | None) -> None:
+        from openai import AsyncOpenAI  # noqa: PLC0415 - only agent pods need it
+
+        # Endpoints without auth (a local vLLM or Ollama) still get a placeholder: the SDK insists.
+        from openai import OpenAIError  # noqa: PLC0415
+
+        self.client = AsyncOpenAI(api_key=api_key or "unused", **_client_options(model))
+        self.sdk_error, self.secret = OpenAIError, api_key
+        self.messages: list[dict[str, Any]] = []
+        native = output_schema is not None and model.get("structuredOutput", "native") == "native"
+        if output_schema is not None and not native:
+            system = "\n\n".join(filter(None, [system, schema_instruction(output_schema)]))
+        if system:
+            self.messages.append({"role": "system", "content": system})
+        self.messages.append({"role": "user", "content": prompt})
+        self.request: dict[str, Any] = {"model": model["name"]}
+        if model.get("temperature") is not None:
+            self.request["temperature"] = model["temperature"]
+        if model.get("maxTokens"):
+            self.request["max_tokens"] = model["maxTokens"]
+        if tools:
+            self.request["tools"] = [{"type": "function", "function": {
+                "name": t.name, "description": t.description, "parameters": t.parameters}} for t in tools]
+        if native:
+            self.request["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "output", "schema": output_schema}}
+
+    async def send(self) -> Reply:
+        start = time.monotonic()
+        try:
+            r = await self.client.chat.completions.create(messages=self.messages, **self.request)
+        except self.sdk_error as e:
+            raise provider_error(e, self.secret) from None
+        seconds = time.monotonic() - start
+        msg = r.choices[0].message
+        calls = [ToolCall(c.id, c.function.name, c.function.arguments or "{}") for c in msg.tool_calls or []]
+        turn: dict[str, Any] = {"role": "assistant", "content": msg.content}
+        if calls:
+            turn["tool_calls"] = [{"id": c.id, "type": "function",
+                                   "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+        self.messages.append(turn)
+        usage = r.usage
+        return Reply(msg.content, calls, getattr(usage, "prompt_tokens", 0) or 0,
+                     getattr(usage, "completion_tokens", 0) or 0, seconds)
+
+    def add_tool_results(self, results: list[ToolResult]) -> None:
+        self.messages += [{"role": "tool", "tool_call_id": r.call.id, "content": r.content} for r in results]
+
+    def add_user(self, text: str) -> None:
+        self.messages.append({"role": "user", "content": text})
+
+
+class AnthropicChat:
+    """Anthropic's Messages API (``/v1/messages``); outputSchema through its native JSON-schema output."""
+
+    def __init__(self, model: dict[str, Any], api_key: str | None, system: str | None, prompt: str,
+                 tools: list[ToolSpec], output_schema: dict[str, Any] | None) -> None:
+        from anthropic import AsyncAnthropic  # noqa: PLC0415 - only agent pods need it
+
+        from anthropic import AnthropicError  # noqa: PLC0415
+
+        self.client = AsyncAnthropic(api_key=api_key or "unused", **_client_options(model))
+        self.sdk_error, self.secret = AnthropicError, api_key
+        native = output_schema is not None and model.get("structuredOutput", "native") == "native"
+        if output_schema is not None and not native:
+            system = "\n\n".join(filter(None, [system, schema_instruction(output_schema)]))
+        self.messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
+        self.request: dict[str, Any] = {"model": model["name"],
+                                        "max_tokens": model.get("maxTokens") or ANTHROPIC_DEFAULT_MAX_TOKENS}
+        if system:
+            self.request["system"] = system
+        if model.get("temperature") is not None:
+            self.request["temperature"] = model["temperature"]
+        if tools:
+            self.request["tools"] = [{"name": t.name, "description": t.description, "input_schema": t.parameters}
+                                     for t in tools]
+        if native:
+            self.request["output_config"] = {"format": {"type": "json_schema", "schema": output_schema}}
+
+    async def send(self) -> Reply:
+        start = time.monotonic()
+        try:
+            r = await self.client.messages.create(messages=self.messages, **self.request)
+        except self.sdk_error as e:
+            raise provider_error(e, self.secret) from None
+        seconds = time.monotonic() - start
+        texts, calls, content = [], [], []
+        for block in r.content:
+            if block.type == "text":
+                texts.append(block.text)
+                content.append({"type": "text", "text": block.text})
+            elif block.type == "tool_use":
+                calls.append(ToolCall(block.id, block.name, json.dumps(block.input)))
+                content.append({"type": "tool_use", "id": block.id, "name": block.name, "input": block.input})
+        self.messages.append({"role": "assistant", "content": content})
+        return Reply("".join(texts) if texts else None, calls, r.usage.input_tokens or 0, r.usage.output_tokens or 0,
+                     seconds)
+
+    def add_tool_results(self, results: list[ToolResult]) -> None:
+        self.messages.append({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": r.call.id, "content": r.content, "is_error": r.is_error}
+            for r in results]})
+
+    def add_user(self, text: str) -> None:
+        self.messages.append({"role": "user", "content": text})
+
+
+PROVIDERS: dict[str, type[OpenAIChat] | type[AnthropicChat]] = {"openai": OpenAIChat, "anthropic": AnthropicChat}
