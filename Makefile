@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test cluster bench bench-collection bench-testenv binaries lock clean
+.PHONY: demo test chart cluster bench bench-collection bench-testenv binaries lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ binaries:
 
 demo: $(STAMP) binaries
 	$(VENV)/bin/compozy dev demo
+
+# the chart's CRDs (copies of crds/) and its values table (docs/helm-values.md), then helm lint
+chart: $(STAMP) binaries
+	cp crds/*.yaml charts/compozy-operator/crds/
+	$(PY) hack/helm-docs.py
+	"$$(hack/testenv/build.sh | tail -1)/helm" lint --strict charts/compozy-operator
 
 cluster: $(STAMP) binaries
 	$(VENV)/bin/compozy dev up

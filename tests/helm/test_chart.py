@@ -1,0 +1,94 @@
+"""The chart's files: lint, CRDs in sync with crds/, values table current, values schema."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compozy_operator.testenv.helm import Helm
+from tests.helpers import CRD_DIR
+
+from .conftest import CHART, sets, template
+
+ROOT = Path(__file__).resolve().parents[2]
+EXTERNAL = sets("nats.mode=external", "nats.external.url=nats://nats.example:4222", "nats.auth.existingSecret=nats")
+
+
+@pytest.mark.parametrize("values", [[], EXTERNAL, sets("watch.mode=namespaced", "watch.namespaces={a,b}"),
+                                    sets("nats.tls.enabled=true", "nats.tls.secretName=tls", "serviceMonitor.enabled=true")],
+                         ids=["default", "external", "namespaced", "tls-servicemonitor"])
+def test_helm_lint_is_clean(helm: Helm, values: list[str]) -> None:
+    out = helm("lint", "--strict", CHART, *values)
+    assert out.returncode == 0 and "[WARNING]" not in out.stdout and "[ERROR]" not in out.stdout, out.stdout + out.stderr
+
+
+def test_chart_crds_are_the_generated_ones() -> None:
+    chart_crds = {p.name: p.read_text() for p in (Path(CHART) / "crds").glob("*.yaml")}
+    generated = {p.name: p.read_text() for p in CRD_DIR.glob("*.yaml")}
+    stale = sorted(name for name in chart_crds.keys() | generated.keys() if chart_crds.get(name) != generated.get(name))
+    assert not stale, (f"charts/compozy-operator/crds/ differs from crds/ in {stale}: run `make chart` "
+                       "(copies crds/*.yaml into the chart)")
+
+
+def test_values_table_is_current() -> None:
+    out = subprocess.run([sys.executable, "hack/helm-docs.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_every_value_is_documented() -> None:
+    """Every leaf of values.yaml (or the object holding it) has a row in the table."""
+    table = (ROOT / "docs" / "helm-values.md").read_text()
+    documented = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}
+
+    def leaves(node: object, path: str) -> list[str]:
+        if isinstance(node, dict) and node and path not in documented:
+            return [leaf for k, v in node.items() for leaf in leaves(v, f"{path}.{k}" if path else k)]
+        return [path]
+
+    missing = [p for p in leaves(yaml.safe_load((Path(CHART) / "values.yaml").read_text()), "") if p not in documented]
+    assert not missing, f"values without a `## ` comment: {missing}"
+
+
+BAD_VALUES = {
+    "negative-replicas": (sets("replicaCount=-1"), "at '/replicaCount': minimum: got -1, want 0"),
+    "two-active-operators": (sets("replicaCount=2"), "at '/replicaCount': maximum: got 2, want 1"),
+    "unknown-nats-mode": (sets("nats.mode=embedded"), "at '/nats/mode': value must be one of 'bundled', 'external'"),
+    "external-without-url": (sets("nats.mode=external"), "at '/nats/external/url': minLength: got 0, want 1"),
+    "unknown-watch-mode": (sets("watch.mode=all"), "at '/watch/mode': value must be one of 'cluster', 'namespaced'"),
+    "typo-in-a-key": (sets("operator.httpport=9000"), "additional properties 'httpport' not allowed"),
+    "tls-without-secret": (sets("nats.tls.enabled=true"), "at '/nats/tls/secretName': minLength: got 0, want 1"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_VALUES, ids=list(BAD_VALUES))
+def test_bad_values_fail_install_with_the_schema_message(helm: Helm, case: str) -> None:
+    values, message = BAD_VALUES[case]
+    out = helm("install", f"bad-{case}", CHART, "-n", "default", *values)
+    assert out.returncode != 0
+    assert "values don't meet the specifications of the schema" in out.stderr and message in out.stderr, out.stderr
+    assert helm("status", f"bad-{case}", "-n", "default").returncode != 0, "nothing may be installed"
+
+
+def test_rendered_pods_meet_the_restricted_standard(helm: Helm) -> None:
+    """Static view of the restricted profile (the apiserver enforces it in test_install/test_dry_run)."""
+    docs = [d for d in yaml.safe_load_all(template(helm, "r", "ns")) if d]
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    assert {d["kind"] for d in workloads} == {"Deployment", "StatefulSet"}
+    for w in workloads:
+        pod = w["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+            assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    deployment = next(d for d in workloads if d["kind"] == "Deployment")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"} and deployment["spec"]["replicas"] == 1
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
