@@ -84,6 +84,9 @@ def _check_agents(wf: WorkflowSpec, prefix: str, tools: set[str]) -> list[str]:
         seen.add(agent.id)
         problems += [f"{where}.tools[{j}]: tool {t!r} is not defined in spec.tools"
                      for j, t in enumerate(agent.tools or []) if t not in tools]
+        if agent.model.provider == "anthropic" and agent.model.temperature is not None:
+            problems.append(f"{where}.model.temperature: not supported by provider anthropic "
+                            "(its Messages API takes no sampling temperature)")
         actions: set[str] = set()
         for j, action in enumerate(agent.actions):
             if action.id in actions:

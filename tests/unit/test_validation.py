@@ -91,6 +91,14 @@ def test_agent_references_and_schemas_are_checked() -> None:
     assert any(p.startswith("spec.tools[0] (word-count).inputSchema: not a valid JSON Schema") for p in problems)
 
 
+def test_anthropic_takes_no_temperature() -> None:
+    spec = example_workflow()["spec"]
+    spec["agents"][0]["model"].update(provider="anthropic", temperature=0.3)
+    assert check_workflow(parse_workflow(spec)) == [
+        "spec.agents[0] (writer).model.temperature: not supported by provider anthropic "
+        "(its Messages API takes no sampling temperature)"]
+
+
 def test_action_without_agent_is_refused() -> None:
     spec = example_workflow()["spec"]
     spec["tasks"][0]["action"] = "summarize"

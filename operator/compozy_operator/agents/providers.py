@@ -226,8 +226,6 @@ class AnthropicChat:
                                         "max_tokens": model.get("maxTokens") or ANTHROPIC_DEFAULT_MAX_TOKENS}
         if system:
             self.request["system"] = system
-        if model.get("temperature") is not None:
-            self.request["temperature"] = model["temperature"]
         if tools:
             self.request["tools"] = [{"name": t.name, "description": t.description, "input_schema": t.parameters}
                                      for t in tools]
