@@ -256,10 +256,13 @@ def test_auth_failure_is_not_retried_and_the_key_appears_nowhere(operator: Opera
     assert all(r.headers["authorization"] == f"Bearer {api_key}" for r in llm.requests
                if r.body.get("model") in (ok, denied))
 
+    messages = stream_messages(devenv, namespace)
+    (agent_failed,) = events_of(messages, "AgentExecutionFailed")
+    assert agent_failed["data"]["error"]["reason"] == "ProviderAuthError" and agent_failed["data"]["task"] == "denied"
     places: dict[str, str] = {
         "status": json.dumps(status),
         "events": kubectl.ok("get", "events", "-n", namespace, "-o", "json"),
-        "nats": "\n".join(m.decode(errors="replace") for m in stream_messages(devenv, namespace)),
+        "nats": "\n".join(m.decode(errors="replace") for m in messages),
     }
     for path in [*(devenv.workdir / "logs").rglob("*"), *(devenv.workdir / "nodes").rglob("*.log"),
                  *(devenv.workdir / "nats").rglob("*")]:

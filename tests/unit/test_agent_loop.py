@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -178,11 +179,22 @@ def test_sdk_retries_a_429_in_place_honouring_retry_after(llm: FakeLLM) -> None:
     assert output == {"text": "fine"} and len(llm.requests) == 2
 
 
-def test_unreachable_endpoint_and_timeout() -> None:
+def test_unreachable_endpoint() -> None:
     chat = OpenAIChat({"name": "m", "baseURL": "http://127.0.0.1:9/v1", "maxRetries": 0}, None, None, "hi", [], None)
     with pytest.raises(AgentError) as e:
         asyncio.run(chat.send())
     assert e.value.reason == "ProviderConnectionError"
+
+
+def test_a_slow_model_call_times_out(llm: FakeLLM) -> None:
+    def slow(_: Any) -> Any:
+        time.sleep(1.5)
+        return openai_reply("late")
+
+    llm.add(slow)
+    with pytest.raises(AgentError) as e:
+        asyncio.run(openai_chat(llm, timeout="300ms", maxRetries=0).send())
+    assert e.value.reason == "ProviderTimeout"
 
 
 def test_check_answer() -> None:
