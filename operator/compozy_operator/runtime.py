@@ -20,14 +20,24 @@ from typing import Any
 MAX_ERROR_CHARS = 2000
 
 
-class ToolError(Exception):
-    def __init__(self, reason: str, message: str) -> None:
+class TaskFailure(Exception):
+    """An attempt failed for ``reason`` (which decides whether the task's retry policy applies)."""
+
+    def __init__(self, reason: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message[-MAX_ERROR_CHARS:]
+        self.retry_after = retry_after
 
-    def info(self) -> dict[str, str]:
-        return {"reason": self.reason, "message": self.message}
+    def info(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"reason": self.reason, "message": self.message}
+        if self.retry_after is not None:
+            out["retryAfter"] = self.retry_after
+        return out
+
+
+class ToolError(TaskFailure):
+    """A tool failed (load error, exception, non-zero exit, output not a JSON object)."""
 
 
 @dataclass

@@ -17,15 +17,16 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nats.errors import MaxPayloadError
 
-from .agents.loop import AgentLoop
-from .agents.providers import API_KEY_ENV, NO_PARAMETERS, PROVIDERS, AgentError, Reply, ToolCall, ToolSpec
 from .bus import Bus
 from .events import EventType, cancel_subject, command_subject, make_event, output_key
-from .runtime import ToolContext, ToolError, run_tool
+from .runtime import TaskFailure, ToolContext, run_tool
+
+if TYPE_CHECKING:
+    from .agents.providers import Reply, ToolCall
 
 COMMAND_WAIT_SECONDS = 30
 DEFAULT_INLINE_LIMIT = 16 * 1024  # bytes of JSON; larger outputs go to the object store
@@ -122,7 +123,7 @@ class TaskRunner:
         await self.event(work.started, RUNTIME, **work.ident)
         try:
             output = await work.run()
-        except (ToolError, AgentError) as e:
+        except TaskFailure as e:
             await self.fail(work, e.info())
             await self.log(f"{work.label} failed: {e.message}", "error")
             return
@@ -188,6 +189,10 @@ class AgentWork(Work):
     started, succeeded, failed = EventType.AGENT_STARTED, EventType.AGENT_SUCCESS, EventType.AGENT_FAILED
 
     def __init__(self, runner: TaskRunner, command: dict[str, Any], ctx: ToolContext) -> None:
+        # imported here: tool pods need none of it (jsonschema, pydantic models, the SDKs)
+        from .agents.loop import AgentLoop  # noqa: PLC0415
+        from .agents.providers import API_KEY_ENV, NO_PARAMETERS, PROVIDERS, ToolSpec  # noqa: PLC0415
+
         self.runner = runner
         agent, action = command["agent"], command["action"]
         model = agent["model"]

@@ -19,6 +19,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 from ..api.models import parse_duration
+from ..runtime import TaskFailure
 
 DEFAULT_TIMEOUT = "60s"
 DEFAULT_MAX_RETRIES = 2
@@ -27,18 +28,8 @@ API_KEY_ENV = "COMPOZY_MODEL_API_KEY"  # the task pod's variable holding the API
 NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 
 
-class AgentError(Exception):
-    """An agent attempt failed; ``reason`` decides whether the task's retry policy applies."""
-
-    def __init__(self, reason: str, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.reason, self.message, self.retry_after = reason, message, retry_after
-
-    def info(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"reason": self.reason, "message": self.message}
-        if self.retry_after is not None:
-            out["retryAfter"] = self.retry_after
-        return out
+class AgentError(TaskFailure):
+    """An agent attempt failed (provider error, schema never satisfied, too many iterations)."""
 
 
 @dataclass(frozen=True)
