@@ -396,10 +396,13 @@ class Orchestrator:
         ready = next((c for c in (node.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), {})
         if ready.get("status") == "True" and not deleted:
             return
-        pods = await asyncio.to_thread(self.kube.get, "/api/v1/pods", labelSelector=TASK_POD_SELECTOR,
-                                       fieldSelector=f"spec.nodeName={node['metadata']['name']}")
-        for pod in pods["items"]:
-            await self.on_pod("MODIFIED", pod, recheck=True)
+        # per watched namespace in namespaced mode: its RBAC allows no cluster-wide pod list
+        paths = [f"/api/v1/namespaces/{ns}/pods" for ns in self.settings.namespaces] or ["/api/v1/pods"]
+        for path in paths:
+            pods = await asyncio.to_thread(self.kube.get, path, labelSelector=TASK_POD_SELECTOR,
+                                           fieldSelector=f"spec.nodeName={node['metadata']['name']}")
+            for pod in pods["items"]:
+                await self.on_pod("MODIFIED", pod, recheck=True)
 
     async def on_pod(self, event_type: str, pod: dict[str, Any], recheck: bool = False) -> None:
         """Turn a task pod that cannot report into TaskExecutionFailed; clean up finished pods.

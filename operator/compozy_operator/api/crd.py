@@ -353,6 +353,12 @@ def default_dir() -> Path:
     return Path(__file__).resolve().parents[3] / "crds"
 
 
+def default_dirs() -> list[Path]:
+    """``crds/`` and, in a checkout that has it, the Helm chart's copy."""
+    chart = default_dir().parent / "charts" / "compozy-operator" / "crds"
+    return [default_dir(), *([chart] if chart.is_dir() else [])]
+
+
 def stale_files(directory: Path) -> list[str]:
     """Names of the generated files that are missing or differ in ``directory``."""
     out = []
@@ -365,21 +371,25 @@ def stale_files(directory: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=COMMAND, description="Generate the CRDs from the API models.")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default: crds/ of the checkout)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: crds/ of the checkout and the Helm chart's crds/)")
     parser.add_argument("--check", action="store_true", help="exit 1 if the files differ from the generated text")
     args = parser.parse_args(argv)
-    directory = args.out or default_dir()
+    directories = [args.out] if args.out else default_dirs()
     if args.check:
-        stale = stale_files(directory)
-        if stale:
-            print(f"stale CRDs in {directory}: {', '.join(stale)}; run `{COMMAND}`", file=sys.stderr)
-            return 1
-        print(f"CRDs in {directory} are up to date")
-        return 0
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in generate().items():
-        (directory / name).write_text(text)
-        print(f"wrote {directory / name}")
+        failed = 0
+        for directory in directories:
+            if stale := stale_files(directory):
+                print(f"stale CRDs in {directory}: {', '.join(stale)}; run `{COMMAND}`", file=sys.stderr)
+                failed = 1
+            else:
+                print(f"CRDs in {directory} are up to date")
+        return failed
+    for directory in directories:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, text in generate().items():
+            (directory / name).write_text(text)
+            print(f"wrote {directory / name}")
     return 0
 
 
