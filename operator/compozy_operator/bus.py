@@ -192,9 +192,14 @@ class Bus:
         await self.nc.publish(body["subject"], json.dumps(body, default=str).encode())  # type: ignore[union-attr]
 
     async def close(self) -> None:
-        if self.nc is not None:
-            try:
-                await self.nc.drain()
-            except Exception:  # noqa: BLE001 - closing anyway
-                await self.nc.close()
-            self.nc = None
+        """Flush what was published, then close. Not a drain: after a pull consumer's fetch, drain
+        waits out its 30 s timeout (a pod's whole grace period), and nothing needs it: state events
+        are acked only after their status PATCH, so unacked ones are simply redelivered."""
+        nc, self.nc = self.nc, None
+        if nc is None:
+            return
+        try:
+            await nc.flush(timeout=2)
+        except Exception as e:  # noqa: BLE001 - closing anyway
+            log.warning("NATS flush on close failed: %s", e)
+        await nc.close()

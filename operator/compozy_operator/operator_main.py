@@ -62,16 +62,7 @@ class Operator:
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        # Flush and close instead of Bus.close()'s drain: after a state-manager fetch the drain waits
-        # out its 30 s timeout (a pod's whole grace period, so a helm upgrade took 35 s). State events
-        # are acked only after their status PATCH, so unacked ones are simply redelivered.
-        nc, self.bus.nc = self.bus.nc, None
-        if nc is not None:
-            try:
-                await nc.flush(timeout=2)
-            except Exception as e:  # noqa: BLE001 - closing anyway
-                log.warning("NATS flush on stop failed: %s", e)
-            await nc.close()
+        await self.bus.close()
         await self.http.stop()
 
 
