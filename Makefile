@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test chart cluster bench bench-collection bench-testenv binaries lock clean
+.PHONY: demo test chart cluster bench bench-collection bench-agents bench-testenv binaries lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ bench: $(STAMP) binaries
 
 bench-collection: $(STAMP) binaries
 	$(PY) hack/bench/collection.py
+
+bench-agents: $(STAMP) binaries
+	$(PY) hack/bench/agents.py
 
 bench-testenv: $(STAMP) binaries
 	$(PY) hack/bench/testenv.py

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import threading
 import time
 
-from compozy_operator.api.crd import generate
 from compozy_operator.testenv import DevEnvironment
-from compozy_operator.testenv.operator_process import OperatorProcess
 
-NS = "bench"
+from common import NS, prepare
+
 
 
 def main() -> None:
@@ -30,18 +28,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with DevEnvironment.start() as env:
-        kubectl = [str(env.bindir / "kubectl"), "--kubeconfig", str(env.kubeconfig)]
-        for _ in range(50):
-            if subprocess.run([*kubectl, "apply", "-f", "-"], input="---\n".join(generate().values()),
-                              capture_output=True, text=True).returncode == 0:
-                break
-            time.sleep(0.2)
-        subprocess.run([*kubectl, "wait", "--for=condition=Established", "crd/workflowexecutions.compozy.dev"],
-                       check=True, capture_output=True)
-        subprocess.run([*kubectl, "create", "namespace", NS], check=True, capture_output=True)
-        env.cluster.wait_default_service_account(NS)
-        op = OperatorProcess(env)
-        op.start()
+        _, op = prepare(env)
         kube = env.kube()
 
         alive: set[str] = set()

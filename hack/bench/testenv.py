@@ -15,26 +15,12 @@ import subprocess
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 from compozy_operator.testenv import DevEnvironment, Kube
 from compozy_operator.testenv.node import DEFAULT_IMAGES
 from compozy_operator.testenv.workdir import find_binaries, repo_root
 
-
-def rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        pass
-    return 0.0
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+from common import percentile, rss_mib
 
 
 def cold_build() -> float:

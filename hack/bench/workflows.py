@@ -16,37 +16,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
-import subprocess
 import threading
 import time
 from datetime import datetime
-from pathlib import Path
 
 import nats
 
-from compozy_operator.api.crd import generate
 from compozy_operator.testenv import DevEnvironment
-from compozy_operator.testenv.operator_process import OperatorProcess
 
-NS = "bench"
+from common import NS, counter, percentile, prepare, rss_mib
+
 NOOP = "def run(input, ctx):\n    return {'i': input.get('i', 0)}\n"
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def counter(text: str, name: str) -> float:
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))
 
 
 def workflow(tasks: int) -> dict:
@@ -110,24 +90,8 @@ def main() -> None:
     n, m = args.executions, args.tasks
 
     with DevEnvironment.start() as env:
-        kubectl = [str(env.bindir / "kubectl"), "--kubeconfig", str(env.kubeconfig)]
-
-        def apply(text: str) -> None:
-            for _ in range(50):
-                if subprocess.run([*kubectl, "apply", "-f", "-"], input=text, capture_output=True,
-                                  text=True).returncode == 0:
-                    return
-                time.sleep(0.2)
-            raise RuntimeError("kubectl apply kept failing")
-
-        apply("---\n".join(generate().values()))
-        subprocess.run([*kubectl, "wait", "--for=condition=Established", "crd/workflowexecutions.compozy.dev"],
-                       check=True, capture_output=True)
-        subprocess.run([*kubectl, "create", "namespace", NS], check=True, capture_output=True)
-        env.cluster.wait_default_service_account(NS)
-        apply(json.dumps(workflow(m)))
-        op = OperatorProcess(env)
-        op.start()
+        kubectl, op = prepare(env)
+        kubectl.apply(json.dumps(workflow(m)))
         obs = Observer(env)
         obs.start()
         before = op.metrics()
