@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import uuid
 from typing import Any
 
@@ -45,10 +46,12 @@ STREAMS = (
 
 
 class Bus:
-    def __init__(self, url: str, token: str | None, name: str) -> None:
+    def __init__(self, url: str, token: str | None, name: str, ca: str | None = None) -> None:
+        """``ca``: PEM of the CA that signed a TLS server's certificate (else the system's trust)."""
         self.url = url
         self.token = token
         self.name = name
+        self.tls = ssl.create_default_context(cadata=ca) if ca else None
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self.last_error: str | None = None
@@ -65,11 +68,14 @@ class Bus:
             tried += 1
             try:
                 # One try per round here (this loop owns the back-off and says why it waits) ...
+                # (no reconnecting inside this try: on a TLS verification failure nats-py would
+                # otherwise wait forever instead of failing)
                 self.nc = await nats.connect(
-                    self.url, token=self.token, name=self.name, connect_timeout=5,
-                    max_reconnect_attempts=1, reconnect_time_wait=0.1,
+                    self.url, token=self.token, name=self.name, connect_timeout=5, tls=self.tls,
+                    allow_reconnect=False, reconnect_time_wait=0.1,
                     error_cb=self._on_error, disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect)
                 # ... and once connected, the client reconnects on its own, forever.
+                self.nc.options["allow_reconnect"] = True
                 self.nc.options["max_reconnect_attempts"] = -1
                 self.nc.options["reconnect_time_wait"] = 1
                 self.js = self.nc.jetstream()

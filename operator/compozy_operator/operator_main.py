@@ -32,7 +32,7 @@ class Operator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.kube = Kube.from_environment()
-        self.bus = Bus(settings.nats_url, settings.nats_token, "compozy-operator")
+        self.bus = Bus(settings.nats_url, settings.nats_token, "compozy-operator", settings.nats_ca())
         self.orchestrator = Orchestrator(settings, self.kube, self.bus)
         self.state = StateManager(self.bus, self.kube, self.orchestrator.reconcile, settings.state_batch,
                                   settings.status_defer)

@@ -25,8 +25,8 @@ from .events import (Event, EventType, cancel_subject, command_subject, event_id
 from .executor import CompleteTask, Dispatch, FailTask, Finish, RunContext, ScheduleRetry, WakeAt, decide
 from .kube import ApiException, Kube
 from .monitoring import DISPATCH_SECONDS, PODS_CREATED
-from .pods import (ANNOTATION_TASK, LABEL_ATTEMPT, LABEL_EXECUTION, LABEL_TASK, TASK_POD_SELECTOR, label_value,
-                   pod_name, task_pod)
+from .pods import (ANNOTATION_TASK, LABEL_ATTEMPT, LABEL_EXECUTION, LABEL_TASK, NATS_CA_KEY, TASK_POD_SELECTOR,
+                   label_value, pod_name, task_pod)
 from .reducer import fold_all
 from .settings import Settings
 from .validation import SpecError, check_input, check_workflow, parse_workflow
@@ -250,11 +250,13 @@ class Orchestrator:
     async def _ensure_nats_secret(self, namespace: str) -> None:
         if namespace in self.secrets_ready:
             return
+        values = {"url": self.settings.nats_url, "token": self.settings.nats_token or ""}
+        if ca := self.settings.nats_ca():
+            values[NATS_CA_KEY] = ca
         body = {"apiVersion": "v1", "kind": "Secret",
                 "metadata": {"name": self.settings.nats_secret, "namespace": namespace,
                              "labels": {"app.kubernetes.io/managed-by": "compozy-operator"}},
-                "data": {k: base64.b64encode(v.encode()).decode()
-                         for k, v in (("url", self.settings.nats_url), ("token", self.settings.nats_token or ""))}}
+                "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}}
         try:
             await asyncio.to_thread(self.kube.create, f"/api/v1/namespaces/{namespace}/secrets", body)
         except ApiException as e:

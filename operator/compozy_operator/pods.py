@@ -19,6 +19,7 @@ RUNNER_UID = 65532
 _MAX_NAME = 253
 
 
+NATS_CA_KEY = "ca.crt"  # key of the NATS Secret holding a private CA (TLS), when there is one
 ANNOTATION_TASK = "compozy.dev/task-key"  # the exact status key, e.g. each-url[3]
 
 
@@ -64,6 +65,8 @@ def task_pod(settings: Settings, execution: dict[str, Any], task: str, attempt: 
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "COMPOZY_NATS_URL", "valueFrom": {"secretKeyRef": {"name": secret, "key": "url"}}},
         {"name": "COMPOZY_NATS_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}}},
+        {"name": "COMPOZY_NATS_CA", "valueFrom": {"secretKeyRef": {"name": secret, "key": NATS_CA_KEY,
+                                                                   "optional": True}}},
         *(env or []),
     ]
     container = {

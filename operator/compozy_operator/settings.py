@@ -21,10 +21,13 @@ def _token() -> str | None:
 
 @dataclass(frozen=True)
 class Settings:
+
     nats_url: str = field(default_factory=lambda: _env("COMPOZY_NATS_URL", "nats://127.0.0.1:4222"))
     nats_token: str | None = field(default_factory=_token)
     # Secret (keys `url`, `token`) the task pods read their NATS credentials from; the operator
     # keeps one with this name in every namespace it runs tasks in.
+    # PEM file of the CA of a TLS NATS server with a private CA; task pods get it through nats_secret
+    nats_ca_file: str | None = field(default_factory=lambda: _env("COMPOZY_NATS_CA_FILE") or None)
     nats_secret: str = field(default_factory=lambda: _env("COMPOZY_NATS_SECRET", "compozy-nats"))
     task_image: str = field(default_factory=lambda: _env("COMPOZY_TASK_IMAGE", f"compozy/compozy-operator:{__version__}"))
     namespaces: tuple[str, ...] = field(
@@ -43,3 +46,7 @@ class Settings:
     output_inline_limit: int = field(default_factory=lambda: int(_env("COMPOZY_OUTPUT_INLINE_LIMIT", "16384")))
     # how long progress-only events (dispatched, started) may wait to share a status PATCH
     status_defer: float = field(default_factory=lambda: float(_env("COMPOZY_STATUS_DEFER_SECONDS", "2")))
+
+    def nats_ca(self) -> str | None:
+        """The CA's PEM text, or None (then the system's trust store verifies a TLS server)."""
+        return Path(self.nats_ca_file).read_text() if self.nats_ca_file else None

@@ -269,7 +269,7 @@ def _termination_message(text: str) -> None:
 
 async def _main(a: Attempt) -> int:
     bus = Bus(os.environ["COMPOZY_NATS_URL"], os.environ.get("COMPOZY_NATS_TOKEN") or None,
-              f"task-{a.execution}-{a.task}-{a.attempt}")
+              f"task-{a.execution}-{a.task}-{a.attempt}", os.environ.get("COMPOZY_NATS_CA") or None)
     await bus.connect(attempts=10, max_delay=3)
     try:
         await TaskRunner(bus, a).run()

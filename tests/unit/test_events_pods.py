@@ -55,6 +55,8 @@ def test_task_pod_is_restricted_owned_and_labelled() -> None:
     token = next(e for e in c["env"] if e["name"] == "COMPOZY_NATS_TOKEN")
     assert token["valueFrom"]["secretKeyRef"] == {"name": "compozy-nats", "key": "token"}
     assert all("value" not in e or "token" not in e["name"].lower() for e in c["env"])
+    ca = next(e for e in c["env"] if e["name"] == "COMPOZY_NATS_CA")  # only with a private CA (TLS)
+    assert ca["valueFrom"]["secretKeyRef"] == {"name": "compozy-nats", "key": "ca.crt", "optional": True}
 
 
 def test_merge_patch_diff() -> None:

@@ -51,12 +51,13 @@ class DevEnvironment:
         entrypoint: tuple[str, ...] = DEFAULT_ENTRYPOINT,
         bindir: Path | None = None,
         workdir: Path | None = None,
+        nats_tls: bool = False,
     ) -> DevEnvironment:
         install_cleanup_handlers()
         bindir = bindir or find_binaries()
         workdir = workdir or new_run_dir()
         env = cls(workdir, bindir, LocalCluster(bindir, workdir / "cluster"),
-                  NatsServer(bindir, workdir / "nats"), images, entrypoint)
+                  NatsServer(bindir, workdir / "nats", tls=nats_tls), images, entrypoint)
         try:
             env.nats.start()  # no dependency on the cluster: start it first, it is quick
             env.cluster.start()

@@ -1,4 +1,4 @@
-"""nats-server with JetStream on loopback, token auth on, data in the run directory."""
+"""nats-server with JetStream on loopback, token auth on (TLS optional), data in the run directory."""
 
 from __future__ import annotations
 
@@ -7,22 +7,25 @@ import secrets
 import urllib.request
 from pathlib import Path
 
+from .pki import TlsFiles, write_loopback_tls
 from .process import ComponentError, ManagedProcess
 from .workdir import free_port, which
 
 
 class NatsServer:
-    def __init__(self, bindir: Path, workdir: Path, token: str | None = None) -> None:
+    def __init__(self, bindir: Path, workdir: Path, token: str | None = None, tls: bool = False) -> None:
         self.bindir = bindir
         self.workdir = workdir
         self.token = token or secrets.token_urlsafe(24)
         self.port = 0
         self.monitor_port = 0
         self.proc: ManagedProcess | None = None
+        # with TLS, clients must verify the server against tls.ca_cert (a CA of its own)
+        self.tls: TlsFiles | None = write_loopback_tls(workdir / "tls", "nats-server") if tls else None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
 
     def __enter__(self) -> NatsServer:
         return self.start()
@@ -33,7 +36,7 @@ class NatsServer:
     def _write_config(self) -> Path:
         conf = self.workdir / "nats.conf"
         # JSON is valid NATS config syntax, and json.dumps quotes the token safely.
-        conf.write_text(json.dumps({
+        config: dict = {
             "listen": f"127.0.0.1:{self.port}",
             "http": f"127.0.0.1:{self.monitor_port}",
             "authorization": {"token": self.token},
@@ -42,7 +45,10 @@ class NatsServer:
                 "max_memory_store": 256 * 1024 * 1024,
                 "max_file_store": 2 * 1024 * 1024 * 1024,
             },
-        }, indent=2))
+        }
+        if self.tls:
+            config["tls"] = {"cert_file": str(self.tls.cert), "key_file": str(self.tls.key)}
+        conf.write_text(json.dumps(config, indent=2))
         conf.chmod(0o600)
         return conf
 
@@ -50,18 +56,29 @@ class NatsServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, attempts + 1):
             self.port, self.monitor_port = free_port(), free_port()
-            conf = self._write_config()
-            self.proc = ManagedProcess(
-                "nats-server", [which(self.bindir, "nats-server"), "-c", str(conf)],
-                self.workdir / "nats-server.log",
-            ).start()
             try:
-                self.proc.wait_until(self._jetstream_ready, timeout, "ready with JetStream")
-                return self
+                return self._launch(timeout)
             except ComponentError as err:
-                self.proc.stop(1)
                 if attempt == attempts or "address already in use" not in err.log_tail:
                     raise
+        return self
+
+    def restart(self, timeout: float = 30) -> NatsServer:
+        """Stop, then start on the same ports with the same data, as a restarted server would
+        (connected clients reconnect)."""
+        self.stop()
+        return self._launch(timeout)
+
+    def _launch(self, timeout: float) -> NatsServer:
+        conf = self._write_config()
+        self.proc = ManagedProcess(
+            "nats-server", [which(self.bindir, "nats-server"), "-c", str(conf)], self.workdir / "nats-server.log",
+        ).start()
+        try:
+            self.proc.wait_until(self._jetstream_ready, timeout, "ready with JetStream")
+        except ComponentError:
+            self.proc.stop(1)
+            raise
         return self
 
     def _jetstream_ready(self) -> bool:

@@ -1,5 +1,6 @@
 """Certificates and keys for the local cluster: a CA, the apiserver's serving certificate,
-an admin client certificate (group ``system:masters``) and the service-account signing key."""
+an admin client certificate (group ``system:masters``) and the service-account signing key; and
+a CA with a loopback serving certificate for a TLS NATS server (:func:`write_loopback_tls`)."""
 
 from __future__ import annotations
 
@@ -126,3 +127,28 @@ def write_pki(directory: Path) -> Pki:
         path.write_bytes(data)
         path.chmod(0o600)
     return pki
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_cert: Path
+    cert: Path
+    key: Path
+
+
+def write_loopback_tls(directory: Path, cn: str) -> TlsFiles:
+    """A fresh CA and a serving certificate for ``localhost`` / ``127.0.0.1`` signed by it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = TlsFiles(directory / "ca.crt", directory / "tls.crt", directory / "tls.key")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name(f"{cn}-ca")
+    ca = _cert(ca_name, ca_key, ca_name, ca_key, ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = _cert(_name(cn), key, ca_name, ca_key, usage=[ExtendedKeyUsageOID.SERVER_AUTH], sans=sans)
+    pem = serialization.Encoding.PEM
+    for path, data in ((files.ca_cert, ca.public_bytes(pem)), (files.cert, cert.public_bytes(pem)),
+                       (files.key, _key_pem(key))):
+        path.write_bytes(data)
+        path.chmod(0o600)
+    return files
