@@ -16,19 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
 import nats
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests.fakellm, the stand-in endpoint
+from compozy_operator.testenv import DevEnvironment
 
-from compozy_operator.testenv import DevEnvironment  # noqa: E402
-
-from common import NS, percentile, prepare, rss_mib  # noqa: E402
-from tests.fakellm import FakeLLM, Request, Response, openai_reply  # noqa: E402
+from common import NS, apply, percentile, prepare, rss_mib
+from tests.fakellm import FakeLLM, Request, Response, openai_reply  # the stand-in endpoint
 
 COUNT = "def run(input, ctx):\n    return {'words': len(input['text'].split())}\n"
 
@@ -82,7 +78,7 @@ def main() -> None:
     llm.add(*[scripted(args.llm_latency)] * (2 * args.executions))
     with DevEnvironment.start() as env:
         kubectl, op = prepare(env)
-        kubectl.apply(json.dumps(workflow(llm.url)))
+        apply(kubectl, workflow(llm.url))
         kube = env.kube()
         t0 = time.time()
         for i in range(args.executions):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import time
+import sys
 from pathlib import Path
 
-from compozy_operator.api.crd import generate
-from compozy_operator.testenv import DevEnvironment
-from compozy_operator.testenv.operator_process import OperatorProcess
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the tests' helpers (kubectl, CRDs, stand-ins)
+
+from compozy_operator.testenv import DevEnvironment  # noqa: E402
+from compozy_operator.testenv.operator_process import OperatorProcess  # noqa: E402
+from tests.helpers import Kubectl, apply_crds  # noqa: E402
 
 NS = "bench"
 
@@ -34,31 +35,19 @@ def counter(text: str, name: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))
 
 
-class Kubectl:
-    def __init__(self, env: DevEnvironment) -> None:
-        self.argv = [str(env.bindir / "kubectl"), "--kubeconfig", str(env.kubeconfig)]
-
-    def __call__(self, *args: str, stdin: str | None = None) -> str:
-        return subprocess.run([*self.argv, *args], input=stdin, capture_output=True, text=True, check=True).stdout
-
-    def apply(self, text: str) -> None:
-        """kubectl apply, retried while the apiserver is still learning new CRDs."""
-        for _ in range(50):
-            if subprocess.run([*self.argv, "apply", "-f", "-"], input=text, capture_output=True,
-                              text=True).returncode == 0:
-                return
-            time.sleep(0.2)
-        raise RuntimeError("kubectl apply kept failing")
-
-
 def prepare(env: DevEnvironment, start_operator: bool = True) -> tuple[Kubectl, OperatorProcess]:
     """CRDs established, namespace ``bench`` ready, the operator started (a local process)."""
-    kubectl = Kubectl(env)
-    kubectl.apply("---\n".join(generate().values()))
-    kubectl("wait", "--for=condition=Established", "crd/workflowexecutions.compozy.dev")
-    kubectl("create", "namespace", NS)
+    kubectl = Kubectl(env.bindir, env.kubeconfig)
+    apply_crds(kubectl)
+    kubectl.ok("create", "namespace", NS)
     env.cluster.wait_default_service_account(NS)
     op = OperatorProcess(env)
     if start_operator:
         op.start()
     return kubectl, op
+
+
+def apply(kubectl: Kubectl, doc: dict) -> None:
+    proc = kubectl.apply(NS, doc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"kubectl apply failed: {proc.stderr}")

@@ -24,7 +24,7 @@ import nats
 
 from compozy_operator.testenv import DevEnvironment
 
-from common import NS, counter, percentile, prepare, rss_mib
+from common import NS, apply, counter, percentile, prepare, rss_mib
 
 NOOP = "def run(input, ctx):\n    return {'i': input.get('i', 0)}\n"
 
@@ -91,7 +91,7 @@ def main() -> None:
 
     with DevEnvironment.start() as env:
         kubectl, op = prepare(env)
-        kubectl.apply(json.dumps(workflow(m)))
+        apply(kubectl, workflow(m))
         obs = Observer(env)
         obs.start()
         before = op.metrics()

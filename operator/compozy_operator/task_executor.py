@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 COMMAND_WAIT_SECONDS = 30
 DEFAULT_INLINE_LIMIT = 16 * 1024  # bytes of JSON; larger outputs go to the object store
+RUNTIME = "compozy/runtime"  # source of the Tool* and Agent* events
+MAX_LOGGED_TEXT = 4000  # characters of a prompt or reply in a LogEmitted line (logMessages: true)
+MAX_EVENT_OUTPUT = 16 * 1024  # an agent's tool output larger than this is left out of ToolExecutionSuccess
 
 
 @dataclass(frozen=True)
@@ -147,9 +150,6 @@ class TaskRunner:
         await self.event(EventType.TASK_FAILED, "compozy/task-executor", error=error, **work.task_report())
 
 
-RUNTIME = "compozy/runtime"
-
-
 class Work:
     """What a task pod runs (a tool, or an agent's action): its events and the facts they carry."""
 
@@ -252,10 +252,6 @@ class AgentWork(Work):
         if size <= MAX_EVENT_OUTPUT:
             facts["output"] = output
         await self.runner.event(EventType.TOOL_SUCCESS, RUNTIME, id_extra=key, outputBytes=size, **facts)
-
-
-MAX_LOGGED_TEXT = 4000
-MAX_EVENT_OUTPUT = 16 * 1024
 
 
 def _termination_message(text: str) -> None:

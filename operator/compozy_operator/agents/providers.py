@@ -142,22 +142,46 @@ def _client_options(model: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-class OpenAIChat:
+def _schema_mode(model: dict[str, Any], system: str | None,
+                 output_schema: dict[str, Any] | None) -> tuple[str | None, bool]:
+    """The system prompt, and whether the API's own JSON-schema mode asks for ``output_schema``
+    (in ``prompt`` mode the schema goes into the system prompt instead)."""
+    native = output_schema is not None and model.get("structuredOutput", "native") == "native"
+    if output_schema is not None and not native:
+        system = "\n\n".join(filter(None, [system, schema_instruction(output_schema)]))
+    return system, native
+
+
+class _SdkChat:
+    """What both providers' chats share: the conversation, the timed call, the error mapping."""
+
+    def __init__(self, sdk_error: type[Exception], api_key: str | None) -> None:
+        self.sdk_error, self.secret = sdk_error, api_key
+        self.messages: list[dict[str, Any]] = []
+
+    async def _call(self, create: Any, request: dict[str, Any]) -> tuple[Any, float]:
+        start = time.monotonic()
+        try:
+            response = await create(messages=self.messages, **request)
+        except self.sdk_error as e:
+            raise provider_error(e, self.secret) from None
+        return response, time.monotonic() - start
+
+    def add_user(self, text: str) -> None:
+        self.messages.append({"role": "user", "content": text})
+
+
+class OpenAIChat(_SdkChat):
     """Chat completions (``/chat/completions``) of any OpenAI-compatible endpoint."""
 
     def __init__(self, model: dict[str, Any], api_key: str | None, system: str | None, prompt: str,
                  tools: list[ToolSpec], output_schema: dict[str, Any] | None) -> None:
-        from openai import AsyncOpenAI  # noqa: PLC0415 - only agent pods need it
+        from openai import AsyncOpenAI, OpenAIError  # noqa: PLC0415 - only agent pods need it
 
+        super().__init__(OpenAIError, api_key)
         # Endpoints without auth (a local vLLM or Ollama) still get a placeholder: the SDK insists.
-        from openai import OpenAIError  # noqa: PLC0415
-
         self.client = AsyncOpenAI(api_key=api_key or "unused", **_client_options(model))
-        self.sdk_error, self.secret = OpenAIError, api_key
-        self.messages: list[dict[str, Any]] = []
-        native = output_schema is not None and model.get("structuredOutput", "native") == "native"
-        if output_schema is not None and not native:
-            system = "\n\n".join(filter(None, [system, schema_instruction(output_schema)]))
+        system, native = _schema_mode(model, system, output_schema)
         if system:
             self.messages.append({"role": "system", "content": system})
         self.messages.append({"role": "user", "content": prompt})
@@ -174,12 +198,7 @@ class OpenAIChat:
                 "name": "output", "schema": output_schema}}
 
     async def send(self) -> Reply:
-        start = time.monotonic()
-        try:
-            r = await self.client.chat.completions.create(messages=self.messages, **self.request)
-        except self.sdk_error as e:
-            raise provider_error(e, self.secret) from None
-        seconds = time.monotonic() - start
+        r, seconds = await self._call(self.client.chat.completions.create, self.request)
         msg = r.choices[0].message
         calls = [ToolCall(c.id, c.function.name, c.function.arguments or "{}") for c in msg.tool_calls or []]
         turn: dict[str, Any] = {"role": "assistant", "content": msg.content}
@@ -194,25 +213,18 @@ class OpenAIChat:
     def add_tool_results(self, results: list[ToolResult]) -> None:
         self.messages += [{"role": "tool", "tool_call_id": r.call.id, "content": r.content} for r in results]
 
-    def add_user(self, text: str) -> None:
-        self.messages.append({"role": "user", "content": text})
 
-
-class AnthropicChat:
+class AnthropicChat(_SdkChat):
     """Anthropic's Messages API (``/v1/messages``); outputSchema through its native JSON-schema output."""
 
     def __init__(self, model: dict[str, Any], api_key: str | None, system: str | None, prompt: str,
                  tools: list[ToolSpec], output_schema: dict[str, Any] | None) -> None:
-        from anthropic import AsyncAnthropic  # noqa: PLC0415 - only agent pods need it
+        from anthropic import AnthropicError, AsyncAnthropic  # noqa: PLC0415 - only agent pods need it
 
-        from anthropic import AnthropicError  # noqa: PLC0415
-
+        super().__init__(AnthropicError, api_key)
         self.client = AsyncAnthropic(api_key=api_key or "unused", **_client_options(model))
-        self.sdk_error, self.secret = AnthropicError, api_key
-        native = output_schema is not None and model.get("structuredOutput", "native") == "native"
-        if output_schema is not None and not native:
-            system = "\n\n".join(filter(None, [system, schema_instruction(output_schema)]))
-        self.messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
+        system, native = _schema_mode(model, system, output_schema)
+        self.messages.append({"role": "user", "content": prompt})
         self.request: dict[str, Any] = {"model": model["name"],
                                         "max_tokens": model.get("maxTokens") or ANTHROPIC_DEFAULT_MAX_TOKENS}
         if system:
@@ -224,12 +236,7 @@ class AnthropicChat:
             self.request["output_config"] = {"format": {"type": "json_schema", "schema": output_schema}}
 
     async def send(self) -> Reply:
-        start = time.monotonic()
-        try:
-            r = await self.client.messages.create(messages=self.messages, **self.request)
-        except self.sdk_error as e:
-            raise provider_error(e, self.secret) from None
-        seconds = time.monotonic() - start
+        r, seconds = await self._call(self.client.messages.create, self.request)
         texts, calls, content = [], [], []
         for block in r.content:
             if block.type == "text":
@@ -246,9 +253,6 @@ class AnthropicChat:
         self.messages.append({"role": "user", "content": [
             {"type": "tool_result", "tool_use_id": r.call.id, "content": r.content, "is_error": r.is_error}
             for r in results]})
-
-    def add_user(self, text: str) -> None:
-        self.messages.append({"role": "user", "content": text})
 
 
 PROVIDERS: dict[str, type[OpenAIChat] | type[AnthropicChat]] = {"openai": OpenAIChat, "anthropic": AnthropicChat}
