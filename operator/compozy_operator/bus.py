@@ -28,6 +28,7 @@ from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy
                          StorageType, StreamConfig)
 from nats.js.errors import NotFoundError
 
+from . import failpoints
 from .events import COMMAND_STREAM, LOG_STREAM, STATE_STREAM, Event, EventType, log_subject, utcnow
 
 log = logging.getLogger(__name__)
@@ -149,8 +150,10 @@ class Bus:
     async def publish_event(self, event: Event) -> int:
         """Publish a state event; return its stream sequence (the original's, for a duplicate)."""
         assert self.js is not None
+        failpoints.point(f"publish.{event.type}:before")
         ack = await self.js.publish(event.subject, event.model_dump_json().encode(), stream=STATE_STREAM,
                                     headers={"Nats-Msg-Id": event.id})
+        failpoints.point(f"publish.{event.type}:after")
         return ack.seq
 
     async def replay(self, subject: str, batch: int = 512) -> list[tuple[int, Event]]:
@@ -174,8 +177,10 @@ class Bus:
 
     async def publish_command(self, subject: str, payload: dict[str, Any], msg_id: str) -> int:
         assert self.js is not None
+        failpoints.point("publish.TaskExecute:before")
         ack = await self.js.publish(subject, json.dumps(payload).encode(), stream=COMMAND_STREAM,
                                     headers={"Nats-Msg-Id": msg_id})
+        failpoints.point("publish.TaskExecute:after")
         return ack.seq
 
     async def get_command(self, subject: str) -> dict[str, Any] | None:

@@ -16,6 +16,8 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from . import failpoints
+
 JSON = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
@@ -109,14 +111,21 @@ class Kube:
     def get(self, path: str, **query: Any) -> JSON:
         return self.request("GET", path, query=query)
 
+    def _write(self, verb: str, method: str, path: str, body: Any, **kw: Any) -> JSON:
+        name = failpoints.kube_write(verb, path)
+        failpoints.point(f"{name}:before")
+        result = self.request(method, path, body, **kw)
+        failpoints.point(f"{name}:after")
+        return result
+
     def create(self, path: str, body: JSON) -> JSON:
-        return self.request("POST", path, body)
+        return self._write("create", "POST", path, body)
 
     def merge_patch(self, path: str, body: JSON) -> JSON:
-        return self.request("PATCH", path, body, content_type=MERGE_PATCH)
+        return self._write("patch", "PATCH", path, body, content_type=MERGE_PATCH)
 
     def delete(self, path: str, body: JSON | None = None) -> JSON:
-        return self.request("DELETE", path, body)
+        return self._write("delete", "DELETE", path, body)
 
     def watch(self, path: str, resource_version: str, timeout_seconds: int = 300, **query: Any) -> Iterator[JSON]:
         """Yield watch events ({"type", "object"}) until the server closes the stream."""
