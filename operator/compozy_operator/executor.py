@@ -62,7 +62,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .api.models import (
-    Agent, AgentAction, ErrorInfo, Task, TaskStatus, Tool, WorkflowExecutionStatus, WorkflowSpec, parse_duration,
+    MAX_DURATION_SECONDS, Agent, AgentAction, ErrorInfo, Task, TaskStatus, Tool, WorkflowExecutionStatus, WorkflowSpec,
+    parse_duration,
 )
 from .agents.providers import API_KEY_ENV
 from .reducer import TASK_TERMINAL
@@ -71,7 +72,8 @@ from .templates import TemplateError, render
 # Failures that would fail the same way again: never retried. (Agents: a 401/403 or a 400 from
 # the provider, an answer that never matched the output schema, a tool loop that never ended.)
 NON_RETRYABLE = frozenset({
-    "TemplateError", "ToolLoadError", "InvalidTool", "Cancelled",
+    "TemplateError", "ToolLoadError", "InvalidTool", "Cancelled", "InputTooLarge", "PodRejected",
+    "AttemptAlreadyClaimed",
     "ProviderAuthError", "ProviderBadRequest", "OutputSchemaNotSatisfied", "MaxIterationsExceeded",
 })
 IN_FLIGHT = frozenset({"Waiting", "Pending", "Running"})
@@ -194,6 +196,10 @@ class RunContext:
     env: dict[str, str] = field(default_factory=dict)
     timeout: float | None = None  # whole-run timeout in seconds (execution spec, else workflow spec)
     cancel: bool = False  # spec.cancel
+    # (status key, attempt) of every attempt whose pod is known to exist or to have existed; None when
+    # the caller does not track pods. A dispatched attempt missing from it is dispatched again (its pod
+    # was never created: a crash or a failed create); a running one is lost (its pod vanished unseen).
+    pods: frozenset[tuple[str, int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -214,11 +220,13 @@ def rfc3339(t: float) -> str:
 
 
 def backoff_delay(task: Task, failed_attempt: int) -> float:
-    """initial * factor^(n-1), capped at max; 0 without a backoff."""
+    """initial * factor^(n-1), capped at max (and at a year, whatever a spec that skipped validation
+    says); 0 without a backoff."""
     b = task.retry.backoff if task.retry else None
     if b is None:
         return 0.0
-    return min(parse_duration(b.max), parse_duration(b.initial) * b.factor ** (failed_attempt - 1))
+    growth = b.factor ** min(failed_attempt - 1, 64)  # factor >= 1: 64 doublings pass any cap already
+    return min(parse_duration(b.max), parse_duration(b.initial) * growth, MAX_DURATION_SECONDS)
 
 
 def template_context(wf: WorkflowSpec, status: WorkflowExecutionStatus, run: RunContext) -> dict[str, Any]:
@@ -276,16 +284,23 @@ def _failure(label: str, key: str, st: TaskStatus) -> str:
     return f"{label} {key} failed{attempts}: {err.message or err.reason}"
 
 
-def _in_flight(task: Task, key: str, st: TaskStatus, now: float) -> list[Action]:
-    """A dispatched attempt: wait for it, or fail it when its timeout has passed."""
+def _in_flight(wf: WorkflowSpec, task: Task, key: str, st: TaskStatus, context: dict[str, Any], run: RunContext,
+               now: float) -> list[Action]:
+    """A dispatched attempt: make sure its pod exists, wait for it, or fail it when its timeout has passed."""
+    actions: list[Action] = []
+    if run.pods is not None and (key, st.attempt) not in run.pods:
+        if st.phase == "Running":
+            return [FailTask(key, st.attempt, "PodLost", f"the pod of attempt {st.attempt} no longer exists and "
+                             "the task reported no result")]
+        actions.append(_start(wf, task, key, st.attempt, context))
     if not task.timeout or not st.dispatched_at:
-        return []
+        return actions
     limit = parse_duration(task.timeout)
     deadline = epoch(st.dispatched_at) + limit
     if now >= deadline:
         return [FailTask(key, st.attempt, "Timeout",
                          f"attempt {st.attempt} exceeded the task timeout of {task.timeout}", stop_pod=True)]
-    return [WakeAt(deadline)]
+    return [*actions, WakeAt(deadline)]
 
 
 def _failed(task: Task, key: str, st: TaskStatus) -> ScheduleRetry | None:
@@ -301,7 +316,7 @@ def _failed(task: Task, key: str, st: TaskStatus) -> ScheduleRetry | None:
 
 
 def _advance(wf: WorkflowSpec, task: Task, key: str, st: TaskStatus | None, context: dict[str, Any],
-             now: float) -> list[Action] | None:
+             run: RunContext, now: float) -> list[Action] | None:
     """What moves a pod-running task (basic, or a child) on; None once it has ended for good."""
     if st is None:
         return [_start(wf, task, key, 1, context)]
@@ -310,7 +325,7 @@ def _advance(wf: WorkflowSpec, task: Task, key: str, st: TaskStatus | None, cont
             return [WakeAt(epoch(st.not_before))]
         return [_start(wf, task, key, st.attempt, context)]
     if st.phase in ("Pending", "Running"):
-        return _in_flight(task, key, st, now)
+        return _in_flight(wf, task, key, st, context, run, now)
     retry = _failed(task, key, st)
     return [retry] if retry else None
 
@@ -355,7 +370,7 @@ def _cancel(child: _Child, st: TaskStatus, why: str) -> FailTask:
 
 
 def _run_children(wf: WorkflowSpec, parent: Task, children: list[_Child], strategy: str, limit: int | None,
-                  status: WorkflowExecutionStatus, now: float) -> list[Action]:
+                  status: WorkflowExecutionStatus, run: RunContext, now: float) -> list[Action]:
     """Advance the children of a parallel task or collection; end the parent once none is in flight."""
     sts = {c.key: status.tasks.get(c.key) for c in children}
     of: dict[str, list[_Child]] = {s: [] for s in ("new", "running", "retrying", "succeeded", "failed")}
@@ -371,7 +386,7 @@ def _run_children(wf: WorkflowSpec, parent: Task, children: list[_Child], strate
         return cancels or [_end(parent, strategy, children, sts)]
     actions: list[Action] = []
     for c in of["running"] + of["retrying"]:
-        actions += _advance(wf, c.task, c.key, sts[c.key], c.context, now) or []
+        actions += _advance(wf, c.task, c.key, sts[c.key], c.context, run, now) or []
     busy = len(of["running"]) + len(of["retrying"])
     stop = strategy == "waitAll" and bool(of["failed"])  # no new child once the outcome is failure
     if not stop:
@@ -416,7 +431,7 @@ def _json_type(value: Any) -> str:
 
 
 def _collection(wf: WorkflowSpec, task: Task, status: WorkflowExecutionStatus, context: dict[str, Any],
-                now: float) -> list[Action]:
+                run: RunContext, now: float) -> list[Action]:
     try:
         items = render(task.items, context, f"tasks.{task.id}.items")
     except TemplateError as e:
@@ -437,23 +452,23 @@ def _collection(wf: WorkflowSpec, task: Task, status: WorkflowExecutionStatus, c
                 return [FailTask(task.id, 1, "TemplateError", str(e))]
         children.append(_Child(key, task.task, scope))
     limit = 1 if task.mode == "sequential" else task.max_workers
-    return _run_children(wf, task, children, "waitAll", limit, status, now)
+    return _run_children(wf, task, children, "waitAll", limit, status, run, now)
 
 
-def _step(wf: WorkflowSpec, task: Task, status: WorkflowExecutionStatus, context: dict[str, Any],
+def _step(wf: WorkflowSpec, task: Task, status: WorkflowExecutionStatus, context: dict[str, Any], run: RunContext,
           now: float) -> list[Action] | None:
     """The actions that move a top-level task on; None once its status shows it ended for good."""
     st = status.tasks.get(task.id)
     if task.type == "basic":
-        return _advance(wf, task, task.id, st, context, now)
+        return _advance(wf, task, task.id, st, context, run, now)
     if st is not None and st.phase in TASK_TERMINAL:
         return None
     if task.type == "router":
         return [_route(task, context)]
     if task.type == "parallel":
         children = [_Child(c.id, c, context) for c in task.tasks or []]
-        return _run_children(wf, task, children, task.strategy or "waitAll", task.max_workers, status, now)
-    return _collection(wf, task, status, context, now)
+        return _run_children(wf, task, children, task.strategy or "waitAll", task.max_workers, status, run, now)
+    return _collection(wf, task, status, context, run, now)
 
 
 def decide(wf: WorkflowSpec, status: WorkflowExecutionStatus, run: RunContext, now: float) -> list[Action]:
@@ -475,7 +490,7 @@ def decide(wf: WorkflowSpec, status: WorkflowExecutionStatus, run: RunContext, n
             return [Finish("Failed", error=ErrorInfo(task=task.id, reason="Cycle",
                                                      message=f"task {task.id} would run a second time"))]
         visited.add(task.id)
-        actions = _step(wf, task, status, context, now)
+        actions = _step(wf, task, status, context, run, now)
         if actions is not None:
             return [*actions, *timeout]
         st = status.tasks[task.id]

@@ -63,6 +63,8 @@ def task_pod(settings: Settings, execution: dict[str, Any], task: str, attempt: 
         {"name": "COMPOZY_TASK", "value": task},
         {"name": "COMPOZY_ATTEMPT", "value": str(attempt)},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        # the runner's claim on its attempt names the pod's uid (a re-created pod has another)
+        {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
         {"name": "COMPOZY_NATS_URL", "valueFrom": {"secretKeyRef": {"name": secret, "key": "url"}}},
         {"name": "COMPOZY_NATS_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}}},
         {"name": "COMPOZY_NATS_CA", "valueFrom": {"secretKeyRef": {"name": secret, "key": NATS_CA_KEY,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .api.models import (AttemptRecord, Condition, ErrorInfo, OutputRef, TaskStatus, TERMINAL_PHASES, TokenUsage,
-                         WorkflowExecutionStatus)
+from .api.models import (AttemptRecord, Condition, ErrorInfo, OutputRef, Snapshot, TaskStatus, TERMINAL_PHASES,
+                         TokenUsage, WorkflowExecutionStatus)
 from .events import Event, EventType
 
 TASK_TERMINAL = frozenset({"Succeeded", "Failed", "Skipped", "Cancelled"})
@@ -92,6 +92,9 @@ def _apply(s: WorkflowExecutionStatus, event: Event, seq: int) -> WorkflowExecut
     if etype == EventType.WORKFLOW_STARTED:
         s.workflow = s.workflow or data.get("workflow")
         s.started_at = s.started_at or event.time
+        if s.snapshot is None:
+            s.snapshot = Snapshot(spec=data.get("spec"), spec_ref=data.get("specRef"), input=data.get("input"),
+                                  input_ref=data.get("inputRef"), timeout_seconds=data.get("timeoutSeconds"))
         if s.phase == "Pending":
             s.phase = "Running"
             s.progress = _progress(s, data.get("taskCount", 0))
@@ -108,6 +111,8 @@ def _apply(s: WorkflowExecutionStatus, event: Event, seq: int) -> WorkflowExecut
         s.duration = format_duration((_parse_time(event.time) - _parse_time(s.started_at)).total_seconds())
         if etype == EventType.WORKFLOW_SUCCESS:
             s.output = data.get("output")
+            if data.get("outputRef"):
+                s.output_ref = OutputRef.model_validate(data["outputRef"])
             s.message = "succeeded"
             done = _progress(s).split("/")[0]
             s.progress = f"{done}/{done}"

@@ -234,3 +234,16 @@ def check_input(schema: dict[str, Any] | None, value: Any, prefix: str = "spec.i
     for err in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path)):
         problems.append(f"{_loc(prefix, tuple(err.absolute_path))}: {err.message}")
     return problems
+
+
+def json_depth(value: Any) -> int:
+    """How deeply a JSON value nests (a scalar is 0), counted without recursion: the value may be
+    too deep for Python's own recursion limit."""
+    depth, level = 0, [value]
+    while level:
+        nested = [v for x in level for v in (x.values() if isinstance(x, dict) else x if isinstance(x, list) else ())
+                  if isinstance(v, dict | list)]
+        if any(isinstance(x, dict | list) for x in level):
+            depth += 1
+        level = nested
+    return depth

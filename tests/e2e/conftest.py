@@ -11,6 +11,9 @@ from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl, apply_crds, wait_for
 
 TASK_IMAGE = "compozy/compozy-operator:test"
+# the session operator's settings (tests that run an operator of their own use them too)
+OPERATOR_ENV = {"COMPOZY_TASK_IMAGE": TASK_IMAGE, "COMPOZY_POD_START_TIMEOUT_SECONDS": "3",
+                "COMPOZY_NODE_LOST_SECONDS": "5"}
 
 
 @pytest.fixture(scope="session")
@@ -22,8 +25,7 @@ def kubectl(devenv: DevEnvironment) -> Kubectl:
 
 @pytest.fixture(scope="session")
 def operator(devenv: DevEnvironment, kubectl: Kubectl) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(devenv, extra_env={"COMPOZY_TASK_IMAGE": TASK_IMAGE, "COMPOZY_POD_START_TIMEOUT_SECONDS": "3",
-                                            "COMPOZY_NODE_LOST_SECONDS": "5"})
+    op = OperatorProcess(devenv, extra_env=OPERATOR_ENV)
     op.start()
     yield op
     op.stop()

@@ -28,11 +28,26 @@ TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "TimedOut", "Cancelled"})
 JSONObject = dict[str, Any]
 
 
+MAX_DURATION_SECONDS = 366 * 24 * 3600  # a year: longer delays and timeouts are refused (and clocks overflow)
+
+
 def parse_duration(text: str) -> float:
     """``90s``, ``5m``, ``1h30m``, ``250ms`` -> seconds."""
     if not re.fullmatch(DURATION_PATTERN, text or ""):
         raise ValueError(f"invalid duration {text!r}: use a number with ms, s, m or h, e.g. 90s, 5m, 1h30m")
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+
+
+def check_duration(text: str | None, positive: bool = False) -> str | None:
+    """A field validator's check: at most a year, and above zero where ``positive`` (timeouts)."""
+    if text is None:
+        return None
+    seconds = parse_duration(text)
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"{text} is longer than the limit of 8784h (a year)")
+    if positive and seconds <= 0:
+        raise ValueError("must be greater than zero")
+    return text
 
 
 class Model(BaseModel):
@@ -124,6 +139,11 @@ class Backoff(Model):
     factor: float = Field(2, ge=1, description="Multiplier applied to the delay after each retry.")
     max: str = Field("1m", pattern=DURATION_PATTERN, description="Upper bound of the delay.")
 
+    @field_validator("initial", "max")
+    @classmethod
+    def _bounded(cls, v: str) -> str | None:
+        return check_duration(v)
+
 
 class Retry(Model):
     limit: int = Field(0, ge=0, le=100, description="Retries after the first attempt.")
@@ -168,6 +188,11 @@ class Task(Model):
     filter: str | None = Field(None, description="Collection: template; items where it is false are skipped.")
     task: Task | None = Field(None, description="Collection: the task run per item (item, index in context).")
 
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: str | None) -> str | None:
+        return check_duration(v, positive=True)
+
 
 class WorkflowSpec(Model):
     description: str | None = Field(None, description="What the workflow does (shown by kubectl get czwf).")
@@ -185,10 +210,8 @@ class WorkflowSpec(Model):
 
     @field_validator("timeout")
     @classmethod
-    def _positive_timeout(cls, v: str | None) -> str | None:
-        if v is not None and parse_duration(v) <= 0:
-            raise ValueError("timeout must be greater than zero")
-        return v
+    def _timeout(cls, v: str | None) -> str | None:
+        return check_duration(v, positive=True)
 
 
 class WorkflowRef(Model):
@@ -201,6 +224,11 @@ class WorkflowExecutionSpec(Model):
     input: Any = Field(None, description="Input, validated against the Workflow's input schema.")
     timeout: str | None = Field(None, pattern=DURATION_PATTERN, description="Overrides the Workflow's timeout.")
     cancel: bool | None = Field(None, description="Set true to cancel the run.")
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: str | None) -> str | None:
+        return check_duration(v, positive=True)
 
 
 class ErrorInfo(Model):
@@ -226,6 +254,17 @@ class OutputRef(Model):
     key: str
     size: int
     digest: str
+
+
+class Snapshot(Model):
+    """What a run was started with, kept where the run lives (its status), so it continues after a
+    restart even when the state stream no longer holds its WorkflowExecutionStarted event."""
+
+    spec: JSONObject | None = Field(None, description="The resolved Workflow spec (small specs; else specRef).")
+    spec_ref: OutputRef | None = Field(None, description="Where a large spec is stored (NATS object store).")
+    input: Any = Field(None, description="The run's input (small inputs; else inputRef).")
+    input_ref: OutputRef | None = Field(None, description="Where a large input is stored (NATS object store).")
+    timeout_seconds: float | None = Field(None, description="The run's timeout in seconds.")
 
 
 class AttemptRecord(Model):
@@ -271,7 +310,8 @@ class WorkflowExecutionStatus(Model):
     finished_at: str | None = None
     duration: str | None = Field(None, description="Wall time from start to end, e.g. 1m12s.")
     message: str | None = Field(None, description="Human-readable state of the run.")
-    output: Any = Field(None, description="The workflow's output (spec.output rendered).")
+    output: Any = Field(None, description="The workflow's output (spec.output rendered; small outputs only).")
+    output_ref: OutputRef | None = Field(None, description="Where a large workflow output is stored (NATS object store).")
     error: ErrorInfo | None = Field(None, description="Why the run failed.")
     usage: TokenUsage | None = Field(None, description="Tokens and model calls of every agent attempt of the run.")
     tasks: dict[str, TaskStatus] = Field(
@@ -279,4 +319,5 @@ class WorkflowExecutionStatus(Model):
     )
     conditions: list[Condition] = Field(default_factory=list, description="Standard conditions (type Succeeded).")
     observed_generation: int | None = None
+    snapshot: Snapshot | None = Field(None, description="The workflow spec and input the run started with.")
     state_seq: int = Field(0, description="JetStream sequence of the last state event folded into this status.")

@@ -1,0 +1,217 @@
+"""The orchestrator's loop: from an execution's status, carry out workflow.Executor's decisions.
+
+Level-triggered: every decision comes from the execution's status (plus the events this
+orchestrator published that the status does not show yet, folded on top of it). Nothing here
+must survive a restart: the status (with its snapshot), the state stream and deterministic names
+(pods, event ids) carry everything.
+
+Every action is retried until it is known done: an action is marked done only after it succeeded,
+a failed reconcile is tried again with back-off while its failure is transient, and a failure that
+can never go away ends the run ``Failed`` with a message instead of leaving it to hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from typing import Any
+
+from nats.js.errors import NotFoundError
+
+from ..api.models import TERMINAL_PHASES, WorkflowExecutionStatus
+from ..bus import Bus
+from ..events import Event, EventType, make_event, output_key, output_prefix
+from ..executor import CompleteTask, Dispatch, FailTask, Finish, ScheduleRetry, WakeAt, decide
+from ..kube import Kube
+from ..pods import pod_name
+from ..settings import Settings
+from .cleanup import Cleanup
+from .dispatcher import Dispatcher
+from .effects import Effects, backoff, describe, transient
+from .pod_watch import PodWatch
+from .run import SOURCE, Run
+from .starter import SnapshotLost, Starter
+from .timers import Timers
+
+log = logging.getLogger(__name__)
+MAX_MESSAGE = 4000  # characters of an error message in an event or the status
+
+
+class OutputLost(RuntimeError):
+    """A task output the run still needs is gone from the object store."""
+
+
+class Orchestrator:
+    def __init__(self, settings: Settings, kube: Kube, bus: Bus) -> None:
+        self.settings, self.kube, self.bus = settings, kube, bus
+        self.runs: dict[str, Run] = {}
+        self.effects = Effects()
+        self.timers = Timers(self._fire)
+        self.cleanup = Cleanup(kube, bus)
+        self.starter = Starter(settings, kube, bus)
+        self.dispatcher = Dispatcher(settings, kube, bus)
+        self.pods = PodWatch(settings, kube, bus, self.runs, self.dispatcher, self.cleanup, self.effects,
+                             lambda run: asyncio.get_running_loop().call_soon(self._fire, run.uid))
+
+    # ---- entry points ---------------------------------------------------------------------
+
+    async def reconcile(self, obj: dict[str, Any]) -> None:
+        """Bring one execution forward from its current status (called on every change)."""
+        meta = obj["metadata"]
+        if meta.get("deletionTimestamp"):
+            self.forget(meta["uid"])
+            return
+        status = WorkflowExecutionStatus.model_validate(obj.get("status") or {})
+        if status.phase in TERMINAL_PHASES:
+            self.forget(meta["uid"])
+            return
+        run = self.runs.setdefault(meta["uid"], Run(meta["uid"], meta["namespace"], meta["name"]))
+        run.obj = obj
+        run.cancel = run.cancel or bool((obj.get("spec") or {}).get("cancel"))
+        async with run.lock:
+            try:
+                await self._reconcile(run, obj, status)
+                run.failures = 0
+                self.timers.set(run.uid, "retry", None)
+            except Exception as e:  # noqa: BLE001 - classified: retried, or the run ends with the message
+                await self._failed(run, status, e)
+
+    async def on_deleted(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        self.forget(meta["uid"])
+        await self.effects.run(("deleted", meta["uid"]), lambda: self.cleanup.deleted(obj),
+                               f"cleaning up after the deleted execution {meta['namespace']}/{meta['name']}")
+
+    async def on_pod(self, event_type: str, pod: dict[str, Any]) -> None:
+        await self.pods.on_pod(event_type, pod)
+
+    async def on_node(self, node: dict[str, Any], deleted: bool = False) -> None:
+        await self.pods.on_node(node, deleted)
+
+    def forget(self, uid: str) -> None:
+        self.runs.pop(uid, None)
+        self.timers.cancel(uid)
+
+    async def close(self) -> None:
+        await self.effects.close()
+
+    def _fire(self, uid: str) -> None:
+        if run := self.runs.get(uid):
+            asyncio.ensure_future(self.reconcile(run.obj))
+
+    # ---- failures -------------------------------------------------------------------------
+
+    async def _failed(self, run: Run, status: WorkflowExecutionStatus, e: Exception) -> None:
+        run.failures += 1
+        if transient(e):
+            delay = backoff(run.failures)
+            if run.failures == 1:
+                log.warning("reconciling %s/%s failed (%s); retrying in %.1fs", run.namespace, run.name, describe(e),
+                            delay)
+            self.timers.set(run.uid, "retry", time.time() + delay)
+            return
+        log.error("%s/%s cannot continue: %s", run.namespace, run.name, describe(e), exc_info=e)
+        reason = type(e).__name__ if isinstance(e, SnapshotLost | OutputLost) else "InternalError"
+        try:
+            await self._finish(run, Finish("Failed", error=None), run.virtual(status),
+                               error={"reason": reason, "message": describe(e)})
+        except Exception as again:  # noqa: BLE001 - not even the end could be recorded: later
+            log.warning("ending %s/%s failed too (%s); retrying", run.namespace, run.name, describe(again))
+            self.timers.set(run.uid, "retry", time.time() + backoff(run.failures))
+
+    # ---- the work -------------------------------------------------------------------------
+
+    async def _reconcile(self, run: Run, obj: dict[str, Any], status: WorkflowExecutionStatus) -> None:
+        if not run.loaded:
+            await self.starter.load(run, status)
+            run.loaded = True
+        if run.spec is None and run.virtual(status).phase == "Pending":
+            await self.starter.start(run, obj)
+        virtual = run.virtual(status)
+        if run.spec is None:
+            if virtual.phase == "Running":
+                raise SnapshotLost("the run's workflow snapshot is in neither its status nor the state stream")
+            return  # could not start: the failure is published
+        virtual = await self._with_outputs(run, virtual)
+        assert run.context is not None
+        context = dataclasses.replace(run.context, cancel=run.cancel, pods=frozenset(run.pods))
+        wake: list[float] = []
+        for action in decide(run.spec, virtual, context, time.time()):
+            if isinstance(action, Dispatch):
+                await self.dispatcher.dispatch(run, obj, virtual, action)
+            elif isinstance(action, FailTask):
+                await run.once(("fail", action.task, action.attempt), lambda a=action: self._fail_task(run, a))
+            elif isinstance(action, CompleteTask):
+                await run.once(("complete", action.task, 1), lambda a=action: self._complete_task(run, a))
+            elif isinstance(action, ScheduleRetry):
+                await run.once(("retry", action.task, action.attempt), lambda a=action: self._schedule_retry(run, a))
+            elif isinstance(action, Finish):
+                await run.once(("finish", action.phase, 0), lambda a=action: self._finish(run, a, virtual))
+            elif isinstance(action, WakeAt):
+                wake.append(action.at)
+        self.timers.set(run.uid, "wake", min(wake) if wake else None)
+
+    async def _with_outputs(self, run: Run, status: WorkflowExecutionStatus) -> WorkflowExecutionStatus:
+        """Templates read outputs by value: fetch the ones kept in the object store (cached per run)."""
+        for key, task in status.tasks.items():
+            if task.output_ref is not None and task.output is None:
+                ref = task.output_ref.dump()
+                if ref["key"] not in run.outputs:
+                    try:
+                        run.outputs[ref["key"]] = await self.bus.get_output(ref)
+                    except NotFoundError:
+                        raise OutputLost(f"the stored output of task {key} ({ref['bucket']}/{ref['key']}) "
+                                         "is gone") from None
+                task.output = run.outputs[ref["key"]]
+        return status
+
+    async def _log(self, run: Run, level: str, message: str, **fields: Any) -> None:
+        await self.bus.emit_log(run.namespace, run.name, "orchestrator", level, message, **fields)
+
+    async def _fail_task(self, run: Run, f: FailTask) -> None:
+        message = f.message[:MAX_MESSAGE]
+        # The same id as the runner's own TaskExecutionFailed: whichever is first is the one kept.
+        await run.publish(self.bus, make_event(EventType.TASK_FAILED, SOURCE, run.namespace, run.name, run.uid,
+                                               f.task, f.attempt, error={"reason": f.reason, "message": message}))
+        await self._log(run, "warning", f"task {f.task} attempt {f.attempt} failed: {message}", task=f.task,
+                        attempt=f.attempt)
+        if f.stop_pod:
+            await self.cleanup.delete_pod(run.namespace, pod_name(run.name, f.task, f.attempt))
+
+    async def _complete_task(self, run: Run, c: CompleteTask) -> None:
+        # e.g. a large collection's list of outputs goes to the object store like any large output
+        result = await self.bus.output_fields(output_key(run.namespace, run.name, run.uid, c.task, 1), c.output,
+                                              self.settings.output_inline_limit)
+        await run.publish(self.bus, make_event(EventType.TASK_SUCCESS, SOURCE, run.namespace, run.name, run.uid,
+                                               c.task, 1, **result))
+
+    async def _schedule_retry(self, run: Run, r: ScheduleRetry) -> None:
+        await run.publish(self.bus, make_event(EventType.TASK_RETRY_SCHEDULED, SOURCE, run.namespace, run.name,
+                                               run.uid, r.task, r.attempt, delay=r.delay, notBefore=r.not_before))
+        await self._log(run, "info", f"task {r.task}: attempt {r.attempt} scheduled in {r.delay:g}s", task=r.task,
+                        attempt=r.attempt)
+
+    async def _finish(self, run: Run, f: Finish, status: WorkflowExecutionStatus,
+                      error: dict[str, Any] | None = None) -> None:
+        """End the run. Attempts in flight are stopped *before* the end is published: a crash in
+        between repeats both, while the other order would leave their pods running."""
+        if f.phase == "Succeeded":
+            key = f"{output_prefix(run.namespace, run.name, run.uid)}_workflow/output"
+            result = await self.bus.output_fields(key, f.output, self.settings.output_inline_limit)
+            event = make_event(EventType.WORKFLOW_SUCCESS, SOURCE, run.namespace, run.name, run.uid, **result)
+        else:
+            await self.cleanup.stop_in_flight(run, status)
+            event = self._end_event(run, f, error)
+        await run.publish(self.bus, event)
+        await self._log(run, "info", f"workflow {f.phase.lower()}")
+
+    @staticmethod
+    def _end_event(run: Run, f: Finish, error: dict[str, Any] | None) -> Event:
+        etype = {"Failed": EventType.WORKFLOW_FAILED, "TimedOut": EventType.WORKFLOW_TIMED_OUT,
+                 "Cancelled": EventType.WORKFLOW_CANCELLED}[f.phase]
+        error = error or (f.error.dump() if f.error else {})
+        if error.get("message"):
+            error = {**error, "message": error["message"][:MAX_MESSAGE]}
+        return make_event(etype, SOURCE, run.namespace, run.name, run.uid, error=error)

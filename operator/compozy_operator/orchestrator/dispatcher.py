@@ -1,0 +1,159 @@
+"""Dispatching task attempts: the TaskExecute command, ``TaskDispatched``, then the pod.
+
+Idempotent end to end, so it is simply done again until the pod is known to exist: the event
+and the command have deterministic ids (JetStream drops a repeat), the pod a deterministic name
+(a repeat answers 409). That is what makes a crash between the event and the pod harmless: the
+restarted orchestrator sees a dispatched attempt without a pod and dispatches it again. The
+runner's claim on its attempt (task_executor) keeps a tool from running twice even so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from typing import Any
+
+from ..api.models import WorkflowExecutionStatus, WorkflowSpec
+from ..bus import Bus, PayloadTooLarge
+from ..events import EventType, command_subject, event_id, make_event
+from ..executor import Dispatch, epoch
+from ..kube import ApiException, Kube
+from ..monitoring import DISPATCH_SECONDS, PODS_CREATED
+from ..pods import NATS_CA_KEY, pod_name, task_pod
+from ..settings import Settings
+from .run import SOURCE, Run
+
+log = logging.getLogger(__name__)
+REJECTED = frozenset({400, 422})  # the API server refuses the pod itself: retrying the same pod cannot help
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, kube: Kube, bus: Bus) -> None:
+        self.settings, self.kube, self.bus = settings, kube, bus
+        self.secrets_ready: set[str] = set()
+        # task pods not yet ended, per execution uid: pod name -> task key (kept by the pod watch)
+        self.alive: dict[str, dict[str, str]] = {}
+
+    async def dispatch(self, run: Run, obj: dict[str, Any], status: WorkflowExecutionStatus, d: Dispatch) -> None:
+        if (d.task, d.attempt) in run.pods:
+            return
+        name = pod_name(run.name, d.task, d.attempt)
+        alive = self.alive.setdefault(run.uid, {})
+        if name not in alive and self._workers_full(run, d.task):
+            return  # a full parent is decided again when one of its pods ends
+        alive[name] = d.task
+        try:
+            if not await self._publish(run, d, name):
+                alive.pop(name, None)
+                return
+            manifest = task_pod(self.settings, obj, d.task, d.attempt, image=d.image, env=d.env,
+                                resources=d.resources)
+            try:
+                await asyncio.to_thread(self.kube.create, f"/api/v1/namespaces/{run.namespace}/pods", manifest)
+                PODS_CREATED.inc()
+            except ApiException as e:
+                if e.status in REJECTED:
+                    alive.pop(name, None)
+                    await self._fail(run, d, "PodRejected", f"the API server refused pod {name}: {_api_message(e)}")
+                    return
+                if e.status != 409:  # 409: created before (a restart, a retry); the same deterministic pod
+                    raise
+        except BaseException:
+            alive.pop(name, None)
+            raise
+        run.pods.add((d.task, d.attempt))
+        finished = [t.finished_at for t in status.tasks.values() if t.finished_at]
+        if finished:
+            DISPATCH_SECONDS.observe(max(0.0, time.time() - epoch(max(finished))))
+        await self.bus.emit_log(run.namespace, run.name, "orchestrator", "info",
+                                f"dispatched task {d.task} attempt {d.attempt} as pod {name}",
+                                task=d.task, attempt=d.attempt)
+
+    async def _publish(self, run: Run, d: Dispatch, name: str) -> bool:
+        """Store the command and TaskDispatched (both before the pod exists: it fetches the command).
+        False when the command can never fit: the attempt failed instead."""
+        assert run.spec is not None
+        await self._ensure_nats_secret(run.namespace)
+        command = {"namespace": run.namespace, "execution": run.name, "uid": run.uid, "task": d.task,
+                   "attempt": d.attempt, **d.command(), "env": run.spec.env or {},
+                   "outputInlineLimit": self.settings.output_inline_limit}
+        publish_command = self.bus.publish_command(command_subject(run.namespace, run.name, d.task, d.attempt),
+                                                   command, event_id(run.uid, d.task, d.attempt, "TaskExecute"))
+        try:
+            await asyncio.gather(
+                run.publish(self.bus, make_event(EventType.TASK_DISPATCHED, SOURCE, run.namespace, run.name, run.uid,
+                                                 d.task, d.attempt, podName=name, **d.runs)),
+                publish_command)
+        except PayloadTooLarge as e:
+            await self._fail(run, d, "InputTooLarge", f"task {d.task}: its rendered input is too large to send: {e}")
+            return False
+        return True
+
+    async def _fail(self, run: Run, d: Dispatch, reason: str, message: str) -> None:
+        await run.publish(self.bus, make_event(EventType.TASK_FAILED, SOURCE, run.namespace, run.name, run.uid,
+                                               d.task, d.attempt, error={"reason": reason, "message": message}))
+        await self.bus.emit_log(run.namespace, run.name, "orchestrator", "error", message, task=d.task,
+                                attempt=d.attempt)
+
+    async def _ensure_nats_secret(self, namespace: str) -> None:
+        if namespace in self.secrets_ready:
+            return
+        values = {"url": self.settings.nats_url, "token": self.settings.nats_token or ""}
+        if ca := self.settings.nats_ca():
+            values[NATS_CA_KEY] = ca
+        body = {"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": self.settings.nats_secret, "namespace": namespace,
+                             "labels": {"app.kubernetes.io/managed-by": "compozy-operator"}},
+                "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}}
+        try:
+            await asyncio.to_thread(self.kube.create, f"/api/v1/namespaces/{namespace}/secrets", body)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        self.secrets_ready.add(namespace)
+
+    def _workers_full(self, run: Run, task: str) -> bool:
+        """maxWorkers counts pods, not statuses: a child that has reported keeps its pod alive a
+        moment longer (its runner is exiting), and a new child must wait for that pod to end."""
+        assert run.spec is not None
+        if run.limits is None:
+            run.limits = worker_limits(run.spec)
+        parent = run.limits.get(task.split("[", 1)[0])
+        if parent is None:
+            return False
+        parent_id, limit = parent
+        alive = self.alive.get(run.uid, {}).values()
+        busy = sum(1 for key in alive if run.limits.get(key.split("[", 1)[0], ("",))[0] == parent_id)
+        return busy >= limit
+
+    def track(self, uid: str, name: str, task: str, ended: bool) -> bool:
+        """Record a pod the watch saw; True when an ended pod freed a worker slot."""
+        alive = self.alive.setdefault(uid, {})
+        if not ended:
+            alive[name] = task
+            return False
+        freed = alive.pop(name, None) is not None
+        if not alive:
+            self.alive.pop(uid, None)
+        return freed
+
+
+def worker_limits(spec: WorkflowSpec) -> dict[str, tuple[str, int]]:
+    """Child key prefix -> (parent id, maxWorkers) for the parents that bound their children."""
+    limits: dict[str, tuple[str, int]] = {}
+    for t in spec.tasks:
+        if t.type == "parallel" and t.max_workers:
+            limits.update({c.id: (t.id, t.max_workers) for c in t.tasks or []})
+        elif t.type == "collection" and (t.max_workers or t.mode == "sequential"):
+            limits[t.id] = (t.id, 1 if t.mode == "sequential" else t.max_workers or 1)
+    return limits
+
+
+def _api_message(e: ApiException) -> str:
+    try:
+        return json.loads(e.body or "{}").get("message") or f"{e.status} {e.reason}"
+    except ValueError:
+        return f"{e.status} {e.reason}"

@@ -1,0 +1,168 @@
+"""The pod and node watch: task pods that cannot report become ``TaskExecutionFailed``.
+
+Caught here: a pod deleted before it reported, a pod that failed (OOM-killed, evicted, the runner
+crashed), a pod that cannot start (image, config errors) for ``pod_start_timeout``, and a pod whose
+node is not ready for ``node_lost_seconds``. Finished pods are removed. Every handler's effects go
+through :class:`Effects`, so a failure (NATS or the API server away) is retried, not dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..bus import Bus
+from ..events import EventType, make_event
+from ..executor import epoch
+from ..kube import ApiException, Kube
+from ..pods import ANNOTATION_TASK, LABEL_ATTEMPT, LABEL_TASK, TASK_POD_SELECTOR
+from ..settings import Settings
+from .cleanup import Cleanup
+from .dispatcher import Dispatcher
+from .effects import Effects
+from .run import SOURCE, Run
+
+START_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+                            "CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
+
+
+class PodWatch:
+    def __init__(self, settings: Settings, kube: Kube, bus: Bus, runs: dict[str, Run], dispatcher: Dispatcher,
+                 cleanup: Cleanup, effects: Effects, slot_freed: Callable[[Run], None]) -> None:
+        self.settings, self.kube, self.bus, self.runs = settings, kube, bus, runs
+        self.dispatcher, self.cleanup, self.effects, self.slot_freed = dispatcher, cleanup, effects, slot_freed
+        self.rechecks: set[tuple[str, str]] = set()
+
+    async def on_node(self, node: dict[str, Any], deleted: bool = False) -> None:
+        """A node that is not ready (or gone) strands the task pods on it: look at each of them."""
+        ready = next((c for c in (node.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), {})
+        if ready.get("status") == "True" and not deleted:
+            return
+        name = node["metadata"]["name"]
+        await self.effects.run(("node", name), lambda: self._on_node(name), f"checking the pods of node {name}")
+
+    async def _on_node(self, name: str) -> None:
+        # per watched namespace in namespaced mode: its RBAC allows no cluster-wide pod list
+        paths = [f"/api/v1/namespaces/{ns}/pods" for ns in self.settings.namespaces] or ["/api/v1/pods"]
+        for path in paths:
+            pods = await asyncio.to_thread(self.kube.get, path, labelSelector=TASK_POD_SELECTOR,
+                                           fieldSelector=f"spec.nodeName={name}")
+            for pod in pods["items"]:
+                await self.on_pod("MODIFIED", pod, recheck=True)
+
+    async def on_pod(self, event_type: str, pod: dict[str, Any], recheck: bool = False) -> None:
+        meta = pod["metadata"]
+        owner = next((o for o in meta.get("ownerReferences") or [] if o.get("kind") == "WorkflowExecution"), None)
+        labels = meta.get("labels") or {}
+        if owner is None or LABEL_TASK not in labels:
+            return
+        task = (meta.get("annotations") or {}).get(ANNOTATION_TASK) or labels[LABEL_TASK]
+        attempt = int(labels.get(LABEL_ATTEMPT, "1"))
+        phase = (pod.get("status") or {}).get("phase", "Pending")
+        ended = event_type == "DELETED" or phase in ("Succeeded", "Failed")
+        run = self.runs.get(owner["uid"])
+        if run is not None:
+            run.pods.add((task, attempt))
+        if self.dispatcher.track(owner["uid"], meta["name"], task, ended) and run is not None:
+            self.slot_freed(run)  # a worker slot is free: a full parent may dispatch now
+        await self.effects.run(("pod", meta["uid"], event_type == "DELETED"),
+                               lambda: self._check(event_type, pod, owner, task, attempt, phase, recheck),
+                               f"handling pod {meta['namespace']}/{meta['name']} ({event_type})")
+
+    async def _check(self, event_type: str, pod: dict[str, Any], owner: dict[str, Any], task: str, attempt: int,
+                     phase: str, recheck: bool) -> None:
+        meta = pod["metadata"]
+        ns = meta["namespace"]
+        failure = None
+        if event_type == "DELETED":
+            if phase not in ("Succeeded", "Failed"):
+                failure = ("PodDeleted", f"pod {meta['name']} was deleted before the task reported a result")
+        elif phase == "Failed":
+            failure = _pod_failure(pod)
+        elif phase == "Pending":
+            failure = self._start_failure(pod)
+        elif phase == "Running" and (recheck or not _pod_ready(pod)):
+            failure = await self._node_lost(pod)
+        if failure:
+            reason, message = failure
+            # Same id as the runner's own TaskExecutionFailed: if it did report, this is a duplicate.
+            await self.bus.publish_event(make_event(EventType.TASK_FAILED, SOURCE, ns, owner["name"], owner["uid"], task,
+                                                    attempt, podName=meta["name"],
+                                                    error={"reason": reason, "message": message}))
+            if event_type != "DELETED" and phase in ("Pending", "Running"):
+                await self.cleanup.delete_pod(ns, meta["name"], grace=0)
+        if event_type != "DELETED" and phase in ("Succeeded", "Failed") and self.settings.delete_finished_pods:
+            await self.cleanup.delete_pod(ns, meta["name"], uid=meta["uid"])
+
+    def _recheck_later(self, pod: dict[str, Any], delay: float) -> None:
+        """Look at a pod again later: nothing may change on it while the clock runs out."""
+        key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+        if key in self.rechecks:
+            return
+        self.rechecks.add(key)
+
+        async def recheck() -> None:
+            self.rechecks.discard(key)
+            try:
+                fresh = await asyncio.to_thread(self.kube.get, f"/api/v1/namespaces/{key[0]}/pods/{key[1]}")
+            except ApiException as e:
+                if e.status != 404:
+                    self._recheck_later(pod, 1.0)
+                return
+            await self.on_pod("MODIFIED", fresh, recheck=True)
+
+        asyncio.get_running_loop().call_later(delay, lambda: asyncio.ensure_future(recheck()))
+
+    def _start_failure(self, pod: dict[str, Any]) -> tuple[str, str] | None:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in START_FAILURES:
+                limit = self.settings.pod_start_timeout
+                age = time.time() - epoch(pod["metadata"]["creationTimestamp"])
+                if age >= limit:
+                    return waiting["reason"], (f"the task pod could not start within {limit:g}s: "
+                                               f"{waiting.get('message') or waiting['reason']}")
+                self._recheck_later(pod, limit - age + 0.5)
+        return None
+
+    async def _node_lost(self, pod: dict[str, Any]) -> tuple[str, str] | None:
+        node_name = pod["spec"].get("nodeName")
+        if not node_name:
+            return None
+        try:
+            node = await asyncio.to_thread(self.kube.get, f"/api/v1/nodes/{node_name}")
+        except ApiException as e:
+            if e.status == 404:
+                return "NodeLost", f"node {node_name} of pod {pod['metadata']['name']} no longer exists"
+            raise
+        ready = next((c for c in node.get("status", {}).get("conditions") or [] if c["type"] == "Ready"), {})
+        if ready.get("status") == "True":
+            return None
+        limit = self.settings.node_lost_seconds
+        since = time.time() - epoch(ready.get("lastTransitionTime") or pod["metadata"]["creationTimestamp"])
+        if since >= limit:
+            return "NodeLost", (f"node {node_name} has not been ready for {since:.0f}s "
+                                f"({ready.get('reason') or 'no status'}); the task's pod is lost")
+        self._recheck_later(pod, limit - since + 0.5)
+        return None
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    conds = (pod.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conds) or not conds
+
+
+def _pod_failure(pod: dict[str, Any]) -> tuple[str, str]:
+    """The reason a failed pod gives: the pod's own (Evicted, ...) first, else its container's."""
+    status = pod.get("status") or {}
+    if status.get("reason"):
+        return status["reason"], status.get("message") or f"the task pod failed ({status['reason']})"
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term:
+            reason = term.get("reason") or "Error"
+            message = (term.get("message") or "").strip()
+            return reason, message or f"the task container exited with code {term.get('exitCode')} ({reason})"
+    return status.get("reason") or "PodFailed", status.get("message") or "the task pod failed"

@@ -1,0 +1,61 @@
+"""What the orchestrator remembers about one execution (a cache, never the truth), and the
+"virtual" status it decides from: the status plus the facts the status may not show yet."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api.models import WorkflowExecutionStatus, WorkflowSpec
+from ..bus import Bus
+from ..events import Event
+from ..executor import RunContext
+from ..reducer import fold_all
+
+SOURCE = "compozy/orchestrator"
+
+
+@dataclass
+class Run:
+    uid: str
+    namespace: str
+    name: str
+    spec: WorkflowSpec | None = None
+    context: RunContext | None = None
+    overlay: list[tuple[int, Event]] = field(default_factory=list)  # our own events, until the status has them
+    history: list[tuple[int, Event]] = field(default_factory=list)  # replayed from the stream at load
+    loaded: bool = False
+    cancel: bool = False  # spec.cancel was seen (sticky: a stale copy of the object cannot undo it)
+    obj: dict[str, Any] = field(default_factory=dict)  # the latest object seen, for timers
+    outputs: dict[str, Any] = field(default_factory=dict)  # object-store values already fetched
+    limits: dict[str, tuple[str, int]] | None = None  # child key prefix -> (parent, maxWorkers)
+    pods: set[tuple[str, int]] = field(default_factory=set)  # (task key, attempt) whose pod exists or existed
+    acted: set[tuple[str, str, int]] = field(default_factory=set)  # actions known done (published)
+    failures: int = 0  # consecutive failed reconciles (back-off)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def virtual(self, status: WorkflowExecutionStatus) -> WorkflowExecutionStatus:
+        """The status plus the replayed history and our own events it does not show yet.
+
+        The reducer is order-independent and idempotent, so folding facts the status already has
+        changes nothing; those the status has (sequence folded) are dropped here."""
+        self.overlay = [(seq, ev) for seq, ev in self.overlay if seq > status.state_seq]
+        self.history = [(seq, ev) for seq, ev in self.history if seq > status.state_seq]
+        if not self.history and not self.overlay:
+            return status
+        return fold_all(status, [(ev, seq) for seq, ev in [*self.history, *self.overlay]])
+
+    async def publish(self, bus: Bus, event: Event) -> int:
+        """Publish one of this run's state events and decide from it at once (the overlay)."""
+        seq = await bus.publish_event(event)
+        self.overlay.append((seq, event))
+        return seq
+
+    async def once(self, key: tuple[str, str, int], effect: Any) -> None:
+        """Carry out ``effect`` (an awaitable factory) unless it is known done; it is marked done only
+        after it succeeded, so a failure leaves it to the next decision."""
+        if key in self.acted:
+            return
+        await effect()
+        self.acted.add(key)

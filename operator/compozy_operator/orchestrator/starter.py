@@ -1,0 +1,137 @@
+"""Starting runs, and picking them up again after a restart.
+
+A run starts once: its Workflow is resolved and validated, and ``WorkflowExecutionStarted``
+carries the snapshot (resolved spec, input, timeout) that the state manager folds into
+``status.snapshot``. From then on the run depends on nothing but its own object: a restarted
+operator reads the snapshot from the status (or from the stream, when the status lags), large
+parts from the object store. A start that can never succeed (invalid spec or input, a value too
+large or too deep) ends the run ``Failed`` with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from nats.js.errors import NotFoundError
+
+from ..api.models import (GROUP, VERSION, OutputRef, Snapshot, WorkflowExecutionSpec, WorkflowExecutionStatus,
+                          WorkflowSpec, parse_duration)
+from ..bus import Bus, PayloadTooLarge
+from ..events import EventType, make_event, output_prefix, state_subject
+from ..executor import RunContext
+from ..kube import ApiException, Kube
+from ..pods import ANNOTATION_TASK, LABEL_ATTEMPT, LABEL_EXECUTION, LABEL_TASK, label_value
+from ..settings import Settings
+from ..validation import SpecError, check_input, check_workflow, json_depth, parse_workflow
+from .run import SOURCE, Run
+
+log = logging.getLogger(__name__)
+MAX_INPUT_DEPTH = 64
+
+
+class SnapshotLost(RuntimeError):
+    """A running run whose snapshot is neither in its status nor in the stream."""
+
+
+class Starter:
+    def __init__(self, settings: Settings, kube: Kube, bus: Bus) -> None:
+        self.settings, self.kube, self.bus = settings, kube, bus
+
+    async def start(self, run: Run, obj: dict[str, Any]) -> None:
+        """Resolve and validate the workflow; publish Started, or Failed naming the field."""
+        problems: list[str] = []
+        try:
+            wf_name, wf, spec = await self._resolve(obj)
+            problems, reason = check_workflow(wf, "spec.workflow" if spec.workflow else "workflow.spec"), "InvalidWorkflow"
+            if not problems:
+                problems, reason = check_input(wf.input, spec.input), "InvalidInput"
+        except SpecError as e:
+            problems, reason = e.problems, "InvalidSpec"
+        if problems:
+            await self._refuse(run, reason, "; ".join(problems))
+            return
+        timeout = spec.timeout or wf.timeout
+        timeout_s = parse_duration(timeout) if timeout else None
+        prefix = output_prefix(run.namespace, run.name, run.uid)
+        inline = self.settings.output_inline_limit
+        snapshot = {**_renamed(await self.bus.output_fields(f"{prefix}_snapshot/spec", wf.dump(), inline), "spec"),
+                    **_renamed(await self.bus.output_fields(f"{prefix}_snapshot/input", spec.input, inline), "input")}
+        started = make_event(EventType.WORKFLOW_STARTED, SOURCE, run.namespace, run.name, run.uid,
+                             workflow=wf_name, taskCount=len(wf.tasks), timeoutSeconds=timeout_s, **snapshot)
+        try:
+            await run.publish(self.bus, started)
+        except PayloadTooLarge as e:  # e.g. a huge workflow name; everything large is stored apart
+            await self._refuse(run, "PayloadTooLarge", str(e))
+            return
+        run.spec = wf
+        run.context = RunContext(execution=run.name, input=spec.input, timeout=timeout_s)
+        await self.bus.emit_log(run.namespace, run.name, "orchestrator", "info",
+                                f"started workflow {wf_name} ({len(wf.tasks)} tasks)")
+
+    async def _refuse(self, run: Run, reason: str, message: str) -> None:
+        await run.publish(self.bus, make_event(EventType.WORKFLOW_FAILED, SOURCE, run.namespace, run.name, run.uid,
+                                               error={"reason": reason, "message": message[:4000]}))
+        await self.bus.emit_log(run.namespace, run.name, "orchestrator", "error", f"not started: {message[:4000]}")
+
+    async def _resolve(self, obj: dict[str, Any]) -> tuple[str, WorkflowSpec, WorkflowExecutionSpec]:
+        raw = obj.get("spec") or {}
+        depth = json_depth(raw.get("input"))
+        if depth > MAX_INPUT_DEPTH:
+            raise SpecError([f"spec.input: nested {depth} levels deep; at most {MAX_INPUT_DEPTH} are allowed"])
+        try:
+            spec = WorkflowExecutionSpec.model_validate(raw)
+        except Exception as e:  # pydantic ValidationError
+            raise SpecError([f"spec: {e}"]) from None
+        if spec.workflow is not None:
+            return "<inline>", spec.workflow, spec
+        if spec.workflow_ref is None:
+            raise SpecError(["spec: exactly one of spec.workflowRef or spec.workflow must be set"])
+        ns, name = obj["metadata"]["namespace"], spec.workflow_ref.name
+        try:
+            wf = await asyncio.to_thread(self.kube.get, f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/workflows/{name}")
+        except ApiException as e:
+            if e.status == 404:
+                raise SpecError([f"spec.workflowRef.name: Workflow {name!r} not found in namespace {ns}"]) from None
+            raise
+        return name, parse_workflow(wf.get("spec") or {}, f"Workflow {name}: spec"), spec
+
+    async def load(self, run: Run, status: WorkflowExecutionStatus) -> None:
+        """First sight of a run (e.g. after a restart): what exists of it, then its events.
+
+        Pods are listed *before* the stream is replayed: a pod gone at list time had published
+        all it ever will before the replay, so an attempt the replay still shows in flight without
+        a pod really has none (dispatched but never created, or lost unseen)."""
+        pods = await asyncio.to_thread(self.kube.get, f"/api/v1/namespaces/{run.namespace}/pods",
+                                       labelSelector=f"{LABEL_EXECUTION}={label_value(run.name)}")
+        for pod in pods["items"]:
+            meta = pod["metadata"]
+            if any(o.get("uid") == run.uid for o in meta.get("ownerReferences") or []):
+                labels = meta.get("labels") or {}
+                task = (meta.get("annotations") or {}).get(ANNOTATION_TASK) or labels.get(LABEL_TASK, "")
+                run.pods.add((task, int(labels.get(LABEL_ATTEMPT, "1"))))
+        history = await self.bus.replay(state_subject(run.namespace, run.name, None))
+        run.history = [(seq, ev) for seq, ev in history if ev.data.get("uid") == run.uid]
+        snapshot = run.virtual(status).snapshot
+        if snapshot is not None:
+            run.spec, run.context = await self._restore(run, snapshot)
+
+    async def _restore(self, run: Run, snap: Snapshot) -> tuple[WorkflowSpec, RunContext]:
+        spec = await self._value(run, snap.spec, snap.spec_ref)
+        value = await self._value(run, snap.input, snap.input_ref)
+        return (WorkflowSpec.model_validate(spec),
+                RunContext(execution=run.name, input=value, timeout=snap.timeout_seconds))
+
+    async def _value(self, run: Run, inline: Any, ref: OutputRef | None) -> Any:
+        if ref is None:
+            return inline
+        try:
+            return await self.bus.get_output(ref.dump())
+        except NotFoundError:
+            raise SnapshotLost(f"the run's stored snapshot {ref.bucket}/{ref.key} is gone") from None
+
+
+def _renamed(fields: dict[str, Any], name: str) -> dict[str, Any]:
+    """``{"output": v}`` -> ``{name: v}``; ``{"outputRef": r}`` -> ``{name + "Ref": r}``."""
+    return {name: fields["output"]} if "output" in fields else {f"{name}Ref": fields["outputRef"]}

@@ -1,0 +1,158 @@
+"""The failpoint matrix: kill -9 the operator at every write it makes, restart it, and check the run
+still ends once, with the right output, every tool attempt run exactly once, no pod left behind.
+
+Each case arms one failpoint (operator/compozy_operator/failpoints.py) in a fresh operator
+process, checks the process died *there* (its log says which point fired), starts a clean
+operator, and checks the outcome. Tool runs are counted by the tools themselves (a line per
+run in a file), not by pods.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from compozy_operator.kube import Kube
+from compozy_operator.testenv import DevEnvironment
+from compozy_operator.testenv.operator_process import OperatorProcess
+from tests.helpers import Kubectl, wait_for
+
+from .conftest import OPERATOR_ENV, wait_finished
+from .test_workflows import apply, execution, workflow
+
+COUNTED = ("import os, time\n"
+           "def run(input, ctx):\n"
+           "    with open(os.path.join(input['dir'], 'runs.log'), 'a') as f:\n"
+           "        f.write(f'{ctx.execution} {ctx.task} {ctx.attempt}\\n')\n"
+           "    time.sleep(input.get('sleep', 0) if ctx.attempt == 1 else 0)\n"
+           "    if ctx.attempt < input.get('succeedOn', 1):\n"
+           "        raise RuntimeError(f'attempt {ctx.attempt} fails on purpose')\n"
+           "    return {'task': ctx.task, 'attempt': ctx.attempt, 'v': input.get('v')}\n")
+TOOLS = [{"id": "counted", "python": COUNTED}]
+DIR = "{{ workflow.input.dir }}"
+
+# a -> (retry) -> fan(b, c) -> d: every write of a successful run (start, dispatch, command, pod
+# create and cleanup, retry, a composite's completion, the end, status patches, acks, Events)
+MAIN = [
+    {"id": "a", "tool": "counted", "with": {"dir": DIR, "succeedOn": 2, "v": 1},
+     "retry": {"limit": 2, "backoff": {"initial": "100ms"}}, "onSuccess": {"next": "fan"}},
+    {"id": "fan", "type": "parallel", "tasks": [{"id": "b", "tool": "counted", "with": {"dir": DIR, "v": 2}},
+                                                 {"id": "c", "tool": "counted", "with": {"dir": DIR, "v": 3}}],
+     "onSuccess": {"next": "d"}},
+    {"id": "d", "tool": "counted", "with": {"dir": DIR, "v": "{{ tasks.fan.output.b.v }}"}},
+]
+MAIN_OUTPUT = {"a": "{{ tasks.a.output.attempt }}", "d": "{{ tasks.d.output.v }}"}
+MAIN_RUNS = {("a", 1), ("a", 2), ("b", 1), ("c", 1), ("d", 1)}
+# an attempt that times out: the orchestrator fails it and stops its pod, then the retry succeeds
+TIMEOUT = [{"id": "a", "tool": "counted", "with": {"dir": DIR, "sleep": 300}, "timeout": "2s",
+            "retry": {"limit": 1}}]
+
+MAIN_POINTS = [
+    "publish.WorkflowExecutionStarted", "publish.TaskDispatched", "publish.TaskExecute", "kube.create.secrets",
+    "kube.create.pods", "kube.delete.pods", "publish.TaskRetryScheduled", "publish.TaskExecutionSuccess",
+    "publish.WorkflowExecutionSuccess", "kube.patch.workflowexecutions.status", "ack.state", "kube.create.events",
+]
+
+
+@pytest.fixture
+def operators(operator: OperatorProcess, devenv: DevEnvironment, tmp_path: Path) -> Iterator[
+        Callable[[str | None], OperatorProcess]]:
+    """Operators of this test's own (the session's is stopped meanwhile: two would both act)."""
+    started: list[OperatorProcess] = []
+    operator.stop()
+
+    def start(failpoints: str | None) -> OperatorProcess:
+        env = {**OPERATOR_ENV, **({"COMPOZY_FAILPOINTS": failpoints} if failpoints else {})}
+        op = OperatorProcess(devenv, extra_env=env, log_path=tmp_path / f"operator-{len(started) + 1}.log")
+        op.start()
+        started.append(op)
+        return op
+
+    try:
+        yield start
+    finally:
+        for op in started:
+            op.stop()
+        operator.start()
+
+
+def crash_and_recover(start: Callable[[str | None], OperatorProcess], point: str,
+                      run: Callable[[], None]) -> None:
+    """Arm ``point``, do ``run``, see the operator die there, then start a clean one."""
+    armed = start(point)
+    run()
+    assert armed.proc is not None
+    wait_for(lambda: not armed.proc.alive(), 60, f"the operator to crash at failpoint {point}")  # type: ignore[union-attr]
+    assert armed.log_path is not None
+    assert f"failpoint {point} fired" in armed.log_path.read_text()
+    start(None)
+
+
+def tool_runs(workdir: Path, name: str) -> Counter[tuple[str, int]]:
+    lines = (workdir / "runs.log").read_text().split() if (workdir / "runs.log").exists() else []
+    return Counter((task, int(attempt)) for execution, task, attempt in zip(lines[::3], lines[1::3], lines[2::3])
+                   if execution == name)
+
+
+def no_task_pods(kube: Kube, namespace: str) -> bool:
+    return not kube.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("write", MAIN_POINTS)
+def test_a_crash_at_any_write_of_a_run(write: str, when: str, operators: Callable[[str | None], OperatorProcess],
+                                       kubectl: Kubectl, kube: Kube, namespace: str, tmp_path: Path) -> None:
+    workdir = tmp_path / "runs"
+    workdir.mkdir()
+    crash_and_recover(operators, f"{write}:{when}", lambda: apply(
+        kubectl, namespace, workflow("fp", MAIN, tools=TOOLS, output=MAIN_OUTPUT),
+        execution("fp-1", "fp", {"dir": str(workdir)})))
+    status = wait_finished(kubectl, namespace, "fp-1", 90)
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
+    assert status["output"] == {"a": 2, "d": 2}
+    runs = tool_runs(workdir, "fp-1")
+    assert set(runs) == MAIN_RUNS and set(runs.values()) == {1}, runs
+    wait_for(lambda: no_task_pods(kube, namespace), 30, "every task pod to be removed")
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("write", ["publish.TaskExecutionFailed", "kube.delete.pods"])
+def test_a_crash_while_a_timed_out_attempt_is_stopped(write: str, when: str,
+                                                      operators: Callable[[str | None], OperatorProcess],
+                                                      kubectl: Kubectl, kube: Kube, namespace: str,
+                                                      tmp_path: Path) -> None:
+    workdir = tmp_path / "runs"
+    workdir.mkdir()
+    crash_and_recover(operators, f"{write}:{when}", lambda: apply(
+        kubectl, namespace, workflow("slow", TIMEOUT, tools=TOOLS, output={"a": "{{ tasks.a.output.attempt }}"}),
+        execution("slow-1", "slow", {"dir": str(workdir)})))
+    status = wait_finished(kubectl, namespace, "slow-1", 90)
+    assert status["phase"] == "Succeeded" and status["output"] == {"a": 2}, json.dumps(status, indent=1)
+    assert status["tasks"]["a"]["attempts"][0]["error"]["reason"] == "Timeout"
+    assert tool_runs(workdir, "slow-1") == Counter({("a", 1): 1, ("a", 2): 1})
+    wait_for(lambda: no_task_pods(kube, namespace), 30, "every task pod to be removed")
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("write", ["kube.delete.pods", "publish.WorkflowExecutionCancelled"])
+def test_a_crash_while_a_run_is_cancelled(write: str, when: str, operators: Callable[[str | None], OperatorProcess],
+                                          kubectl: Kubectl, kube: Kube, namespace: str, tmp_path: Path) -> None:
+    workdir = tmp_path / "runs"
+    workdir.mkdir()
+
+    def run() -> None:
+        apply(kubectl, namespace, workflow("long", [{"id": "a", "tool": "counted",
+                                                     "with": {"dir": DIR, "sleep": 300}}], tools=TOOLS),
+              execution("long-1", "long", {"dir": str(workdir)}))
+        wait_for(lambda: tool_runs(workdir, "long-1"), 30, "the task to start")
+        kubectl.ok("patch", "wfx", "long-1", "-n", namespace, "--type=merge", "-p", '{"spec":{"cancel":true}}')
+
+    crash_and_recover(operators, f"{write}:{when}", run)
+    status = wait_finished(kubectl, namespace, "long-1", 60)
+    assert status["phase"] == "Cancelled" and status["tasks"]["a"]["phase"] == "Cancelled", status
+    assert tool_runs(workdir, "long-1") == Counter({("a", 1): 1})
+    wait_for(lambda: no_task_pods(kube, namespace), 30, "the cancelled task's pod to be removed")
