@@ -125,7 +125,7 @@ def test_preserve_unknown_fields_only_where_the_model_says_any() -> None:
     found: list[str] = []
     _walk(_root("WorkflowExecution")["properties"]["status"], ".status",
           lambda node, path: found.append(path) if node.get("x-kubernetes-preserve-unknown-fields") else None)
-    assert found == [".status.output", ".status.tasks.*.output"]
+    assert found == [".status.output", ".status.tasks.*.output", ".status.snapshot.spec", ".status.snapshot.input"]
     found.clear()
     _walk(_root("Workflow")["properties"]["spec"], ".spec",
           lambda node, path: found.append(path) if node.get("x-kubernetes-preserve-unknown-fields") else None)
