@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test chart cluster bench bench-collection bench-agents bench-testenv binaries lock clean
+.PHONY: demo test chart cluster bench bench-collection bench-agents bench-testenv chaos binaries lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench-agents: $(STAMP) binaries
 
 bench-testenv: $(STAMP) binaries
 	$(PY) hack/bench/testenv.py
+
+# faults injected under a mixed load; prints lost/duplicated/stuck/wrong/pods left and recovery times
+chaos: $(STAMP) binaries
+	$(PY) hack/chaos.py
 
 lock:
 	$(PY) -m pip freeze --exclude-editable | sed '1i # Exact versions tested (pip freeze of .venv); refresh with: make lock' > requirements.lock
