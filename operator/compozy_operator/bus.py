@@ -19,6 +19,7 @@ import json
 import logging
 import ssl
 import uuid
+from datetime import datetime
 from typing import Any
 
 import nats
@@ -115,6 +116,61 @@ class Bus:
             except NotFoundError:
                 await self.js.add_stream(config)
         await self.js.create_object_store(OUTPUT_BUCKET, ObjectStoreConfig(storage=StorageType.FILE))
+
+    async def recreate_missing_streams(self) -> list[str]:
+        """Create the streams (and the outputs' object store) that are gone; return their names."""
+        assert self.js is not None
+        missing = []
+        for config in STREAMS:
+            if not await self._stream_exists(config.name):
+                await self.js.add_stream(config)
+                missing.append(config.name)
+        if not await self._stream_exists(f"OBJ_{OUTPUT_BUCKET}"):
+            await self.js.create_object_store(OUTPUT_BUCKET, ObjectStoreConfig(storage=StorageType.FILE))
+            missing.append(OUTPUT_BUCKET)
+        return missing
+
+    async def _stream_exists(self, name: str) -> bool:
+        assert self.js is not None
+        try:
+            await self.js.stream_info(name)
+        except NotFoundError:
+            return False
+        return True
+
+    async def stream_created(self, stream: str) -> datetime | None:
+        """When ``stream`` was created (a recreated stream restarts its sequences at 1)."""
+        assert self.js is not None
+        return (await self.js.stream_info(stream)).created
+
+    async def durable_pull(self, stream: str, config: ConsumerConfig) -> JetStreamContext.PullSubscription:
+        """Subscribe to a durable pull consumer, creating it, or updating an existing one to ``config``
+        (JetStream's create updates a consumer of that name: e.g. one with an older ``ack_wait``).
+        Where an existing consumer starts from is kept: JetStream cannot change that."""
+        assert self.js is not None
+        try:
+            current = (await self.js.consumer_info(stream, config.durable_name or "")).config
+            config = config.evolve(deliver_policy=current.deliver_policy, opt_start_seq=current.opt_start_seq,
+                                   opt_start_time=current.opt_start_time)
+        except NotFoundError:
+            pass
+        await self.js.add_consumer(stream, config)
+        return await self.js.pull_subscribe_bind(durable=config.durable_name, stream=stream)
+
+    async def create_consumer(self, stream: str, config: ConsumerConfig) -> None:
+        assert self.js is not None
+        await self.js.add_consumer(stream, config)
+
+    async def consumer_position(self, stream: str, durable: str) -> tuple[datetime | None, int] | None:
+        """Where a durable consumer stands: (its stream's creation time, the stream sequence up to
+        which every event is acknowledged), or None when the consumer does not exist."""
+        assert self.js is not None
+        try:
+            info = await self.js.consumer_info(stream, durable)
+        except NotFoundError:
+            return None
+        created = await self.stream_created(stream)
+        return created, info.ack_floor.stream_seq if info.ack_floor else 0
 
     async def put_output(self, key: str, data: bytes) -> dict[str, Any]:
         """Store a large output; return its ``outputRef`` (bucket, key, size, digest)."""

@@ -13,11 +13,14 @@ crash is dropped by JetStream's de-duplication (``Nats-Msg-Id``) and by the stat
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+
+from .api.models import OutputRef, TokenUsage
 
 STATE_STREAM = "COMPOZY_STATE"
 LOG_STREAM = "COMPOZY_LOGS"
@@ -146,3 +149,125 @@ def make_event(
         subject=state_subject(namespace, execution, etype),
         data=body,
     )
+
+
+class InvalidEvent(ValueError):
+    """A state event that can never be folded; ``reason`` is a metric label, ``problem`` one line for the log."""
+
+    def __init__(self, reason: str, problem: str) -> None:
+        super().__init__(problem)
+        self.reason = reason
+        self.problem = problem
+
+
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")  # as the reducer parses it
+_OPTIONAL_STRINGS = ("task", "podName", "notBefore", "workflow")
+_MODELS = (("usage", TokenUsage), ("outputRef", OutputRef), ("specRef", OutputRef), ("inputRef", OutputRef))
+
+
+def parse_state_event(subject: str, body: bytes) -> Event:
+    """The state event ``body`` received on ``subject``, checked so that folding it cannot fail.
+
+    Raises :class:`InvalidEvent` for anything the reducer or the status could not take, and for
+    an event whose subject names another execution than its data (a forged event)."""
+    try:
+        event = Event.model_validate_json(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        raise InvalidEvent("unparseable", f"not a state event: {where}: {err['msg']}") from None
+    problem = data_problem(event)
+    if problem:
+        raise InvalidEvent("invalid", problem)
+    problem = subject_problem(subject, event)
+    if problem:
+        raise InvalidEvent("subject_mismatch", problem)
+    return event
+
+
+def data_problem(event: Event) -> str | None:
+    """What makes ``event``'s attributes or data unusable, or None."""
+    d = event.data
+    for key in ("namespace", "execution", "uid"):
+        if not isinstance(d.get(key), str) or not d[key]:
+            return f"data.{key} must be a non-empty string, not {_shown(d.get(key))}"
+    for key in _OPTIONAL_STRINGS:
+        if d.get(key) is not None and not isinstance(d[key], str):
+            return f"data.{key} must be a string, not {_shown(d[key])}"
+    if not _RFC3339.fullmatch(event.time) or _time(event.time) is None:
+        return f"time must be an RFC 3339 timestamp, not {_shown(event.time)}"
+    for key, minimum in (("attempt", 1), ("taskCount", 0)):
+        if d.get(key) is not None and not (_is_int(d[key]) and d[key] >= minimum):
+            return f"data.{key} must be an integer >= {minimum}, not {_shown(d[key])}"
+    if d.get("spec") is not None and not isinstance(d["spec"], dict):
+        return f"data.spec must be an object, not {_shown(d['spec'])}"
+    if d.get("timeoutSeconds") is not None and not _is_number(d["timeoutSeconds"]):
+        return f"data.timeoutSeconds must be a number, not {_shown(d['timeoutSeconds'])}"
+    return _error_problem(d.get("error")) or _model_problem(d) or _seconds_problem(d.get("callSeconds"))
+
+
+def subject_problem(subject: str, event: Event) -> str | None:
+    """Why ``subject`` is not where ``event`` belongs: ``compozy.state.<ns>.<execution>.<entity>.<Type>``."""
+    try:
+        etype = EventType(event.type)
+    except ValueError:
+        return f"type {_shown(event.type)} is not a state event type"
+    expected = state_subject(event.namespace, event.execution, etype)
+    if subject != expected:
+        return f"subject does not match the event's namespace, execution and type (expected {expected})"
+    return None
+
+
+def _error_problem(error: Any) -> str | None:
+    if error is None:
+        return None
+    if not isinstance(error, dict):
+        return f"data.error must be an object, not {_shown(error)}"
+    for key, value in error.items():
+        if value is None:
+            continue
+        if key == "retryAfter" and not _is_number(value):
+            return f"data.error.retryAfter must be a number, not {_shown(value)}"
+        if key != "retryAfter" and not isinstance(value, str):
+            return f"data.error.{key} must be a string, not {_shown(value)}"
+    return None
+
+
+def _model_problem(d: dict[str, Any]) -> str | None:
+    for key, model in _MODELS:
+        if d.get(key) is None:
+            continue
+        try:
+            model.model_validate(d[key], strict=True)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in (key, *err["loc"]))
+            return f"data.{where}: {err['msg']}"
+    return None
+
+
+def _seconds_problem(seconds: Any) -> str | None:
+    if seconds is None or (isinstance(seconds, list) and all(_is_number(s) for s in seconds)):
+        return None
+    return "data.callSeconds must be a list of numbers"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _time(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _shown(value: Any) -> str:
+    """A value as a log line may show it (bounded)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -29,6 +29,13 @@ TASK_SECONDS = Histogram("compozy_task_duration_seconds", "Start to end of task 
                          buckets=_BUCKETS)
 EVENTS = Counter("compozy_state_events_total", "State events consumed by the state manager", ["type"])
 STATUS_PATCHES = Counter("compozy_status_patches_total", "Status PATCH requests sent by the state manager")
+REJECTED_EVENTS = Counter("compozy_state_events_rejected_total",
+                          "State events terminated unfolded: unparseable, invalid, subject_mismatch or fold_failed",
+                          ["reason"])
+LOOP_RESTARTS = Counter("compozy_loop_restarts_total", "Background loops of the operator restarted after a failure",
+                        ["loop"])
+JETSTREAM_REPAIRS = Counter("compozy_jetstream_repairs_total",
+                            "Streams and consumers recreated after they were deleted", ["name"])
 PODS_CREATED = Counter("compozy_task_pods_created_total", "Task pods created by the orchestrator")
 DISPATCH_SECONDS = Histogram(
     "compozy_dispatch_latency_seconds",
@@ -115,7 +122,8 @@ def post_event(kube: Kube, execution: dict[str, Any], etype: str, reason: str, m
 
 
 class HttpServer:
-    """``/metrics`` for Prometheus, ``/healthz`` (the process serves), ``/readyz`` (NATS is connected)."""
+    """``/metrics`` for Prometheus, ``/healthz`` (the process serves), ``/readyz`` (503 with the reason
+    while anything the operator needs is missing: NATS, a stream, the state consumer, a loop)."""
 
     def __init__(self, port: int, ready: Callable[[], tuple[bool, str]]) -> None:
         self.port = port

@@ -3,12 +3,18 @@
 Run with ``compozy operator`` (cluster-wide, or ``COMPOZY_NAMESPACES=a,b`` for some namespaces).
 Kopf only watches here (``on.event`` handlers): it never writes to the resources, so the state
 manager stays the single writer of the status and there are no Kopf annotations or finalizers.
+
+The operator's own background loops (the state manager, the JetStream check) are supervised:
+one that raises is logged and restarted with back-off, and ``/readyz`` answers 503 with the
+reason while it is down, as it does while NATS, a stream or the state consumer is missing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,13 +23,96 @@ import kopf
 from .api.models import GROUP, VERSION
 from .bus import Bus
 from .kube import Kube
-from .monitoring import HttpServer
+from .monitoring import JETSTREAM_REPAIRS, LOOP_RESTARTS, HttpServer
 from .orchestrator import Orchestrator
 from .pods import LABEL_MANAGED, MANAGER
 from .settings import Settings
-from .state_manager import StateManager
+from .state_manager import DURABLE, StateManager, one_line, why
 
 log = logging.getLogger("compozy.operator")
+RESTART_MIN, RESTART_MAX = 0.5, 30.0  # seconds before a failed loop is restarted, doubling per quick failure
+STABLE_SECONDS = 10.0  # a restarted loop that has run this long counts as recovered
+CHECK_SECONDS = 3.0  # how often the JetStream check runs
+
+
+class Supervised:
+    """A background loop, restarted with back-off whenever it raises (or returns)."""
+
+    def __init__(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        self.name = name
+        self.body = body
+        self.error: str | None = None  # why it last stopped
+        self.up_since: float | None = None  # when it was last (re)started; None while waiting to restart
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=self.name)
+
+    def problem(self) -> str | None:
+        """Why the loop is not (yet again) doing its work, for /readyz; None when it is."""
+        if self.task is None or self.task.done():
+            return f"{self.name} is not running"
+        if self.error is None:
+            return None
+        if self.up_since is None:
+            return f"{self.name} stopped ({self.error}); restarting"
+        if time.monotonic() - self.up_since < STABLE_SECONDS:
+            return f"{self.name} restarted after: {self.error}"
+        return None
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            self.up_since = started = time.monotonic()
+            failure: Exception | None = None
+            try:
+                await self.body()
+                self.error = "it returned"
+            except Exception as e:  # noqa: BLE001 - whatever stopped it, it is restarted
+                failure, self.error = e, one_line(f"{type(e).__name__}: {e}")
+            self.up_since = None
+            failures = 1 if time.monotonic() - started >= STABLE_SECONDS else failures + 1
+            delay = min(RESTART_MAX, RESTART_MIN * 2 ** (failures - 1))
+            LOOP_RESTARTS.labels(self.name).inc()
+            log.error("%s stopped (%s); restarting in %.1fs", self.name, self.error, delay, exc_info=failure)
+            await asyncio.sleep(delay)
+
+
+class JetStreamCheck:
+    """Every few seconds: are the streams and the state manager's durable consumer there?
+
+    What was deleted is recreated at once, and readiness stays 503 until a later check finds
+    everything in place."""
+
+    def __init__(self, bus: Bus, state: StateManager, interval: float = CHECK_SECONDS) -> None:
+        self.bus = bus
+        self.state = state
+        self.interval = interval
+        self.problem: str | None = None
+
+    async def run(self) -> None:
+        while True:  # the state manager creates its consumer at start: the first check comes after
+            await asyncio.sleep(self.interval)
+            await self.check()
+
+    async def check(self) -> None:
+        try:  # streams first: deleting the state stream deletes its consumer too
+            repaired = await self.bus.recreate_missing_streams()
+            if await self.state.check_consumer():
+                repaired.append(f"consumer {DURABLE}")
+        except Exception as e:  # noqa: BLE001 - NATS away or JetStream not answering: readiness says so
+            self._report(f"JetStream check failed: {why(e)}")
+            return
+        for name in repaired:
+            JETSTREAM_REPAIRS.labels(name).inc()
+        self._report(f"{', '.join(repaired)} had been deleted; recreated" if repaired else None)
+
+    def _report(self, problem: str | None) -> None:
+        if problem is not None and problem != self.problem:
+            log.warning("%s", problem)
+        elif problem is None and self.problem is not None:
+            log.info("JetStream check: streams and consumer in place again")
+        self.problem = problem
 
 
 class Operator:
@@ -36,8 +125,9 @@ class Operator:
         self.orchestrator = Orchestrator(settings, self.kube, self.bus)
         self.state = StateManager(self.bus, self.kube, self.orchestrator.reconcile, settings.state_batch,
                                   settings.status_defer)
+        self.jetstream = JetStreamCheck(self.bus, self.state)
         self.http = HttpServer(settings.http_port, self.readiness)
-        self.tasks: list[asyncio.Task[Any]] = []
+        self.loops = [Supervised("state manager", self.state.run), Supervised("JetStream check", self.jetstream.run)]
         self.nats_ready = False
 
     def readiness(self) -> tuple[bool, str]:
@@ -45,7 +135,9 @@ class Operator:
             return False, self.bus.last_error or "connecting to NATS"
         if not self.bus.connected:
             return False, f"NATS disconnected: {self.bus.last_error or 'reconnecting'}"
-        return True, "ready"
+        problems = [p for p in (*(loop.problem() for loop in self.loops), self.state.problem(), self.jetstream.problem)
+                    if p]
+        return (False, "; ".join(problems)) if problems else (True, "ready")
 
     async def start(self) -> None:
         await self.http.start()
@@ -54,14 +146,15 @@ class Operator:
         await self.bus.connect()  # retries with back-off, logging each failure, until NATS answers
         await self.bus.ensure_streams()
         self.nats_ready = True
-        self.tasks.append(asyncio.create_task(self.state.run(), name="state-manager"))
+        for loop in self.loops:
+            loop.start()
         log.info("connected to NATS at %s; state manager running", self.settings.nats_url)
 
     async def stop(self) -> None:
-        self.state.running = False
-        for t in self.tasks:
+        tasks = [loop.task for loop in self.loops if loop.task is not None]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.bus.close()
         await self.http.stop()
 

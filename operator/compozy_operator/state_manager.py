@@ -2,33 +2,45 @@
 
 A durable pull consumer reads ``COMPOZY_STATE``. Each batch is grouped by execution; each group
 becomes at most one status PATCH (a merge patch of only what changed), and progress-only events
-wait briefly to share a PATCH with what follows. Messages are acked only
-after their PATCH succeeded, so an operator crash re-delivers them, and the reducer's
-``stateSeq`` check makes the re-delivery a no-op. This is the only writer of the status.
+wait briefly to share a PATCH with what follows. Messages are acked only after their PATCH
+succeeded, so an operator crash re-delivers them (after ``ACK_WAIT``), and the reducer's
+transition checks make the re-delivery a no-op. This is the only writer of the status.
+
+Nothing an event says can stop it: an event that can never be folded (malformed, or forged
+onto another execution's subject) is terminated, counted and logged once; a failure that may
+pass (Kubernetes API, NATS) is nak'ed and redelivered with a growing delay, never dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from . import failpoints
 from .api.models import GROUP, TERMINAL_PHASES, VERSION, WorkflowExecutionStatus
 from .bus import Bus
-from .events import STATE_STREAM, Event, EventType
+from .events import STATE_STREAM, Event, EventType, InvalidEvent, parse_state_event
 from .kube import ApiException, Kube, merge_patch_diff
-from .monitoring import EVENTS, STATUS_PATCHES, observe, observe_event, post_event
+from .monitoring import EVENTS, REJECTED_EVENTS, STATUS_PATCHES, observe, observe_event, post_event
 from .reducer import fold_all
 
 log = logging.getLogger(__name__)
 DURABLE = "compozy-state-manager"
+# Events a crashed operator had fetched are redelivered after this long: it bounds the status lag
+# after a crash. A batch that takes longer keeps its events with in-progress acks.
+ACK_WAIT = 8.0
+MAX_NAK_DELAY = 30.0
 Key = tuple[str, str]  # namespace, execution name
+Item = tuple[Msg, Event, int]  # a message, its event, its stream sequence
 OnStatus = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -36,12 +48,75 @@ def execution_path(namespace: str, name: str) -> str:
     return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/workflowexecutions/{name}"
 
 
+def consumer_config(start_seq: int | None = None) -> ConsumerConfig:
+    """The durable consumer: from the stream's first event, or from ``start_seq`` when it is recreated."""
+    return ConsumerConfig(
+        name=DURABLE, durable_name=DURABLE, filter_subject="compozy.state.>", ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL if start_seq is None else DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=start_seq, ack_wait=ACK_WAIT, max_ack_pending=20_000)
+
+
+def nak_delay(num_delivered: int) -> float:
+    """Delay before redelivering after a transient failure: 0.5 s, doubling with each delivery, at most 30 s."""
+    return min(MAX_NAK_DELAY, 0.5 * 2 ** min(max(num_delivered - 1, 0), 10))
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` as one bounded log line (exception texts may span many lines)."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
+
+
+def why(e: Exception) -> str:
+    """An error for a log line (an ApiException's text holds the whole response)."""
+    return f"{e.status} {e.reason}" if isinstance(e, ApiException) else one_line(e) or type(e).__name__
+
+
+def fold_each(status: WorkflowExecutionStatus,
+              items: list[Item]) -> tuple[WorkflowExecutionStatus, list[Item], list[tuple[Msg, str]]]:
+    """Fold the events one at a time, each on a copy, leaving out those whose fold raises.
+
+    Returns the status, the items folded, and the messages left out with the error."""
+    folded, bad = [], []
+    for m, ev, seq in items:
+        try:
+            status = fold_all(status, [(ev, seq)])
+            folded.append((m, ev, seq))
+        except Exception as e:  # noqa: BLE001 - whatever the event made the reducer raise
+            bad.append((m, f"folding it raised {type(e).__name__}: {one_line(e)}"))
+    return status, folded, bad
+
+
+async def _settle(msgs: list[Msg], how: Callable[[Msg], Awaitable[None]], what: str) -> None:
+    """Ack, nak or term each message not settled yet. A NATS failure only logs: JetStream redelivers."""
+    results = await asyncio.gather(*(how(m) for m in msgs if not m.is_acked), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, Exception)]
+    if errors:
+        log.warning("could not %s %d state event(s) (%s); they will be redelivered", what, len(errors),
+                    one_line(errors[0]))
+
+
+async def ack(msgs: list[Msg]) -> None:
+    await _settle(msgs, lambda m: m.ack(), "ack")
+
+
+async def nak(msgs: list[Msg]) -> None:
+    await _settle(msgs, lambda m: m.nak(delay=nak_delay(m.metadata.num_delivered)), "nak")
+
+
+async def keep_in_progress(msgs: list[Msg]) -> None:
+    """Until cancelled, tell JetStream the messages are still being worked on (no redelivery)."""
+    while True:
+        await asyncio.sleep(ACK_WAIT / 2)
+        await asyncio.gather(*(m.in_progress() for m in msgs if not m.is_acked), return_exceptions=True)
+
+
 # Events that change what the orchestrator decides (or end something) are written at once; the
 # others (TaskDispatched, TaskExecutionStarted, Tool*/Agent* progress) wait up to `defer` seconds
 # to share a PATCH with what follows, so a fast task costs about one status write.
 URGENT = frozenset({
-    EventType.TASK_SUCCESS, EventType.TASK_FAILED, EventType.TASK_RETRY_SCHEDULED, EventType.WORKFLOW_SUCCESS, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_TIMED_OUT,
-    EventType.WORKFLOW_CANCELLED,
+    EventType.TASK_SUCCESS, EventType.TASK_FAILED, EventType.TASK_RETRY_SCHEDULED, EventType.WORKFLOW_SUCCESS,
+    EventType.WORKFLOW_FAILED, EventType.WORKFLOW_TIMED_OUT, EventType.WORKFLOW_CANCELLED,
 })
 
 
@@ -67,41 +142,83 @@ class StateManager:
         self.cache: dict[Key, dict[str, Any]] = {}  # last object this manager wrote (it is the only writer)
         self.pending: dict[Key, Pending] = {}
         self.locks: dict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self.running = True
+        self.fetch_error: str | None = None  # why the last fetch failed, until one succeeds
+        self.position: tuple[datetime | None, int] | None = None  # (stream created, ack floor) last seen
+
+    def problem(self) -> str | None:
+        """Why the manager cannot read events right now (for /readyz), or None."""
+        return f"state manager cannot fetch events: {self.fetch_error}" if self.fetch_error else None
 
     async def run(self) -> None:
-        assert self.bus.js is not None
-        sub = await self.bus.js.pull_subscribe(
-            "compozy.state.>", durable=DURABLE, stream=STATE_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=60,
-                                  max_ack_pending=20_000))
-        while self.running:
-            try:
-                msgs = await sub.fetch(1, timeout=5)  # returns as soon as one event is there
-            except asyncio.TimeoutError:
-                continue
-            except Exception as e:  # noqa: BLE001 - NATS reconnecting; try again
-                log.warning("state consumer fetch failed: %s", e)
-                await asyncio.sleep(0.5)
-                continue
-            try:  # then whatever else is already waiting, without lingering
-                msgs += await sub.fetch(self.batch - 1, timeout=0.002)
-            except asyncio.TimeoutError:
-                pass
-            await self.apply_batch(msgs)
+        """Fetch and fold until cancelled. Raises if it cannot subscribe (its supervisor restarts it)."""
+        # Creating the consumer updates an existing one to this config (e.g. an older ack_wait).
+        sub = await self.bus.durable_pull(STATE_STREAM, consumer_config())
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(1, timeout=5)  # returns as soon as one event is there
+                except asyncio.TimeoutError:
+                    self.fetch_error = None
+                    continue
+                except Exception as e:  # noqa: BLE001 - NATS reconnecting, consumer or stream gone: try again
+                    self._fetch_failed(e)
+                    await asyncio.sleep(0.5)
+                    continue
+                self.fetch_error = None
+                try:  # then whatever else is already waiting, without lingering
+                    msgs += await sub.fetch(self.batch - 1, timeout=0.002)
+                except asyncio.TimeoutError:
+                    pass
+                await self.apply_batch(msgs)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def _fetch_failed(self, e: Exception) -> None:
+        text = why(e)
+        if text != self.fetch_error:  # once per distinct failure, not twice a second
+            log.warning("state consumer fetch failed: %s", text)
+        self.fetch_error = text
+
+    async def check_consumer(self) -> bool:
+        """Recreate the durable consumer if it is gone; return True when it was.
+
+        A recreated consumer resumes after the ack floor last seen on the same stream (what was
+        acked then is in the status; the rest is redelivered, harmlessly), or from the stream's
+        start when the stream is new (its sequences restarted) or the floor is unknown."""
+        position = await self.bus.consumer_position(STATE_STREAM, DURABLE)
+        if position is not None:
+            self.position = position
+            return False
+        created, start = await self.bus.stream_created(STATE_STREAM), None
+        if self.position is not None and created is not None and self.position[0] == created:
+            start = self.position[1] + 1
+        await self.bus.create_consumer(STATE_STREAM, consumer_config(start))
+        self.position = None
+        return True
 
     async def apply_batch(self, msgs: list[Msg]) -> None:
-        groups: dict[Key, list[tuple[Msg, Event, int]]] = defaultdict(list)
+        groups: dict[Key, list[Item]] = defaultdict(list)
         for m in msgs:
             try:
-                ev = Event.model_validate_json(m.data)
-            except ValueError:
-                log.error("dropping a malformed state event on %s", m.subject)
-                await m.term()
+                ev = parse_state_event(m.subject, m.data)
+            except InvalidEvent as e:
+                await self.reject(m, e.reason, e.problem)
                 continue
             EVENTS.labels(ev.type).inc()
             groups[(ev.namespace, ev.execution)].append((m, ev, m.metadata.sequence.stream))
-        await asyncio.gather(*(self.apply_group(k, items) for k, items in groups.items()))
+        keepalive = asyncio.create_task(keep_in_progress(msgs))
+        try:
+            await asyncio.gather(*(self.apply_group(k, items) for k, items in groups.items()))
+        finally:
+            keepalive.cancel()
+
+    @staticmethod
+    async def reject(m: Msg, reason: str, problem: str) -> None:
+        """Terminate an event that can never be folded: counted, logged once, never redelivered."""
+        REJECTED_EVENTS.labels(reason).inc()
+        log.warning("rejected the state event on %s: %s", m.subject, one_line(problem))
+        await _settle([m], lambda m: m.term(), "terminate")
 
     async def _current(self, key: Key) -> dict[str, Any] | None:
         if key in self.cache:
@@ -113,42 +230,60 @@ class StateManager:
                 return None
             raise
 
-    async def apply_group(self, key: Key, items: list[tuple[Msg, Event, int]]) -> None:
+    async def _pending(self, key: Key) -> Pending | None:
+        """What is pending for ``key``, started from the stored object; None when the execution is gone."""
+        p = self.pending.get(key)
+        if p is None:
+            obj = await self._current(key)
+            if obj is None:
+                return None
+            status = WorkflowExecutionStatus.model_validate(obj.get("status") or {})
+            p = self.pending[key] = Pending(obj, status, status)
+        return p
+
+    async def apply_group(self, key: Key, items: list[Item]) -> None:
         msgs = [m for m, _, _ in items]
         async with self.locks[key]:
             try:
-                p = self.pending.get(key)
-                if p is None:
-                    obj = await self._current(key)
-                    if obj is None:  # the execution is gone; its events have nowhere to go
-                        await asyncio.gather(*(m.ack() for m in msgs))
-                        return
-                    status = WorkflowExecutionStatus.model_validate(obj.get("status") or {})
-                    p = self.pending[key] = Pending(obj, status, status)
-                uid = p.obj["metadata"]["uid"]
-                # events of an earlier execution with the same name are dropped
-                mine = [(ev, seq) for _, ev, seq in items if ev.data.get("uid") == uid]
-                p.fresh += [ev for ev, seq in mine if seq > p.after.state_seq]
-                p.after = fold_all(p.after, mine)
-                p.msgs += msgs
-            except Exception:  # noqa: BLE001
-                self.pending.pop(key, None)
+                p = await self._pending(key)
+            except Exception as e:  # noqa: BLE001 - the API server, or a status it holds: try again later
                 self.cache.pop(key, None)
-                log.exception("folding events into %s/%s failed; they will be re-delivered", *key)
-                await asyncio.gather(*(m.nak(delay=1) for m in msgs))
+                log.warning("reading %s/%s failed (%s); its events will be redelivered", *key, why(e))
+                await nak(msgs)
                 return
-            if any(ev.type in URGENT for _, ev, _ in items) or self.defer <= 0:
-                # The orchestrator decides from the folded status at once, in parallel with the
-                # PATCH: the events are already durable in the stream, which is what it replays
-                # after a restart, so nothing is decided that a crash could lose.
-                decided = asyncio.create_task(self.on_status({**p.obj, "status": p.after.dump()}))
-                await self._flush(key)
-            else:
+            if p is None:  # the execution is gone; its events have nowhere to go
+                await ack(msgs)
+                return
+            uid = p.obj["metadata"]["uid"]
+            # events of an earlier execution with the same name are dropped (acked with the rest)
+            mine = [(m, ev, seq) for m, ev, seq in items if ev.data["uid"] == uid]
+            last = p.after.state_seq
+            try:
+                p.after, folded = fold_all(p.after, [(ev, seq) for _, ev, seq in mine]), mine
+            except Exception:  # noqa: BLE001 - a safety net: validation should have caught the event
+                p.after, folded, bad = fold_each(p.after, mine)
+                for m, problem in bad:
+                    await self.reject(m, "fold_failed", problem)
+                rejected = {id(m) for m, _ in bad}
+                msgs = [m for m in msgs if id(m) not in rejected]
+            p.fresh += [ev for _, ev, seq in folded if seq > last]
+            p.msgs += msgs
+            # Redelivered events are late already (a crash, a failed PATCH): they wait no longer.
+            urgent = any(ev.type in URGENT or m.metadata.num_delivered > 1 for m, ev, _ in folded)
+            if not urgent and self.defer > 0:
                 if p.timer is None:
                     p.timer = asyncio.get_running_loop().call_later(
                         self.defer, lambda: asyncio.ensure_future(self._flush_later(key)))
                 return
-        await decided
+            # The orchestrator decides from the folded status at once, in parallel with the
+            # PATCH: the events are already durable in the stream, which is what it replays
+            # after a restart, so nothing is decided that a crash could lose.
+            decided = asyncio.create_task(self.on_status({**p.obj, "status": p.after.dump()}))
+            await self._flush(key)
+        try:
+            await decided
+        except Exception:  # noqa: BLE001 - the status is written; its watch event brings the orchestrator back
+            log.exception("the orchestrator failed to decide on %s/%s", *key)
 
     async def _flush_later(self, key: Key) -> None:
         async with self.locks[key]:
@@ -163,36 +298,36 @@ class StateManager:
             return None
         if p.timer is not None:
             p.timer.cancel()
-        written = None
-        try:  # every failure below ends in ack or nak, never in silence
-            if p.after.model_copy(update={"state_seq": p.before.state_seq}) != p.before:
-                patch = merge_patch_diff(p.obj.get("status") or {}, p.after.dump())
-                STATUS_PATCHES.inc()
-                written = await asyncio.to_thread(self.kube.merge_patch, execution_path(*key) + "/status",
-                                                  {"status": patch})
-                self.cache[key] = written
-                for etype, reason, message in observe(p.before, p.after):
-                    asyncio.get_running_loop().run_in_executor(None, post_event, self.kube, written, etype, reason,
-                                                               message)
-            await asyncio.gather(*(m.ack() for m in p.msgs))
-            for ev in p.fresh:
-                observe_event(ev)
-        except ApiException as e:
+        try:
+            written = await self._write(key, p)
+        except Exception as e:  # noqa: BLE001 - every failure ends in ack or nak, never in silence
             self.cache.pop(key, None)
-            if e.status == 404:
-                await asyncio.gather(*(m.ack() for m in p.msgs))
+            if isinstance(e, ApiException) and e.status == 404:  # the execution is gone
+                await ack(p.msgs)
                 return None
-            log.warning("status patch of %s/%s failed (%s %s); events will be re-delivered", *key, e.status, e.reason)
-            await asyncio.gather(*(m.nak(delay=1) for m in p.msgs))
+            log.warning("status patch of %s/%s failed (%s); events will be redelivered", *key, why(e))
+            await nak(p.msgs)
             return None
-        except Exception:  # noqa: BLE001
-            self.cache.pop(key, None)
-            log.exception("writing the status of %s/%s failed; events will be re-delivered", *key)
-            await asyncio.gather(*(m.nak(delay=1) for m in p.msgs))
-            return None
+        failpoints.point("ack.state:before")
+        await ack(p.msgs)
+        failpoints.point("ack.state:after")
+        for ev in p.fresh:
+            observe_event(ev)
         if p.after.phase in TERMINAL_PHASES:
             self.cache.pop(key, None)
             self.locks.pop(key, None)
+        return written
+
+    async def _write(self, key: Key, p: Pending) -> dict[str, Any] | None:
+        """PATCH the status if the folded one differs from the stored one; post the milestones' Events."""
+        if p.after.model_copy(update={"state_seq": p.before.state_seq}) == p.before:
+            return None
+        patch = merge_patch_diff(p.obj.get("status") or {}, p.after.dump())
+        STATUS_PATCHES.inc()
+        written = await asyncio.to_thread(self.kube.merge_patch, execution_path(*key) + "/status", {"status": patch})
+        self.cache[key] = written
+        for etype, reason, message in observe(p.before, p.after):
+            asyncio.get_running_loop().run_in_executor(None, post_event, self.kube, written, etype, reason, message)
         return written
 
     def forget(self, key: Key) -> None:

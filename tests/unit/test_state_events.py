@@ -1,0 +1,261 @@
+"""State events the state manager must survive: validation, rejection, fold fallback, back-off, supervision."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from compozy_operator import state_manager
+from compozy_operator.events import EventType, InvalidEvent, make_event, parse_state_event
+from compozy_operator.kube import ApiException
+from compozy_operator.monitoring import REJECTED_EVENTS
+from compozy_operator.operator_main import Supervised
+from compozy_operator.state_manager import MAX_NAK_DELAY, StateManager, consumer_config, nak_delay
+
+UID = "uid-1"
+
+
+def event(etype: EventType = EventType.TASK_STARTED, task: str | None = "a", attempt: int | None = 1,
+          namespace: str = "ns", execution: str = "run", **data: Any) -> dict[str, Any]:
+    return make_event(etype, "test", namespace, execution, UID, task, attempt, **data).model_dump()
+
+
+def encode(body: Any) -> bytes:
+    return json.dumps(body).encode()
+
+
+def with_data(**changes: Any) -> dict[str, Any]:
+    body = event()
+    body["data"].update(changes)
+    return body
+
+
+VALID = [
+    event(EventType.WORKFLOW_STARTED, None, None, workflow="wf", taskCount=2),
+    event(EventType.TASK_DISPATCHED, podName="run-a-1"),
+    event(EventType.TASK_RETRY_SCHEDULED, attempt=2, notBefore="2026-01-01T00:00:05Z", delay=1.0),
+    event(EventType.TASK_SUCCESS, output={"n": 1}, usage={"inputTokens": 3, "outputTokens": 4, "modelCalls": 1}),
+    event(EventType.TASK_SUCCESS, outputRef={"bucket": "B", "key": "k", "size": 9, "digest": "SHA-256=x"}),
+    event(EventType.TASK_FAILED, error={"reason": "RateLimited", "message": "429", "retryAfter": 2.5}),
+    event(EventType.AGENT_SUCCESS, provider="openai", model="m", callSeconds=[0.1, 2]),
+    event(EventType.WORKFLOW_FAILED, None, None, error={}),
+    event(EventType.TASK_STARTED, execution="run.v2"),  # '.' in a name is '_' in its subject token
+]
+
+
+@pytest.mark.parametrize("body", VALID, ids=lambda b: b["type"])
+def test_valid_events_pass(body: dict[str, Any]) -> None:
+    assert parse_state_event(body["subject"], encode(body)).id == body["id"]
+
+
+MALFORMED = {
+    "garbage bytes": (b"\xff\x00garbage", "unparseable"),
+    "not an object": (b"[1, 2]", "unparseable"),
+    "no data": (encode({k: v for k, v in event().items() if k != "data"}), "unparseable"),
+    "data not an object": (encode({**event(), "data": "x"}), "unparseable"),
+    "empty data": (encode({**event(), "data": {}}), "invalid"),
+    "no uid": (encode({**event(), "data": {"namespace": "ns", "execution": "run"}}), "invalid"),
+    "namespace a number": (encode(with_data(namespace=7)), "invalid"),
+    "execution empty": (encode(with_data(execution="")), "invalid"),
+    "task a number": (encode(with_data(task=3)), "invalid"),
+    "attempt not numeric": (encode(with_data(attempt="one")), "invalid"),
+    "attempt zero": (encode(with_data(attempt=0)), "invalid"),
+    "attempt a float": (encode(with_data(attempt=1.5)), "invalid"),
+    "attempt a bool": (encode(with_data(attempt=True)), "invalid"),
+    "time not a time": (encode({**event(), "time": "yesterday"}), "invalid"),
+    "time without zone": (encode({**event(), "time": "2026-01-01T00:00:00"}), "invalid"),
+    "time out of range": (encode({**event(), "time": "2026-13-01T00:00:00Z"}), "invalid"),
+    "error a string": (encode(with_data(error="boom")), "invalid"),
+    "error reason a number": (encode(with_data(error={"reason": 5})), "invalid"),
+    "error retryAfter a string": (encode(with_data(error={"reason": "x", "retryAfter": "soon"})), "invalid"),
+    "usage not a TokenUsage": (encode(with_data(usage={"inputTokens": "many"})), "invalid"),
+    "usage with unknown field": (encode(with_data(usage={"tokens": 1})), "invalid"),
+    "outputRef incomplete": (encode(with_data(outputRef={"bucket": "B"})), "invalid"),
+    "podName a number": (encode(with_data(podName=5)), "invalid"),
+    "notBefore a list": (encode(with_data(notBefore=[])), "invalid"),
+    "taskCount negative": (encode(with_data(taskCount=-1)), "invalid"),
+    "callSeconds strings": (encode(with_data(callSeconds=["slow"])), "invalid"),
+}
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+def test_malformed_events_are_rejected_with_a_reason(name: str) -> None:
+    body, reason = MALFORMED[name]
+    with pytest.raises(InvalidEvent) as e:
+        parse_state_event(event()["subject"], body)
+    assert e.value.reason == reason
+    assert "\n" not in e.value.problem and len(e.value.problem) < 300
+
+
+@pytest.mark.parametrize("subject", [
+    "compozy.state.ns.other-run.task.TaskExecutionStarted",  # another execution
+    "compozy.state.other-ns.run.task.TaskExecutionStarted",  # another namespace
+    "compozy.state.ns.run.task.TaskExecutionSuccess",  # another type than the body's
+    "compozy.state.ns.run",
+])
+def test_a_forged_subject_is_rejected(subject: str) -> None:
+    with pytest.raises(InvalidEvent) as e:
+        parse_state_event(subject, encode(event()))
+    assert e.value.reason == "subject_mismatch"
+    assert "compozy.state.ns.run.task.TaskExecutionStarted" in e.value.problem
+
+
+def test_an_unknown_type_is_rejected() -> None:
+    body = {**event(), "type": "TaskExploded"}
+    with pytest.raises(InvalidEvent, match="TaskExploded"):
+        parse_state_event("compozy.state.ns.run.task.TaskExploded", encode(body))
+
+
+def test_nak_delay_grows_with_deliveries_and_is_capped() -> None:
+    delays = [nak_delay(n) for n in range(1, 12)]
+    assert delays[0] == 0.5 and delays == sorted(delays) and delays[-1] == MAX_NAK_DELAY
+    assert nak_delay(10_000) == MAX_NAK_DELAY
+
+
+def test_consumer_redelivers_within_ten_seconds() -> None:
+    assert consumer_config().ack_wait <= 10
+    resumed = consumer_config(42)
+    assert (resumed.deliver_policy.value, resumed.opt_start_seq) == ("by_start_sequence", 42)
+
+
+# The state manager against fakes of a JetStream message and the Kubernetes API.
+
+@dataclass
+class FakeMsg:
+    subject: str
+    data: bytes
+    seq: int
+    num_delivered: int = 1
+    settled: list[tuple[str, Any]] = field(default_factory=list)
+
+    @property
+    def metadata(self) -> SimpleNamespace:
+        return SimpleNamespace(sequence=SimpleNamespace(stream=self.seq), num_delivered=self.num_delivered)
+
+    @property
+    def is_acked(self) -> bool:
+        return bool(self.settled)
+
+    async def ack(self) -> None:
+        self.settled.append(("ack", None))
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.settled.append(("nak", delay))
+
+    async def term(self) -> None:
+        self.settled.append(("term", None))
+
+    async def in_progress(self) -> None:
+        pass
+
+
+class FakeKube:
+    def __init__(self, fail_get: ApiException | None = None) -> None:
+        self.obj = {"metadata": {"name": "run", "namespace": "ns", "uid": UID}, "status": {}}
+        self.patches: list[dict[str, Any]] = []
+        self.fail_get = fail_get
+
+    def get(self, path: str) -> dict[str, Any]:
+        if self.fail_get:
+            raise self.fail_get
+        return self.obj
+
+    def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.patches.append(body)
+        self.obj = {**self.obj, "status": {**self.obj["status"], **body["status"]}}
+        return self.obj
+
+    def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return body
+
+
+def manager(kube: FakeKube) -> StateManager:
+    async def on_status(_: dict[str, Any]) -> None:
+        pass
+
+    return StateManager(SimpleNamespace(), kube, on_status, defer=0)  # type: ignore[arg-type]
+
+
+def msgs_of(*bodies: dict[str, Any] | bytes, subject: str | None = None) -> list[FakeMsg]:
+    return [FakeMsg(subject or (b["subject"] if isinstance(b, dict) else "compozy.state.ns.run.task.X"),
+                    b if isinstance(b, bytes) else encode(b), seq) for seq, b in enumerate(bodies, start=1)]
+
+
+def rejected(reason: str) -> float:
+    return REJECTED_EVENTS.labels(reason)._value.get()
+
+
+def test_malformed_events_are_terminated_and_the_good_ones_still_folded(caplog: pytest.LogCaptureFixture) -> None:
+    kube = FakeKube()
+    good = [event(EventType.WORKFLOW_STARTED, None, None, workflow="wf", taskCount=1),
+            event(EventType.TASK_SUCCESS, output={"n": 1})]
+    bad = [{**event(), "data": {}}, with_data(attempt="one"), b"\xffgarbage"]
+    forged = msgs_of(event(execution="someone-else"), subject="compozy.state.ns.run.task.TaskExecutionStarted")
+    before = {r: rejected(r) for r in ("invalid", "unparseable", "subject_mismatch")}
+    msgs = msgs_of(*bad, *good) + forged
+    asyncio.run(manager(kube).apply_batch(msgs))  # type: ignore[arg-type]
+    assert [m.settled for m in msgs] == [[("term", None)]] * 3 + [[("ack", None)]] * 2 + [[("term", None)]]
+    assert kube.obj["status"]["phase"] == "Running" and kube.obj["status"]["tasks"]["a"]["output"] == {"n": 1}
+    assert {r: rejected(r) - before[r] for r in before} == {"invalid": 2, "unparseable": 1, "subject_mismatch": 1}
+    lines = [r for r in caplog.records if "rejected the state event" in r.getMessage()]
+    assert len(lines) == 4 and not any(r.exc_info for r in lines)
+
+
+def test_an_event_whose_fold_raises_is_terminated_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = state_manager.fold_all
+
+    def fold_all(status: Any, events: list[Any]) -> Any:
+        if any(ev.data.get("podName") == "boom" for ev, _ in events):
+            raise KeyError("boom")
+        return real(status, events)
+
+    monkeypatch.setattr(state_manager, "fold_all", fold_all)
+    kube = FakeKube()
+    before = rejected("fold_failed")
+    msgs = msgs_of(event(EventType.WORKFLOW_STARTED, None, None, taskCount=1),
+                   event(EventType.TASK_DISPATCHED, podName="boom"), event(EventType.TASK_SUCCESS, output={}))
+    asyncio.run(manager(kube).apply_batch(msgs))  # type: ignore[arg-type]
+    assert [m.settled[0][0] for m in msgs] == ["ack", "term", "ack"]
+    assert kube.obj["status"]["tasks"]["a"]["phase"] == "Succeeded"
+    assert rejected("fold_failed") - before == 1
+
+
+def test_a_transient_failure_is_nakd_with_back_off_never_terminated() -> None:
+    kube = FakeKube(fail_get=ApiException(status=503, reason="Service Unavailable"))
+    msgs = msgs_of(event(EventType.TASK_SUCCESS, output={}), event(EventType.TASK_FAILED, attempt=2))
+    msgs[1].num_delivered = 6
+    asyncio.run(manager(kube).apply_batch(msgs))  # type: ignore[arg-type]
+    assert [m.settled for m in msgs] == [[("nak", nak_delay(1))], [("nak", nak_delay(6))]]
+    assert nak_delay(6) > nak_delay(1)
+
+
+def test_a_supervised_loop_is_restarted_and_reported_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("compozy_operator.operator_main.RESTART_MIN", 0.05)
+    runs: list[int] = []
+
+    async def flaky() -> None:
+        runs.append(1)
+        if len(runs) < 3:
+            raise KeyError("data")
+        await asyncio.sleep(3600)
+
+    async def scenario() -> tuple[str | None, str | None]:
+        loop = Supervised("state manager", flaky)
+        loop.start()
+        await asyncio.sleep(0.01)
+        down = loop.problem()
+        while len(runs) < 3:
+            await asyncio.sleep(0.01)
+        after = loop.problem()
+        assert loop.task is not None
+        loop.task.cancel()
+        return down, after
+
+    down, after = asyncio.run(scenario())
+    assert down == "state manager stopped (KeyError: 'data'); restarting"
+    assert after == "state manager restarted after: KeyError: 'data'"
