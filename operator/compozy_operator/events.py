@@ -161,6 +161,7 @@ class InvalidEvent(ValueError):
 
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")  # as the reducer parses it
+_STATE_TYPES = frozenset(t.value for t in EventType if t != EventType.LOG_EMITTED)
 _OPTIONAL_STRINGS = ("task", "podName", "notBefore", "workflow")
 _MODELS = (("usage", TokenUsage), ("outputRef", OutputRef), ("specRef", OutputRef), ("inputRef", OutputRef))
 
@@ -187,6 +188,8 @@ def parse_state_event(subject: str, body: bytes) -> Event:
 
 def data_problem(event: Event) -> str | None:
     """What makes ``event``'s attributes or data unusable, or None."""
+    if event.type not in _STATE_TYPES:
+        return f"type {_shown(event.type)} is not a state event type"
     d = event.data
     for key in ("namespace", "execution", "uid"):
         if not isinstance(d.get(key), str) or not d[key]:
@@ -207,12 +210,9 @@ def data_problem(event: Event) -> str | None:
 
 
 def subject_problem(subject: str, event: Event) -> str | None:
-    """Why ``subject`` is not where ``event`` belongs: ``compozy.state.<ns>.<execution>.<entity>.<Type>``."""
-    try:
-        etype = EventType(event.type)
-    except ValueError:
-        return f"type {_shown(event.type)} is not a state event type"
-    expected = state_subject(event.namespace, event.execution, etype)
+    """Why ``subject`` is not where ``event`` (with valid data) belongs:
+    ``compozy.state.<ns>.<execution>.<entity>.<Type>``."""
+    expected = state_subject(event.namespace, event.execution, EventType(event.type))
     if subject != expected:
         return f"subject does not match the event's namespace, execution and type (expected {expected})"
     return None

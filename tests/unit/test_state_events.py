@@ -105,10 +105,11 @@ def test_a_forged_subject_is_rejected(subject: str) -> None:
     assert "compozy.state.ns.run.task.TaskExecutionStarted" in e.value.problem
 
 
-def test_an_unknown_type_is_rejected() -> None:
-    body = {**event(), "type": "TaskExploded"}
-    with pytest.raises(InvalidEvent, match="TaskExploded"):
-        parse_state_event("compozy.state.ns.run.task.TaskExploded", encode(body))
+@pytest.mark.parametrize("etype", ["TaskExploded", "LogEmitted"])
+def test_a_type_that_is_no_state_event_is_rejected(etype: str) -> None:
+    with pytest.raises(InvalidEvent, match=etype) as e:
+        parse_state_event(f"compozy.state.ns.run.task.{etype}", encode({**event(), "type": etype}))
+    assert e.value.reason == "invalid"
 
 
 def test_nak_delay_grows_with_deliveries_and_is_capped() -> None:
