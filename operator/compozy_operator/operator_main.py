@@ -155,6 +155,7 @@ class Operator:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.orchestrator.close()
         await self.bus.close()
         await self.http.stop()
 
