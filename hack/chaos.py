@@ -12,7 +12,7 @@ in flight, for as long as faults are injected and until ``--executions`` were su
 * ``par``      a parallel task (three children) then a task joining them;
 * ``coll``     a collection of four items, two workers;
 * ``retry``    a task whose attempt 1 raises and attempt 2 succeeds;
-* ``timeout``  a task whose attempt 1 sleeps past its 10 s timeout and is retried;
+* ``timeout``  a task whose attempt 1 sleeps past its 15 s timeout and is retried;
 * ``deadline`` a task that always times out (3 s, one retry): the run must end Failed, as specified;
 * ``mixed``    all of it in one run, plus a timing-out task whose ``onError`` leads on.
 
@@ -40,10 +40,13 @@ exit code (1 if any is not zero), times are figures only:
 * stuck: runs not ended within ``--stuck-deadline`` seconds after the faults stopped (lost ones
   included);
 * wrong results: ended runs whose phase or output differs from what their kind must give;
+* unrecorded attempts: attempts whose tool ran (``runs.log``) but that no status shows, neither
+  as a task's current attempt nor among its earlier ``attempts`` (an acknowledged event lost);
 * unexplained attempt failures: failed attempts that are neither designed (attempt 1 of ``retry``,
   the timeouts) nor caused by an injected fault that kills attempts: the deleted pod's attempt,
   the attempts on the restarted node, a timeout that overlaps a fault, a pod left without its
-  command by the deletion of ``COMPOZY_COMMANDS``. (A NATS outage must cost nothing but time.)
+  command by the deletion of ``COMPOZY_COMMANDS``, an attempt in flight when ``COMPOZY_STATE``
+  was deleted (its reports may have gone with it). A NATS outage must cost nothing but time.
 * pods left: task pods of ended runs still there 30 s after the last run ended.
 
 Recovery per fault kind, p50/max over the faults of the kind: from the end of the fault (the
@@ -132,7 +135,7 @@ def run(input, ctx):
 ]
 N = "{{ workflow.input.n }}"
 RETRY = {"limit": 4, "backoff": {"initial": "1s", "factor": 2, "max": "4s"}}
-SLOW_TIMEOUT = "10s"
+SLOW_TIMEOUT = "15s"  # a no-op attempt takes ~5 s from dispatch to end on 2 busy cores
 DEADLINE_TIMEOUT = "3s"
 KINDS = ("seq", "par", "coll", "retry", "timeout", "deadline", "mixed")
 DESIGNED_TIMEOUTS = {"slowfirst": 1, "wait": None, "guard": None}  # task -> attempt that times out (None: all)
@@ -776,6 +779,13 @@ class Chaos:
                 if run is not None:
                     run.status = _clean_status(obj)
 
+    def faults_during(self, run: Run) -> str:
+        """The faults of a run's life (for the report), as ``kind@second``."""
+        end = run.ended or time.time()
+        hits = [f"{f.kind}@{f.start - self.started:.0f}s" for f in self.faults
+                if not f.skipped and f.start <= end and f.end >= run.created]
+        return f" [faults in its life: {', '.join(hits) or 'none'}]"
+
     def describe(self, name: str) -> str:
         run = self.tracker.runs[name]
         st = run.status
@@ -784,7 +794,8 @@ class Chaos:
         last = max(run.changes) - self.started if run.changes else None
         live = [p.name for p in self.tracker.live_pods() if p.execution == name]
         return (f"phase {run.phase}, progress {st.get('progress')}, unfinished tasks [{tasks}], "
-                f"last status change at {last if last is None else round(last, 1)}s, live pods {live}")
+                f"last status change at {last if last is None else round(last, 1)}s, live pods {live}"
+                + self.faults_during(run))
 
 
 # ---- the report --------------------------------------------------------------------------------
@@ -843,9 +854,12 @@ def classify(rec: dict[str, Any], faults: list[Fault]) -> str:
         overlaps = began <= f.end + 5 and finished >= f.start
         if reason == "Timeout" and overlaps:
             return f.kind
-        if (f.kind == "stream-delete" and f.detail.startswith(COMMAND_STREAM) and "TaskExecute command" in message
-                and began <= f.end):
-            return f.kind
+        if f.kind == "stream-delete" and f.detail.startswith(COMMAND_STREAM) and "TaskExecute command" in message \
+                and began <= f.end:
+            return f.kind  # its command was deleted before its pod fetched it
+        if f.kind == "stream-delete" and f.detail.startswith(STATE_STREAM) and began <= f.end + 5 \
+                and finished >= f.start:
+            return f.kind  # what it had reported may have gone with the stream
     return "unexplained"
 
 
@@ -890,7 +904,7 @@ class Report:
     pods_left: list[str]
     tool_runs: int
     attempts_failed: dict[str, int]
-    phantom_runs: list[str]
+    unrecorded: list[str]
     recovery: dict[str, dict[str, Any]]
     operator_crashes: int
     restart_failures: list[str]
@@ -898,7 +912,7 @@ class Report:
     out: str
     text: str = ""
 
-    MUST_BE_ZERO = ("lost", "duplicated", "stuck", "wrong", "unexplained", "pods_left")
+    MUST_BE_ZERO = ("lost", "duplicated", "stuck", "wrong", "unrecorded", "unexplained", "pods_left")
 
     def failures(self) -> dict[str, int]:
         return {k: len(getattr(self, k)) for k in self.MUST_BE_ZERO if getattr(self, k)}
@@ -939,7 +953,7 @@ class Report:
         wrong = {}
         for r in ended:
             if (problem := check_result(r, faults)) is not None:
-                wrong[r.name] = problem
+                wrong[r.name] = problem + chaos.faults_during(r)
         attempts: Counter[str] = Counter()
         unexplained = []
         known: set[tuple[str, str, int]] = set()
@@ -957,7 +971,7 @@ class Report:
                                         "pod": rec.get("podName"), "reason": err.get("reason"),
                                         "message": (err.get("message") or "")[:300],
                                         "finishedAt": rec.get("finishedAt")})
-        phantom = sorted(f"{e} {t} {a}" for (e, t, a) in counted if (e, t, a) not in known)
+        unrecorded = sorted(f"{e} {t} {a}" for (e, t, a) in counted if (e, t, a) not in known)
         report = cls(
             seed=chaos.seed, seconds=time.time() - chaos.started, executions=len(runs),
             kinds=dict(Counter(r.kind for r in runs.values())),
@@ -967,7 +981,7 @@ class Report:
                         "affected": len(f.affected) if f.affected is not None else "all in flight"} for f in faults],
             lost=lost, duplicated=duplicated, stuck={n: stuck_detail[n] for n in stuck}, wrong=wrong,
             unexplained=unexplained, pods_left=pods_left, tool_runs=sum(counted.values()),
-            attempts_failed=dict(attempts), phantom_runs=phantom, recovery=recovery,
+            attempts_failed=dict(attempts), unrecorded=unrecorded, recovery=recovery,
             operator_crashes=len(chaos.crashes), restart_failures=chaos.restart_failures, final_restart=restarted,
             out=str(chaos.out))
         report.text = report.render(chaos)
@@ -999,14 +1013,15 @@ class Report:
         lines.append(f"  stuck           {len(self.stuck):4d}   not ended {cfg.stuck_deadline:g}s after the faults "
                      f"stopped ({len(self.stuck) - len(self.lost)} ended after the final restart)")
         lines.append(f"  wrong results   {len(self.wrong):4d}   phase or output not what the run must give")
+        lines.append(f"  unrecorded      {len(self.unrecorded):4d}   attempts that ran but are in no status "
+                     f"(neither current nor in tasks.*.attempts)")
         lines.append(f"  unexplained     {len(self.unexplained):4d}   failed attempts no injected fault explains")
         lines.append(f"  pods left       {len(self.pods_left):4d}   task pods of ended runs still there after "
                      f"{cfg.pods_wait:g}s")
         lines.append("failed attempts: " + ", ".join(f"{k} {v}" for k, v in sorted(self.attempts_failed.items()))
                      if self.attempts_failed else "failed attempts: none")
         lines.append(f"operator exits on its own: {self.operator_crashes}; restarts that failed: "
-                     f"{len(self.restart_failures)}; tool runs of attempts the status does not know: "
-                     f"{len(self.phantom_runs)}")
+                     f"{len(self.restart_failures)}")
         lines.append("recovery (fault end -> every affected run's next status change), per fault kind:")
         for kind, r in self.recovery.items():
             figures = (f"p50 {r['p50']:5.1f}s  max {r['max']:5.1f}s" if r["p50"] is not None else "      -")
@@ -1016,6 +1031,7 @@ class Report:
         details = [("lost", self.lost), ("stuck", [f"{k}: {v}" for k, v in self.stuck.items()]),
                    ("duplicated", [f"{k}: {v} runs" for k, v in self.duplicated.items()]),
                    ("wrong results", [f"{k}: {v}" for k, v in self.wrong.items()]),
+                   ("unrecorded attempts (execution task attempt)", self.unrecorded),
                    ("unexplained attempt failures", [f"{u['execution']} {u['task']}#{u['attempt']} ({u['pod']}): "
                                                      f"{u['reason']}: {u['message']}" for u in self.unexplained]),
                    ("pods left", self.pods_left), ("faults skipped", [f"{f.kind}: {f.skipped}" for f in skipped]),

@@ -2,8 +2,9 @@
 mixed load while the operator is SIGKILLed 3 times, nats-server is stopped for 5 s, the state
 consumer is deleted, a running task pod is deleted and malformed, duplicate and out-of-order
 events are injected. Every run must end exactly once with its expected result: nothing lost,
-stuck or wrong, no tool attempt run twice, no failed attempt without an injected cause, no task
-pod left. Times are printed, never asserted (`make chaos` is the full run)."""
+stuck or wrong, no tool attempt run twice, every attempt that ran in its run's status, no failed
+attempt without an injected cause, no task pod left. Times are printed, never asserted
+(`make chaos` is the full run)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,53 @@ def test_short_chaos_run_loses_duplicates_and_strands_nothing(tmp_path: Path) ->
     assert report.executions >= chaos.SHORT.executions
     assert report.faults.get("operator-kill") == chaos.SHORT.kills and report.faults.get("nats-outage") == 1
     assert report.failures() == {}, report.text
+
+
+# ---- the harness's own judgement, without a cluster: it must be able to say no ----------------
+
+
+def _run(chaos, kind: str, n: int, status: dict):  # type: ignore[no-untyped-def]
+    return chaos.Run(f"{kind}-{n:03d}", kind, n, 0.0, status=status)
+
+
+def test_the_checks_refuse_wrong_phases_outputs_and_failures() -> None:
+    chaos = load_harness()
+    phase, output = chaos.expected("par", 5)
+    assert chaos.check_result(_run(chaos, "par", 5, {"phase": phase, "output": output}), []) is None
+    wrong = {"phase": "Succeeded", "output": {**output, "join": 0}}
+    assert "output" in chaos.check_result(_run(chaos, "par", 5, wrong), [])
+    assert "phase Failed" in chaos.check_result(_run(chaos, "seq", 1, {"phase": "Failed", "message": "x"}), [])
+
+    timed_out = {"phase": "Failed", "error": {"task": "wait", "reason": "Timeout"},
+                 "tasks": {"wait": {"phase": "Failed", "attempt": 2, "podName": "deadline-001-wait-2",
+                                    "error": {"reason": "Timeout", "message": "exceeded"}}}}
+    assert chaos.check_result(_run(chaos, "deadline", 1, timed_out), []) is None
+    deleted = {**timed_out, "error": {"task": "wait", "reason": "PodDeleted"},
+               "tasks": {"wait": {**timed_out["tasks"]["wait"], "error": {"reason": "PodDeleted"}}}}
+    assert "expected Timeout" in chaos.check_result(_run(chaos, "deadline", 1, deleted), [])
+    fault = chaos.Fault("pod-delete", start=1.0, end=2.0, pods=["deadline-001-wait-2"])
+    assert chaos.check_result(_run(chaos, "deadline", 1, deleted), [fault]) is None
+
+    def rec(task: str, attempt: int, reason: str, message: str = "", pod: str | None = None) -> dict:
+        return {"task": task, "attempt": attempt, "podName": pod, "error": {"reason": reason, "message": message},
+                "startedAt": "2026-01-01T00:00:10Z", "finishedAt": "2026-01-01T00:00:20Z"}
+
+    assert chaos.classify(rec("flaky", 1, "ToolError", "RuntimeError: planned failure of attempt 1"), []) == "designed"
+    assert chaos.classify(rec("flaky", 2, "ToolError", "RuntimeError: planned failure of attempt 1"), []) == "unexplained"
+    assert chaos.classify(rec("slowfirst", 1, "Timeout"), []) == "designed"
+    assert chaos.classify(rec("slowfirst", 2, "Timeout"), []) == "unexplained"
+    t0 = chaos._ts("2026-01-01T00:00:00Z")
+    outage = chaos.Fault("nats-outage", "20s", start=t0 + 12, end=t0 + 32)
+    assert chaos.classify(rec("slowfirst", 2, "Timeout"), [outage]) == "nats-outage"
+    assert chaos.classify(rec("a", 1, "Error", "ConnectionResetError"), [outage]) == "unexplained"
+    node = chaos.Fault("node-restart", start=t0 + 15, end=t0 + 25, pods=["seq-001-a-1"])
+    assert chaos.classify(rec("a", 1, "ContainerLost", pod="seq-001-a-1"), [node]) == "node-restart"
+    assert chaos.classify(rec("a", 1, "ContainerLost", pod="seq-001-b-1"), [node]) == "unexplained"
+
+
+def test_tool_runs_count_each_attempt_once(tmp_path: Path) -> None:
+    chaos = load_harness()
+    log = tmp_path / "runs.log"
+    log.write_text("seq-001 a 1\nseq-001 b 1\ncoll-002 each[0] 1\nseq-001 a 1\n")
+    runs = chaos.tool_runs(log)
+    assert runs[("seq-001", "a", 1)] == 2 and runs[("coll-002", "each[0]", 1)] == 1
