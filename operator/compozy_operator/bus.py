@@ -5,7 +5,8 @@ Streams:
 * ``COMPOZY_STATE`` (``compozy.state.>``): every state event, file storage, de-duplicated by
   ``Nats-Msg-Id`` within a 10-minute window. The state manager's durable consumer reads it.
 * ``COMPOZY_COMMANDS`` (``compozy.cmd.>``): TaskExecute commands, one kept per subject; a task
-  pod reads its own with a direct get, so a restarted pod fetches it again.
+  pod reads its own with a direct get, so a restarted pod fetches it again. Also each attempt's
+  claim (``task.claim.<task>.<attempt>``): stored only if none is, so one pod at most runs it.
 * ``COMPOZY_LOGS`` (``compozy.log.>``): LogEmitted events, bounded by age and size.
 
 Object store ``COMPOZY_OUTPUTS``: task outputs too large for the status (``outputRef`` points
@@ -19,20 +20,31 @@ import json
 import logging
 import ssl
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, ObjectStoreConfig, RetentionPolicy,
                          StorageType, StreamConfig)
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from . import failpoints
-from .events import COMMAND_STREAM, LOG_STREAM, STATE_STREAM, Event, EventType, log_subject, utcnow
+from .events import COMMAND_STREAM, LOG_STREAM, STATE_STREAM, Event, EventType, log_subject, token, utcnow
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# What a NATS outage looks like to a request: no answer in time, the connection lost or being
+# re-established (nats-py buffers at most 2 MiB meanwhile), or a server whose JetStream is not
+# serving yet after a restart (no responders, 503).
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError, nats.errors.ConnectionReconnectingError, NoStreamResponseError,
+    ServiceUnavailableError, OSError)  # OSError: a reset socket, and asyncio's TimeoutError too
+WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code when Nats-Expected-Last-Subject-Sequence does not hold
 
 DAY = 24 * 3600
 OUTPUT_BUCKET = "COMPOZY_OUTPUTS"
@@ -45,6 +57,11 @@ STREAMS = (
     StreamConfig(name=LOG_STREAM, subjects=["compozy.log.>"], storage=StorageType.FILE,
                  retention=RetentionPolicy.LIMITS, max_age=DAY, max_bytes=1024 ** 3, discard=DiscardPolicy.OLD),
 )
+
+
+def claim_subject(namespace: str, execution: str, task: str, attempt: int) -> str:
+    """Where a task attempt's claim is kept (see :meth:`Bus.claim`)."""
+    return f"compozy.cmd.{token(namespace)}.{token(execution)}.task.claim.{token(task)}.{attempt}"
 
 
 class Bus:
@@ -63,9 +80,12 @@ class Bus:
     def connected(self) -> bool:
         return self.nc is not None and self.nc.is_connected
 
-    async def connect(self, attempts: int | None = None, initial_delay: float = 0.5, max_delay: float = 15) -> None:
-        """Connect, retrying with back-off (forever unless ``attempts``); log each failure."""
+    async def connect(self, attempts: int | None = None, initial_delay: float = 0.5, max_delay: float = 15,
+                      give_up_after: float | None = None) -> None:
+        """Connect, retrying with back-off (forever unless ``attempts`` or ``give_up_after`` seconds);
+        log each failure."""
         delay, tried = initial_delay, 0
+        started = asyncio.get_running_loop().time()
         while True:
             tried += 1
             try:
@@ -87,7 +107,9 @@ class Bus:
                 cause = self._connect_error or e  # "no servers available" hides e.g. "connection refused"
                 self._connect_error = None
                 self.last_error = f"NATS at {self.url} unreachable: {cause or type(cause).__name__}"
-                if attempts is not None and tried >= attempts:
+                waited = asyncio.get_running_loop().time() - started
+                if (attempts is not None and tried >= attempts) or (give_up_after is not None
+                                                                    and waited >= give_up_after):
                     raise ConnectionError(self.last_error) from e
                 log.warning("%s; retrying in %.1fs", self.last_error, delay)
                 await asyncio.sleep(delay)
@@ -247,6 +269,55 @@ class Bus:
             return None
         return json.loads(msg.data)
 
+    async def through_outage(self, op: Callable[[], Awaitable[T]], what: str, within: float) -> T:
+        """``await op()`` until NATS answers it, for up to ``within`` seconds after it first failed.
+
+        A try that meets an outage (any of :data:`OUTAGE_ERRORS`) is repeated once the client has
+        reconnected (a try while disconnected would only wait out its timeout in nats-py's
+        reconnect buffer). Only for operations that are safe to repeat: a publish with a
+        ``Nats-Msg-Id`` (a retry of one that was stored unacknowledged is dropped as a duplicate),
+        a read, a claim. Anything else (an API error, a payload too large) is raised at once."""
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        delay = 0.1
+        while True:
+            try:
+                return await op()
+            except OUTAGE_ERRORS as e:
+                if deadline is None:
+                    deadline = loop.time() + within
+                    log.warning("%s: NATS unavailable (%s: %s); retrying for up to %.0fs", what, type(e).__name__,
+                                e, within)
+                while not self.connected and loop.time() < deadline:
+                    await asyncio.sleep(0.1)
+                if loop.time() >= deadline:
+                    raise ConnectionError(f"{what}: NATS unavailable for {within:.0f}s "
+                                          f"({type(e).__name__}: {e})") from e
+                await asyncio.sleep(delay)  # connected: let a restarted JetStream get ready
+                delay = min(2.0, delay * 2)
+
+    async def claim(self, subject: str, claimant: str, **facts: Any) -> dict[str, Any] | None:
+        """Claim ``subject`` (of the command stream) for ``claimant``, once and for all.
+
+        The claim is published with ``Nats-Expected-Last-Subject-Sequence: 0``, so JetStream stores
+        only the first one. Returns None when the stored claim is ``claimant``'s (just now, or by an
+        earlier try whose acknowledgement was lost), else the stored claim of whoever holds it."""
+        assert self.js is not None
+        body = json.dumps({"claimant": claimant, "time": utcnow(), **facts}).encode()
+        while True:
+            try:
+                await self.js.publish(subject, body, stream=COMMAND_STREAM,
+                                      headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+                return None
+            except BadRequestError as e:
+                if e.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+            try:
+                held = json.loads((await self.js.get_last_msg(COMMAND_STREAM, subject, direct=True)).data)
+            except NotFoundError:  # purged in between (its execution deleted): claim again
+                continue
+            return None if held.get("claimant") == claimant else held
+
     async def emit_log(self, namespace: str, execution: str, component: str, level: str, message: str,
                        **fields: Any) -> None:
         """A LogEmitted event (fire and forget: logs must never block the work they describe)."""
@@ -256,7 +327,10 @@ class Bus:
                 "message": message, **fields}
         body = {"specversion": "1.0", "id": uuid.uuid4().hex, "source": f"compozy/{component}", "type": EventType.LOG_EMITTED.value,
                 "time": utcnow(), "subject": log_subject(namespace, execution, component), "data": data}
-        await self.nc.publish(body["subject"], json.dumps(body, default=str).encode())  # type: ignore[union-attr]
+        try:
+            await self.nc.publish(body["subject"], json.dumps(body, default=str).encode())  # type: ignore[union-attr]
+        except (nats.errors.Error, OSError) as e:  # NATS went away (buffer full, socket reset): the line is lost
+            log.debug("LogEmitted dropped: %s", e)
 
     async def close(self) -> None:
         """Flush what was published, then close. Not a drain: after a pull consumer's fetch, drain
@@ -269,4 +343,7 @@ class Bus:
             await nc.flush(timeout=2)
         except Exception as e:  # noqa: BLE001 - closing anyway
             log.warning("NATS flush on close failed: %s", e)
-        await nc.close()
+        try:
+            await nc.close()
+        except OSError as e:  # disconnected: nats-py writes what it buffered to the dead socket
+            log.warning("NATS close: %s; what was buffered while disconnected is lost", e)

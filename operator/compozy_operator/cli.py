@@ -9,6 +9,10 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .testenv import DevEnvironment
 
 
 def _print_exports(exports: dict[str, str]) -> None:
@@ -27,20 +31,51 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+# ``compozy dev nats stop|start`` asks the ``dev up`` process, which owns nats-server, by signal;
+# it answers in env.json: ``nats`` (running|stopped), ``natsRequests`` (how many it handled),
+# ``natsError`` (why the last one failed, or "").
+NATS_SIGNALS = {"stop": signal.SIGUSR1, "start": signal.SIGUSR2}
+
+
+def _handle_nats_request(env: DevEnvironment, action: str, handled: int) -> None:
+    from .testenv import ComponentError
+
+    error = ""
+    try:
+        if action == "stop":
+            env.stop_nats()
+        elif not env.nats.running:
+            env.resume_nats()
+    except (ComponentError, OSError) as err:
+        error = str(err)
+        print(f"error: nats-server did not {action}: {err}", file=sys.stderr, flush=True)
+    else:
+        print(f"# nats-server {'stopped' if action == 'stop' else 'running'} ({env.nats.url})", flush=True)
+    env.write_state(natsRequests=handled, natsError=error)
+
+
 def dev_up(args: argparse.Namespace) -> int:
     from .testenv import ComponentError, DevEnvironment
 
     started = time.monotonic()
     env = DevEnvironment.start(nodes=args.nodes)
     try:
+        requests: list[str] = []
+        for action, sig in NATS_SIGNALS.items():
+            signal.signal(sig, lambda *_, action=action: requests.append(action))
+        env.write_state(natsRequests=0, natsError="")  # from now on `compozy dev nats` may signal us
         print(f"# local cluster up in {time.monotonic() - started:.1f}s ({args.nodes} process node(s)); "
               f"Ctrl-C stops it. In another shell:", flush=True)
         _print_exports(env.exports())
         print(f"export PATH={env.bindir}:$PATH")
         print("kubectl get nodes", flush=True)
         signal.signal(signal.SIGTERM, _interrupt)
+        handled = 0
         while True:
-            time.sleep(1)
+            time.sleep(0.2)
+            while requests:
+                handled += 1
+                _handle_nats_request(env, requests.pop(0), handled)
             env.check_alive()
     except KeyboardInterrupt:
         print("# stopping", flush=True)
@@ -71,6 +106,30 @@ def dev_down(_: argparse.Namespace) -> int:
         pid = int(env_file.parent.name.split("-")[1])
         os.kill(pid, signal.SIGTERM)
         print(f"stopped the local cluster of process {pid}")
+    return 0
+
+
+def dev_nats(args: argparse.Namespace) -> int:
+    """Stop or start the nats-server of the running ``compozy dev up`` (the rest keeps running)."""
+    runs = [(p, json.loads(p.read_text())) for p in _live_runs()]
+    runs = [(p, state) for p, state in runs if "natsRequests" in state]  # only `dev up` answers the signals
+    if not runs:
+        print("no local cluster started with `compozy dev up` is running", file=sys.stderr)
+        return 1
+    env_file, state = runs[-1]
+    pid = int(env_file.parent.name.split("-")[1])
+    os.kill(pid, NATS_SIGNALS[args.action])
+    deadline = time.monotonic() + args.timeout
+    while (after := json.loads(env_file.read_text()))["natsRequests"] <= state["natsRequests"]:
+        if time.monotonic() > deadline:
+            print(f"error: the local cluster of process {pid} did not answer within {args.timeout:.0f}s",
+                  file=sys.stderr)
+            return 1
+        time.sleep(0.1)
+    if after["natsError"]:
+        print(f"error: nats-server did not {args.action}: {after['natsError']}", file=sys.stderr)
+        return 1
+    print(f"nats-server {after['nats']} ({after['NATS_URL']})")
     return 0
 
 
@@ -125,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     up.set_defaults(func=dev_up)
     dev_sub.add_parser("env", help="print the export lines of the running local cluster").set_defaults(func=dev_env)
     dev_sub.add_parser("down", help="stop the running local cluster").set_defaults(func=dev_down)
+    nats = dev_sub.add_parser("nats", help="stop or start the nats-server of the running `compozy dev up` "
+                              "(an outage: the cluster keeps running, clients reconnect on start)")
+    nats.add_argument("action", choices=sorted(NATS_SIGNALS))
+    nats.add_argument("--timeout", type=float, default=60, help="seconds to wait for it (default 60)")
+    nats.set_defaults(func=dev_nats)
     demo = dev_sub.add_parser("demo", help="start the local cluster, run a pod on it, publish over NATS, stop")
     demo.add_argument("--keep", action="store_true", help="keep the cluster running until Ctrl-C")
     demo.set_defaults(func=dev_demo)

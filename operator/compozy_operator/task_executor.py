@@ -5,6 +5,15 @@ TaskExecutionStarted, lets system.Runtime run the tool (Tool* events) or the age
 (Agent* events, with Tool* events for each tool call), and ends with TaskExecutionSuccess or
 TaskExecutionFailed (agents: with the attempt's token usage). Log lines become LogEmitted events. Every event id
 is deterministic, so a pod that runs twice reports each fact once.
+
+Exactly once: before it runs anything the runner claims its attempt on NATS (:meth:`Bus.claim`); a
+second pod of the same attempt (re-created after the first ran and was deleted) finds the claim
+taken and fails with ``AttemptAlreadyClaimed`` instead of running the tool again.
+
+NATS outages: every state event, the command fetch, the claim and the output upload are retried
+through an outage of up to ``COMPOZY_NATS_OUTAGE_SECONDS`` (default 300) each, with the same
+``Nats-Msg-Id``, so a retried publish that had been stored is dropped as a duplicate. Log lines
+are fire and forget: those emitted while NATS is away are lost.
 """
 
 from __future__ import annotations
@@ -13,22 +22,26 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import signal
 import sys
-import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nats.errors import MaxPayloadError
 
-from .bus import Bus
+from .bus import Bus, claim_subject
 from .events import EventType, cancel_subject, command_subject, make_event, output_key
 from .runtime import TaskFailure, ToolContext, run_tool
 
 if TYPE_CHECKING:
     from .agents.providers import Reply, ToolCall
 
-COMMAND_WAIT_SECONDS = 30
+T = TypeVar("T")
+COMMAND_WAIT_SECONDS = 30  # of NATS answering "no command yet" (time NATS is away does not count)
+COMMAND_POLL_SECONDS = 0.2
+DEFAULT_OUTAGE_SECONDS = 300  # how long each NATS operation waits out an outage before the pod gives up
 DEFAULT_INLINE_LIMIT = 16 * 1024  # bytes of JSON; larger outputs go to the object store
 RUNTIME = "compozy/runtime"  # source of the Tool* and Agent* events
 MAX_LOGGED_TEXT = 4000  # characters of a prompt or reply in a LogEmitted line (logMessages: true)
@@ -43,12 +56,16 @@ class Attempt:
     task: str
     attempt: int
     pod: str
+    claimant: str  # who claims the attempt: the pod's uid (unique per pod, even of the same name)
 
     @classmethod
     def from_env(cls) -> Attempt:
         e = os.environ
+        pod = e.get("POD_NAME", "")
+        # without POD_UID, a nonce makes this process the claimant (a retry within it is still its own)
+        claimant = e.get("POD_UID") or f"{pod}/{secrets.token_hex(8)}"
         return cls(e["COMPOZY_NAMESPACE"], e["COMPOZY_EXECUTION"], e["COMPOZY_EXECUTION_UID"], e["COMPOZY_TASK"],
-                   int(e["COMPOZY_ATTEMPT"]), e.get("POD_NAME", ""))
+                   int(e["COMPOZY_ATTEMPT"]), pod, claimant)
 
 
 class _NatsLogHandler(logging.Handler):
@@ -65,13 +82,17 @@ class _NatsLogHandler(logging.Handler):
 
 
 class TaskRunner:
-    def __init__(self, bus: Bus, a: Attempt) -> None:
-        self.bus, self.a = bus, a
+    def __init__(self, bus: Bus, a: Attempt, outage_seconds: float = DEFAULT_OUTAGE_SECONDS) -> None:
+        self.bus, self.a, self.outage_seconds = bus, a, outage_seconds
+
+    async def nats(self, op: Callable[[], Awaitable[T]], what: str) -> T:
+        """``op`` retried through a NATS outage (it must be safe to repeat)."""
+        return await self.bus.through_outage(op, what, self.outage_seconds)
 
     async def event(self, etype: EventType, source: str, **data: Any) -> None:
         a = self.a
-        await self.bus.publish_event(make_event(etype, source, a.namespace, a.execution, a.uid, a.task, a.attempt,
-                                                podName=a.pod, **data))
+        event = make_event(etype, source, a.namespace, a.execution, a.uid, a.task, a.attempt, podName=a.pod, **data)
+        await self.nats(lambda: self.bus.publish_event(event), f"publishing {etype}")
 
     async def log(self, message: str, level: str = "info") -> None:
         await self.bus.emit_log(self.a.namespace, self.a.execution, "task-executor", level, message,
@@ -79,12 +100,26 @@ class TaskRunner:
 
     async def fetch_command(self) -> dict[str, Any]:
         subject = command_subject(self.a.namespace, self.a.execution, self.a.task, self.a.attempt)
-        deadline = time.monotonic() + COMMAND_WAIT_SECONDS
-        while (command := await self.bus.get_command(subject)) is None:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no TaskExecute command on {subject} after {COMMAND_WAIT_SECONDS}s")
-            await asyncio.sleep(0.2)
-        return command
+        for _ in range(int(COMMAND_WAIT_SECONDS / COMMAND_POLL_SECONDS)):
+            command = await self.nats(lambda: self.bus.get_command(subject), "fetching the TaskExecute command")
+            if command is not None:
+                return command
+            await asyncio.sleep(COMMAND_POLL_SECONDS)
+        raise RuntimeError(f"no TaskExecute command on {subject} after {COMMAND_WAIT_SECONDS}s")
+
+    async def claim(self) -> bool:
+        """Claim the attempt; False (after reporting it) when another pod has run or runs it."""
+        a = self.a
+        subject = claim_subject(a.namespace, a.execution, a.task, a.attempt)
+        held = await self.nats(lambda: self.bus.claim(subject, a.claimant, pod=a.pod), "claiming the attempt")
+        if held is None:
+            return True
+        message = (f"task {a.task} attempt {a.attempt} was already claimed by pod {held.get('pod') or '?'} "
+                   f"(uid {held.get('claimant')}) at {held.get('time')}; pod {a.pod} did not run it again")
+        await self.event(EventType.TASK_FAILED, "compozy/task-executor",
+                         error={"reason": "AttemptAlreadyClaimed", "message": message})
+        await self.log(message, "error")
+        return False
 
     async def stop_early(self, reason: str, message: str) -> None:
         """Cancelled over NATS, or SIGTERM (the pod is being deleted): report it, then leave at once."""
@@ -119,6 +154,8 @@ class TaskRunner:
     async def run(self) -> None:
         await self.watch_for_stop()
         command = await self.fetch_command()
+        if not await self.claim():
+            return
         await self.event(EventType.TASK_STARTED, "compozy/task-executor")
         await self.log(f"task {self.a.task} attempt {self.a.attempt} started in pod {self.a.pod}")
         ctx = self.tool_context(command)
@@ -131,8 +168,9 @@ class TaskRunner:
             await self.log(f"{work.label} failed: {e.message}", "error")
             return
         a = self.a
-        result = await self.bus.output_fields(output_key(a.namespace, a.execution, a.uid, a.task, a.attempt), output,
-                                              int(command.get("outputInlineLimit", DEFAULT_INLINE_LIMIT)))
+        key = output_key(a.namespace, a.execution, a.uid, a.task, a.attempt)
+        limit = int(command.get("outputInlineLimit", DEFAULT_INLINE_LIMIT))
+        result = await self.nats(lambda: self.bus.output_fields(key, output, limit), "storing the output")
         if "outputRef" in result:
             ref = result["outputRef"]
             await self.log(f"output of {ref['size']} bytes stored as {ref['bucket']}/{ref['key']}")
@@ -266,9 +304,10 @@ def _termination_message(text: str) -> None:
 async def _main(a: Attempt) -> int:
     bus = Bus(os.environ["COMPOZY_NATS_URL"], os.environ.get("COMPOZY_NATS_TOKEN") or None,
               f"task-{a.execution}-{a.task}-{a.attempt}", os.environ.get("COMPOZY_NATS_CA") or None)
-    await bus.connect(attempts=10, max_delay=3)
+    outage = float(os.environ.get("COMPOZY_NATS_OUTAGE_SECONDS") or DEFAULT_OUTAGE_SECONDS)
+    await bus.connect(max_delay=3, give_up_after=outage)
     try:
-        await TaskRunner(bus, a).run()
+        await TaskRunner(bus, a, outage).run()
     finally:
         await bus.close()
     return 0

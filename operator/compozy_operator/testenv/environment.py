@@ -9,6 +9,7 @@ Used by the pytest fixtures, ``compozy dev up`` and the demo::
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -102,10 +103,23 @@ class DevEnvironment:
         self.nodes.pop(name).stop(15)
 
     def check_alive(self) -> None:
+        """Raise :class:`ComponentError` for a component that died; a NATS stopped on purpose
+        (:meth:`stop_nats`, or ``nats.stop()`` in a test) is no failure."""
         self.cluster.check_alive()
-        for name, proc in [*self.nodes.items(), ("nats-server", self.nats.proc)]:
+        procs = [*self.nodes.items(), *([("nats-server", self.nats.proc)] if self.nats.running else [])]
+        for name, proc in procs:
             if proc is not None and not proc.alive():
                 raise ComponentError(name, f"died with exit code {proc.popen.returncode}", proc.log_path)
+
+    def stop_nats(self) -> None:
+        """Stop nats-server alone (an outage); the cluster and the nodes keep running."""
+        self.nats.stop()
+        self.write_state()
+
+    def resume_nats(self, timeout: float = 30) -> None:
+        """Start nats-server again on its URL, with its data."""
+        self.nats.resume(timeout)
+        self.write_state()
 
     def exports(self) -> dict[str, str]:
         return {
@@ -115,11 +129,18 @@ class DevEnvironment:
             "COMPOZY_TESTENV_BIN": str(self.bindir),
         }
 
-    def write_state(self) -> Path:
-        """``env.json`` in the run directory, read by ``compozy dev env``."""
+    def write_state(self, **extra: object) -> Path:
+        """``env.json`` in the run directory, read by ``compozy dev env`` and ``dev nats``; replaced
+        atomically, since a ``compozy dev`` in another shell may read it at any moment."""
         path = self.workdir / "env.json"
-        path.write_text(json.dumps({**self.exports(), "workdir": str(self.workdir), "started": time.time()}))
-        path.chmod(0o600)
+        previous = json.loads(path.read_text()) if path.exists() else {}
+        state = {**previous, **self.exports(), "workdir": str(self.workdir),
+                 "started": previous.get("started", time.time()), "nats": "running" if self.nats.running else "stopped",
+                 **extra}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.chmod(0o600)
+        os.replace(tmp, path)
         return path
 
     def stop(self) -> None:

@@ -1,4 +1,7 @@
-"""nats-server with JetStream on loopback, token auth on (TLS optional), data in the run directory."""
+"""nats-server with JetStream on loopback, token auth on (TLS optional), data in the run directory.
+
+A test can stop it and :meth:`NatsServer.resume` it later on the same ports with the same data,
+as an outage of the server would look to its clients."""
 
 from __future__ import annotations
 
@@ -63,11 +66,22 @@ class NatsServer:
                     raise
         return self
 
-    def restart(self, timeout: float = 30) -> NatsServer:
-        """Stop, then start on the same ports with the same data, as a restarted server would
-        (connected clients reconnect)."""
-        self.stop()
+    @property
+    def running(self) -> bool:
+        """Started and not stopped since (it may still have died on its own: see ``proc.alive()``)."""
+        return self.proc is not None
+
+    def resume(self, timeout: float = 30) -> NatsServer:
+        """Start again after :meth:`stop`, on the same ports with the same data (JetStream streams,
+        consumers and messages), so clients reconnect to the URL they know."""
+        if self.running:
+            raise RuntimeError("nats-server is running: stop it before resuming it")
         return self._launch(timeout)
+
+    def restart(self, timeout: float = 30) -> NatsServer:
+        """Stop, then resume: a restarted server (connected clients reconnect)."""
+        self.stop()
+        return self.resume(timeout)
 
     def _launch(self, timeout: float) -> NatsServer:
         conf = self._write_config()

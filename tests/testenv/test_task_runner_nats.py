@@ -1,0 +1,177 @@
+"""The task runner (``compozy task run``) against a real nats-server: the exactly-once claim of an
+attempt, and NATS outages while attempts are in flight. The runner is the real process a task pod
+runs; it needs nothing of Kubernetes, so these tests give it the pod's environment directly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compozy_operator.bus import Bus, claim_subject
+from compozy_operator.events import Event, command_subject, event_id
+from compozy_operator.testenv import DevEnvironment
+from compozy_operator.testenv.natsserver import NatsServer
+from tests.helpers import wait_for
+
+NS, RUN, UID = "ns", "run-1", "uid-run-1"
+# appends a line per run to input.file (so the test counts tool runs), then works for a while
+COUNTED = ("import time\n"
+           "def run(input, ctx):\n"
+           "    with open(input['file'], 'a') as f:\n"
+           "        f.write(f'{ctx.task} {ctx.attempt}\\n')\n"
+           "    time.sleep(input['seconds'])\n"
+           "    return {'task': ctx.task, 'attempt': ctx.attempt}\n")
+
+
+@pytest.fixture
+def server(devenv: DevEnvironment, tmp_path: Path) -> Iterator[NatsServer]:
+    with NatsServer(devenv.bindir, tmp_path / "nats") as s:
+        asyncio.run(_ensure_streams(s))
+        yield s
+
+
+async def _bus(server: NatsServer) -> Bus:
+    bus = Bus(server.url, server.token, "test")
+    await bus.connect(attempts=3)
+    return bus
+
+
+async def _ensure_streams(server: NatsServer) -> None:
+    bus = await _bus(server)
+    await bus.ensure_streams()
+    await bus.close()
+
+
+def publish_command(server: NatsServer, task: str, file: Path, seconds: float, attempt: int = 1) -> None:
+    command = {"namespace": NS, "execution": RUN, "uid": UID, "task": task, "attempt": attempt,
+               "tool": {"id": "counted", "python": COUNTED}, "input": {"file": str(file), "seconds": seconds}}
+
+    async def publish() -> None:
+        bus = await _bus(server)
+        await bus.publish_command(command_subject(NS, RUN, task, attempt), command,
+                                  event_id(UID, task, attempt, "TaskExecute"))
+        await bus.close()
+
+    asyncio.run(publish())
+
+
+def start_runner(server: NatsServer, tmp_path: Path, task: str, pod_uid: str, attempt: int = 1,
+                 **env: str) -> subprocess.Popen[bytes]:
+    """The runner as a task pod runs it (its environment as the pod manifest gives it; ``pod_uid``
+    "" leaves POD_UID unset, as in a pod manifest without it)."""
+    pod = f"{RUN}-{task}-{attempt}"
+    variables = {**os.environ, "COMPOZY_NAMESPACE": NS, "COMPOZY_EXECUTION": RUN, "COMPOZY_EXECUTION_UID": UID,
+                 "COMPOZY_TASK": task, "COMPOZY_ATTEMPT": str(attempt), "POD_NAME": pod,
+                 "COMPOZY_NATS_URL": server.url, "COMPOZY_NATS_TOKEN": server.token,
+                 "COMPOZY_TERMINATION_LOG": str(tmp_path / f"{pod}-{pod_uid}.termination"), **env}
+    if pod_uid:
+        variables["POD_UID"] = pod_uid
+    log = (tmp_path / f"{pod}-{pod_uid}.log").open("wb")
+    return subprocess.Popen([sys.executable, "-m", "compozy_operator.cli", "task", "run"], env=variables,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def state_events(server: NatsServer) -> list[Event]:
+    async def replay() -> list[Event]:
+        bus = await _bus(server)
+        events = [e for _, e in await bus.replay(f"compozy.state.{NS}.{RUN}.>")]
+        await bus.close()
+        return events
+
+    return asyncio.run(replay())
+
+
+def runs_of(file: Path) -> Counter[str]:
+    return Counter(file.read_text().splitlines()) if file.exists() else Counter()
+
+
+def test_an_attempt_is_claimed_once(server: NatsServer) -> None:
+    async def scenario() -> tuple[Any, ...]:
+        bus = await _bus(server)
+        subject = claim_subject(NS, RUN, "a", 1)
+        first = await bus.claim(subject, "uid-a", pod="pod-a")
+        again = await bus.claim(subject, "uid-a", pod="pod-a")  # a retry whose first ack was lost
+        other = await bus.claim(subject, "uid-b", pod="pod-b")
+        racers = await asyncio.gather(*(bus.claim(claim_subject(NS, RUN, "b", 1), f"uid-{i}") for i in range(8)))
+        next_attempt = await bus.claim(claim_subject(NS, RUN, "a", 2), "uid-b")
+        await bus.close()
+        return first, again, other, racers, next_attempt
+
+    first, again, other, racers, next_attempt = asyncio.run(scenario())
+    assert (first, again) == (None, None)
+    assert (other["claimant"], other["pod"]) == ("uid-a", "pod-a")
+    winners = [i for i, held in enumerate(racers) if held is None]
+    assert len(winners) == 1, racers
+    assert {held["claimant"] for held in racers if held is not None} == {f"uid-{winners[0]}"}
+    assert next_attempt is None
+
+
+@pytest.mark.parametrize("first_uid", ["uid-first", ""])
+def test_a_second_pod_of_a_claimed_attempt_does_not_run_the_tool(server: NatsServer, tmp_path: Path,
+                                                                  first_uid: str) -> None:
+    """Also without POD_UID: each runner process is then a claimant of its own."""
+    runs = tmp_path / "runs"
+    publish_command(server, "a", runs, 0)
+    first = start_runner(server, tmp_path, "a", first_uid)
+    assert first.wait(60) == 0
+    second = start_runner(server, tmp_path, "a", "uid-second")
+    assert second.wait(60) == 0
+    assert runs_of(runs) == {"a 1": 1}
+    failed = [e for e in state_events(server) if e.type == "TaskExecutionFailed"]
+    assert len(failed) == 1
+    assert failed[0].data["error"]["reason"] == "AttemptAlreadyClaimed"
+    holder = first_uid or f"{RUN}-a-1/"
+    assert f"already claimed by pod {RUN}-a-1 (uid {holder}" in failed[0].data["error"]["message"]
+    assert [e.type for e in state_events(server)].count("TaskExecutionSuccess") == 1
+
+
+def test_attempts_in_flight_ride_out_a_20s_outage(server: NatsServer, tmp_path: Path) -> None:
+    """Four attempts run their tools when nats-server stops for 20 s; a fifth pod starts during the
+    outage. All five finish once NATS is back, each tool ran once, each event is stored once."""
+    runs = tmp_path / "runs"
+    tasks = [f"t{i}" for i in range(5)]
+    for task in tasks:
+        publish_command(server, task, runs, 4)
+    runners = {task: start_runner(server, tmp_path, task, f"uid-{task}") for task in tasks[:4]}
+    wait_for(lambda: len(runs_of(runs)) == 4, 30, "four tools to run")
+    server.stop()
+    try:
+        runners[tasks[4]] = start_runner(server, tmp_path, tasks[4], f"uid-{tasks[4]}")
+        time.sleep(20)
+        assert all(r.poll() is None for r in runners.values()), "a runner gave up during the outage"
+    finally:
+        server.resume()
+    resumed = time.monotonic()
+    codes = {task: r.wait(60) for task, r in runners.items()}
+    print(f"runners finished {time.monotonic() - resumed:.1f}s after NATS came back")
+    assert codes == dict.fromkeys(tasks, 0), {t: (tmp_path / f"{RUN}-{t}-1-uid-{t}.log").read_text()
+                                              for t, c in codes.items() if c}
+    assert runs_of(runs) == {f"{t} 1": 1 for t in tasks}
+    counts = Counter((e.task, e.type) for e in state_events(server))
+    for task in tasks:
+        for etype in ("TaskExecutionStarted", "ToolExecutionStarted", "ToolExecutionSuccess", "TaskExecutionSuccess"):
+            assert counts[(task, etype)] == 1, (task, etype, counts)
+    outputs = {e.task: e.data["output"] for e in state_events(server) if e.type == "TaskExecutionSuccess"}
+    assert outputs == {t: {"task": t, "attempt": 1} for t in tasks}
+
+
+def test_a_runner_gives_up_after_the_outage_budget(server: NatsServer, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    publish_command(server, "a", runs, 2)
+    runner = start_runner(server, tmp_path, "a", "uid-a", COMPOZY_NATS_OUTAGE_SECONDS="3")
+    wait_for(lambda: runs_of(runs), 30, "the tool to run")
+    server.stop()
+    stopped = time.monotonic()
+    assert runner.wait(30) == 1
+    assert time.monotonic() - stopped < 15
+    message = (tmp_path / f"{RUN}-a-1-uid-a.termination").read_text()
+    assert "publishing ToolExecutionSuccess: NATS unavailable for 3s" in message, message
