@@ -31,8 +31,10 @@ a non-numeric attempt, no id, an unknown type, an array), duplicates of real eve
 ``Nats-Msg-Id`` and without one, so JetStream's de-duplication does not hide them) and real events
 re-published in reverse order after later ones (out of order).
 
-Printed (and written to ``report.json`` in the output directory); the must-be-zero counts set the
-exit code (1 if any is not zero), times are figures only:
+Printed (and written to ``report.json`` in the output directory, with ``runs.json``: every run's
+final status and status-change times, ``events/<run>.jsonl``: the state events of every run with a
+problem, ``operator.log`` and ``logs/``); the must-be-zero counts set the exit code (1 if any is
+not zero), times are figures only:
 
 * lost: runs that never reached an end (not after the stuck deadline, nor after a final clean
   operator restart and ``--final-wait`` more seconds);
@@ -606,14 +608,17 @@ class Chaos:
 
     def fault_nats_outage(self, f: Fault) -> None:
         env = self.env
-        if hasattr(env, "stop_nats"):
-            env.stop_nats()
-            time.sleep(float(f.detail.rstrip("s")))
-            env.resume_nats()
-        else:  # a checkout without DevEnvironment.stop_nats: the same ports and data
-            env.nats.stop()
-            time.sleep(float(f.detail.rstrip("s")))
-            env.nats._launch(30)
+        modern = hasattr(env, "stop_nats")  # else a checkout without it: the same ports and data
+        env.stop_nats() if modern else env.nats.stop()
+        time.sleep(float(f.detail.rstrip("s")))
+        for attempt in range(1, 4):
+            try:
+                env.resume_nats() if modern else env.nats._launch(30)
+                break
+            except Exception as e:  # noqa: BLE001 - the run cannot go on without NATS: try again
+                self.log(f"nats-server did not come back (try {attempt}): {str(e).splitlines()[0]}")
+                if attempt == 3:
+                    raise
         f.end = time.time()
 
     def fault_node_restart(self, f: Fault) -> None:
@@ -990,8 +995,10 @@ class Report:
     def render(self, chaos: Chaos) -> str:
         cfg = chaos.cfg
         lines = [f"chaos run, seed {self.seed}, {self.seconds:.0f}s; output in {self.out}"]
+        must_fail = self.kinds.get("deadline", 0)
         lines.append(f"executions: {self.executions} (" + ", ".join(f"{k} {v}" for k, v in self.kinds.items())
-                     + "); ended " + ", ".join(f"{k} {v}" for k, v in sorted(self.phases.items())))
+                     + "); ended " + ", ".join(f"{k} {v}" for k, v in sorted(self.phases.items()))
+                     + f" (expected: Succeeded {self.executions - must_fail}, Failed {must_fail})")
         by_kind = defaultdict(list)
         for f in chaos.faults:
             if not f.skipped:
@@ -1082,6 +1089,16 @@ def run(cfg: Config, out: Path, log: Callable[[str], None] = print, keep: bool =
                          "changes": [round(t - chaos.started, 2) for t in r.changes]}
                 for r in chaos.tracker.runs.values()}
     (out / "runs.json").write_text(json.dumps(runs, indent=1, default=str))
+    # the state events the harness saw (core NATS, in arrival order) of every run with a problem
+    troubled = {*report.lost, *report.stuck, *report.wrong, *(u["execution"] for u in report.unexplained),
+                *(x.split()[0] for x in [*report.unrecorded, *report.duplicated])}
+    if troubled and hasattr(chaos, "bus"):
+        (out / "events").mkdir(exist_ok=True)
+        for name in troubled:
+            with (out / "events" / f"{name}.jsonl").open("w") as f:
+                for subject, data, msg_id in chaos.bus.recorded(name):
+                    f.write(json.dumps({"subject": subject, "msgId": msg_id,
+                                        "event": data.decode(errors="replace")}) + "\n")
     (out / "report.txt").write_text(report.text + "\n")
     return report
 
@@ -1091,6 +1108,7 @@ def main() -> int:
     parser.add_argument("--short", action="store_true", help="the short run of `make test`")
     parser.add_argument("--executions", type=int)
     parser.add_argument("--concurrency", type=int)
+    parser.add_argument("--kinds", help=f"workflow kinds, comma-separated (default: {','.join(KINDS)})")
     parser.add_argument("--kills", type=int)
     parser.add_argument("--nats-outages", help="seconds, comma-separated (e.g. 3,20,60); empty for none")
     parser.add_argument("--node-restarts", type=int)
@@ -1113,6 +1131,10 @@ def main() -> int:
                  "malformed", "duplicates", "out_of_order", "stuck_deadline", "final_wait", "nodes", "seed"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
+    if args.kinds:
+        changes["kinds"] = tuple(args.kinds.split(","))
+        if unknown := set(changes["kinds"]) - set(KINDS):
+            parser.error(f"unknown kinds: {', '.join(sorted(unknown))}")
     if args.nats_outages is not None:
         changes["nats_outages"] = tuple(float(x) for x in args.nats_outages.split(",") if x)
     if args.stream_deletes is not None:
