@@ -46,7 +46,8 @@ not zero), times are figures only:
   as a task's current attempt nor among its earlier ``attempts`` (an acknowledged event lost);
 * unexplained attempt failures: failed attempts that are neither designed (attempt 1 of ``retry``,
   the timeouts) nor caused by an injected fault that kills attempts: the deleted pod's attempt,
-  the attempts on the restarted node, a timeout that overlaps a fault, a pod left without its
+  the attempts on the restarted node, a timeout that overlaps a fault that can hold an attempt
+  up (not a deleted pod of another run, not an injected event), a pod left without its
   command by the deletion of ``COMPOZY_COMMANDS``, an attempt in flight when ``COMPOZY_STATE``
   was deleted (its reports may have gone with it). A NATS outage must cost nothing but time.
 * pods left: task pods of ended runs still there 30 s after the last run ended.
@@ -140,6 +141,8 @@ RETRY = {"limit": 4, "backoff": {"initial": "1s", "factor": 2, "max": "4s"}}
 SLOW_TIMEOUT = "15s"  # a no-op attempt takes ~5 s from dispatch to end on 2 busy cores
 DEADLINE_TIMEOUT = "3s"
 KINDS = ("seq", "par", "coll", "retry", "timeout", "deadline", "mixed")
+# faults that may hold an attempt or its report up long enough for its timeout to pass
+DELAYING = frozenset({"operator-kill", "nats-outage", "node-restart", "stream-delete", "consumer-delete"})
 DESIGNED_TIMEOUTS = {"slowfirst": 1, "wait": None, "guard": None}  # task -> attempt that times out (None: all)
 
 
@@ -857,8 +860,8 @@ def classify(rec: dict[str, Any], faults: list[Fault]) -> str:
         if f.skipped or not f.start:
             continue
         overlaps = began <= f.end + 5 and finished >= f.start
-        if reason == "Timeout" and overlaps:
-            return f.kind
+        if reason == "Timeout" and overlaps and f.kind in DELAYING:
+            return f.kind  # the fault held the attempt or its report up while its clock ran
         if f.kind == "stream-delete" and f.detail.startswith(COMMAND_STREAM) and "TaskExecute command" in message \
                 and began <= f.end:
             return f.kind  # its command was deleted before its pod fetched it

@@ -73,6 +73,8 @@ def test_the_checks_refuse_wrong_phases_outputs_and_failures() -> None:
     outage = chaos.Fault("nats-outage", "20s", start=t0 + 12, end=t0 + 32)
     assert chaos.classify(rec("slowfirst", 2, "Timeout"), [outage]) == "nats-outage"
     assert chaos.classify(rec("a", 1, "Error", "ConnectionResetError"), [outage]) == "unexplained"
+    injected = chaos.Fault("inject-malformed", start=t0 + 12, end=t0 + 12)
+    assert chaos.classify(rec("slowfirst", 2, "Timeout"), [injected]) == "unexplained"
     node = chaos.Fault("node-restart", start=t0 + 15, end=t0 + 25, pods=["seq-001-a-1"])
     assert chaos.classify(rec("a", 1, "ContainerLost", pod="seq-001-a-1"), [node]) == "node-restart"
     assert chaos.classify(rec("a", 1, "ContainerLost", pod="seq-001-b-1"), [node]) == "unexplained"
