@@ -81,6 +81,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the tests' helpers (kubectl, CRDs)
 
 import nats  # noqa: E402
+from nats.js.errors import NotFoundError  # noqa: E402
 
 from compozy_operator.testenv import DevEnvironment  # noqa: E402
 from compozy_operator.testenv.operator_process import OperatorProcess  # noqa: E402
@@ -441,7 +442,7 @@ class Bus(threading.Thread):
         try:
             await coro
             return True
-        except nats.js.errors.NotFoundError:
+        except NotFoundError:
             return False
 
     def close(self) -> None:
