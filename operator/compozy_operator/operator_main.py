@@ -160,12 +160,29 @@ class Operator:
         await self.http.stop()
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Kopf keeps a deep copy of every object it sees to diff it for change handlers; with event
+    handlers only, nothing reads it. Skipping it saves a copy per event, and a WorkflowExecution
+    whose input nests hundreds of levels deep no longer breaks Kopf (RecursionError in that copy)
+    before the orchestrator can fail it with a message."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 def build_registry(op_ref: dict[str, Operator], app_settings: Settings) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.enabled = False           # Events are ours (monitoring), not Kopf's
+        settings.persistence.diffbase_storage = NoDiffBase()
         settings.batching.batch_window = 0.005     # react to a status change within milliseconds
         settings.watching.server_timeout = 600
         settings.networking.request_timeout = 60

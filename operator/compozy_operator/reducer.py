@@ -152,7 +152,8 @@ def _fold_task(s: WorkflowExecutionStatus, etype: EventType, event: Event) -> Wo
         return s  # Tool*/Agent* progress is in the event stream, not in the status
     current = s.tasks.get(name)
     if current is not None and attempt < current.attempt:
-        return s  # a fact about an attempt that was already replaced
+        _late_record(current, target, attempt, event)  # the replaced attempt's end arrived after its retry
+        return s
     if current is None or attempt > current.attempt:
         history = (current.attempts or None) if current else None
         current = s.tasks[name] = TaskStatus(phase="Waiting", attempt=attempt, attempts=history)
@@ -189,7 +190,24 @@ def _fold_task(s: WorkflowExecutionStatus, etype: EventType, event: Event) -> Wo
                                    started_at=current.started_at, finished_at=current.finished_at,
                                    usage=current.usage)
             current.attempts = [*(current.attempts or []), record]
+    if s.phase in TERMINAL_PHASES and _rank(current.phase) < 2:  # a late fact of a run that has ended
+        current.phase = "Cancelled"
+        current.finished_at = current.finished_at or s.finished_at
+        current.dispatched_at = None
     s.progress = _progress(s)
     if current.usage:
         s.usage = _usage_total(s)
     return s
+
+
+def _late_record(current: TaskStatus, target: str, attempt: int, event: Event) -> None:
+    """Keep the record of an earlier attempt whose end arrives after its successor started
+    (e.g. redelivered after a crash), so the same events give the same history in any order."""
+    if target not in ("Failed", "Cancelled") or any(r.attempt == attempt for r in current.attempts or []):
+        return
+    err = event.data.get("error") or {}
+    record = AttemptRecord(attempt=attempt, pod_name=event.data.get("podName"), phase=target,
+                           error=ErrorInfo(reason=err.get("reason"), message=err.get("message"),
+                                           retry_after=err.get("retryAfter")),
+                           finished_at=event.time)
+    current.attempts = sorted([*(current.attempts or []), record], key=lambda r: r.attempt)

@@ -154,3 +154,27 @@ def test_an_effect_that_fails_for_good_is_not_retried() -> None:
         assert calls == [1] and not effects.pending
 
     asyncio.run(scenario())
+
+
+def _task_event(etype: EventType, attempt: int, **data: object) -> object:
+    return make_event(etype, "t", "ns", "run-1", "u1", "a", attempt, **data)
+
+
+def test_an_attempts_failure_redelivered_after_its_retry_keeps_its_record() -> None:
+    failed = _task_event(EventType.TASK_FAILED, 1, podName="p1", error={"reason": "Timeout", "message": "slow"})
+    retry = _task_event(EventType.TASK_RETRY_SCHEDULED, 2, notBefore="2027-01-15T08:00:00.000Z")
+    started = _task_event(EventType.TASK_STARTED, 2)
+    in_order = fold_all(WorkflowExecutionStatus(phase="Running"), [(failed, 1), (retry, 2), (started, 3)])
+    late = fold_all(WorkflowExecutionStatus(phase="Running"), [(retry, 2), (started, 3), (failed, 1)])
+    for s in (in_order, late):
+        (record,) = s.tasks["a"].attempts or []
+        assert (record.attempt, record.phase, record.error.reason) == (1, "Failed", "Timeout")
+    assert late.tasks["a"].phase == "Running" and late.tasks["a"].attempt == 2
+
+
+def test_a_task_event_that_arrives_after_the_run_ended_leaves_nothing_in_flight() -> None:
+    s = WorkflowExecutionStatus(phase="Running", started_at="2027-01-15T08:00:00.000Z")
+    end = make_event(EventType.WORKFLOW_CANCELLED, "t", "ns", "run-1", "u1", error={"reason": "Cancelled"})
+    s = fold_all(s, [(end, 5), (_task_event(EventType.TASK_DISPATCHED, 1, podName="p"), 2),
+                     (_task_event(EventType.TASK_STARTED, 1), 3)])
+    assert s.tasks["a"].phase == "Cancelled" and s.tasks["a"].finished_at == s.finished_at

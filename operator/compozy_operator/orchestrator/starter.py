@@ -23,6 +23,7 @@ from ..events import EventType, make_event, output_prefix, state_subject
 from ..executor import RunContext
 from ..kube import ApiException, Kube
 from ..pods import ANNOTATION_TASK, LABEL_ATTEMPT, LABEL_EXECUTION, LABEL_TASK, label_value
+from ..reducer import fold_all
 from ..settings import Settings
 from ..validation import SpecError, check_input, check_workflow, json_depth, parse_workflow
 from .run import SOURCE, Run
@@ -113,7 +114,9 @@ class Starter:
                 run.pods.add((task, int(labels.get(LABEL_ATTEMPT, "1"))))
         history = await self.bus.replay(state_subject(run.namespace, run.name, None))
         run.history = [(seq, ev) for seq, ev in history if ev.data.get("uid") == run.uid]
-        snapshot = run.virtual(status).snapshot
+        # the status's snapshot, else the stream's (a status written before snapshots existed)
+        started = [(ev, seq) for seq, ev in run.history if ev.type == EventType.WORKFLOW_STARTED][:1]
+        snapshot = status.snapshot or fold_all(WorkflowExecutionStatus(), started).snapshot
         if snapshot is not None:
             run.spec, run.context = await self._restore(run, snapshot)
 

@@ -1,0 +1,157 @@
+"""Runs that used to hang forever now end: lost pods, lost streams, values too large or too deep,
+durations out of range. Each test names the defect of issue 10 it covers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+
+from compozy_operator.kube import Kube
+from compozy_operator.testenv import DevEnvironment
+from compozy_operator.testenv.operator_process import OperatorProcess
+from tests.helpers import Kubectl, pid_of, wait_for
+
+from .conftest import OPERATOR_ENV, execution_status, wait_finished
+from .test_failpoints import DIR, TOOLS, tool_runs
+from .test_workflows import apply, execution, workflow
+
+ECHO = [{"id": "echo", "python": "def run(input, ctx):\n    return input\n"}]
+BIG = [{"id": "big", "python": "def run(input, ctx):\n    return {'blob': 'x' * 1_200_000}\n"}]
+
+
+@pytest.fixture
+def own_operator(operator: OperatorProcess, devenv: DevEnvironment, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """An operator this test may stop and start (the session's is stopped meanwhile)."""
+    operator.stop()
+    op = OperatorProcess(devenv, extra_env=OPERATOR_ENV, log_path=tmp_path / "operator.log")
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        operator.start()
+
+
+def create(kubectl: Kubectl, namespace: str, *docs: dict) -> None:
+    """``kubectl create`` (apply would copy a large object into an annotation of 256 KiB at most)."""
+    kubectl.ok("create", "-n", namespace, "-f", "-", stdin="\n---\n".join(json.dumps(d) for d in docs))
+
+
+def _js(devenv: DevEnvironment, action: str, *args: str) -> None:
+    async def go() -> None:
+        nc = await nats.connect(devenv.nats.url, token=devenv.nats.token)
+        try:
+            await getattr(nc.jetstream(), action)(*args)
+        finally:
+            await nc.close()
+
+    asyncio.run(go())
+
+
+def test_a_workflow_output_too_large_for_nats_is_stored_not_stuck(operator: OperatorProcess, kubectl: Kubectl,
+                                                                    namespace: str) -> None:
+    """Defect 2: a 1.2 MB workflow output gave MaxPayloadError once and a run that never ended."""
+    apply(kubectl, namespace, workflow("huge-out", [{"id": "make", "tool": "big"}], tools=BIG,
+                                       output={"copy": "{{ tasks.make.output.blob }}"}),
+          execution("huge-out-1", "huge-out"))
+    status = wait_finished(kubectl, namespace, "huge-out-1", 60)
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert "output" not in status and status["outputRef"]["size"] > 1_200_000
+
+
+def test_a_large_input_runs_and_only_its_snapshot_is_stored_apart(operator: OperatorProcess, kubectl: Kubectl,
+                                                                   namespace: str) -> None:
+    """Defect 4: a 1.3 MB input left the execution blank forever (MaxPayloadError at start)."""
+    create(kubectl, namespace, workflow("big-in", [{"id": "a", "tool": "echo", "with": {"n": "{{ workflow.input.n }}"}}],
+                                       tools=ECHO, output={"n": "{{ tasks.a.output.n }}"}),
+          execution("big-in-1", "big-in", {"n": 7, "pad": "y" * 1_300_000}))
+    status = wait_finished(kubectl, namespace, "big-in-1", 60)
+    assert status["phase"] == "Succeeded" and status["output"] == {"n": 7}, status.get("message")
+    assert status["snapshot"]["inputRef"]["size"] > 1_300_000 and "input" not in status["snapshot"]
+
+
+def test_an_input_too_large_to_send_to_a_task_fails_that_task(operator: OperatorProcess, kubectl: Kubectl,
+                                                               namespace: str) -> None:
+    create(kubectl, namespace, workflow("big-with", [{"id": "a", "tool": "echo", "with": {"all": "{{ workflow.input }}"},
+                                                     "retry": {"limit": 3}}], tools=ECHO),
+          execution("big-with-1", "big-with", {"pad": "y" * 1_300_000}))
+    status = wait_finished(kubectl, namespace, "big-with-1", 60)
+    assert status["phase"] == "Failed"
+    a = status["tasks"]["a"]
+    assert a["error"]["reason"] == "InputTooLarge" and a["attempt"] == 1  # not retried: it would never fit
+    assert "rendered input is too large" in a["error"]["message"]
+
+
+@pytest.mark.parametrize("depth", [400, 900])
+def test_deep_input_fails_the_run_naming_the_field(depth: int, operator: OperatorProcess, kubectl: Kubectl,
+                                                   namespace: str) -> None:
+    """Defect 4: input nested 400 deep (serialization) or 900 deep (RecursionError) left a blank run."""
+    deep: object = 1
+    for _ in range(depth):
+        deep = [deep]
+    apply(kubectl, namespace, workflow("deep", [{"id": "a", "tool": "echo"}], tools=ECHO),
+          execution("deep-1", "deep", {"v": deep}))
+    status = wait_finished(kubectl, namespace, "deep-1", 30)
+    assert status["phase"] == "Failed" and status["error"]["reason"] == "InvalidSpec"
+    assert status["message"] == f"spec.input: nested {depth + 1} levels deep; at most 64 are allowed"
+
+
+@pytest.mark.parametrize("field,value,problem", [
+    ("retry", {"limit": 1, "backoff": {"max": "999999999h"}}, "999999999h is longer than the limit of 8784h"),
+    ("timeout", "0s", "must be greater than zero"),
+])
+def test_durations_out_of_range_fail_the_run_at_start(field: str, value: object, problem: str,
+                                                      operator: OperatorProcess, kubectl: Kubectl,
+                                                      namespace: str) -> None:
+    """Defect 9: a schema-valid 999999999h back-off raised 'year out of range' forever; 0s never fired."""
+    apply(kubectl, namespace, workflow("dur", [{"id": "a", "tool": "echo", field: value}], tools=ECHO),
+          execution("dur-1", "dur"))
+    status = wait_finished(kubectl, namespace, "dur-1", 30)
+    assert status["phase"] == "Failed" and problem in status["message"], status["message"]
+    assert "tasks[0]" in status["message"]
+
+
+def test_a_run_survives_the_loss_of_its_state_stream(own_operator: OperatorProcess, devenv: DevEnvironment,
+                                                     kubectl: Kubectl, namespace: str, tmp_path: Path) -> None:
+    """Defect 5: with its WorkflowExecutionStarted gone from the stream, a run stayed Running forever
+    after a restart. Its snapshot now lives in its status."""
+    apply(kubectl, namespace,
+          workflow("lasting", [{"id": "a", "tool": "counted", "with": {"dir": DIR, "v": 1}, "onSuccess": {"next": "b"}},
+                               {"id": "b", "tool": "counted", "with": {"dir": DIR, "v": "{{ tasks.a.output.v }}"}}],
+                   tools=TOOLS, output={"b": "{{ tasks.b.output.v }}"}),
+          execution("lasting-1", "lasting", {"dir": str(tmp_path)}))
+    wait_for(lambda: execution_status(kubectl, namespace, "lasting-1").get("snapshot"), 30, "the run to start")
+    own_operator.stop()
+    _js(devenv, "delete_stream", "COMPOZY_STATE")
+    own_operator.start()
+    status = wait_finished(kubectl, namespace, "lasting-1", 60)
+    assert status["phase"] == "Succeeded" and status["output"] == {"b": 1}, status
+    assert set(tool_runs(tmp_path, "lasting-1").values()) == {1}
+
+
+def test_a_pod_deleted_while_the_operator_is_down_is_found_lost(own_operator: OperatorProcess, kubectl: Kubectl,
+                                                                kube: Kube, namespace: str, tmp_path: Path) -> None:
+    """A running attempt whose pod vanished while no operator watched: its DELETED event is never
+    seen, so the restarted operator notices the missing pod, fails the attempt, and retries it."""
+    apply(kubectl, namespace,
+          workflow("orphaned", [{"id": "a", "tool": "counted", "with": {"dir": DIR, "sleep": 300},
+                                 "retry": {"limit": 1}}], tools=TOOLS, output={"a": "{{ tasks.a.output.attempt }}"}),
+          execution("orphaned-1", "orphaned", {"dir": str(tmp_path)}))
+    wait_for(lambda: execution_status(kubectl, namespace, "orphaned-1").get("tasks", {}).get("a", {}).get("phase")
+             == "Running", 30, "the attempt to run")
+    own_operator.kill()
+    os.kill(pid_of(kube.get(f"/api/v1/namespaces/{namespace}/pods/orphaned-1-a-1")), signal.SIGKILL)  # no report
+    kubectl.ok("delete", "pod", "orphaned-1-a-1", "-n", namespace, "--grace-period=0", "--force")
+    own_operator.start()
+    status = wait_finished(kubectl, namespace, "orphaned-1", 60)
+    assert status["phase"] == "Succeeded" and status["output"] == {"a": 2}, json.dumps(status, indent=1)
+    first = status["tasks"]["a"]["attempts"][0]["error"]
+    assert first["reason"] == "PodLost" and "no longer exists" in first["message"], first
+    wait_for(lambda: not kube.get(f"/api/v1/namespaces/{namespace}/pods")["items"], 30, "the pods to be removed")
