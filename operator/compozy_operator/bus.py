@@ -32,7 +32,8 @@ from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from . import failpoints
-from .events import COMMAND_STREAM, LOG_STREAM, STATE_STREAM, Event, EventType, log_subject, token, utcnow
+from .events import (COMMAND_STREAM, LOG_STREAM, STATE_STREAM, Event, EventType, InvalidEvent, log_subject,
+                     parse_state_event, token, utcnow)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,6 +58,10 @@ STREAMS = (
     StreamConfig(name=LOG_STREAM, subjects=["compozy.log.>"], storage=StorageType.FILE,
                  retention=RetentionPolicy.LIMITS, max_age=DAY, max_bytes=1024 ** 3, discard=DiscardPolicy.OLD),
 )
+
+
+class PayloadTooLarge(ValueError):
+    """A message that can never fit the NATS server's ``max_payload`` (retrying cannot help)."""
 
 
 def claim_subject(namespace: str, execution: str, task: str, attempt: int) -> str:
@@ -225,39 +230,55 @@ class Bus:
             await store.delete(name)
         return len(names)
 
+    def check_size(self, payload: bytes, what: str) -> bytes:
+        """``payload``, or :class:`PayloadTooLarge` naming ``what`` when the server would refuse it."""
+        limit = self.nc.max_payload if self.nc is not None else 0
+        if limit and len(payload) > limit - 1024:  # headers travel in the same message
+            raise PayloadTooLarge(f"{what} is {len(payload)} bytes; the NATS server accepts at most {limit}")
+        return payload
+
     async def publish_event(self, event: Event) -> int:
         """Publish a state event; return its stream sequence (the original's, for a duplicate)."""
         assert self.js is not None
+        payload = self.check_size(event.model_dump_json().encode(), f"the {event.type} event")
         failpoints.point(f"publish.{event.type}:before")
-        ack = await self.js.publish(event.subject, event.model_dump_json().encode(), stream=STATE_STREAM,
-                                    headers={"Nats-Msg-Id": event.id})
+        ack = await self.js.publish(event.subject, payload, stream=STATE_STREAM, headers={"Nats-Msg-Id": event.id})
         failpoints.point(f"publish.{event.type}:after")
         return ack.seq
 
     async def replay(self, subject: str, batch: int = 512) -> list[tuple[int, Event]]:
-        """Every state event stored under ``subject`` (a wildcard), in stream order, with sequences."""
+        """Every state event stored under ``subject`` (a wildcard), in stream order, with sequences.
+
+        Nothing when the stream is gone (it is recreated elsewhere); events that do not parse are
+        left out (the state manager rejects them too: :func:`parse_state_event`)."""
         assert self.js is not None
-        sub = await self.js.pull_subscribe(
-            subject, stream=STATE_STREAM,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30,
-                                  mem_storage=True))
+        try:
+            sub = await self.js.pull_subscribe(
+                subject, stream=STATE_STREAM,
+                config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE,
+                                      inactive_threshold=30, mem_storage=True))
+        except NotFoundError:
+            return []
         out: list[tuple[int, Event]] = []
         try:
             while True:
                 info = await sub.consumer_info()
                 if info.num_pending == 0:
                     break
-                msgs = await sub.fetch(min(batch, info.num_pending), timeout=5)
-                out += [(m.metadata.sequence.stream, Event.model_validate_json(m.data)) for m in msgs]
+                for m in await sub.fetch(min(batch, info.num_pending), timeout=5):
+                    try:
+                        out.append((m.metadata.sequence.stream, parse_state_event(m.subject, m.data)))
+                    except InvalidEvent:
+                        continue
         finally:
             await sub.unsubscribe()
         return out
 
     async def publish_command(self, subject: str, payload: dict[str, Any], msg_id: str) -> int:
         assert self.js is not None
+        data = self.check_size(json.dumps(payload).encode(), "the TaskExecute command")
         failpoints.point("publish.TaskExecute:before")
-        ack = await self.js.publish(subject, json.dumps(payload).encode(), stream=COMMAND_STREAM,
-                                    headers={"Nats-Msg-Id": msg_id})
+        ack = await self.js.publish(subject, data, stream=COMMAND_STREAM, headers={"Nats-Msg-Id": msg_id})
         failpoints.point("publish.TaskExecute:after")
         return ack.seq
 
