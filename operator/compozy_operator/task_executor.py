@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from nats.errors import MaxPayloadError
 
-from .bus import Bus, claim_subject
+from .bus import Bus, PayloadTooLarge, claim_subject
 from .events import EventType, cancel_subject, command_subject, make_event, output_key
 from .runtime import TaskFailure, ToolContext, run_tool
 
@@ -177,7 +177,7 @@ class TaskRunner:
         try:
             await self.event(work.succeeded, RUNTIME, **work.ident, **result, **work.report())
             await self.event(EventType.TASK_SUCCESS, "compozy/task-executor", **result, **work.task_report())
-        except MaxPayloadError:
+        except (MaxPayloadError, PayloadTooLarge):
             await self.fail(work, {"reason": "OutputTooLarge",
                                    "message": "the task's output exceeds the NATS message size limit"})
             return
