@@ -73,7 +73,6 @@ from .templates import TemplateError, render
 # the provider, an answer that never matched the output schema, a tool loop that never ended.)
 NON_RETRYABLE = frozenset({
     "TemplateError", "ToolLoadError", "InvalidTool", "Cancelled", "InputTooLarge", "PodRejected",
-    "AttemptAlreadyClaimed",
     "ProviderAuthError", "ProviderBadRequest", "OutputSchemaNotSatisfied", "MaxIterationsExceeded",
 })
 IN_FLIGHT = frozenset({"Waiting", "Pending", "Running"})
