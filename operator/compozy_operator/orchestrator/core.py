@@ -152,6 +152,8 @@ class Orchestrator:
             elif isinstance(action, WakeAt):
                 wake.append(action.at)
         self.timers.set(run.uid, "wake", min(wake) if wake else None)
+        run.status = virtual
+        await self.pods.stop_stale(run)
 
     async def _with_outputs(self, run: Run, status: WorkflowExecutionStatus) -> WorkflowExecutionStatus:
         """Templates read outputs by value: fetch the ones kept in the object store (cached per run)."""

@@ -67,6 +67,8 @@ class PodWatch:
             run.pods.add((task, attempt))
         if self.dispatcher.track(owner["uid"], meta["name"], task, ended) and run is not None:
             self.slot_freed(run)  # a worker slot is free: a full parent may dispatch now
+        if run is not None and not ended:
+            await self._stop_if_stale(run, meta["name"], task, attempt)
         await self.effects.run(("pod", meta["uid"], event_type == "DELETED"),
                                lambda: self._check(event_type, pod, owner, task, attempt, phase, recheck),
                                f"handling pod {meta['namespace']}/{meta['name']} ({event_type})")
@@ -95,6 +97,23 @@ class PodWatch:
                 await self.cleanup.delete_pod(ns, meta["name"], grace=0)
         if event_type != "DELETED" and phase in ("Succeeded", "Failed") and self.settings.delete_finished_pods:
             await self.cleanup.delete_pod(ns, meta["name"], uid=meta["uid"])
+
+    async def stop_stale(self, run: Run) -> None:
+        """Stop the pods of attempts that have ended without them: timed out or cancelled attempts
+        whose pod outlived the stop (e.g. the operator crashed between the end and the delete), and
+        attempts already replaced by a retry."""
+        for name, task in list(self.dispatcher.alive.get(run.uid, {}).items()):
+            await self._stop_if_stale(run, name, task, int(name.rsplit("-", 1)[1]))  # names end in -<attempt>
+
+    async def _stop_if_stale(self, run: Run, name: str, task: str, attempt: int) -> None:
+        st = run.status.tasks.get(task) if run.status else None
+        ended = st is not None and (attempt < st.attempt or (attempt == st.attempt and st.phase in ("Failed",
+                                                                                                 "Cancelled")))
+        if not ended or name in run.stopped:
+            return
+        run.stopped.add(name)
+        await self.effects.run(("stop", run.uid, name), lambda: self.cleanup.delete_pod(run.namespace, name),
+                               f"stopping pod {run.namespace}/{name} of an ended attempt")
 
     def _recheck_later(self, pod: dict[str, Any], delay: float) -> None:
         """Look at a pod again later: nothing may change on it while the clock runs out."""
