@@ -71,6 +71,11 @@ class Orchestrator:
         run.obj = obj
         run.cancel = run.cancel or bool((obj.get("spec") or {}).get("cancel"))
         async with run.lock:
+            # The watch can deliver a copy older than the status the state manager handed over
+            # directly: decide from the newest (the highest stream sequence folded), never go back.
+            if run.newest is not None and status.state_seq < run.newest.state_seq:
+                status = run.newest
+            run.newest = status
             try:
                 await self._reconcile(run, obj, status)
                 run.failures = 0

@@ -32,6 +32,7 @@ class Run:
     limits: dict[str, tuple[str, int]] | None = None  # child key prefix -> (parent, maxWorkers)
     pods: set[tuple[str, int]] = field(default_factory=set)  # (task key, attempt) whose pod exists or existed
     acted: set[tuple[str, str, int]] = field(default_factory=set)  # actions known done (published)
+    newest: WorkflowExecutionStatus | None = None  # the newest status received (watch copies can lag)
     status: WorkflowExecutionStatus | None = None  # the (virtual) status last decided from
     stopped: set[str] = field(default_factory=set)  # pods of ended attempts whose delete was sent
     failures: int = 0  # consecutive failed reconciles (back-off)
