@@ -335,6 +335,7 @@ class Tracker:
         self.lock = threading.Lock()
         self.runs: dict[str, Run] = {}
         self.pods: dict[str, PodSeen] = {}
+        self.first_seen: dict[str, float] = {}  # pod name -> when a pod of that name was first seen
 
     def add(self, run: Run) -> None:
         with self.lock:
@@ -363,6 +364,7 @@ class Tracker:
             pod = self.pods.get(meta["name"])
             if pod is None or (pod.gone is not None and etype != "DELETED"):
                 pod = self.pods[meta["name"]] = PodSeen(meta["name"], owner, "", "Pending", now)
+                self.first_seen.setdefault(meta["name"], now)
             pod.node = obj["spec"].get("nodeName") or pod.node
             pod.phase = (obj.get("status") or {}).get("phase") or pod.phase
             if etype == "DELETED":
@@ -842,8 +844,11 @@ def base_task(key: str) -> str:
     return key.split("[", 1)[0]
 
 
-def classify(rec: dict[str, Any], faults: list[Fault]) -> str:
-    """``designed``, the kind of fault that explains the failure, or ``unexplained``."""
+def classify(rec: dict[str, Any], faults: list[Fault], first_seen: dict[str, float] | None = None) -> str:
+    """``designed``, the kind of fault that explains the failure, or ``unexplained``.
+
+    ``first_seen``: pod name -> when the harness first saw a pod of that name (an attempt's
+    beginning when its status has no start: e.g. its events went with a deleted stream)."""
     err = rec.get("error") or {}
     reason, message = err.get("reason"), err.get("message") or ""
     task, attempt = base_task(rec["task"]), rec.get("attempt")
@@ -856,7 +861,9 @@ def classify(rec: dict[str, Any], faults: list[Fault]) -> str:
         if pod and pod in f.pods:
             return f.kind
     finished = _ts(rec.get("finishedAt")) or 0.0
-    began = _ts(rec.get("startedAt")) or _ts(rec.get("dispatchedAt")) or finished - 60
+    starts = [t for t in (_ts(rec.get("startedAt")), _ts(rec.get("dispatchedAt")),
+                          (first_seen or {}).get(pod or "")) if t]
+    began = min(starts) if starts else finished - 60
     for f in faults:
         if f.skipped or not f.start:
             continue
@@ -972,7 +979,7 @@ class Report:
                 if t.get("attempt"):
                     known.add((r.name, key, t["attempt"]))
             for rec in failed_attempts(r.status):
-                why = classify(rec, faults)
+                why = classify(rec, faults, chaos.tracker.first_seen)
                 attempts[why] += 1
                 if why == "unexplained":
                     err = rec.get("error") or {}

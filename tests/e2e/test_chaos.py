@@ -78,6 +78,12 @@ def test_the_checks_refuse_wrong_phases_outputs_and_failures() -> None:
     node = chaos.Fault("node-restart", start=t0 + 15, end=t0 + 25, pods=["seq-001-a-1"])
     assert chaos.classify(rec("a", 1, "ContainerLost", pod="seq-001-a-1"), [node]) == "node-restart"
     assert chaos.classify(rec("a", 1, "ContainerLost", pod="seq-001-b-1"), [node]) == "unexplained"
+    # the STATE stream went while the attempt ran: its status has no start, the pod's first sight tells
+    gone = chaos.Fault("stream-delete", "COMPOZY_STATE", start=t0 + 15, end=t0 + 15)
+    late = {**rec("c", 1, "AttemptAlreadyClaimed", pod="seq-001-c-1"), "startedAt": None,
+            "finishedAt": "2026-01-01T00:03:00Z"}
+    assert chaos.classify(late, [gone]) == "unexplained"
+    assert chaos.classify(late, [gone], {"seq-001-c-1": t0 + 14}) == "stream-delete"
 
 
 def test_tool_runs_count_each_attempt_once(tmp_path: Path) -> None:
