@@ -41,7 +41,9 @@ not zero), times are figures only:
 * duplicated: tool attempts (execution, task, attempt) that ran more than once;
 * stuck: runs not ended within ``--stuck-deadline`` seconds after the faults stopped (lost ones
   included);
-* wrong results: ended runs whose phase or output differs from what their kind must give;
+* wrong results: ended runs whose phase or output differs from what their kind must give, or
+  whose status shows a task that ended after its successor started (a task run again after it
+  had succeeded: the output is the same, the run is not);
 * unrecorded attempts: attempts whose tool ran (``runs.log``) but that no status shows, neither
   as a task's current attempt nor among its earlier ``attempts`` (an acknowledged event lost);
 * unexplained attempt failures: failed attempts that are neither designed (attempt 1 of ``retry``,
@@ -879,6 +881,30 @@ def classify(rec: dict[str, Any], faults: list[Fault], first_seen: dict[str, flo
     return "unexplained"
 
 
+# Stages of each kind's basic tasks: a task of a stage starts only after every task of the stage
+# before it ended (its recorded end). A task that ran again after its successor started (e.g. a
+# success re-run as a new attempt) shows as a successor that started before it ended.
+STAGES = {
+    "seq": [["a"], ["b"], ["c"]],
+    "par": [["p1", "p2", "p3"], ["join"]],
+    "mixed": [["a"], ["p1", "p2"], ["each[0]", "each[1]"], ["flaky"], ["slowfirst"], ["guard"], ["fallback"]],
+}
+
+
+def out_of_order(kind: str, status: dict[str, Any]) -> str | None:
+    tasks = status.get("tasks") or {}
+    stages = STAGES.get(kind, [])
+    for before, after in zip(stages, stages[1:]):
+        for a in before:
+            ended = _ts((tasks.get(a) or {}).get("finishedAt"))
+            for b in after:
+                began = _ts((tasks.get(b) or {}).get("startedAt"))
+                if ended and began and began < ended:
+                    return (f"task {b} started ({tasks[b]['startedAt']}) before task {a} ended "
+                            f"({tasks[a]['finishedAt']}, attempt {tasks[a].get('attempt')}): {a} ran again")
+    return None
+
+
 def check_result(run: Run, faults: list[Fault]) -> str | None:
     """What is wrong with an ended run's result, or None."""
     phase, output = expected(run.kind, run.n)
@@ -889,7 +915,7 @@ def check_result(run: Run, faults: list[Fault]) -> str | None:
         got = st.get("output")
         if got != output:
             return f"output {json.dumps(got)} (expected {json.dumps(output)})"
-        return None
+        return out_of_order(run.kind, st)
     # deadline: Failed because task `wait` timed out on both attempts (or a fault ended the last one)
     err = st.get("error") or {}
     wait = (st.get("tasks") or {}).get("wait") or {}

@@ -61,6 +61,15 @@ def test_the_checks_refuse_wrong_phases_outputs_and_failures() -> None:
     fault = chaos.Fault("pod-delete", start=1.0, end=2.0, pods=["deadline-001-wait-2"])
     assert chaos.check_result(_run(chaos, "deadline", 1, deleted), [fault]) is None
 
+    # a task that ran again after its successor had started: right output, wrong run
+    seq = {"phase": "Succeeded", "output": {"v": 4},
+           "tasks": {"a": {"phase": "Succeeded", "attempt": 2, "finishedAt": "2026-01-01T00:00:11Z"},
+                     "b": {"phase": "Succeeded", "startedAt": "2026-01-01T00:00:08Z", "finishedAt": "2026-01-01T00:00:09Z"},
+                     "c": {"phase": "Succeeded", "startedAt": "2026-01-01T00:00:12Z"}}}
+    assert "a ran again" in chaos.check_result(_run(chaos, "seq", 1, seq), [])
+    seq["tasks"]["a"]["finishedAt"] = "2026-01-01T00:00:07Z"
+    assert chaos.check_result(_run(chaos, "seq", 1, seq), []) is None
+
     def rec(task: str, attempt: int, reason: str, message: str = "", pod: str | None = None) -> dict:
         return {"task": task, "attempt": attempt, "podName": pod, "error": {"reason": reason, "message": message},
                 "startedAt": "2026-01-01T00:00:10Z", "finishedAt": "2026-01-01T00:00:20Z"}
