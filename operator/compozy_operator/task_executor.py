@@ -84,6 +84,7 @@ class _NatsLogHandler(logging.Handler):
 class TaskRunner:
     def __init__(self, bus: Bus, a: Attempt, outage_seconds: float = DEFAULT_OUTAGE_SECONDS) -> None:
         self.bus, self.a, self.outage_seconds = bus, a, outage_seconds
+        self.ended = False  # the attempt's end (TaskExecutionSuccess/Failed) is stored
 
     async def nats(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         """``op`` retried through a NATS outage (it must be safe to repeat)."""
@@ -122,7 +123,10 @@ class TaskRunner:
         return False
 
     async def stop_early(self, reason: str, message: str) -> None:
-        """Cancelled over NATS, or SIGTERM (the pod is being deleted): report it, then leave at once."""
+        """Cancelled over NATS, or SIGTERM (the pod is being deleted): report it, then leave at once.
+        An attempt that has reported its end already just leaves (its pod is removed as it exits)."""
+        if self.ended:
+            os._exit(0)
         try:
             await self.event(EventType.TASK_FAILED, "compozy/task-executor", error={"reason": reason, "message": message})
             await self.log(message, "warning")
@@ -177,6 +181,7 @@ class TaskRunner:
         try:
             await self.event(work.succeeded, RUNTIME, **work.ident, **result, **work.report())
             await self.event(EventType.TASK_SUCCESS, "compozy/task-executor", **result, **work.task_report())
+            self.ended = True
         except (MaxPayloadError, PayloadTooLarge):
             await self.fail(work, {"reason": "OutputTooLarge",
                                    "message": "the task's output exceeds the NATS message size limit"})
@@ -186,6 +191,7 @@ class TaskRunner:
     async def fail(self, work: Work, error: dict[str, Any]) -> None:
         await self.event(work.failed, RUNTIME, **work.ident, error=error, **work.report())
         await self.event(EventType.TASK_FAILED, "compozy/task-executor", error=error, **work.task_report())
+        self.ended = True
 
 
 class Work:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 import os
 import signal
 from collections.abc import Iterator
@@ -123,10 +124,13 @@ def test_a_run_survives_the_loss_of_its_state_stream(own_operator: OperatorProce
     """Defect 5: with its WorkflowExecutionStarted gone from the stream, a run stayed Running forever
     after a restart. Its snapshot now lives in its status."""
     apply(kubectl, namespace,
-          workflow("lasting", [{"id": "a", "tool": "counted", "with": {"dir": DIR, "v": 1}, "onSuccess": {"next": "b"}},
+          workflow("lasting", [{"id": "a", "tool": "counted", "with": {"dir": DIR, "v": 1, "sleep": 4},
+                                "onSuccess": {"next": "b"}},
                                {"id": "b", "tool": "counted", "with": {"dir": DIR, "v": "{{ tasks.a.output.v }}"}}],
                    tools=TOOLS, output={"b": "{{ tasks.b.output.v }}"}),
           execution("lasting-1", "lasting", {"dir": str(tmp_path)}))
+    # a runs 4 s: its result is published after the stream is back (a result stored in the deleted
+    # stream is the next test's case)
     wait_for(lambda: execution_status(kubectl, namespace, "lasting-1").get("snapshot"), 30, "the run to start")
     own_operator.stop()
     _js(devenv, "delete_stream", "COMPOZY_STATE")
@@ -155,3 +159,35 @@ def test_a_pod_deleted_while_the_operator_is_down_is_found_lost(own_operator: Op
     first = status["tasks"]["a"]["attempts"][0]["error"]
     assert first["reason"] == "PodLost" and "no longer exists" in first["message"], first
     wait_for(lambda: not kube.get(f"/api/v1/namespaces/{namespace}/pods")["items"], 30, "the pods to be removed")
+
+
+def test_a_result_lost_with_the_stream_fails_the_attempt_instead_of_hanging(
+        operator: OperatorProcess, devenv: DevEnvironment, kubectl: Kubectl, kube: Kube, namespace: str,
+        tmp_path: Path) -> None:
+    """The operator dies right after creating a's pod; the pod runs and stores its result; then the
+    state stream is deleted with that result unread. The pod exited 0 but no result will ever come:
+    after a grace period the attempt fails ResultLost, and its retry runs."""
+    operator.stop()
+    armed = OperatorProcess(devenv, extra_env={**OPERATOR_ENV, "COMPOZY_FAILPOINTS": "kube.create.pods:after"},
+                            log_path=tmp_path / "armed.log")
+    clean = OperatorProcess(devenv, extra_env=OPERATOR_ENV, log_path=tmp_path / "clean.log")
+    try:
+        armed.start()
+        apply(kubectl, namespace,
+              workflow("forgotten", [{"id": "a", "tool": "counted", "with": {"dir": DIR, "v": 5},
+                                      "retry": {"limit": 1}}], tools=TOOLS, output={"a": "{{ tasks.a.output.attempt }}"}),
+              execution("forgotten-1", "forgotten", {"dir": str(tmp_path)}))
+        wait_for(lambda: not armed.proc.alive(), 30, "the operator to crash after the pod create")  # type: ignore[union-attr]
+        wait_for(lambda: [p for p in kube.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
+                          if p["status"].get("phase") == "Succeeded"], 30, "a's pod to succeed")
+        _js(devenv, "delete_stream", "COMPOZY_STATE")
+        clean.start()
+        status = wait_finished(kubectl, namespace, "forgotten-1", 90)
+    finally:
+        armed.stop()
+        clean.stop()
+        operator.start()
+    assert status["phase"] == "Succeeded" and status["output"] == {"a": 2}, json.dumps(status, indent=1)
+    lost = status["tasks"]["a"]["attempts"][0]["error"]
+    assert lost["reason"] == "ResultLost" and "exited successfully" in lost["message"]
+    assert tool_runs(tmp_path, "forgotten-1") == Counter({("a", 1): 1, ("a", 2): 1})

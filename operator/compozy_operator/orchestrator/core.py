@@ -96,8 +96,10 @@ class Orchestrator:
         await self.pods.on_node(node, deleted)
 
     def forget(self, uid: str) -> None:
+        """The run has ended or is gone."""
         self.runs.pop(uid, None)
         self.timers.cancel(uid)
+        self.pods.run_ended(uid)
 
     async def close(self) -> None:
         await self.effects.close()

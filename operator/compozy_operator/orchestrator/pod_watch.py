@@ -10,20 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from ..api.models import TaskStatus
 from ..bus import Bus
 from ..events import EventType, make_event
 from ..executor import epoch
 from ..kube import ApiException, Kube
 from ..pods import ANNOTATION_TASK, LABEL_ATTEMPT, LABEL_TASK, TASK_POD_SELECTOR
+from ..reducer import TASK_TERMINAL
 from ..settings import Settings
 from .cleanup import Cleanup
 from .dispatcher import Dispatcher
 from .effects import Effects
 from .run import SOURCE, Run
 
+RESULT_GRACE = 20.0  # seconds a finished pod's result may take to reach the status (redelivery included)
+UNKNOWN_GRACE = 300.0  # seconds a finished pod waits for its run to be known (then it is removed)
+FINISHED_MEMORY = 10_000  # ended runs remembered, so their pods are removed at once
 START_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
                             "CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
 
@@ -34,6 +40,7 @@ class PodWatch:
         self.settings, self.kube, self.bus, self.runs = settings, kube, bus, runs
         self.dispatcher, self.cleanup, self.effects, self.slot_freed = dispatcher, cleanup, effects, slot_freed
         self.rechecks: set[tuple[str, str]] = set()
+        self.finished: OrderedDict[str, None] = OrderedDict()  # uids of runs known to have ended
 
     async def on_node(self, node: dict[str, Any], deleted: bool = False) -> None:
         """A node that is not ready (or gone) strands the task pods on it: look at each of them."""
@@ -77,6 +84,7 @@ class PodWatch:
                      phase: str, recheck: bool) -> None:
         meta = pod["metadata"]
         ns = meta["namespace"]
+        known = self.attempt_state(owner["uid"], task, attempt)
         failure = None
         if event_type == "DELETED":
             if phase not in ("Succeeded", "Failed"):
@@ -87,16 +95,49 @@ class PodWatch:
             failure = self._start_failure(pod)
         elif phase == "Running" and (recheck or not _pod_ready(pod)):
             failure = await self._node_lost(pod)
-        if failure:
+        elif phase == "Succeeded" and known != "ended":
+            failure = self._result_lost(pod, known)
+            if failure is None:
+                return  # kept until its result is folded (or found lost)
+        if failure and known != "ended":  # an attempt that has ended needs no failure of its pod
             reason, message = failure
             # Same id as the runner's own TaskExecutionFailed: if it did report, this is a duplicate.
             await self.bus.publish_event(make_event(EventType.TASK_FAILED, SOURCE, ns, owner["name"], owner["uid"], task,
                                                     attempt, podName=meta["name"],
                                                     error={"reason": reason, "message": message}))
-            if event_type != "DELETED" and phase in ("Pending", "Running"):
-                await self.cleanup.delete_pod(ns, meta["name"], grace=0)
+        if failure and event_type != "DELETED" and phase in ("Pending", "Running"):
+            await self.cleanup.delete_pod(ns, meta["name"], grace=0)
         if event_type != "DELETED" and phase in ("Succeeded", "Failed") and self.settings.delete_finished_pods:
             await self.cleanup.delete_pod(ns, meta["name"], uid=meta["uid"])
+
+    def attempt_state(self, uid: str, task: str, attempt: int) -> str:
+        """``ended`` (the attempt, or its whole run, has ended), ``in-flight``, or ``unknown`` (the run
+        is not loaded yet), from the status the orchestrator last decided from."""
+        if uid in self.finished:
+            return "ended"
+        run = self.runs.get(uid)
+        if run is None or run.status is None:
+            return "unknown"
+        return "ended" if _ended(run.status.tasks.get(task), attempt, TASK_TERMINAL) else "in-flight"
+
+    def run_ended(self, uid: str) -> None:
+        """Remember that a run has ended (bounded: the oldest are forgotten first)."""
+        self.finished[uid] = None
+        while len(self.finished) > FINISHED_MEMORY:
+            self.finished.popitem(last=False)
+
+    def _result_lost(self, pod: dict[str, Any], known: str) -> tuple[str, str] | None:
+        """A pod that exited 0 has stored its result before it exited; a result still not folded
+        long after was lost with the state stream (deleted under it). None: wait and look again."""
+        finished = max((epoch(t["finishedAt"]) for cs in (pod.get("status") or {}).get("containerStatuses") or []
+                        if (t := (cs.get("state") or {}).get("terminated")) and t.get("finishedAt")), default=None)
+        waited = time.time() - (finished or epoch(pod["metadata"]["creationTimestamp"]))
+        limit = RESULT_GRACE if known == "in-flight" else UNKNOWN_GRACE
+        if waited < limit:
+            self._recheck_later(pod, min(2.0, max(0.25, waited / 2), limit - waited + 0.5))
+            return None
+        return "ResultLost", (f"pod {pod['metadata']['name']} exited successfully {waited:.0f}s ago but its result "
+                              "never reached the status (the state stream lost it)")
 
     async def stop_stale(self, run: Run) -> None:
         """Stop the pods of attempts that have ended without them: timed out or cancelled attempts
@@ -106,10 +147,9 @@ class PodWatch:
             await self._stop_if_stale(run, name, task, int(name.rsplit("-", 1)[1]))  # names end in -<attempt>
 
     async def _stop_if_stale(self, run: Run, name: str, task: str, attempt: int) -> None:
+        # not Succeeded: those pods are exiting by themselves, and removed once they have
         st = run.status.tasks.get(task) if run.status else None
-        ended = st is not None and (attempt < st.attempt or (attempt == st.attempt and st.phase in ("Failed",
-                                                                                                 "Cancelled")))
-        if not ended or name in run.stopped:
+        if not _ended(st, attempt, frozenset({"Failed", "Cancelled"})) or name in run.stopped:
             return
         run.stopped.add(name)
         await self.effects.run(("stop", run.uid, name), lambda: self.cleanup.delete_pod(run.namespace, name),
@@ -166,6 +206,11 @@ class PodWatch:
                                 f"({ready.get('reason') or 'no status'}); the task's pod is lost")
         self._recheck_later(pod, limit - since + 0.5)
         return None
+
+
+def _ended(st: TaskStatus | None, attempt: int, phases: frozenset[str]) -> bool:
+    """Has ``attempt`` ended, by the task's status: replaced by a later one, or in one of ``phases``?"""
+    return st is not None and (attempt < st.attempt or (attempt == st.attempt and st.phase in phases))
 
 
 def _pod_ready(pod: dict[str, Any]) -> bool:
