@@ -56,9 +56,11 @@ not zero), times are figures only:
 
 Recovery per fault kind, p50/max over the faults of the kind: from the end of the fault (the
 restarted operator ready, nats-server accepting connections again, the node Ready, the deletion
-or injection done) until every execution the fault affected has changed status again (all runs in
-flight at that moment; for a deleted pod or a restarted node, the runs whose pods it killed).
-A run that is waiting by design (a back-off, a timeout) counts its wait too.
+or injection done) until every execution the fault affected has changed status again. Affected:
+for a deleted pod or a restarted node, the runs whose pods it killed; for the others, the runs in
+flight at the fault's end that made progress (were created, or changed status) between the end of
+the fault before and this one's start: a run that has not moved since an earlier fault is charged
+to that one only. A run that is waiting by design (a back-off, a timeout) counts its wait too.
 """
 
 from __future__ import annotations
@@ -318,6 +320,10 @@ class Run:
     @property
     def phase(self) -> str:
         return self.status.get("phase") or "(none)"
+
+    def progressed(self, since: float, until: float) -> bool:
+        """Created, or its status changed, between ``since`` and ``until``."""
+        return since < self.created <= until or any(since < t <= until for t in self.changes)
 
 
 @dataclass
@@ -966,13 +972,16 @@ class Report:
         faults = chaos.faults
         done = [f for f in faults if not f.skipped]
         # recovery: fault end -> every affected run's next status change
-        for f in done:
+        for i, f in enumerate(done):
+            prev_end = done[i - 1].end if i else 0.0
             affected = f.affected if f.affected is not None else chaos.tracker.in_flight(at=f.end)
             worst, considered = 0.0, 0
             for name in affected:
                 run = runs.get(name)
                 if run is None or (run.ended is not None and run.ended <= f.end):
                     continue  # it had ended already (e.g. its deleted pod had reported)
+                if f.affected is None and not run.progressed(prev_end, f.start):
+                    continue  # no progress since the fault before: still that one's to recover from
                 considered += 1
                 nxt = next((t for t in run.changes if t > f.end), None)
                 if nxt is None:
