@@ -81,6 +81,31 @@ def fold_all(status: WorkflowExecutionStatus, events: list[tuple[Event, int]]) -
     return s
 
 
+def shows(s: WorkflowExecutionStatus, event: Event) -> bool:
+    """Does ``s`` already show ``event`` (folding it again would move nothing forward)?
+
+    Decided by the facts, not by sequence numbers: a redelivered event can be folded after later
+    ones, so a status's ``stateSeq`` does not prove that every earlier event is in it."""
+    try:
+        etype = EventType(event.type)
+    except ValueError:
+        return True
+    if etype == EventType.WORKFLOW_STARTED:
+        return s.phase != "Pending"
+    if etype in _WORKFLOW_END:
+        return s.phase in TERMINAL_PHASES
+    target = _TASK_TARGET.get(etype)
+    if etype == EventType.TASK_FAILED and (event.data.get("error") or {}).get("reason") == CANCELLED_REASON:
+        target = "Cancelled"
+    if not event.task or target is None:
+        return True
+    current = s.tasks.get(event.task)
+    if current is None:
+        return False
+    attempt = int(event.attempt or 1)
+    return attempt < current.attempt or (attempt == current.attempt and _rank(current.phase) >= _rank(target))
+
+
 def _apply(s: WorkflowExecutionStatus, event: Event, seq: int) -> WorkflowExecutionStatus:
     """Fold ``event`` into ``s`` in place."""
     s.state_seq = max(s.state_seq, seq)

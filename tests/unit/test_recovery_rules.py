@@ -178,3 +178,18 @@ def test_a_task_event_that_arrives_after_the_run_ended_leaves_nothing_in_flight(
     s = fold_all(s, [(end, 5), (_task_event(EventType.TASK_DISPATCHED, 1, podName="p"), 2),
                      (_task_event(EventType.TASK_STARTED, 1), 3)])
     assert s.tasks["a"].phase == "Cancelled" and s.tasks["a"].finished_at == s.finished_at
+
+
+def test_history_the_status_does_not_show_is_kept_whatever_its_sequence() -> None:
+    """After a crash the state manager folds redelivered events after later ones: a status can hold
+    sequence 9 without sequence 3. The orchestrator keeps what the status does not show."""
+    from compozy_operator.orchestrator.run import Run
+
+    p3_done = make_event(EventType.TASK_SUCCESS, "t", "ns", "run-1", "u1", "p3", 1, output={"v": 3})
+    fan_done = make_event(EventType.TASK_SUCCESS, "t", "ns", "run-1", "u1", "fan", 1, output={})
+    status = fold_all(WorkflowExecutionStatus(phase="Running", tasks={"p3": TaskStatus(phase="Running")}),
+                      [(fan_done, 9)])
+    run = Run("u1", "ns", "run-1", history=[(3, p3_done), (9, fan_done)])
+    virtual = run.virtual(status)
+    assert virtual.tasks["p3"].phase == "Succeeded" and virtual.tasks["p3"].output == {"v": 3}
+    assert [seq for seq, _ in run.history] == [3]  # fan's success is in the status: dropped

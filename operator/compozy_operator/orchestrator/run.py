@@ -11,7 +11,7 @@ from ..api.models import WorkflowExecutionStatus, WorkflowSpec
 from ..bus import Bus
 from ..events import Event
 from ..executor import RunContext
-from ..reducer import fold_all
+from ..reducer import fold_all, shows
 
 SOURCE = "compozy/orchestrator"
 
@@ -42,9 +42,10 @@ class Run:
         """The status plus the replayed history and our own events it does not show yet.
 
         The reducer is order-independent and idempotent, so folding facts the status already has
-        changes nothing; those the status has (sequence folded) are dropped here."""
-        self.overlay = [(seq, ev) for seq, ev in self.overlay if seq > status.state_seq]
-        self.history = [(seq, ev) for seq, ev in self.history if seq > status.state_seq]
+        changes nothing; those the status shows are dropped here (by their facts: after a crash,
+        redelivered events are folded after later ones, so a sequence proves nothing)."""
+        self.overlay = [(seq, ev) for seq, ev in self.overlay if not shows(status, ev)]
+        self.history = [(seq, ev) for seq, ev in self.history if not shows(status, ev)]
         if not self.history and not self.overlay:
             return status
         return fold_all(status, [(ev, seq) for seq, ev in [*self.history, *self.overlay]])
