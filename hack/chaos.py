@@ -879,8 +879,8 @@ def classify(rec: dict[str, Any], faults: list[Fault], first_seen: dict[str, flo
         if reason == "Timeout" and overlaps and f.kind in DELAYING:
             return f.kind  # the fault held the attempt or its report up while its clock ran
         if f.kind == "stream-delete" and f.detail.startswith(COMMAND_STREAM) and "TaskExecute command" in message \
-                and began <= f.end:
-            return f.kind  # its command was deleted before its pod fetched it
+                and began <= f.end + 5:
+            return f.kind  # its command was deleted before its pod (created a moment later) fetched it
         if f.kind == "stream-delete" and f.detail.startswith(STATE_STREAM) and began <= f.end + 5 \
                 and finished >= f.start:
             return f.kind  # what it had reported may have gone with the stream
