@@ -69,6 +69,9 @@ def test_the_checks_refuse_wrong_phases_outputs_and_failures() -> None:
     assert "a ran again" in chaos.check_result(_run(chaos, "seq", 1, seq), [])
     seq["tasks"]["a"]["finishedAt"] = "2026-01-01T00:00:07Z"
     assert chaos.check_result(_run(chaos, "seq", 1, seq), []) is None
+    # a task whose success was folded after the run's end, and left Cancelled
+    seq["tasks"]["b"]["phase"] = "Cancelled"
+    assert "b Cancelled" in chaos.check_result(_run(chaos, "seq", 1, seq), [])
 
     def rec(task: str, attempt: int, reason: str, message: str = "", pod: str | None = None) -> dict:
         return {"task": task, "attempt": attempt, "podName": pod, "error": {"reason": reason, "message": message},
@@ -98,6 +101,8 @@ def test_the_checks_refuse_wrong_phases_outputs_and_failures() -> None:
 def test_tool_runs_count_each_attempt_once(tmp_path: Path) -> None:
     chaos = load_harness()
     log = tmp_path / "runs.log"
-    log.write_text("seq-001 a 1\nseq-001 b 1\ncoll-002 each[0] 1\nseq-001 a 1\n")
+    log.write_text("seq-001 a 1 1764633600.125\nseq-001 b 1 1764633601.5\ncoll-002 each[0] 1 1764633602.0\n"
+                   "seq-001 a 1 1764633609.75\n")
     runs = chaos.tool_runs(log)
     assert runs[("seq-001", "a", 1)] == 2 and runs[("coll-002", "each[0]", 1)] == 1
+    assert chaos.tool_run_times(log)[("seq-001", "a", 1)] == [1764633600.125, 1764633609.75]
