@@ -18,7 +18,7 @@ in flight, for as long as faults are injected and until ``--executions`` were su
 
 Every basic task may retry 4 times (1-4 s back-off), so the faults below cannot change a run's
 end: every run must end with the phase and output its kind and input give. Each tool appends
-``<execution> <task> <attempt>`` to ``runs.log`` in the output directory when it starts (task pods
+``<execution> <task> <attempt> <time>`` to ``runs.log`` in the output directory when it starts (task pods
 are local processes on the process nodes), which is how runs are counted: not pods, not events.
 
 Faults, one after the other with a random 0.5-6 s gap, in a random order (``--seed``):
