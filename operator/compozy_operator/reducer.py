@@ -194,7 +194,8 @@ def _fold_task(s: WorkflowExecutionStatus, etype: EventType, event: Event) -> Wo
             record.pod_name = record.pod_name or current.pod_name
             record.started_at = record.started_at or current.started_at
     s.progress = _progress(s)
-    if _rank(target) <= _rank(current.phase):
+    swept = current.phase == "Cancelled" and current.error is None  # by the run's end, not by a report
+    if _rank(target) <= _rank(current.phase) and not (swept and target == "Succeeded"):
         return s  # already there or past it: late facts only filled in the blanks above
     current.phase = target  # type: ignore[assignment]
     if _rank(target) == 2:
@@ -215,7 +216,7 @@ def _fold_task(s: WorkflowExecutionStatus, etype: EventType, event: Event) -> Wo
                                    started_at=current.started_at, finished_at=current.finished_at,
                                    usage=current.usage)
             current.attempts = [*(current.attempts or []), record]
-    if s.phase in TERMINAL_PHASES and _rank(current.phase) < 2:  # a late fact of a run that has ended
+    if s.phase in TERMINAL_PHASES - {"Succeeded"} and _rank(current.phase) < 2:  # late news of an ended run
         current.phase = "Cancelled"
         current.finished_at = current.finished_at or s.finished_at
         current.dispatched_at = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -193,3 +194,18 @@ def test_history_the_status_does_not_show_is_kept_whatever_its_sequence() -> Non
     virtual = run.virtual(status)
     assert virtual.tasks["p3"].phase == "Succeeded" and virtual.tasks["p3"].output == {"v": 3}
     assert [seq for seq, _ in run.history] == [3]  # fan's success is in the status: dropped
+
+
+@pytest.mark.parametrize("end", [EventType.WORKFLOW_SUCCESS, EventType.WORKFLOW_CANCELLED])
+def test_a_tasks_late_success_is_shown_whatever_the_order(end: EventType) -> None:
+    """A task's events redelivered after the run's end (a crash) give the same status in any order:
+    its success is a fact, never hidden as Cancelled."""
+    import itertools
+
+    events = [(make_event(end, "t", "ns", "run-1", "u1", error={"reason": "Cancelled"}), 9),
+              (_task_event(EventType.TASK_DISPATCHED, 1, podName="p"), 2), (_task_event(EventType.TASK_STARTED, 1), 3),
+              (_task_event(EventType.TASK_SUCCESS, 1, output={"v": 1}), 4)]
+    start = WorkflowExecutionStatus(phase="Running", started_at="2027-01-15T08:00:00.000Z")
+    outcomes = {(s.tasks["a"].phase, json.dumps(s.tasks["a"].output)) for order in itertools.permutations(events)
+                if (s := fold_all(start, list(order)))}
+    assert outcomes == {("Succeeded", '{"v": 1}')}

@@ -149,7 +149,7 @@ class Orchestrator:
             if isinstance(action, Dispatch):
                 await self.dispatcher.dispatch(run, obj, virtual, action)
             elif isinstance(action, FailTask):
-                await run.once(("fail", action.task, action.attempt), lambda a=action: self._fail_task(run, a))
+                await self._fail_task(run, action)
             elif isinstance(action, CompleteTask):
                 await run.once(("complete", action.task, 1), lambda a=action: self._complete_task(run, a))
             elif isinstance(action, ScheduleRetry):
@@ -158,6 +158,8 @@ class Orchestrator:
                 await run.once(("finish", action.phase, 0), lambda a=action: self._finish(run, a, virtual))
             elif isinstance(action, WakeAt):
                 wake.append(action.at)
+        if (again := await run.republish(self.bus, time.time())) is not None:
+            wake.append(again)
         self.timers.set(run.uid, "wake", min(wake) if wake else None)
         run.status = virtual
         await self.pods.stop_stale(run)
@@ -180,10 +182,15 @@ class Orchestrator:
         await self.bus.emit_log(run.namespace, run.name, "orchestrator", level, message, **fields)
 
     async def _fail_task(self, run: Run, f: FailTask) -> None:
+        """Published each time the executor asks, until the status shows the attempt ended (see
+        Run.publish: the stream decides between this and the attempt's own report); the same id
+        as the runner's own TaskExecutionFailed, so a repeat is dropped."""
         message = f.message[:MAX_MESSAGE]
-        # The same id as the runner's own TaskExecutionFailed: whichever is first is the one kept.
         await run.publish(self.bus, make_event(EventType.TASK_FAILED, SOURCE, run.namespace, run.name, run.uid,
                                                f.task, f.attempt, error={"reason": f.reason, "message": message}))
+        await run.once(("fail", f.task, f.attempt), lambda: self._failed_task(run, f, message))
+
+    async def _failed_task(self, run: Run, f: FailTask, message: str) -> None:
         await self._log(run, "warning", f"task {f.task} attempt {f.attempt} failed: {message}", task=f.task,
                         attempt=f.attempt)
         if f.stop_pod:

@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..api.models import WorkflowExecutionStatus, WorkflowSpec
 from ..bus import Bus
-from ..events import Event
+from ..events import Event, EventType
 from ..executor import RunContext
 from ..reducer import fold_all, shows
 
 SOURCE = "compozy/orchestrator"
+REPUBLISH_AFTER = 15.0  # seconds an own event may stay unseen in the status before it is published again
 
 
 @dataclass
@@ -24,6 +26,7 @@ class Run:
     spec: WorkflowSpec | None = None
     context: RunContext | None = None
     overlay: list[tuple[int, Event]] = field(default_factory=list)  # our own events, until the status has them
+    sent: dict[str, float] = field(default_factory=dict)  # overlay event id -> when last published
     history: list[tuple[int, Event]] = field(default_factory=list)  # replayed from the stream at load
     loaded: bool = False
     cancel: bool = False  # spec.cancel was seen (sticky: a stale copy of the object cannot undo it)
@@ -51,10 +54,27 @@ class Run:
         return fold_all(status, [(ev, seq) for seq, ev in [*self.history, *self.overlay]])
 
     async def publish(self, bus: Bus, event: Event) -> int:
-        """Publish one of this run's state events and decide from it at once (the overlay)."""
+        """Publish one of this run's state events and decide from it at once (the overlay).
+
+        Except a task's failure: it races the attempt's own report (a timeout against a success
+        that is on its way), and the stream's order decides which one is the attempt's end. So the
+        orchestrator waits for the status to say, rather than retry an attempt that succeeded."""
         seq = await bus.publish_event(event)
-        self.overlay.append((seq, event))
+        if event.type != EventType.TASK_FAILED:
+            self.overlay.append((seq, event))
+            self.sent[event.id] = time.time()
         return seq
+
+    async def republish(self, bus: Bus, now: float) -> float | None:
+        """Publish again (same id: a no-op while the stream has it) what the status still does not
+        show after a while: a deleted stream loses events nobody had folded yet. Returns when to
+        look again."""
+        due = [ev for _, ev in self.overlay if now - self.sent.get(ev.id, now) >= REPUBLISH_AFTER]
+        for ev in due:
+            await bus.publish_event(ev)
+            self.sent[ev.id] = now
+        self.sent = {ev.id: self.sent.get(ev.id, now) for _, ev in self.overlay}
+        return min(self.sent.values()) + REPUBLISH_AFTER if self.sent else None
 
     async def once(self, key: tuple[str, str, int], effect: Any) -> None:
         """Carry out ``effect`` (an awaitable factory) unless it is known done; it is marked done only
