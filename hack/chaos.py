@@ -63,7 +63,9 @@ or injection done) until every execution the fault affected has changed status a
 for a deleted pod or a restarted node, the runs whose pods it killed; for the others, the runs in
 flight at the fault's end that made progress (were created, or changed status) between the end of
 the fault before and this one's start: a run that has not moved since an earlier fault is charged
-to that one only. A run that is waiting by design (a back-off, a timeout) counts its wait too.
+to that one only. An affected run that has not changed yet when the next fault (of all runs)
+begins is carried to that fault and measured from its end (the report counts them). A run that
+is waiting by design (a back-off, a timeout) counts its wait too.
 """
 
 from __future__ import annotations
@@ -480,6 +482,7 @@ class Fault:
     skipped: str | None = None
     recovery: float | None = None
     slowest: str | None = None  # the affected run that took longest to change again
+    carried: int = 0  # affected runs still held up when the next fault began (measured from that one's end)
     not_recovered: list[str] = field(default_factory=list)
 
 
@@ -990,18 +993,27 @@ class Report:
         faults = chaos.faults
         done = [f for f in faults if not f.skipped]
         # recovery: fault end -> every affected run's next status change
+        carried: set[str] = set()  # runs still held up when the next fault (of all runs) began
         for i, f in enumerate(done):
             prev_end = done[i - 1].end if i else 0.0
-            affected = f.affected if f.affected is not None else chaos.tracker.in_flight(at=f.end)
+            later = next((g.start for g in done[i + 1:] if g.affected is None), float("inf"))
+            if f.affected is None:
+                affected = {n for n in chaos.tracker.in_flight(at=f.end) if runs[n].progressed(prev_end, f.start)}
+                affected |= carried  # (a run that did not move since the fault before is that one's)
+                carried = set()
+            else:
+                affected = set(f.affected)
             worst, considered = 0.0, 0
-            for name in affected:
+            for name in sorted(affected):
                 run = runs.get(name)
                 if run is None or (run.ended is not None and run.ended <= f.end):
                     continue  # it had ended already (e.g. its deleted pod had reported)
-                if f.affected is None and not run.progressed(prev_end, f.start):
-                    continue  # no progress since the fault before: still that one's to recover from
-                considered += 1
                 nxt = next((t for t in run.changes if t > f.end), None)
+                if nxt is not None and nxt > later:
+                    carried.add(name)  # the next fault began first: measured from that one's end
+                    f.carried += 1
+                    continue
+                considered += 1
                 if nxt is None:
                     f.not_recovered.append(name)
                 elif nxt - f.end >= worst:
@@ -1015,7 +1027,8 @@ class Report:
                               "p50": percentile(values, 50) if values else None,
                               "max": max(values) if values else None,
                               "slowest": max(measured, key=lambda f: f.recovery).slowest if measured else None,
-                              "not_recovered": sum(1 for f in done if f.kind == kind and f.not_recovered)}
+                              "not_recovered": sum(1 for f in done if f.kind == kind and f.not_recovered),
+                              "carried": sum(f.carried for f in done if f.kind == kind)}
         counted = tool_runs(chaos.out / "runs.log")
         duplicated = {f"{e} {t} {a}": c for (e, t, a), c in counted.items() if c > 1}
         ended = [r for r in runs.values() if r.name not in lost]
@@ -1108,7 +1121,8 @@ class Report:
         for kind, r in self.recovery.items():
             figures = (f"p50 {r['p50']:5.1f}s  max {r['max']:5.1f}s" if r["p50"] is not None else "      -")
             lines.append(f"  {kind:20s} {figures}   ({r['faults']} faults; slowest run {r['slowest']}"
-                         + (f", {r['not_recovered']} with runs that never changed again" if r["not_recovered"] else "")
+                         + (f"; {r['carried']} runs carried to the next fault" if r["carried"] else "")
+                         + (f"; {r['not_recovered']} with runs that never changed again" if r["not_recovered"] else "")
                          + ")")
         details = [("lost", self.lost), ("stuck", [f"{k}: {v}" for k, v in self.stuck.items()]),
                    ("duplicated", [f"{k}: {v} runs" for k, v in self.duplicated.items()]),
