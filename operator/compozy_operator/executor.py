@@ -292,10 +292,11 @@ def _in_flight(wf: WorkflowSpec, task: Task, key: str, st: TaskStatus, context: 
             return [FailTask(key, st.attempt, "PodLost", f"the pod of attempt {st.attempt} no longer exists and "
                              "the task reported no result")]
         actions.append(_start(wf, task, key, st.attempt, context))
-    if not task.timeout or not st.dispatched_at:
+    since = st.dispatched_at or st.started_at  # its start, if TaskDispatched was lost (a deleted stream)
+    if not task.timeout or not since:
         return actions
     limit = parse_duration(task.timeout)
-    deadline = epoch(st.dispatched_at) + limit
+    deadline = epoch(since) + limit
     if now >= deadline:
         return [FailTask(key, st.attempt, "Timeout",
                          f"attempt {st.attempt} exceeded the task timeout of {task.timeout}", stop_pod=True)]

@@ -209,3 +209,10 @@ def test_a_tasks_late_success_is_shown_whatever_the_order(end: EventType) -> Non
     outcomes = {(s.tasks["a"].phase, json.dumps(s.tasks["a"].output)) for order in itertools.permutations(events)
                 if (s := fold_all(start, list(order)))}
     assert outcomes == {("Succeeded", '{"v": 1}')}
+
+
+def test_a_running_attempt_whose_dispatch_event_was_lost_still_times_out() -> None:
+    wf = WorkflowSpec.model_validate({**WF.dump(), "tasks": [{**WF.tasks[0].dump(), "timeout": "10s"}]})
+    st = TaskStatus(phase="Running", started_at="2027-01-15T08:00:00.000Z")  # no dispatchedAt
+    (action,) = decide(wf, status(a=st), RUN, 1_800_000_020.0)
+    assert isinstance(action, FailTask) and action.reason == "Timeout"
