@@ -21,10 +21,15 @@ _SINGLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
 
 
 class _Sandbox(SandboxedEnvironment):
-    pass
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """``input.items`` is the input's field ``items``, not the dict method of that name (the data
+        is JSON: its keys come first)."""
+        if isinstance(obj, dict) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
 
 
-class _NativeSandbox(SandboxedEnvironment, NativeEnvironment):
+class _NativeSandbox(_Sandbox, NativeEnvironment):
     pass
 
 

@@ -47,3 +47,12 @@ def test_render_errors_name_the_place(template: str, message: str) -> None:
         render({"with": {"x": template}}, CTX, "tasks.t")
     assert str(err.value).startswith("tasks.t.with.x: ")
     assert message in str(err.value)
+
+
+def test_a_field_named_like_a_dict_method_is_the_field() -> None:
+    from compozy_operator.templates import render
+
+    ctx = {"workflow": {"input": {"items": [1, 2], "keys": "k", "values": {"a": 1}, "get": 3}}}
+    assert render("{{ workflow.input.items }}", ctx) == [1, 2]
+    assert render("{{ workflow.input.keys }}-{{ workflow.input.get }}", ctx) == "k-3"
+    assert render("{{ workflow.input.values.a }}", ctx) == 1
