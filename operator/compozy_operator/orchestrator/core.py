@@ -20,7 +20,7 @@ from typing import Any
 
 from nats.js.errors import NotFoundError
 
-from ..api.models import TERMINAL_PHASES, WorkflowExecutionStatus
+from ..api.models import TERMINAL_PHASES, ErrorInfo, WorkflowExecutionStatus
 from ..bus import Bus
 from ..events import Event, EventType, make_event, output_key, output_prefix
 from ..executor import CompleteTask, Dispatch, FailTask, Finish, ScheduleRetry, WakeAt, decide
@@ -122,8 +122,8 @@ class Orchestrator:
         log.error("%s/%s cannot continue: %s", run.namespace, run.name, describe(e), exc_info=e)
         reason = type(e).__name__ if isinstance(e, SnapshotLost | OutputLost) else "InternalError"
         try:
-            await self._finish(run, Finish("Failed", error=None), run.virtual(status),
-                               error={"reason": reason, "message": describe(e)})
+            await self._finish(run, Finish("Failed", error=ErrorInfo(reason=reason, message=describe(e))),
+                               run.virtual(status))
         except Exception as again:  # noqa: BLE001 - not even the end could be recorded: later
             log.warning("ending %s/%s failed too (%s); retrying", run.namespace, run.name, describe(again))
             self.timers.set(run.uid, "retry", time.time() + backoff(run.failures))
@@ -209,8 +209,7 @@ class Orchestrator:
         await self._log(run, "info", f"task {r.task}: attempt {r.attempt} scheduled in {r.delay:g}s", task=r.task,
                         attempt=r.attempt)
 
-    async def _finish(self, run: Run, f: Finish, status: WorkflowExecutionStatus,
-                      error: dict[str, Any] | None = None) -> None:
+    async def _finish(self, run: Run, f: Finish, status: WorkflowExecutionStatus) -> None:
         """End the run. Attempts in flight are stopped *before* the end is published: a crash in
         between repeats both, while the other order would leave their pods running."""
         if f.phase == "Succeeded":
@@ -219,15 +218,15 @@ class Orchestrator:
             event = make_event(EventType.WORKFLOW_SUCCESS, SOURCE, run.namespace, run.name, run.uid, **result)
         else:
             await self.cleanup.stop_in_flight(run, status)
-            event = self._end_event(run, f, error)
+            event = self._end_event(run, f)
         await run.publish(self.bus, event)
         await self._log(run, "info", f"workflow {f.phase.lower()}")
 
     @staticmethod
-    def _end_event(run: Run, f: Finish, error: dict[str, Any] | None) -> Event:
+    def _end_event(run: Run, f: Finish) -> Event:
         etype = {"Failed": EventType.WORKFLOW_FAILED, "TimedOut": EventType.WORKFLOW_TIMED_OUT,
                  "Cancelled": EventType.WORKFLOW_CANCELLED}[f.phase]
-        error = error or (f.error.dump() if f.error else {})
+        error = f.error.dump() if f.error else {}
         if error.get("message"):
             error = {**error, "message": error["message"][:MAX_MESSAGE]}
         return make_event(etype, SOURCE, run.namespace, run.name, run.uid, error=error)
