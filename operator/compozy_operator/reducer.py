@@ -138,9 +138,12 @@ def _apply(s: WorkflowExecutionStatus, event: Event, seq: int) -> WorkflowExecut
             s.output = data.get("output")
             if data.get("outputRef"):
                 s.output_ref = OutputRef.model_validate(data["outputRef"])
-            s.message = "succeeded"
             done = _progress(s).split("/")[0]
             s.progress = f"{done}/{done}"
+            s.message = "succeeded"
+            s.conditions = [_condition(cond, reason, s.message, event.time)]
+            _show_handled(s, event.time)
+            return s
         else:
             s.error = _error(data)
             s.message = s.error.message or reason
@@ -223,7 +226,31 @@ def _fold_task(s: WorkflowExecutionStatus, etype: EventType, event: Event) -> Wo
     s.progress = _progress(s)
     if current.usage:
         s.usage = _usage_total(s)
+    if s.phase == "Succeeded" and current.phase == "Failed":  # a failure's event folded after the end
+        _show_handled(s, event.time)
     return s
+
+
+HANDLED = "FailuresHandled"  # condition of a Succeeded run in which some task failed (e.g. onError)
+_HANDLED_SHOWN = 3  # tasks named in the run's message
+
+
+def _show_handled(s: WorkflowExecutionStatus, at: str) -> None:
+    """A Succeeded run in which tasks failed (handled by ``onError``, a ``bestEffort`` parallel task,
+    a ``race``) says so in its message and a ``FailuresHandled`` condition: the success stays, the
+    failure stays visible at the top."""
+    failed = sorted((k, t) for k, t in s.tasks.items() if t.phase == "Failed")
+    if not failed:
+        return
+    named = ", ".join(f"{k} ({(t.error and t.error.reason) or 'Failed'})" for k, t in failed[:_HANDLED_SHOWN])
+    more = f" and {len(failed) - _HANDLED_SHOWN} more" if len(failed) > _HANDLED_SHOWN else ""
+    s.message = f"succeeded; handled failure of {named}{more}"
+    first_key, first = failed[0]
+    detail = f"task {first_key} failed: {(first.error and first.error.message) or 'no message'}"
+    condition = Condition(type=HANDLED, status="True", reason=(first.error and first.error.reason) or "TaskFailed",
+                          message=f"{len(failed)} task(s) failed and the run went on: {detail}"[:1000],
+                          last_transition_time=at)
+    s.conditions = [c for c in s.conditions if c.type != HANDLED] + [condition]
 
 
 def _late_record(current: TaskStatus, target: str, attempt: int, event: Event) -> None:

@@ -156,3 +156,42 @@ def test_a_1000_task_collection_keeps_the_status_under_256_kib() -> None:
     s = fold_all(WorkflowExecutionStatus(), [(ev, n) for n, ev in enumerate(events, 1)])
     size = len(json.dumps(s.dump()))
     assert size <= 256 * 1024, f"{size / 1024:.0f} KiB"
+
+
+HANDLED = [
+    ev(EventType.WORKFLOW_STARTED, workflow="w", taskCount=2),
+    ev(EventType.TASK_DISPATCHED, "count", 1, podName="run-count-1"),
+    ev(EventType.TASK_FAILED, "count", 1, error={"reason": "TemplateError", "message": "tasks.frist: no such task"}),
+    ev(EventType.TASK_DISPATCHED, "report", 1, podName="run-report-1"),
+    ev(EventType.TASK_SUCCESS, "report", 1, output={}),
+    ev(EventType.WORKFLOW_SUCCESS, output={}),
+]
+
+
+def test_a_succeeded_run_with_a_handled_failure_says_which_task_failed() -> None:
+    """Issue 11.10: onError keeps the run Succeeded, but the failure shows at the top."""
+    s = run(*HANDLED)
+    assert s.phase == "Succeeded"
+    assert s.message == "succeeded; handled failure of count (TemplateError)"
+    handled = [c for c in s.conditions if c.type == "FailuresHandled"]
+    assert [(c.status, c.reason) for c in handled] == [("True", "TemplateError")]
+    assert "task count failed: tasks.frist: no such task" in (handled[0].message or "")
+    assert [c.type for c in s.conditions] == ["Succeeded", "FailuresHandled"]
+
+
+def test_a_failure_folded_after_the_success_is_shown_too() -> None:
+    late = [*HANDLED[:2], *HANDLED[3:], HANDLED[2]]  # the failure's event redelivered last
+    assert run(*late).message == run(*HANDLED).message
+
+
+def test_a_clean_success_has_no_handled_condition() -> None:
+    s = run(*HAPPY)
+    assert s.message == "succeeded" and [c.type for c in s.conditions] == ["Succeeded"]
+
+
+def test_many_handled_failures_are_counted_not_all_named() -> None:
+    events = [HANDLED[0]]
+    for i in range(5):
+        events.append(ev(EventType.TASK_FAILED, f"t{i}", 1, error={"reason": "ToolError", "message": "x"}))
+    s = run(*events, ev(EventType.WORKFLOW_SUCCESS, output={}))
+    assert s.message == "succeeded; handled failure of t0 (ToolError), t1 (ToolError), t2 (ToolError) and 2 more"
