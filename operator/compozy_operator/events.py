@@ -38,6 +38,7 @@ class EventType(StrEnum):
     TASK_SUCCESS = "TaskExecutionSuccess"
     TASK_FAILED = "TaskExecutionFailed"
     TASK_RETRY_SCHEDULED = "TaskRetryScheduled"
+    TASK_POD_WAITING = "TaskPodWaiting"  # the attempt's pod does not start yet, and why (not in the seed)
     AGENT_STARTED = "AgentExecutionStarted"
     AGENT_SUCCESS = "AgentExecutionSuccess"
     AGENT_FAILED = "AgentExecutionFailed"
@@ -162,7 +163,7 @@ class InvalidEvent(ValueError):
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")  # as the reducer parses it
 _STATE_TYPES = frozenset(t.value for t in EventType if t != EventType.LOG_EMITTED)
-_OPTIONAL_STRINGS = ("task", "podName", "notBefore", "workflow")
+_OPTIONAL_STRINGS = ("task", "podName", "notBefore", "workflow", "reason", "message")
 _MODELS = (("usage", TokenUsage), ("outputRef", OutputRef), ("specRef", OutputRef), ("inputRef", OutputRef))
 
 

@@ -28,7 +28,9 @@ Task types:
   of the children's outputs in item order (skipped items left out). A collection behaves like a
   ``waitAll`` parallel task; ``mode: sequential`` means ``maxWorkers: 1``. ``items`` and
   ``filter`` may only use facts of earlier tasks: they are rendered before any child starts, and
-  a failure then fails the collection at once.
+  a failure then fails the collection at once. More than ``templates.LIMITS.collection_items``
+  items fail it with reason ``TemplateLimit``, like any template past a limit of time, memory or
+  size (never retried).
 
 Composite tasks (router, parallel, collection) run no pod of their own and have no status entry
 while they run: their state is derived from their children's entries. They get one when they
@@ -67,13 +69,17 @@ from .api.models import (
 )
 from .agents.providers import API_KEY_ENV
 from .reducer import TASK_TERMINAL
-from .templates import TemplateError, render
+from .templates import LIMITS, TaskFacts, TemplateError, render
 
 # Failures that would fail the same way again: never retried. (Agents: a 401/403 or a 400 from
-# the provider, an answer that never matched the output schema, a tool loop that never ended.)
+# the provider, an answer that never matched the output schema, a tool loop that never ended.
+# TemplateLimit: a template went past a bound of time, memory, output size or collection items.)
 NON_RETRYABLE = frozenset({
-    "TemplateError", "ToolLoadError", "InvalidTool", "Cancelled", "InputTooLarge", "PodRejected",
+    "TemplateError", "TemplateLimit", "EvaluationLimit", "ToolLoadError", "InvalidTool", "Cancelled",
+    "InputTooLarge", "PodRejected",
     "ProviderAuthError", "ProviderBadRequest", "OutputSchemaNotSatisfied", "MaxIterationsExceeded",
+    # a pod that can never start as it is (orchestrator.pod_state.CONFIG_FAILURES): a missing Secret, ...
+    "CreateContainerConfigError", "CreateContainerError", "InvalidImageName", "ErrImageNeverPull",
 })
 IN_FLIGHT = frozenset({"Waiting", "Pending", "Running"})
 
@@ -228,12 +234,22 @@ def backoff_delay(task: Task, failed_attempt: int) -> float:
     return min(parse_duration(b.max), parse_duration(b.initial) * growth, MAX_DURATION_SECONDS)
 
 
+def task_ids(wf: WorkflowSpec) -> list[str]:
+    """The ids a template may name under ``tasks``: every task and parallel child, in declaration order."""
+    ids = []
+    for t in wf.tasks:
+        ids.append(t.id)
+        ids += [c.id for c in t.tasks or []]
+    return ids
+
+
 def template_context(wf: WorkflowSpec, status: WorkflowExecutionStatus, run: RunContext) -> dict[str, Any]:
     tasks = {}
     for tid, t in status.tasks.items():
         error = t.error or (t.attempts[-1].error if t.attempts else None)
         tasks[tid] = {"output": t.output, "status": t.phase, "error": error.dump() if error else None}
-    return {"workflow": {"input": run.input, "id": run.execution}, "tasks": tasks, "env": {**(wf.env or {}), **run.env}}
+    return {"workflow": {"input": run.input, "id": run.execution}, "tasks": TaskFacts(tasks, task_ids(wf)),
+            "env": {**(wf.env or {}), **run.env}}
 
 
 def _tool(wf: WorkflowSpec, tool_id: str | None) -> Tool:
@@ -264,7 +280,7 @@ def _start(wf: WorkflowSpec, task: Task, key: str, attempt: int, context: dict[s
         if task.agent:
             return Dispatch(key, attempt, rendered, agent=_agent_call(wf, task, {**context, "input": rendered}))
     except TemplateError as e:
-        return FailTask(key, attempt, "TemplateError", str(e))
+        return FailTask(key, attempt, e.reason, str(e))
     return Dispatch(key, attempt, rendered, tool=_tool(wf, task.tool))
 
 
@@ -274,7 +290,7 @@ def _finish_success(wf: WorkflowSpec, status: WorkflowExecutionStatus, run: RunC
     try:
         return Finish("Succeeded", render(wf.output, template_context(wf, status, run), "spec.output"))
     except TemplateError as e:
-        return Finish("Failed", error=ErrorInfo(reason="TemplateError", message=str(e)))
+        return Finish("Failed", error=ErrorInfo(reason=e.reason, message=str(e)))
 
 
 def _failure(label: str, key: str, st: TaskStatus) -> str:
@@ -344,7 +360,7 @@ def _route(task: Task, context: dict[str, Any]) -> Action:
     try:
         value = render(task.condition or "", context, f"tasks.{task.id}.condition")
     except TemplateError as e:
-        return FailTask(task.id, 1, "TemplateError", str(e))
+        return FailTask(task.id, 1, e.reason, str(e))
     route = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     target = (task.routes or {}).get(route, task.default)
     if target is None:
@@ -435,10 +451,13 @@ def _collection(wf: WorkflowSpec, task: Task, status: WorkflowExecutionStatus, c
     try:
         items = render(task.items, context, f"tasks.{task.id}.items")
     except TemplateError as e:
-        return [FailTask(task.id, 1, "TemplateError", str(e))]
+        return [FailTask(task.id, 1, e.reason, str(e))]
     if not isinstance(items, list):
         return [FailTask(task.id, 1, "InvalidItems",
                          f"tasks.{task.id}.items: expected a list, got {_json_type(items)}")]
+    if len(items) > LIMITS.collection_items:
+        return [FailTask(task.id, 1, "TemplateLimit",
+                         f"tasks.{task.id}.items: {len(items)} items, the limit is {LIMITS.collection_items}")]
     assert task.task is not None  # validation requires it
     children = []
     for index, item in enumerate(items):
@@ -449,7 +468,7 @@ def _collection(wf: WorkflowSpec, task: Task, status: WorkflowExecutionStatus, c
                 if not _truthy(render(task.filter, scope, f"tasks.{key}.filter")):
                     continue
             except TemplateError as e:
-                return [FailTask(task.id, 1, "TemplateError", str(e))]
+                return [FailTask(task.id, 1, e.reason, str(e))]
         children.append(_Child(key, task.task, scope))
     limit = 1 if task.mode == "sequential" else task.max_workers
     return _run_children(wf, task, children, "waitAll", limit, status, run, now)

@@ -173,6 +173,9 @@ def _rank(phase: str) -> int:
 
 def _fold_task(s: WorkflowExecutionStatus, etype: EventType, event: Event) -> WorkflowExecutionStatus:
     name, attempt, data = event.task, int(event.attempt or 1), event.data
+    if etype == EventType.TASK_POD_WAITING:
+        _fold_waiting(s, event)
+        return s
     target = _TASK_TARGET.get(etype)
     if etype == EventType.TASK_FAILED and (data.get("error") or {}).get("reason") == CANCELLED_REASON:
         target = "Cancelled"
@@ -201,6 +204,10 @@ def _fold_task(s: WorkflowExecutionStatus, etype: EventType, event: Event) -> Wo
     if _rank(target) <= _rank(current.phase) and not (swept and target == "Succeeded"):
         return s  # already there or past it: late facts only filled in the blanks above
     current.phase = target  # type: ignore[assignment]
+    if current.message and _rank(target) >= 1:  # the pod started (or the attempt ended): no longer waiting
+        current.message = None
+        if s.message and s.message.startswith(_waiting_prefix(name)):
+            s.message = "running"
     if _rank(target) == 2:
         current.dispatched_at = None  # only needed for the timeout of an attempt in flight
     if data.get("usage"):
@@ -251,6 +258,20 @@ def _show_handled(s: WorkflowExecutionStatus, at: str) -> None:
                           message=f"{len(failed)} task(s) failed and the run went on: {detail}"[:1000],
                           last_transition_time=at)
     s.conditions = [c for c in s.conditions if c.type != HANDLED] + [condition]
+
+
+def _waiting_prefix(task: str) -> str:
+    return f"task {task} waits: "
+
+
+def _fold_waiting(s: WorkflowExecutionStatus, event: Event) -> None:
+    """A pending attempt's pod does not start: the task's message, and the run's, say why."""
+    current = s.tasks.get(event.task or "")
+    if current is None or current.attempt != int(event.attempt or 1) or current.phase != "Pending":
+        return  # a later attempt, or this one started or ended meanwhile
+    current.message = f"{event.data.get('reason')}: {event.data.get('message')}"
+    if s.phase == "Running":
+        s.message = _waiting_prefix(event.task or "") + current.message
 
 
 def _late_record(current: TaskStatus, target: str, attempt: int, event: Event) -> None:

@@ -40,6 +40,9 @@ class Settings:
     state_batch: int = field(default_factory=lambda: int(_env("COMPOZY_STATE_BATCH", "256")))
     # a task pod that cannot start (image or config errors) fails its attempt after this long
     pod_start_timeout: float = field(default_factory=lambda: float(_env("COMPOZY_POD_START_TIMEOUT_SECONDS", "120")))
+    # a task pod that can never start as it is (a missing Secret or key, a bad image name) fails its
+    # attempt, not retried, after this long (a Secret applied with the run has this long to arrive)
+    config_error_grace: float = field(default_factory=lambda: float(_env("COMPOZY_CONFIG_ERROR_GRACE_SECONDS", "10")))
     # a task pod whose node is not ready fails its attempt after this long
     node_lost_seconds: float = field(default_factory=lambda: float(_env("COMPOZY_NODE_LOST_SECONDS", "60")))
     # task outputs larger than this (bytes of JSON) go to the NATS object store; status keeps outputRef

@@ -117,6 +117,7 @@ async def keep_in_progress(msgs: list[Msg]) -> None:
 URGENT = frozenset({
     EventType.TASK_SUCCESS, EventType.TASK_FAILED, EventType.TASK_RETRY_SCHEDULED, EventType.WORKFLOW_SUCCESS,
     EventType.WORKFLOW_FAILED, EventType.WORKFLOW_TIMED_OUT, EventType.WORKFLOW_CANCELLED,
+    EventType.TASK_POD_WAITING,  # rare, and the user is waiting to read why
 })
 
 

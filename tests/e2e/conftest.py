@@ -13,7 +13,7 @@ from tests.helpers import Kubectl, apply_crds, wait_for
 TASK_IMAGE = "compozy/compozy-operator:test"
 # the session operator's settings (tests that run an operator of their own use them too)
 OPERATOR_ENV = {"COMPOZY_TASK_IMAGE": TASK_IMAGE, "COMPOZY_POD_START_TIMEOUT_SECONDS": "3",
-                "COMPOZY_NODE_LOST_SECONDS": "5"}
+                "COMPOZY_NODE_LOST_SECONDS": "5", "COMPOZY_CONFIG_ERROR_GRACE_SECONDS": "5"}
 
 
 @pytest.fixture(scope="session")

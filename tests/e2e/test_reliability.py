@@ -125,18 +125,26 @@ def test_deleting_a_running_execution_stops_its_pods(operator: OperatorProcess, 
     assert not pid_alive(pid)
 
 
-def test_a_pod_that_cannot_start_fails_its_attempt(operator: OperatorProcess, kubectl: Kubectl, kube: Kube,
-                                                   namespace: str) -> None:
+def test_a_missing_secret_fails_the_task_at_once_naming_it_and_is_not_retried(
+        operator: OperatorProcess, kubectl: Kubectl, kube: Kube, namespace: str) -> None:
+    """Issue 11.4: the task's message says why its pod waits; then it fails within seconds (the grace
+    of COMPOZY_CONFIG_ERROR_GRACE_SECONDS), naming the Secret and the env that needs it, not retried."""
     tool = {"id": "needs-secret", "python": "def run(i, c):\n    return {}\n",
             "env": [{"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "missing", "key": "k"}}}]}
-    apply(kubectl, namespace, workflow("unstartable", [{"id": "a", "tool": "needs-secret"}], tools=[tool]),
+    apply(kubectl, namespace, workflow("unstartable", [{"id": "a", "tool": "needs-secret", "retry": {"limit": 3}}],
+                                       tools=[tool]),
           execution("unstartable-1", "unstartable"))
+    waiting = wait_for(lambda: (execution_status(kubectl, namespace, "unstartable-1").get("tasks", {}).get("a", {})
+                                .get("message")), 20, "the task to say why its pod waits")
+    assert waiting.startswith('CreateContainerConfigError: secret "missing" not found')
     status = wait_finished(kubectl, namespace, "unstartable-1", 60)
     assert status["phase"] == "Failed"
-    err = status["tasks"]["a"]["error"]
-    assert err["reason"] == "CreateContainerConfigError"
-    assert "could not start within 3s" in err["message"] and 'secret "missing" not found' in err["message"]
-    assert execution_status(kubectl, namespace, "unstartable-1")["tasks"]["a"]["phase"] == "Failed"
+    a = status["tasks"]["a"]
+    assert a["error"]["reason"] == "CreateContainerConfigError" and a["attempt"] == 1  # never retried
+    assert a["error"]["message"] == (f'the task pod cannot start: secret "missing" not found: create the Secret '
+                                     f"{namespace}/missing, needed by env API_KEY (secretKeyRef missing/k), "
+                                     "then retry the run")
+    assert "message" not in a  # the waiting note went with the end
     wait_for(lambda: not pods_of(kube, namespace), 20, "the pod to be removed")
 
 

@@ -195,3 +195,21 @@ def test_many_handled_failures_are_counted_not_all_named() -> None:
         events.append(ev(EventType.TASK_FAILED, f"t{i}", 1, error={"reason": "ToolError", "message": "x"}))
     s = run(*events, ev(EventType.WORKFLOW_SUCCESS, output={}))
     assert s.message == "succeeded; handled failure of t0 (ToolError), t1 (ToolError), t2 (ToolError) and 2 more"
+
+
+def test_a_waiting_pod_shows_why_until_it_starts() -> None:
+    """Issue 11.4: while a pod waits (a missing Secret, an image pull), the task and the run say why."""
+    start = [HAPPY[0], HAPPY[1]]
+    waiting = ev(EventType.TASK_POD_WAITING, "a", 1, id_extra="CreateContainerConfigError", podName="run-a-1",
+                 reason="CreateContainerConfigError", message='secret "llm" not found')
+    s = run(*start, waiting)
+    assert s.tasks["a"].message == 'CreateContainerConfigError: secret "llm" not found'
+    assert s.message == 'task a waits: CreateContainerConfigError: secret "llm" not found'
+    s = run(*start, waiting, HAPPY[2])
+    assert s.tasks["a"].message is None and s.message == "running"
+
+
+def test_waiting_news_of_an_attempt_that_already_started_changes_nothing() -> None:
+    waiting = ev(EventType.TASK_POD_WAITING, "a", 1, reason="ImagePullBackOff", message="back-off")
+    s = run(HAPPY[0], HAPPY[1], HAPPY[2], waiting)
+    assert s.tasks["a"].message is None and s.message == "running"

@@ -288,6 +288,8 @@ class TaskStatus(Model):
     output: Any = Field(None, description="The task's output (small outputs only; see outputRef).")
     output_ref: OutputRef | None = Field(None, description="Where a large output is stored (NATS object store).")
     error: ErrorInfo | None = None
+    message: str | None = Field(None, description="Why the current attempt's pod does not start yet "
+                                "(e.g. a missing Secret, an image pull, no node fits).")
     usage: TokenUsage | None = Field(None, description="Agent tasks: tokens and model calls of the current attempt.")
     attempts: list[AttemptRecord] | None = Field(None, description="Earlier attempts.")
 

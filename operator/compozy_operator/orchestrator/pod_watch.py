@@ -1,8 +1,10 @@
 """The pod and node watch: task pods that cannot report become ``TaskExecutionFailed``.
 
 Caught here: a pod deleted before it reported, a pod that failed (OOM-killed, evicted, the runner
-crashed), a pod that cannot start (image, config errors) for ``pod_start_timeout``, and a pod whose
-node is not ready for ``node_lost_seconds``. Finished pods are removed. Every handler's effects go
+crashed), a pod that can never start as it is (a missing Secret or key, a bad image name) for
+``config_error_grace``, a pod that cannot start (image pulls) for ``pod_start_timeout``, and a pod
+whose node is not ready for ``node_lost_seconds``. While a pod waits, ``TaskPodWaiting`` tells the
+status why. Finished pods are removed. Every handler's effects go
 through :class:`Effects`, so a failure (NATS or the API server away) is retried, not dropped.
 """
 
@@ -24,14 +26,13 @@ from ..reducer import TASK_TERMINAL
 from ..settings import Settings
 from .cleanup import Cleanup
 from .dispatcher import Dispatcher
+from . import pod_state
 from .effects import Effects
 from .run import SOURCE, Run
 
 RESULT_GRACE = 20.0  # seconds a finished pod's result may take to reach the status (redelivery included)
 UNKNOWN_GRACE = 300.0  # seconds a finished pod waits for its run to be known (then it is removed)
 FINISHED_MEMORY = 10_000  # ended runs remembered, so their pods are removed at once
-START_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
-                            "CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
 
 
 class PodWatch:
@@ -41,6 +42,7 @@ class PodWatch:
         self.dispatcher, self.cleanup, self.effects, self.slot_freed = dispatcher, cleanup, effects, slot_freed
         self.rechecks: set[tuple[str, str]] = set()
         self.finished: OrderedDict[str, None] = OrderedDict()  # uids of runs known to have ended
+        self.told: dict[str, str] = {}  # pod uid -> the waiting reason last published for it
 
     async def on_node(self, node: dict[str, Any], deleted: bool = False) -> None:
         """A node that is not ready (or gone) strands the task pods on it: look at each of them."""
@@ -69,6 +71,8 @@ class PodWatch:
         attempt = int(labels.get(LABEL_ATTEMPT, "1"))
         phase = (pod.get("status") or {}).get("phase", "Pending")
         ended = event_type == "DELETED" or phase in ("Succeeded", "Failed")
+        if phase != "Pending" or ended:
+            self.told.pop(meta["uid"], None)
         run = self.runs.get(owner["uid"])
         if run is not None:
             run.pods.add((task, attempt))
@@ -90,10 +94,10 @@ class PodWatch:
             if phase not in ("Succeeded", "Failed"):
                 failure = ("PodDeleted", f"pod {meta['name']} was deleted before the task reported a result")
         elif phase == "Failed":
-            failure = _pod_failure(pod)
+            failure = pod_state.failure(pod)
         elif phase == "Pending":
-            failure = self._start_failure(pod)
-        elif phase == "Running" and (recheck or not _pod_ready(pod)):
+            failure = await self._pending(pod, owner, task, attempt, known)
+        elif phase == "Running" and (recheck or not pod_state.ready(pod)):
             failure = await self._node_lost(pod)
         elif phase == "Succeeded" and known != "ended":
             failure = self._result_lost(pod, known)
@@ -174,16 +178,31 @@ class PodWatch:
 
         asyncio.get_running_loop().call_later(delay, lambda: asyncio.ensure_future(recheck()))
 
-    def _start_failure(self, pod: dict[str, Any]) -> tuple[str, str] | None:
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in START_FAILURES:
-                limit = self.settings.pod_start_timeout
-                age = time.time() - epoch(pod["metadata"]["creationTimestamp"])
-                if age >= limit:
-                    return waiting["reason"], (f"the task pod could not start within {limit:g}s: "
-                                               f"{waiting.get('message') or waiting['reason']}")
-                self._recheck_later(pod, limit - age + 0.5)
+    async def _pending(self, pod: dict[str, Any], owner: dict[str, Any], task: str, attempt: int,
+                       known: str) -> tuple[str, str] | None:
+        """Tell the status why a pending pod waits; the failure once it has waited too long."""
+        meta = pod["metadata"]
+        why = pod_state.waiting(pod)
+        if why is None:
+            self.told.pop(meta["uid"], None)
+            return None
+        reason, message = why[0], pod_state.explain(pod, *why)
+        if known == "in-flight" and self.told.get(meta["uid"]) != reason:
+            await self.bus.publish_event(make_event(EventType.TASK_POD_WAITING, SOURCE, meta["namespace"], owner["name"],
+                                                    owner["uid"], task, attempt, id_extra=reason,
+                                                    podName=meta["name"], reason=reason, message=message))
+            self.told[meta["uid"]] = reason
+        if reason in pod_state.CONFIG_FAILURES:
+            limit, explained = self.settings.config_error_grace, f"the task pod cannot start: {message}"
+        elif reason in pod_state.START_FAILURES:
+            limit = self.settings.pod_start_timeout
+            explained = f"the task pod could not start within {limit:g}s: {message}"
+        else:
+            return None  # e.g. unschedulable: the attempt's own timeout, if any, bounds the wait
+        age = time.time() - epoch(meta["creationTimestamp"])
+        if age >= limit:
+            return reason, explained
+        self._recheck_later(pod, limit - age + 0.5)
         return None
 
     async def _node_lost(self, pod: dict[str, Any]) -> tuple[str, str] | None:
@@ -213,20 +232,3 @@ def _ended(st: TaskStatus | None, attempt: int, phases: frozenset[str]) -> bool:
     return st is not None and (attempt < st.attempt or (attempt == st.attempt and st.phase in phases))
 
 
-def _pod_ready(pod: dict[str, Any]) -> bool:
-    conds = (pod.get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conds) or not conds
-
-
-def _pod_failure(pod: dict[str, Any]) -> tuple[str, str]:
-    """The reason a failed pod gives: the pod's own (Evicted, ...) first, else its container's."""
-    status = pod.get("status") or {}
-    if status.get("reason"):
-        return status["reason"], status.get("message") or f"the task pod failed ({status['reason']})"
-    for cs in status.get("containerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated")
-        if term:
-            reason = term.get("reason") or "Error"
-            message = (term.get("message") or "").strip()
-            return reason, message or f"the task container exited with code {term.get('exitCode')} ({reason})"
-    return status.get("reason") or "PodFailed", status.get("message") or "the task pod failed"
