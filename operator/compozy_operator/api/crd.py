@@ -77,22 +77,15 @@ TASK_RULES = [
           "a router task needs condition and routes"),
     _rule(f"{_not_type('parallel')} || (has(self.tasks) && size(self.tasks) > 0)",
           "a parallel task needs tasks"),
-    # CEL cannot see `items`: a field without a type (Any) is left out of the CEL object type.
-    # TASK_ITEMS_REQUIRED requires it with a value validation instead.
-    _rule(f"{_not_type('collection')} || has(self.task)", "a collection task needs items and task"),
-]
-
-#: Value validation (no CEL) on each task item: a collection task has ``items``. Structural schemas
-#: allow anyOf/not without types; the apiserver's message names the task ("spec.tasks[4] must
-#: validate at least one schema (anyOf)") but cannot carry our own text.
-TASK_ITEMS_REQUIRED = [
-    {"not": {"properties": {"type": {"enum": ["collection"]}}, "required": ["type"]}},
-    {"required": ["items"]},
+    # CEL cannot see `items` (a field without a type, Any, is left out of the CEL object type), so
+    # "a collection needs items" is said by the admission webhook and the run's start instead.
+    _rule(f"{_not_type('collection')} || has(self.task)",
+          "a collection task needs task (the task to run for each item)"),
 ]
 
 
 def task_extras(path: str) -> JSON:
-    return {"anyOf": TASK_ITEMS_REQUIRED, VALIDATIONS: TASK_RULES}
+    return {VALIDATIONS: TASK_RULES}
 
 
 def workflow_spec_rules(path: str) -> list[JSON]:
@@ -105,10 +98,51 @@ def workflow_spec_rules(path: str) -> list[JSON]:
     ]
 
 
+def _same(field: str) -> str:
+    """CEL: ``field`` is unchanged between the old and the new object (set in both and equal, or in neither)."""
+    return f"(has(self.{field}) ? has(oldSelf.{field}) && self.{field} == oldSelf.{field} : !has(oldSelf.{field}))"
+
+
+#: The text of the admission webhook's refusal too (admission.IMMUTABLE): CEL compares the typed
+#: fields, the webhook the whole spec (``input`` is any JSON, which CEL cannot see).
+IMMUTABLE_MESSAGE = ("spec is immutable once the run is created; only spec.cancel may change — create a new "
+                     "WorkflowExecution (or resubmit) to run again")
+
 EXECUTION_SPEC_RULES = [
     _rule("has(self.workflowRef) != has(self.workflow)",
           "exactly one of spec.workflowRef or spec.workflow must be set"),
+    _rule(" && ".join(_same(f) for f in ("workflowRef", "workflow", "timeout")), IMMUTABLE_MESSAGE),
+    _rule("!has(oldSelf.cancel) || !oldSelf.cancel || (has(self.cancel) && self.cancel)",
+          "spec.cancel: a cancelled run stays cancelled (cannot go from true back to false)", ".cancel"),
 ]
+
+#: Written by the operator (workflow_status.py): is the Workflow valid, for which generation.
+WORKFLOW_STATUS_SCHEMA: JSON = {
+    "description": "Whether the Workflow is valid, written by the operator (workflow_status.py).",
+    "type": "object",
+    "properties": {
+        "observedGeneration": {"description": "The metadata.generation the conditions describe.",
+                               "type": "integer"},
+        "taskCount": {"description": "Number of top-level tasks.", "type": "integer"},
+        "conditions": {
+            "description": "Ready: True when the spec passes every check (the problems otherwise).",
+            "type": "array",
+            "maxItems": 8,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string"},
+                    "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                    "reason": {"type": "string"},
+                    "message": {"type": "string"},
+                    "lastTransitionTime": {"type": "string", "format": "date-time"},
+                    "observedGeneration": {"type": "integer"},
+                },
+                "required": ["type", "status"],
+            },
+        },
+    },
+}
 
 
 class SchemaError(ValueError):
@@ -302,12 +336,16 @@ def workflow_crd() -> JSON:
         "Workflow is a reusable definition of tools, LLM agents and tasks (compozy.dev). "
         "Run it by creating a WorkflowExecution whose spec.workflowRef names it.",
         workflow_spec_schema(),
+        WORKFLOW_STATUS_SCHEMA,
     )
     columns = [
-        _column("Description", ".spec.description"),
+        _column("Ready", '.status.conditions[?(@.type=="Ready")].status'),
+        _column("Tasks", ".status.taskCount", "integer"),
         _column("Age", ".metadata.creationTimestamp", "date"),
+        _column("Description", ".spec.description"),
+        {**_column("Message", '.status.conditions[?(@.type=="Ready")].message'), "priority": 1},
     ]
-    return _crd("Workflow", "workflows", ["czwf"], schema, columns, status=False)
+    return _crd("Workflow", "workflows", ["czwf"], schema, columns, status=True)
 
 
 def workflow_execution_crd() -> JSON:
