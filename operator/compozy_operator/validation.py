@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import jsonschema
 from pydantic import ValidationError
 
 from .api.models import Task, WorkflowSpec
+from .template_check import ERROR, WARNING, check_templates
 
 # The fields each task type uses (besides id and type); any other field set is a mistake.
 _TRANSITIONS = {"on_success", "on_error", "final"}
@@ -186,7 +188,8 @@ def _dead_ends(wf: WorkflowSpec) -> set[str]:
 
 
 def check_workflow(wf: WorkflowSpec, prefix: str = "spec") -> list[str]:
-    """Reference and graph checks the schema cannot express."""
+    """Reference, graph and template checks the schema cannot express: each problem refuses the
+    workflow (see :func:`workflow_warnings` for what may be fine)."""
     problems: list[str] = []
     ids = {t.id for t in wf.tasks}
     tools = {t.id for t in wf.tools or []}
@@ -220,7 +223,17 @@ def check_workflow(wf: WorkflowSpec, prefix: str = "spec") -> list[str]:
         problems += [f"{prefix}.tasks[{i}] ({t.id}): the run can never succeed from here: every path after "
                      f"this task fails or returns to a task that already ran (a task runs at most once)"
                      for i, t in enumerate(wf.tasks) if t.id in dead]
+    if not problems:  # templates are checked against resolved references only
+        problems += [i.message for i in check_templates(wf, prefix) if i.severity == ERROR]
     return problems
+
+
+def workflow_warnings(wf: WorkflowSpec, prefix: str = "spec") -> list[str]:
+    """What may fail on some runs but not all (e.g. a template using a task that ran on some paths
+    only): worth telling the author (``compozy validate``, an admission warning), never a refusal."""
+    if check_workflow(wf, prefix):
+        return []
+    return [i.message for i in check_templates(wf, prefix) if i.severity == WARNING]
 
 
 def check_input(schema: dict[str, Any] | None, value: Any, prefix: str = "spec.input") -> list[str]:
@@ -234,6 +247,50 @@ def check_input(schema: dict[str, Any] | None, value: Any, prefix: str = "spec.i
     for err in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path)):
         problems.append(f"{_loc(prefix, tuple(err.absolute_path))}: {err.message}")
     return problems
+
+
+def apply_defaults(schema: Any, value: Any) -> Any:
+    """``value`` with the JSON Schema ``default`` values of ``schema`` filled in (a new value; the
+    argument is not changed).
+
+    A missing input (None) takes the schema's own ``default``, else ``{}`` when the schema is an
+    object with defaults to fill. Missing properties take their ``default``; present ones that are
+    objects (arrays: their items) get their own defaults, level by level. ``allOf`` branches are
+    applied in turn; ``anyOf``/``oneOf``/``if`` are left alone (which branch applies is not known
+    before validation). A present value is never replaced, even ``null``. Defaults are taken as
+    written: they are not validated here (the validation that follows sees them)."""
+    return _defaults(schema, value, 0)
+
+
+_MAX_DEFAULT_DEPTH = 64
+
+
+def _defaults(schema: Any, value: Any, depth: int) -> Any:
+    if not isinstance(schema, dict) or depth > _MAX_DEFAULT_DEPTH:
+        return value
+    if value is None and "default" in schema:
+        return copy.deepcopy(schema["default"])
+    props = schema.get("properties")
+    if value is None and isinstance(props, dict) and any(
+            isinstance(p, dict) and "default" in p for p in props.values()) and schema.get("type") == "object":
+        value = {}
+    if isinstance(value, dict):
+        out = dict(value)
+        if isinstance(props, dict):
+            for name, sub in props.items():
+                if name in out:
+                    out[name] = _defaults(sub, out[name], depth + 1)
+                elif isinstance(sub, dict) and "default" in sub:
+                    out[name] = copy.deepcopy(sub["default"])
+        value = out
+    elif isinstance(value, list):
+        items = schema.get("items")
+        prefix = schema.get("prefixItems")
+        value = [_defaults(prefix[i] if isinstance(prefix, list) and i < len(prefix) else items, v, depth + 1)
+                 for i, v in enumerate(value)]
+    for sub in schema.get("allOf") or []:
+        value = _defaults(sub, value, depth + 1)
+    return value
 
 
 def json_depth(value: Any) -> int:

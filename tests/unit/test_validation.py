@@ -178,8 +178,9 @@ def test_collection_problems(tasks, problem) -> None:
 
 
 def test_collection_items_may_be_a_list_or_a_template() -> None:
+    first = {"id": "a", "tool": "t", "onSuccess": {"next": "each"}}
     for items in ([], [{"u": 1}], "{{ workflow.input.urls }}", "{{ tasks.a.output.items }}"):
-        assert check_workflow(wf(tasks=[{**EACH, "items": items}])) == [], items
+        assert check_workflow(wf(tasks=[first, {**EACH, "items": items}])) == [], items
 
 
 def back(i: int) -> str:
