@@ -140,15 +140,19 @@ def dev_demo(args: argparse.Namespace) -> int:
 
 
 def validate(args: argparse.Namespace) -> int:
-    from .manifests import validate_files
+    """Exit 0: valid (warnings allowed); 1: errors; 2: usage (argparse)."""
+    from .manifests import validate as check
 
-    count, problems = validate_files(args.files)
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    if problems:
-        print(f"{len(problems)} problem(s) in {count} file(s)", file=sys.stderr)
+    report = check(args.targets, strict=args.strict)
+    for finding in report.findings:
+        print(finding, file=sys.stderr)
+    if report.unchecked:
+        print(f"note: not checked offline: {'; '.join(report.unchecked)}", file=sys.stderr)
+    errors, warnings = len(report.errors), len(report.warnings)
+    if errors:
+        print(f"{errors} error(s), {warnings} warning(s) in {report.files} file(s)", file=sys.stderr)
         return 1
-    print(f"{count} file(s) valid")
+    print(f"{report.files} file(s) valid" + (f", {warnings} warning(s)" if warnings else ""))
     return 0
 
 
@@ -170,8 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("operator", help="run the operator (settings from COMPOZY_* environment variables)"
                    ).set_defaults(func=operator)
-    check = sub.add_parser("validate", help="check Workflow and WorkflowExecution manifests offline")
-    check.add_argument("files", nargs="+", metavar="FILE")
+    check = sub.add_parser(
+        "validate", help="check Workflow and WorkflowExecution manifests offline, read as kubectl reads them",
+        description="Check manifests as the cluster will see them: YAML read as kubectl reads it (YAML 1.1 "
+        "booleans warned about), the models, references, graph and templates, and each execution's input "
+        "against its Workflow's schema (defaults applied). Prints one line per finding, "
+        "file:line: error|warning|note: path: message. Exit 0: valid (warnings allowed), 1: errors, 2: usage.")
+    check.add_argument("targets", nargs="+", metavar="FILE|DIR|-",
+                       help="a file, a directory (every *.yaml, *.yml, *.json in it, recursively) or - (stdin); "
+                       "multi-document files and kind: List are read whole")
+    check.add_argument("--strict", action="store_true",
+                       help="an execution whose Workflow is not among the files is an error (default: a note)")
     check.set_defaults(func=validate)
     task = sub.add_parser("task", help="task pod entrypoints")
     task_sub = task.add_subparsers(dest="task_command", required=True)

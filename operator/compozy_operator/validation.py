@@ -20,6 +20,7 @@ _FIELDS: dict[str, set[str]] = {
     "collection": {"items", "mode", "max_workers", "filter", "task", *_TRANSITIONS},
 }
 SUPPORTED_TYPES = set(_FIELDS)
+MAX_INPUT_DEPTH = 64  # deepest execution input accepted (JSON levels)
 
 
 class SpecError(ValueError):
