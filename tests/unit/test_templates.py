@@ -56,3 +56,60 @@ def test_a_field_named_like_a_dict_method_is_the_field() -> None:
     assert render("{{ workflow.input.items }}", ctx) == [1, 2]
     assert render("{{ workflow.input.keys }}-{{ workflow.input.get }}", ctx) == "k-3"
     assert render("{{ workflow.input.values.a }}", ctx) == 1
+
+
+def test_a_missing_task_is_named_with_the_known_ones() -> None:
+    from compozy_operator.api.models import TaskStatus, WorkflowExecutionStatus, WorkflowSpec
+    from compozy_operator.executor import FailTask, RunContext, decide
+
+    wf = WorkflowSpec.model_validate({"tools": [{"id": "t", "python": "def run(i, c): return i"}], "tasks": [
+        {"id": "count", "tool": "t", "onSuccess": {"next": "use"}},
+        {"id": "use", "tool": "t", "with": {"a": "{{ tasks.frist.output }}", "b": "{{ tasks.summarize.output }}"},
+         "onSuccess": {"next": "summarize"}},
+        {"id": "summarize", "tool": "t"}]})
+    status = WorkflowExecutionStatus(phase="Running", tasks={"count": TaskStatus(phase="Succeeded", output={})})
+    (action,) = decide(wf, status, RunContext(execution="r", input={}), 0.0)
+    assert isinstance(action, FailTask) and action.reason == "TemplateError"
+    assert action.message.startswith(
+        "tasks.use.with.a: tasks.frist: no task 'frist' (tasks: count, use, summarize) (in ")
+    wf.tasks[1].with_ = {"b": "x {{ tasks.summarize.output.words }}"}
+    (action,) = decide(wf, status, RunContext(execution="r", input={}), 0.0)
+    assert action.message.startswith("tasks.use.with.b: tasks.summarize has not run yet (in ")
+
+
+def test_tasks_keeps_its_dict_methods_and_items() -> None:
+    from compozy_operator.templates import TaskFacts
+
+    ctx = {"tasks": TaskFacts({"a": {"output": 1}}, ["a", "b"])}
+    assert render("{% for k, v in tasks.items() %}{{ k }}={{ v.output }}{% endfor %}", ctx) == "a=1"
+    assert render("{{ tasks['a'].output }}", ctx) == 1
+    with pytest.raises(TemplateError, match="tasks.b has not run yet"):
+        render("{{ tasks['b'].output }}", ctx)
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{{ 'x' * 10**8 }}", "repeating a str of 1 100000000 times would be larger than the limit of 1048576 bytes"),
+    ("{{ [1, 2] * 10**7 }}", "repeating a list of 2 10000000 times"),
+    ("{{ 10 ** 10000000 }}", "10 ** 10000000 would be larger"),
+    ("{{ 'x' | center(10**8) }}", "a width of 100000000"),
+    ("{{ 'x'.zfill(10**8) }}", "a width of 100000000"),
+    ("{{ '%10000000s' | format('x') }}", "the format '%10000000s'"),
+    ("{{ '{:>10000000}'.format('x') }}", "the format '{:>10000000}'"),
+    ("{% for i in range(100000) %}{{ 'abcdefghijk' }}{% endfor %}", "the rendered text would be larger"),
+    ("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "nests or recurses too deeply"),
+])
+def test_explosive_templates_are_refused_in_process(template: str, message: str) -> None:
+    from compozy_operator.templates import TemplateLimit
+
+    with pytest.raises(TemplateLimit) as err:
+        render({"x": template}, CTX, "tasks.t.with")
+    assert str(err.value).startswith("tasks.t.with.x: ") and message in str(err.value), err.value
+
+
+def test_templates_are_compiled_once() -> None:
+    from compozy_operator import templates
+
+    templates._expression.cache_clear()
+    for n in range(50):
+        assert render("{{ workflow.input.n + 1 }}", CTX) == 3
+    assert templates._expression.cache_info().misses == 1
