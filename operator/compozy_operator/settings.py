@@ -38,6 +38,18 @@ class Settings:
     delete_finished_pods: bool = field(
         default_factory=lambda: _env("COMPOZY_DELETE_FINISHED_PODS", "true").lower() == "true")
     state_batch: int = field(default_factory=lambda: int(_env("COMPOZY_STATE_BATCH", "256")))
+    # Untrusted expressions (templates, input-schema regexes, collections) are evaluated in a pool of
+    # worker processes (sandbox.py): at most this many (0: in the operator's own process, unbounded)
+    eval_workers: int = field(default_factory=lambda: int(_env("COMPOZY_EVAL_WORKERS", "3")))
+    # CPU seconds one template (or the input check) may take; the whole evaluation of a run (its
+    # decision or its start checks) may take eval_run_timeout of wall time before its worker is killed
+    eval_timeout: float = field(default_factory=lambda: float(_env("COMPOZY_EVAL_TIMEOUT_SECONDS", "1")))
+    eval_run_timeout: float = field(default_factory=lambda: float(_env("COMPOZY_EVAL_RUN_TIMEOUT_SECONDS", "10")))
+    # memory a worker may allocate above what it needs at start (address space, MiB)
+    eval_memory_mb: int = field(default_factory=lambda: int(_env("COMPOZY_EVAL_MEMORY_MB", "256")))
+    # largest value one template may render (bytes), most items a collection may have
+    max_rendered_bytes: int = field(default_factory=lambda: int(_env("COMPOZY_MAX_RENDERED_BYTES", str(1 << 20))))
+    max_collection_items: int = field(default_factory=lambda: int(_env("COMPOZY_MAX_COLLECTION_ITEMS", "10000")))
     # a task pod that cannot start (image or config errors) fails its attempt after this long
     pod_start_timeout: float = field(default_factory=lambda: float(_env("COMPOZY_POD_START_TIMEOUT_SECONDS", "120")))
     # a task pod that can never start as it is (a missing Secret or key, a bad image name) fails its

@@ -23,9 +23,10 @@ from nats.js.errors import NotFoundError
 from ..api.models import TERMINAL_PHASES, ErrorInfo, WorkflowExecutionStatus
 from ..bus import Bus
 from ..events import Event, EventType, make_event, output_key, output_prefix
-from ..executor import CompleteTask, Dispatch, FailTask, Finish, ScheduleRetry, WakeAt, decide
+from ..executor import CompleteTask, Dispatch, FailTask, Finish, ScheduleRetry, WakeAt
 from ..kube import Kube
 from ..pods import pod_name
+from ..sandbox import EvalPool, EvaluationError
 from ..settings import Settings
 from .cleanup import Cleanup
 from .dispatcher import Dispatcher
@@ -50,7 +51,8 @@ class Orchestrator:
         self.effects = Effects()
         self.timers = Timers(self._fire)
         self.cleanup = Cleanup(kube, bus)
-        self.starter = Starter(settings, kube, bus)
+        self.pool = EvalPool(settings)  # untrusted expressions are evaluated there, bounded
+        self.starter = Starter(settings, kube, bus, self.pool)
         self.dispatcher = Dispatcher(settings, kube, bus)
         self.pods = PodWatch(settings, kube, bus, self.runs, self.dispatcher, self.cleanup, self.effects,
                              lambda run: asyncio.get_running_loop().call_soon(self._fire, run.uid))
@@ -67,6 +69,7 @@ class Orchestrator:
         if status.phase in TERMINAL_PHASES:
             self.forget(meta["uid"])
             return
+        self.pool.start()
         run = self.runs.setdefault(meta["uid"], Run(meta["uid"], meta["namespace"], meta["name"]))
         run.obj = obj
         run.cancel = run.cancel or bool((obj.get("spec") or {}).get("cancel"))
@@ -103,6 +106,7 @@ class Orchestrator:
 
     async def close(self) -> None:
         await self.effects.close()
+        await self.pool.close()
 
     def _fire(self, uid: str) -> None:
         if run := self.runs.get(uid):
@@ -121,8 +125,11 @@ class Orchestrator:
             return
         log.error("%s/%s cannot continue: %s", run.namespace, run.name, describe(e), exc_info=e)
         reason = type(e).__name__ if isinstance(e, SnapshotLost | OutputLost) else "InternalError"
+        message = describe(e)
+        if isinstance(e, EvaluationError):  # a bound of the evaluation pool (its message says which)
+            reason, message = e.reason, str(e)
         try:
-            await self._finish(run, Finish("Failed", error=ErrorInfo(reason=reason, message=describe(e))),
+            await self._finish(run, Finish("Failed", error=ErrorInfo(reason=reason, message=message)),
                                run.virtual(status))
         except Exception as again:  # noqa: BLE001 - not even the end could be recorded: later
             log.warning("ending %s/%s failed too (%s); retrying", run.namespace, run.name, describe(again))
@@ -145,7 +152,7 @@ class Orchestrator:
         assert run.context is not None
         context = dataclasses.replace(run.context, cancel=run.cancel, pods=frozenset(run.pods))
         wake: list[float] = []
-        for action in decide(run.spec, virtual, context, time.time()):
+        for action in await self.pool.decide(run.uid, run.spec, virtual, context, time.time()):
             if isinstance(action, Dispatch):
                 await self.dispatcher.dispatch(run, obj, virtual, action)
             elif isinstance(action, FailTask):

@@ -24,8 +24,9 @@ from ..executor import RunContext
 from ..kube import ApiException, Kube
 from ..pods import ANNOTATION_TASK, LABEL_ATTEMPT, LABEL_EXECUTION, LABEL_TASK, label_value
 from ..reducer import fold_all
+from ..sandbox import EvalPool, EvaluationError
 from ..settings import Settings
-from ..validation import SpecError, check_input, check_workflow, json_depth, parse_workflow
+from ..validation import SpecError, json_depth, parse_workflow
 from .run import SOURCE, Run
 
 log = logging.getLogger(__name__)
@@ -37,19 +38,21 @@ class SnapshotLost(RuntimeError):
 
 
 class Starter:
-    def __init__(self, settings: Settings, kube: Kube, bus: Bus) -> None:
-        self.settings, self.kube, self.bus = settings, kube, bus
+    def __init__(self, settings: Settings, kube: Kube, bus: Bus, pool: EvalPool) -> None:
+        self.settings, self.kube, self.bus, self.pool = settings, kube, bus, pool
 
     async def start(self, run: Run, obj: dict[str, Any]) -> None:
         """Resolve and validate the workflow; publish Started, or Failed naming the field."""
         problems: list[str] = []
         try:
             wf_name, wf, spec = await self._resolve(obj)
-            problems, reason = check_workflow(wf, "spec.workflow" if spec.workflow else "workflow.spec"), "InvalidWorkflow"
-            if not problems:
-                problems, reason = check_input(wf.input, spec.input), "InvalidInput"
+            # the workflow's checks, then the input's (its schema's regexes are untrusted): in the pool
+            problems, reason = await self.pool.validate(wf, "spec.workflow" if spec.workflow else "workflow.spec",
+                                                        spec.input)
         except SpecError as e:
             problems, reason = e.problems, "InvalidSpec"
+        except EvaluationError as e:  # the checks killed their worker: the run cannot start
+            problems, reason = [str(e)], e.reason
         if problems:
             await self._refuse(run, reason, "; ".join(problems))
             return

@@ -1,0 +1,263 @@
+"""An evaluation worker: ``python -m compozy_operator.sandbox_worker LIMITS_JSON PARENT_PID``.
+
+Runs workflow.Executor's ``decide`` and the start checks for the operator's evaluation pool
+(:mod:`compozy_operator.sandbox`), one request at a time: frames of a 4-byte big-endian length
+and a body on stdin (pickles, from the operator) and stdout (JSON, to the operator). Bounds:
+a CPU timer around each template and the input check (SIGPROF -> ``TemplateTimeout``, which
+interrupts Jinja code and ``re`` matching), a wall timer around each request (SIGALRM), and an
+address-space limit of its size at start plus ``memory_mb``.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import pickle
+import resource
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import jsonschema
+
+from . import templates
+from .api.models import WorkflowSpec
+from .executor import decide
+from .sandbox import HEADER, MAX_ANSWER, dumps, encode_action
+from .templates import TemplateTimeout
+from .validation import check_input, check_workflow
+
+PR_SET_PDEATHSIG = 1
+SPECS_KEPT = 256
+
+
+class RunTimeout(BaseException):
+    """The whole request went past its wall time."""
+
+
+class _Guard:
+    """templates.guard: a CPU timer around one template (or the input check)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.armed = False
+
+    def __call__(self, where: str) -> _Guard:
+        return self
+
+    def __enter__(self) -> None:
+        if self.seconds > 0:
+            self.armed = True
+            signal.setitimer(signal.ITIMER_PROF, self.seconds)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.armed = False
+        signal.setitimer(signal.ITIMER_PROF, 0)
+
+    def fire(self, *_: Any) -> None:
+        if self.armed:
+            self.armed = False
+            raise TemplateTimeout(self.seconds)
+
+
+class _RunTimer:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.armed = False
+
+    def __enter__(self) -> None:
+        self.armed = True
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def fire(self, *_: Any) -> None:
+        if self.armed:
+            self.armed = False
+            raise RunTimeout()
+
+
+# ---- the input check, with the field of a slow pattern found -------------------------------
+
+_matching: dict[str, Any] = {}
+
+
+def _watched(check: Any) -> Any:
+    def keyword(validator: Any, value: Any, instance: Any, schema: Any) -> Iterator[Any]:
+        _matching["instance"], _matching["pattern"] = instance, value
+        yield from check(validator, value, instance, schema) or ()
+    return keyword
+
+
+def _watch_patterns() -> None:
+    """Remember what each ``pattern``/``patternProperties`` keyword matches (in this process only):
+    a timer that fires while a regex backtracks can then name the field."""
+    for cls in set(jsonschema.validators._VALIDATORS.values()):  # noqa: SLF001 - the drafts' keyword tables
+        for kw in ("pattern", "patternProperties"):
+            if kw in cls.VALIDATORS:
+                cls.VALIDATORS[kw] = _watched(cls.VALIDATORS[kw])
+
+
+def _path_of(root: Any, target: Any, prefix: str) -> str:
+    stack = [(root, prefix)]
+    while stack:
+        value, path = stack.pop()
+        if value is target:
+            return path
+        if isinstance(value, dict):
+            stack += [(v, f"{path}.{k}") for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return prefix
+
+
+def validate(wf: WorkflowSpec, prefix: str, value: Any) -> dict[str, Any]:
+    """The start checks (also used in-process when the pool is off)."""
+    try:
+        with templates.guard(prefix):
+            problems = check_workflow(wf, prefix)
+    except TemplateTimeout as e:
+        return {"problems": [f"{prefix}: checking the workflow took longer than {e.seconds:g}s"],
+                "reason": "EvaluationLimit"}
+    if problems:
+        return {"problems": problems, "reason": "InvalidWorkflow"}
+    _matching.clear()
+    try:
+        with templates.guard("spec.input"):
+            problems = check_input(wf.input, value)
+    except (TemplateTimeout, MemoryError, RecursionError) as e:
+        where = _path_of(value, _matching["instance"], "spec.input") if "instance" in _matching else "spec.input"
+        what = f"matching the input schema's pattern {str(_matching.get('pattern'))[:100]!r}" \
+            if "pattern" in _matching else "checking the input against the workflow's input schema"
+        limit = f"took longer than {e.seconds:g}s" if isinstance(e, TemplateTimeout) else "needed too much memory"
+        return {"problems": [f"{where}: {what} {limit}"], "reason": "EvaluationLimit"}
+    finally:
+        _matching.clear()
+    return {"problems": problems, "reason": "InvalidInput"}
+
+
+# ---- the loop ---------------------------------------------------------------------------
+
+
+class Worker:
+    def __init__(self, limits: dict[str, Any]) -> None:
+        self.limits = limits
+        self.specs: collections.OrderedDict[str, WorkflowSpec] = collections.OrderedDict()
+        self.timer = _RunTimer(float(limits["run_timeout"]))
+
+    def handle(self, request: tuple[Any, ...]) -> dict[str, Any]:
+        op, key, spec, args = request
+        if op == "validate":
+            with self.timer:
+                return {"ok": validate(*args)}
+        if op != "decide":
+            return {"error": {"kind": "internal", "message": f"unknown request {op!r}"}}
+        if spec is not None:
+            self.specs[key] = spec
+            while len(self.specs) > SPECS_KEPT:
+                self.specs.popitem(last=False)
+        elif key not in self.specs:
+            return {"need_spec": True}
+        self.specs.move_to_end(key)
+        with self.timer:
+            actions = decide(self.specs[key], *args)
+        return {"ok": [encode_action(a) for a in actions]}
+
+    def answer(self, body: bytes) -> bytes:
+        try:
+            try:
+                result = self.handle(pickle.loads(body))  # noqa: S301 - from the operator, trusted
+            except RunTimeout:
+                result = {"error": {"kind": "limit", "message": f"evaluating the run took longer than "
+                                    f"{self.limits['run_timeout']:g}s"}}
+            except TemplateTimeout as e:  # the timer of a template that had just ended
+                result = {"error": {"kind": "limit", "message": f"evaluating the run: a template took longer than "
+                                    f"{e.seconds:g}s"}}
+            except MemoryError:
+                result = {"error": {"kind": "limit", "message": f"evaluating the run needed more than "
+                                    f"{self.limits['memory_mb']} MiB"}}
+            except RecursionError:
+                result = {"error": {"kind": "limit", "message": "evaluating the run nested too deeply"}}
+            except Exception as e:  # noqa: BLE001 - a bug: the operator ends the run with the message
+                result = {"error": {"kind": "internal", "message": f"{type(e).__name__}: {e}"[:2000]}}
+            out = dumps(result)
+            if len(out) > MAX_ANSWER:
+                out = dumps({"error": {"kind": "limit", "message": f"the evaluation's answer is {len(out)} bytes; "
+                                       f"at most {MAX_ANSWER} are allowed"}})
+        except MemoryError:
+            result = None
+            out = b'{"error":{"kind":"limit","message":"encoding the evaluation\'s answer needed too much memory"}}'
+        return out
+
+
+def _read(stream: BinaryIO, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = stream.read(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+def _limit_memory(extra_mb: int) -> None:
+    if extra_mb <= 0:
+        return
+    with open("/proc/self/statm") as f:
+        size = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    limit = size + extra_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _die_with(parent: int) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(0)
+    try:  # under the pod's memory limit, the kernel's OOM killer picks a worker before the operator
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+
+
+def main() -> None:
+    import json  # noqa: PLC0415
+
+    limits = json.loads(sys.argv[1])
+    _die_with(int(sys.argv[2]))
+    channel_in, channel_out = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # stray prints go to stderr, never into the channel
+    sys.stdout = sys.stderr
+    templates.configure(int(limits["rendered_bytes"]), int(limits["collection_items"]))
+    guard = _Guard(float(limits["timeout"]))
+    templates.guard = guard
+    worker = Worker(limits)
+    signal.signal(signal.SIGPROF, guard.fire)
+    signal.signal(signal.SIGALRM, worker.timer.fire)
+    _watch_patterns()
+    _limit_memory(int(limits["memory_mb"]))
+
+    def send(data: bytes) -> None:
+        channel_out.write(HEADER.pack(len(data)) + data)
+        channel_out.flush()
+
+    send(dumps({"ready": True}))
+    while True:
+        try:
+            (size,) = HEADER.unpack(_read(channel_in, HEADER.size))
+            body = _read(channel_in, size)
+        except EOFError:
+            return
+        send(worker.answer(body))
+
+
+if __name__ == "__main__":
+    main()
