@@ -20,6 +20,7 @@ from typing import Any
 
 import kopf
 
+from . import admission
 from .api.models import GROUP, VERSION
 from .bus import Bus
 from .kube import Kube
@@ -28,6 +29,7 @@ from .orchestrator import Orchestrator
 from .pods import LABEL_MANAGED, MANAGER
 from .settings import Settings
 from .state_manager import DURABLE, StateManager, one_line, why
+from .workflow_status import WorkflowStatus
 
 log = logging.getLogger("compozy.operator")
 RESTART_MIN, RESTART_MAX = 0.5, 30.0  # seconds before a failed loop is restarted, doubling per quick failure
@@ -126,6 +128,7 @@ class Operator:
         self.state = StateManager(self.bus, self.kube, self.orchestrator.reconcile, settings.state_batch,
                                   settings.status_defer)
         self.jetstream = JetStreamCheck(self.bus, self.state)
+        self.workflow_status = WorkflowStatus(self.kube)
         self.http = HttpServer(settings.http_port, self.readiness)
         self.loops = [Supervised("state manager", self.state.run), Supervised("JetStream check", self.jetstream.run)]
         self.nats_ready = False
@@ -188,6 +191,8 @@ def build_registry(op_ref: dict[str, Operator], app_settings: Settings) -> kopf.
         settings.networking.request_timeout = 60
         # Namespaced: the namespaces are given, so Kopf needs no cluster-wide list of namespaces or CRDs.
         settings.scanning.disabled = bool(app_settings.namespaces)
+        if app_settings.webhook_enabled:
+            admission.configure(settings, app_settings)
         op = Operator(app_settings)
         op_ref["op"] = op
         await op.start()
@@ -215,6 +220,14 @@ def build_registry(op_ref: dict[str, Operator], app_settings: Settings) -> kopf.
                    registry=registry)
     async def pod_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
         await op_ref["op"].orchestrator.on_pod(event["type"] or "ADDED", _plain(body))
+
+    @kopf.on.event(GROUP, VERSION, "workflows", registry=registry)
+    async def workflow_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        if event["type"] != "DELETED":
+            await op_ref["op"].workflow_status.sync(_plain(body))
+
+    if app_settings.webhook_enabled:
+        admission.register(registry, app_settings, lambda: op_ref["op"].kube)
 
     if app_settings.watch_nodes:
         @kopf.on.event("", "v1", "nodes", registry=registry)

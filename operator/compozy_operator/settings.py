@@ -61,6 +61,15 @@ class Settings:
     output_inline_limit: int = field(default_factory=lambda: int(_env("COMPOZY_OUTPUT_INLINE_LIMIT", "16384")))
     # how long progress-only events (dispatched, started) may wait to share a status PATCH
     status_defer: float = field(default_factory=lambda: float(_env("COMPOZY_STATUS_DEFER_SECONDS", "2")))
+    # The validating admission webhook (admission.py): served over HTTPS with this certificate and
+    # key; the chart (or the local cluster's tests) registers it with the API server.
+    webhook_enabled: bool = field(default_factory=lambda: _env("COMPOZY_WEBHOOK_ENABLED", "false").lower() == "true")
+    webhook_host: str = field(default_factory=lambda: _env("COMPOZY_WEBHOOK_HOST", "0.0.0.0"))  # noqa: S104
+    webhook_port: int = field(default_factory=lambda: int(_env("COMPOZY_WEBHOOK_PORT", "9443")))
+    webhook_cert_file: str = field(default_factory=lambda: _env("COMPOZY_WEBHOOK_CERT_FILE", "/etc/compozy/webhook/tls.crt"))
+    webhook_key_file: str = field(default_factory=lambda: _env("COMPOZY_WEBHOOK_KEY_FILE", "/etc/compozy/webhook/tls.key"))
+    # an execution's spec.input larger than this (bytes of compact JSON) is refused at apply
+    max_input_bytes: int = field(default_factory=lambda: int(_env("COMPOZY_MAX_INPUT_BYTES", str(1024 * 1024))))
 
     def nats_ca(self) -> str | None:
         """The CA's PEM text, or None (then the system's trust store verifies a TLS server)."""

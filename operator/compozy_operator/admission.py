@@ -1,0 +1,207 @@
+"""The validating admission webhook: ``kubectl apply`` refuses what ``compozy validate`` refuses.
+
+Served by the operator process with Kopf's admission support (``kopf.on.validate`` handlers and a
+``kopf.WebhookServer``). Kopf does not manage the ``ValidatingWebhookConfiguration``: the Helm chart
+creates it (and the serving certificate), the local cluster's tests register one pointing at the
+process (``testenv/admission.py``). See docs/admission.md for what is checked where.
+
+The checks are the pure functions :func:`review_workflow`, :func:`review_execution_create` and
+:func:`review_execution_update`, built on ``validation`` (the same checks as ``compozy validate`` and
+the orchestrator's start, with the same messages: ``<field path>: <problem>``).
+
+An object nested deeper than Python's recursion limit cannot even be parsed by Kopf's server
+(``json.loads`` raises ``RecursionError``); :class:`GuardedWebhookServer` turns that into a clear
+refusal instead of an HTTP 500 (which the API server would report as "failed calling webhook").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp.web
+import kopf
+from pydantic import ValidationError
+
+from .api.models import GROUP, VERSION, WorkflowExecutionSpec
+from .kube import ApiException, Kube
+from .orchestrator.starter import MAX_INPUT_DEPTH
+from .settings import Settings
+from .validation import SpecError, check_input, check_workflow, json_depth, parse_workflow
+
+log = logging.getLogger("compozy.admission")
+
+#: Kopf handler ids; Kopf serves each at ``https://<host>:<port>/<id>``.
+WORKFLOW_HOOK = "validate-workflow"
+EXECUTION_HOOK = "validate-workflowexecution"
+#: The same text as the CRD's CEL rule (crd.py), which covers the typed fields; the webhook also
+#: covers ``spec.input`` (any JSON, which CEL cannot see).
+IMMUTABLE = ("spec is immutable once the run is created; only spec.cancel may change — create a new "
+             "WorkflowExecution (or resubmit) to run again")
+CANCEL_FINAL = "spec.cancel: a cancelled run stays cancelled (cannot go from true back to false)"
+MESSAGE_LIMIT = 4000  # characters of a refusal (the API server passes it to kubectl as is)
+
+JSON = dict[str, Any]
+
+
+def review_workflow(obj: JSON) -> list[str]:
+    """Problems of a Workflow, as ``compozy validate`` reports them (empty: valid)."""
+    try:
+        wf = parse_workflow((obj or {}).get("spec") or {})
+    except SpecError as e:
+        return e.problems
+    return check_workflow(wf)
+
+
+def input_problems(value: Any, max_bytes: int) -> list[str]:
+    """Depth (counted without recursion), then size of an execution's ``spec.input``."""
+    depth = json_depth(value)
+    if depth > MAX_INPUT_DEPTH:
+        return [f"spec.input: nested {depth} levels deep; at most {MAX_INPUT_DEPTH} are allowed"]
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > max_bytes:
+        return [f"spec.input: {size} bytes of JSON; at most {max_bytes} are allowed "
+                "(pass a reference to large data, such as a URL, instead of the data)"]
+    return []
+
+
+def review_execution_create(obj: JSON, workflow: JSON | None, max_input_bytes: int) -> list[str]:
+    """Problems of a new WorkflowExecution. ``workflow`` is the Workflow its ``workflowRef`` names
+    (None: inline, or not found; then only the execution itself is checked)."""
+    raw = (obj or {}).get("spec") or {}
+    if problems := input_problems(raw.get("input"), max_input_bytes):
+        return problems
+    try:
+        spec = WorkflowExecutionSpec.model_validate(raw)
+    except ValidationError as e:
+        return [f"spec.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+    if (spec.workflow is None) == (spec.workflow_ref is None):
+        return ["exactly one of spec.workflowRef or spec.workflow must be set"]
+    if spec.workflow is not None:
+        return [*check_workflow(spec.workflow, "spec.workflow"), *check_input(spec.workflow.input, spec.input)]
+    if workflow is None:
+        return []
+    try:  # the referenced Workflow's problems, named as the run's start would name them
+        wf = parse_workflow(workflow.get("spec") or {}, "workflow.spec")
+    except SpecError as e:
+        return e.problems
+    return check_workflow(wf, "workflow.spec") or check_input(wf.input, spec.input)
+
+
+def review_execution_update(old: JSON, new: JSON) -> list[str]:
+    """A run's spec may change only in ``cancel``, and only towards true."""
+    old_spec, new_spec = (old or {}).get("spec") or {}, (new or {}).get("spec") or {}
+    problems = []
+    if {k: v for k, v in old_spec.items() if k != "cancel"} != {k: v for k, v in new_spec.items() if k != "cancel"}:
+        problems.append(IMMUTABLE)
+    if old_spec.get("cancel") is True and new_spec.get("cancel") is not True:
+        problems.append(CANCEL_FINAL)
+    return problems
+
+
+def spec_changed(old: JSON | None, new: JSON | None) -> bool:
+    return old is None or (old.get("spec") != (new or {}).get("spec"))
+
+
+def refusal(problems: list[str]) -> str:
+    text = "; ".join(problems)
+    return text if len(text) <= MESSAGE_LIMIT else f"{text[:MESSAGE_LIMIT - 40]} ... ({len(problems)} problems in all)"
+
+# -- what Kopf cannot parse --------------------------------------------------------------------
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_BRACKET = re.compile(r"[\[\]{}]")
+_UID = re.compile(r'"uid"\s*:\s*"([^"\\]*)"')
+
+
+def text_depth(text: str) -> int:
+    """How deeply a JSON text nests, counted on the text (no parsing, no recursion)."""
+    depth = deepest = 0
+    for m in _BRACKET.finditer(_STRING.sub('""', text)):
+        depth += 1 if m.group() in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def too_deep_response(text: str) -> JSON:
+    """An AdmissionReview refusing a request too deep to parse. The request's uid is the first
+    ``uid`` of the review (Go writes ``request.uid`` before the object)."""
+    uid = m.group(1) if (m := _UID.search(text)) else ""
+    depth = max(0, text_depth(text) - 2)  # the review and its request wrap the object
+    message = (f"the object nests {depth} levels deep, too deep to check (spec.input: at most "
+               f"{MAX_INPUT_DEPTH} levels are allowed)")
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "response": {"uid": uid, "allowed": False, "status": {"code": 422, "reason": "Invalid",
+                                                                   "message": message}}}
+
+
+class GuardedWebhookServer(kopf.WebhookServer):
+    """Kopf's webhook server, refusing (not failing on) a body nested too deep to parse."""
+
+    @staticmethod
+    async def _serve(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        try:
+            return await kopf.WebhookServer._serve(fn, request)
+        except RecursionError:
+            text = await request.text()  # aiohttp keeps the body read once
+            response = too_deep_response(text)
+            log.warning("refused an admission request nested too deep to parse: %s",
+                        response["response"]["status"]["message"])
+            return aiohttp.web.json_response(response)
+
+
+def webhook_server(settings: Settings) -> GuardedWebhookServer:
+    return GuardedWebhookServer(addr=settings.webhook_host, port=settings.webhook_port,
+                                certfile=settings.webhook_cert_file, pkeyfile=settings.webhook_key_file)
+
+
+# -- Kopf wiring -------------------------------------------------------------------------------
+
+def register(registry: kopf.OperatorRegistry, settings: Settings, kube: Callable[[], Kube]) -> None:
+    """The two validating handlers, and the server (set at startup by :func:`configure`)."""
+
+    @kopf.on.validate(GROUP, VERSION, "workflows", id=WORKFLOW_HOOK, registry=registry)
+    async def validate_workflow(body: kopf.Body, old: kopf.Body | None, operation: str, **_: Any) -> None:
+        new = dict(body)
+        if operation == "UPDATE" and not spec_changed(dict(old) if old else None, new):
+            return  # metadata only: a Workflow stored before the webhook was on may still be relabelled
+        if problems := review_workflow(new):
+            raise kopf.AdmissionError(refusal(problems), code=422)
+
+    @kopf.on.validate(GROUP, VERSION, "workflowexecutions", id=EXECUTION_HOOK, registry=registry)
+    async def validate_execution(body: kopf.Body, old: kopf.Body | None, operation: str, warnings: list[str],
+                                 **_: Any) -> None:
+        new = dict(body)
+        if operation == "UPDATE":
+            problems = review_execution_update(dict(old) if old else {}, new)
+        else:
+            workflow = await _referenced_workflow(kube(), new, warnings)
+            problems = review_execution_create(new, workflow, settings.max_input_bytes)
+        if problems:
+            raise kopf.AdmissionError(refusal(problems), code=422)
+
+
+async def _referenced_workflow(kube: Kube, obj: JSON, warnings: list[str]) -> JSON | None:
+    ref = ((obj.get("spec") or {}).get("workflowRef") or {}).get("name")
+    ns = (obj.get("metadata") or {}).get("namespace")
+    if not ref or not ns or not isinstance(ref, str):
+        return None
+    try:
+        return await asyncio.to_thread(kube.get, f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/workflows/{ref}")
+    except ApiException as e:
+        if e.status != 404:  # e.g. 403 for a namespace the operator does not watch: the run's start checks again
+            log.warning("cannot read Workflow %s/%s to check an execution's input: %s", ns, ref, e.reason)
+            return None
+    warnings.append(f"spec.workflowRef.name: Workflow {ref!r} not found in namespace {ns}; "
+                    "the run fails unless it exists when the run starts")
+    return None
+
+
+def configure(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
+    """Serve the handlers; no webhook configuration is written by Kopf (the chart owns it)."""
+    kopf_settings.admission.server = webhook_server(settings)
+    kopf_settings.admission.managed = None
