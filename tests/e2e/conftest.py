@@ -25,7 +25,7 @@ def kubectl(devenv: DevEnvironment) -> Kubectl:
 
 @pytest.fixture(scope="session")
 def operator(devenv: DevEnvironment, kubectl: Kubectl) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(devenv, extra_env=OPERATOR_ENV)
+    op = OperatorProcess(devenv, extra_env=OPERATOR_ENV, webhook=True)  # admission webhook registered (by URL)
     op.start()
     yield op
     op.stop()

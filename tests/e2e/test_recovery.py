@@ -16,6 +16,7 @@ import pytest
 
 from compozy_operator.kube import Kube
 from compozy_operator.testenv import DevEnvironment
+from compozy_operator.testenv.admission import unchecked  # past the webhook: what the run does with it
 from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl, pid_of, wait_for
 
@@ -97,8 +98,8 @@ def test_deep_input_fails_the_run_naming_the_field(depth: int, operator: Operato
     deep: object = 1
     for _ in range(depth):
         deep = [deep]
-    apply(kubectl, namespace, workflow("deep", [{"id": "a", "tool": "echo"}], tools=ECHO),
-          execution("deep-1", "deep", {"v": deep}))
+    apply(kubectl, namespace, *unchecked(workflow("deep", [{"id": "a", "tool": "echo"}], tools=ECHO),
+                                         execution("deep-1", "deep", {"v": deep})))
     status = wait_finished(kubectl, namespace, "deep-1", 30)
     assert status["phase"] == "Failed" and status["error"]["reason"] == "InvalidSpec"
     assert status["message"] == f"spec.input: nested {depth + 1} levels deep; at most 64 are allowed"
@@ -112,8 +113,8 @@ def test_durations_out_of_range_fail_the_run_at_start(field: str, value: object,
                                                       operator: OperatorProcess, kubectl: Kubectl,
                                                       namespace: str) -> None:
     """Defect 9: a schema-valid 999999999h back-off raised 'year out of range' forever; 0s never fired."""
-    apply(kubectl, namespace, workflow("dur", [{"id": "a", "tool": "echo", field: value}], tools=ECHO),
-          execution("dur-1", "dur"))
+    apply(kubectl, namespace, *unchecked(workflow("dur", [{"id": "a", "tool": "echo", field: value}], tools=ECHO),
+                                         execution("dur-1", "dur")))
     status = wait_finished(kubectl, namespace, "dur-1", 30)
     assert status["phase"] == "Failed" and problem in status["message"], status["message"]
     assert "tasks[0]" in status["message"]

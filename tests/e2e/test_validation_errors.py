@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from compozy_operator.kube import Kube
+from compozy_operator.testenv.admission import unchecked  # past the webhook: what the run does with it
 from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl
 
@@ -48,7 +49,7 @@ def test_refused_at_apply_time(kubectl: Kubectl, namespace: str, name: str, task
 ])
 def test_failed_before_any_pod(operator: OperatorProcess, kubectl: Kubectl, kube: Kube, namespace: str, name: str,
                                tasks: list[dict[str, Any]], message: str) -> None:
-    out = kubectl.apply(namespace, workflow(name, tasks, tools=[T]), execution(f"{name}-1", name))
+    out = kubectl.apply(namespace, *unchecked(workflow(name, tasks, tools=[T]), execution(f"{name}-1", name)))
     assert out.returncode == 0, out.stderr
     status = wait_finished(kubectl, namespace, f"{name}-1")
     assert status["phase"] == "Failed" and status["error"]["reason"] == "InvalidWorkflow", status

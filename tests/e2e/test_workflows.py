@@ -16,6 +16,7 @@ from compozy_operator.events import event_id
 from compozy_operator.kube import Kube
 from tests.helpers import Kubectl, wait_for
 
+from compozy_operator.testenv.admission import unchecked  # past the webhook: what the run does with it
 from compozy_operator.testenv.operator_process import OperatorProcess
 
 from .conftest import execution_status, wait_finished
@@ -90,8 +91,8 @@ def test_bad_input_fails_before_any_pod(operator: OperatorProcess, kubectl: Kube
                                         namespace: str) -> None:
     schema = {"type": "object", "properties": {"text": {"type": "string"}, "count": {"type": "integer"}},
               "required": ["text"]}
-    apply(kubectl, namespace, workflow("typed", [{"id": "a", "tool": "ok", "with": {}}], input=schema),
-          execution("typed-1", "typed", {"count": "three"}))
+    apply(kubectl, namespace, *unchecked(workflow("typed", [{"id": "a", "tool": "ok", "with": {}}], input=schema),
+                                         execution("typed-1", "typed", {"count": "three"})))
     status = wait_finished(kubectl, namespace, "typed-1")
     assert status["phase"] == "Failed"
     assert status["error"]["reason"] == "InvalidInput"
@@ -104,8 +105,8 @@ def test_bad_input_fails_before_any_pod(operator: OperatorProcess, kubectl: Kube
 
 def test_missing_tool_and_missing_workflow_are_refused(operator: OperatorProcess, kubectl: Kubectl,
                                                        namespace: str) -> None:
-    apply(kubectl, namespace, workflow("no-tool", [{"id": "a", "tool": "nope"}]), execution("no-tool-1", "no-tool"),
-          execution("no-wf-1", "does-not-exist"))
+    apply(kubectl, namespace, *unchecked(workflow("no-tool", [{"id": "a", "tool": "nope"}]),
+                                         execution("no-tool-1", "no-tool"), execution("no-wf-1", "does-not-exist")))
     status = wait_finished(kubectl, namespace, "no-tool-1")
     assert status["phase"] == "Failed" and status["error"]["reason"] == "InvalidWorkflow"
     assert "workflow.spec.tasks[0] (a).tool: tool 'nope' is not defined in spec.tools" in status["message"]
@@ -116,8 +117,8 @@ def test_missing_tool_and_missing_workflow_are_refused(operator: OperatorProcess
 
 def test_template_error_fails_the_task_without_a_pod(operator: OperatorProcess, kubectl: Kubectl, kube: Kube,
                                                      namespace: str) -> None:
-    apply(kubectl, namespace, workflow("tmpl", [{"id": "a", "tool": "ok", "with": {"x": "{{ tasks.zz.output }}"}}]),
-          execution("tmpl-1", "tmpl"))
+    apply(kubectl, namespace, *unchecked(workflow("tmpl", [{"id": "a", "tool": "ok", "with": {"x": "{{ tasks.zz.output }}"}}]),
+                                         execution("tmpl-1", "tmpl")))
     status = wait_finished(kubectl, namespace, "tmpl-1")
     assert status["phase"] == "Failed" and status["tasks"]["a"]["error"]["reason"] == "TemplateError"
     assert "tasks.a.with.x" in status["tasks"]["a"]["error"]["message"]

@@ -13,7 +13,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import admission
 from .environment import DevEnvironment
+from .pki import TlsFiles, write_loopback_tls
 from .process import ManagedProcess
 from .workdir import free_port
 
@@ -25,12 +27,29 @@ class OperatorProcess:
     log_path: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: ManagedProcess | None = None
+    # serve the admission webhook on 127.0.0.1:webhook_port and register it with the cluster
+    # (testenv/admission.py: by URL, failurePolicy Ignore, bypass label for tests)
+    webhook: bool = False
+    webhook_port: int = field(default_factory=free_port)
+    webhook_tls: TlsFiles | None = None
+
+    @property
+    def webhook_name(self) -> str:
+        return f"compozy-local-{self.webhook_port}"
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "KUBECONFIG": str(self.devenv.kubeconfig), "COMPOZY_NATS_URL": self.devenv.nats.url,
-                "COMPOZY_NATS_TOKEN": self.devenv.nats.token,
-                "COMPOZY_TASK_IMAGE": f"{self.devenv.images[0]}:dev", "COMPOZY_HTTP_PORT": str(self.port),
-                **self.extra_env}
+        env = {**os.environ, "KUBECONFIG": str(self.devenv.kubeconfig), "COMPOZY_NATS_URL": self.devenv.nats.url,
+               "COMPOZY_NATS_TOKEN": self.devenv.nats.token,
+               "COMPOZY_TASK_IMAGE": f"{self.devenv.images[0]}:dev", "COMPOZY_HTTP_PORT": str(self.port)}
+        if self.webhook:
+            if self.webhook_tls is None:
+                self.webhook_tls = write_loopback_tls(self.devenv.workdir / f"webhook-{self.webhook_port}",
+                                                      "compozy-webhook")
+            env |= {"COMPOZY_WEBHOOK_ENABLED": "true", "COMPOZY_WEBHOOK_HOST": "127.0.0.1",
+                    "COMPOZY_WEBHOOK_PORT": str(self.webhook_port),
+                    "COMPOZY_WEBHOOK_CERT_FILE": str(self.webhook_tls.cert),
+                    "COMPOZY_WEBHOOK_KEY_FILE": str(self.webhook_tls.key)}
+        return {**env, **self.extra_env}
 
     def start(self, wait_ready: bool = True, timeout: float = 60) -> ManagedProcess:
         log_path = self.log_path or self.devenv.workdir / "logs" / "operator.log"
@@ -38,7 +57,18 @@ class OperatorProcess:
                                    log_path, env=self.env()).start()
         if wait_ready:
             self.proc.wait_until(lambda: self.readyz()[0] == 200, timeout, "ready")
+            if self.webhook:
+                self.register_webhook()
         return self.proc
+
+    def register_webhook(self, timeout: float = 30) -> None:
+        """Register this process's webhook (idempotent) and wait until the API server calls it."""
+        assert self.webhook_tls is not None
+        kube = self.devenv.kube()
+        try:
+            admission.register(kube, self.webhook_name, self.webhook_port, self.webhook_tls.ca_cert, timeout)
+        finally:
+            kube.close()
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, all in-memory state lost."""
