@@ -41,7 +41,8 @@ ACK_WAIT = 8.0
 MAX_NAK_DELAY = 30.0
 Key = tuple[str, str]  # namespace, execution name
 Item = tuple[Msg, Event, int]  # a message, its event, its stream sequence
-OnStatus = Callable[[dict[str, Any]], Awaitable[None]]
+# (the object with its status folded, not yet written; the events folded into it since the last write)
+OnStatus = Callable[[dict[str, Any], list[Event]], Awaitable[None]]
 
 
 def execution_path(namespace: str, name: str) -> str:
@@ -130,6 +131,7 @@ class Pending:
     after: WorkflowExecutionStatus
     msgs: list[Msg] = field(default_factory=list)
     fresh: list[Event] = field(default_factory=list)  # events not folded before (for metrics once written)
+    events: list[Event] = field(default_factory=list)  # every event folded since the last write
     timer: asyncio.TimerHandle | None = None
 
 
@@ -268,6 +270,7 @@ class StateManager:
                 rejected = {id(m) for m, _ in bad}
                 msgs = [m for m in msgs if id(m) not in rejected]
             p.fresh += [ev for _, ev, seq in folded if seq > last]
+            p.events += [ev for _, ev, _ in folded]
             p.msgs += msgs
             # Redelivered events are late already (a crash, a failed PATCH): they wait no longer.
             urgent = any(ev.type in URGENT or m.metadata.num_delivered > 1 for m, ev, _ in folded)
@@ -279,7 +282,7 @@ class StateManager:
             # The orchestrator decides from the folded status at once, in parallel with the
             # PATCH: the events are already durable in the stream, which is what it replays
             # after a restart, so nothing is decided that a crash could lose.
-            decided = asyncio.create_task(self.on_status({**p.obj, "status": p.after.dump()}))
+            decided = asyncio.create_task(self.on_status({**p.obj, "status": p.after.dump()}, p.events))
             await self._flush(key)
         try:
             await decided

@@ -176,7 +176,7 @@ class FakeKube:
 
 
 def manager(kube: FakeKube) -> StateManager:
-    async def on_status(_: dict[str, Any]) -> None:
+    async def on_status(_: dict[str, Any], __: list) -> None:
         pass
 
     return StateManager(SimpleNamespace(), kube, on_status, defer=0)  # type: ignore[arg-type]

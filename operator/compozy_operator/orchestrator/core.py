@@ -59,8 +59,11 @@ class Orchestrator:
 
     # ---- entry points ---------------------------------------------------------------------
 
-    async def reconcile(self, obj: dict[str, Any]) -> None:
-        """Bring one execution forward from its current status (called on every change)."""
+    async def reconcile(self, obj: dict[str, Any], facts: list[Event] | None = None) -> None:
+        """Bring one execution forward from its current status (called on every change).
+
+        ``facts``: handed over by the state manager, the events just folded into ``obj``'s status,
+        which may not be written yet; None when ``obj`` was read from the API server."""
         meta = obj["metadata"]
         if meta.get("deletionTimestamp"):
             self.forget(meta["uid"])
@@ -74,6 +77,10 @@ class Orchestrator:
         run.obj = obj
         run.cancel = run.cancel or bool((obj.get("spec") or {}).get("cancel"))
         async with run.lock:
+            if facts is None:
+                run.confirm(status)
+            else:
+                run.learn(facts)
             # The watch can deliver a copy older than the status the state manager handed over
             # directly: decide from the newest (the highest stream sequence folded), never go back.
             if run.newest is not None and status.state_seq < run.newest.state_seq:
@@ -218,7 +225,10 @@ class Orchestrator:
 
     async def _finish(self, run: Run, f: Finish, status: WorkflowExecutionStatus) -> None:
         """End the run. Attempts in flight are stopped *before* the end is published: a crash in
-        between repeats both, while the other order would leave their pods running."""
+        between repeats both, while the other order would leave their pods running. What the
+        run was decided from goes into the stream again first if the status does not show it yet
+        (see Run.republish): the end must not outlive the facts it rests on."""
+        await run.republish(self.bus, time.time(), everything=True)
         if f.phase == "Succeeded":
             key = f"{output_prefix(run.namespace, run.name, run.uid)}_workflow/output"
             result = await self.bus.output_fields(key, f.output, self.settings.output_inline_limit)

@@ -15,7 +15,7 @@ from ..executor import RunContext
 from ..reducer import fold_all, shows
 
 SOURCE = "compozy/orchestrator"
-REPUBLISH_AFTER = 15.0  # seconds an own event may stay unseen in the status before it is published again
+REPUBLISH_AFTER = 15.0  # seconds an event decided from may stay unseen in the status before it is published again
 
 
 @dataclass
@@ -28,6 +28,9 @@ class Run:
     overlay: list[tuple[int, Event]] = field(default_factory=list)  # our own events, until the status has them
     sent: dict[str, float] = field(default_factory=dict)  # overlay event id -> when last published
     history: list[tuple[int, Event]] = field(default_factory=list)  # replayed from the stream at load
+    # Others' events decided from (replayed, or folded by the state manager but maybe not written):
+    # id -> (event, since when), until a status read from the API server shows them.
+    facts: dict[str, tuple[Event, float]] = field(default_factory=dict)
     loaded: bool = False
     cancel: bool = False  # spec.cancel was seen (sticky: a stale copy of the object cannot undo it)
     obj: dict[str, Any] = field(default_factory=dict)  # the latest object seen, for timers
@@ -49,6 +52,7 @@ class Run:
         redelivered events are folded after later ones, so a sequence proves nothing)."""
         self.overlay = [(seq, ev) for seq, ev in self.overlay if not shows(status, ev)]
         self.history = [(seq, ev) for seq, ev in self.history if not shows(status, ev)]
+        self.learn([ev for _, ev in self.history])
         if not self.history and not self.overlay:
             return status
         return fold_all(status, [(ev, seq) for seq, ev in [*self.history, *self.overlay]])
@@ -65,16 +69,31 @@ class Run:
             self.sent[event.id] = time.time()
         return seq
 
-    async def republish(self, bus: Bus, now: float) -> float | None:
-        """Publish again (same id: a no-op while the stream has it) what the status still does not
-        show after a while: a deleted stream loses events nobody had folded yet. Returns when to
-        look again."""
-        due = [ev for _, ev in self.overlay if now - self.sent.get(ev.id, now) >= REPUBLISH_AFTER]
+    def learn(self, events: list[Event], now: float | None = None) -> None:
+        """Remember events of others that decisions are made from, until the stored status shows them."""
+        for ev in events:
+            self.facts.setdefault(ev.id, (ev, now or time.time()))
+
+    def confirm(self, stored: WorkflowExecutionStatus) -> None:
+        """``stored`` was read from the API server: the facts it shows are safe."""
+        self.facts = {k: (ev, t) for k, (ev, t) in self.facts.items() if not shows(stored, ev)}
+
+    async def republish(self, bus: Bus, now: float, everything: bool = False) -> float | None:
+        """Publish again (same id: a no-op while the stream has it) what the stored status still does
+        not show after a while (``everything``: now, before the run ends): a deleted stream loses
+        events nobody had folded yet, and a decision made from them must not outlive them. Returns
+        when to look again."""
+        due = [ev for _, ev in self.overlay
+               if everything or now - self.sent.get(ev.id, now) >= REPUBLISH_AFTER]
+        due += [ev for ev, since in self.facts.values() if everything or now - since >= REPUBLISH_AFTER]
         for ev in due:
             await bus.publish_event(ev)
             self.sent[ev.id] = now
+            if ev.id in self.facts:
+                self.facts[ev.id] = (ev, now)
         self.sent = {ev.id: self.sent.get(ev.id, now) for _, ev in self.overlay}
-        return min(self.sent.values()) + REPUBLISH_AFTER if self.sent else None
+        times = [*self.sent.values(), *(since for _, since in self.facts.values())]
+        return min(times) + REPUBLISH_AFTER if times else None
 
     async def once(self, key: tuple[str, str, int], effect: Any) -> None:
         """Carry out ``effect`` (an awaitable factory) unless it is known done; it is marked done only
