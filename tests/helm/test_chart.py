@@ -19,8 +19,10 @@ EXTERNAL = sets("nats.mode=external", "nats.external.url=nats://nats.example:422
 
 
 @pytest.mark.parametrize("values", [[], EXTERNAL, sets("watch.mode=namespaced", "watch.namespaces={a,b}"),
-                                    sets("nats.tls.enabled=true", "nats.tls.secretName=tls", "serviceMonitor.enabled=true")],
-                         ids=["default", "external", "namespaced", "tls-servicemonitor"])
+                                    sets("nats.tls.enabled=true", "nats.tls.secretName=tls", "serviceMonitor.enabled=true"),
+                                    sets("webhook.certManager.enabled=true", "webhook.failurePolicy=Ignore"),
+                                    sets("webhook.enabled=false")],
+                         ids=["default", "external", "namespaced", "tls-servicemonitor", "cert-manager", "no-webhook"])
 def test_helm_lint_is_clean(helm: Helm, values: list[str]) -> None:
     out = helm("lint", "--strict", CHART, *values)
     assert out.returncode == 0 and "[WARNING]" not in out.stdout and "[ERROR]" not in out.stdout, out.stdout + out.stderr
@@ -61,6 +63,8 @@ BAD_VALUES = {
     "unknown-watch-mode": (sets("watch.mode=all"), "at '/watch/mode': value must be one of 'cluster', 'namespaced'"),
     "typo-in-a-key": (sets("operator.httpport=9000"), "additional properties 'httpport' not allowed"),
     "tls-without-secret": (sets("nats.tls.enabled=true"), "at '/nats/tls/secretName': minLength: got 0, want 1"),
+    "unknown-failure-policy": (sets("webhook.failurePolicy=Retry"),
+                               "at '/webhook/failurePolicy': value must be one of 'Fail', 'Ignore'"),
 }
 
 
@@ -92,3 +96,67 @@ def test_rendered_pods_meet_the_restricted_standard(helm: Helm) -> None:
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def _kinds(helm: Helm, *values: str) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for d in yaml.safe_load_all(template(helm, "r", "ns", *values)):
+        if d:
+            out.setdefault(d["kind"], []).append(d)
+    return out
+
+
+def test_webhook_configuration_certificate_and_port(helm: Helm) -> None:
+    """Default: a ValidatingWebhookConfiguration for CREATE/UPDATE of both kinds (not /status), through the
+    Service's port 443, with a generated CA as caBundle; the serving certificate mounted in the pod."""
+    import base64
+
+    from cryptography import x509
+
+    docs = _kinds(helm)
+    [vwc] = docs["ValidatingWebhookConfiguration"]
+    hooks = {h["name"]: h for h in vwc["webhooks"]}
+    assert set(hooks) == {"workflows.compozy.dev", "workflowexecutions.compozy.dev"}
+    secret = next(s for s in docs["Secret"] if s["metadata"]["name"] == "r-compozy-operator-webhook-tls")
+    assert secret["type"] == "kubernetes.io/tls"
+    for plural, hook in (("workflows", "validate-workflow"), ("workflowexecutions", "validate-workflowexecution")):
+        h = hooks[f"{plural}.compozy.dev"]
+        assert h["rules"] == [{"apiGroups": ["compozy.dev"], "apiVersions": ["v1alpha1"],
+                               "operations": ["CREATE", "UPDATE"], "resources": [plural], "scope": "Namespaced"}]
+        assert h["clientConfig"]["service"] == {"name": "r-compozy-operator", "namespace": "ns",
+                                                "path": f"/{hook}", "port": 443}
+        assert h["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+        assert h["failurePolicy"] == "Fail" and h["sideEffects"] == "None"
+        assert h["admissionReviewVersions"] == ["v1"] and h["timeoutSeconds"] == 5
+        assert "namespaceSelector" not in h and "objectSelector" not in h
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert "r-compozy-operator.ns.svc" in names
+    [svc] = [s for s in docs["Service"] if s["metadata"]["name"] == "r-compozy-operator"]
+    assert {"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"} in svc["spec"]["ports"]
+    pod = next(d for d in docs["Deployment"])["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["COMPOZY_WEBHOOK_ENABLED"] == "true" and env["COMPOZY_WEBHOOK_PORT"] == "9443"
+    assert env["COMPOZY_WEBHOOK_CERT_FILE"] == "/etc/compozy/webhook/tls.crt"
+    assert env["COMPOZY_MAX_INPUT_BYTES"] == "1048576"
+    assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in container["ports"]
+    assert {"name": "webhook-tls", "mountPath": "/etc/compozy/webhook", "readOnly": True} in container["volumeMounts"]
+    assert next(v for v in pod["volumes"] if v["name"] == "webhook-tls")["secret"]["secretName"] == secret["metadata"]["name"]
+
+
+def test_webhook_with_cert_manager_and_off(helm: Helm) -> None:
+    docs = _kinds(helm, *sets("webhook.certManager.enabled=true", "webhook.failurePolicy=Ignore"))
+    [vwc] = docs["ValidatingWebhookConfiguration"]
+    assert vwc["metadata"]["annotations"] == {"cert-manager.io/inject-ca-from": "ns/r-compozy-operator-webhook"}
+    assert all("caBundle" not in h["clientConfig"] and h["failurePolicy"] == "Ignore" for h in vwc["webhooks"])
+    [certificate] = docs["Certificate"]
+    assert certificate["spec"]["secretName"] == "r-compozy-operator-webhook-tls"
+    assert "r-compozy-operator.ns.svc" in certificate["spec"]["dnsNames"]
+    assert docs["Issuer"][0]["spec"] == {"selfSigned": {}}
+    assert not any(s["metadata"]["name"].endswith("webhook-tls") for s in docs.get("Secret", []))
+
+    off = _kinds(helm, *sets("webhook.enabled=false"))
+    assert "ValidatingWebhookConfiguration" not in off and "Certificate" not in off
+    env = {e["name"] for e in off["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "COMPOZY_WEBHOOK_ENABLED" not in env

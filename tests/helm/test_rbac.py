@@ -21,7 +21,8 @@ from .conftest import sets
 NAMESPACED_NEEDS = [
     ("get", "workflowexecutions.compozy.dev"), ("list", "workflowexecutions.compozy.dev"),
     ("watch", "workflowexecutions.compozy.dev"), ("patch", "workflowexecutions.compozy.dev", "status"),
-    ("get", "workflows.compozy.dev"),
+    ("get", "workflows.compozy.dev"), ("list", "workflows.compozy.dev"), ("watch", "workflows.compozy.dev"),
+    ("patch", "workflows.compozy.dev", "status"),
     ("create", "pods"), ("delete", "pods"), ("get", "pods"), ("list", "pods"), ("watch", "pods"),
     ("create", "secrets"), ("create", "events"),
 ]
@@ -30,7 +31,8 @@ NEVER = [
     ("create", "pods", "exec"), ("create", "pods", "portforward"), ("patch", "pods"), ("update", "pods"),
     ("update", "workflowexecutions.compozy.dev"), ("patch", "workflowexecutions.compozy.dev"),
     ("delete", "workflowexecutions.compozy.dev"), ("create", "workflows.compozy.dev"),
-    ("delete", "workflows.compozy.dev"), ("create", "deployments.apps"), ("create", "serviceaccounts", "token"),
+    ("delete", "workflows.compozy.dev"), ("patch", "workflows.compozy.dev"), ("update", "workflows.compozy.dev"),
+    ("create", "deployments.apps"), ("create", "serviceaccounts", "token"),
     ("create", "roles.rbac.authorization.k8s.io"), ("create", "rolebindings.rbac.authorization.k8s.io"),
 ]
 NEVER_CLUSTER = [
@@ -38,6 +40,9 @@ NEVER_CLUSTER = [
     ("create", "nodes"), ("update", "nodes", "status"), ("create", "clusterroles.rbac.authorization.k8s.io"),
     ("escalate", "clusterroles.rbac.authorization.k8s.io"), ("bind", "clusterroles.rbac.authorization.k8s.io"),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io"), ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
+    # the chart owns the webhook configuration; Kopf never writes one
+    ("create", "validatingwebhookconfigurations.admissionregistration.k8s.io"),
+    ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io"),
     ("update", "customresourcedefinitions.apiextensions.k8s.io"), ("create", "namespaces"), ("delete", "namespaces"),
 ]
 

@@ -74,7 +74,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 Least privilege, derived from what the operator calls (see docs/install.md, "RBAC"):
 - workflowexecutions get/list/watch: Kopf's watch and the state manager's re-read
 - workflowexecutions/status patch: the state manager is the only writer of status
-- workflows get: resolve spec.workflowRef
+- workflows get/list/watch: resolve spec.workflowRef (also in the admission webhook), watch Workflows for their status
+- workflows/status patch: the Ready condition of a Workflow (workflow_status.py)
 - pods get/list/watch/create/delete: task pods (create, watch, re-check, remove finished ones)
 - secrets create: the per-namespace NATS Secret for task pods (an existing one is kept; no read)
 - events create: Events on executions (kubectl describe wfx)
@@ -88,7 +89,10 @@ Least privilege, derived from what the operator calls (see docs/install.md, "RBA
   verbs: [patch]
 - apiGroups: [compozy.dev]
   resources: [workflows]
-  verbs: [get]
+  verbs: [get, list, watch]
+- apiGroups: [compozy.dev]
+  resources: [workflows/status]
+  verbs: [patch]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, create, delete]
@@ -119,4 +123,9 @@ tls {
   key_file: /etc/nats/tls/tls.key
 }
 {{- end }}
+{{- end }}
+
+{{/* The Secret holding the webhook's serving certificate (tls.crt, tls.key, ca.crt). */}}
+{{- define "compozy.webhookSecretName" -}}
+{{- printf "%s-webhook-tls" (include "compozy.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}

@@ -4,7 +4,7 @@ The chart installs as it would anywhere, with two local choices: NATS is ``exter
 at the environment's nats-server (token in a Secret), and the operator image is one the process
 node runs (``compozy/compozy-operator``), so the operator pod is a real pod whose container is
 the ``compozy operator`` command. Every pod shares 127.0.0.1 there, so each release gets a free
-HTTP port.
+HTTP port, and the admission webhook is off (the API server cannot reach a pod's Service here).
 """
 
 from __future__ import annotations
@@ -55,7 +55,11 @@ def local_values(env: DevEnvironment, secret: str = TOKEN_SECRET, tag: str = "de
     """``--set`` flags for the local cluster: external NATS, the process node's image, a free port."""
     values = {"image.repository": env.images[0], "image.tag": tag, "nats.mode": "external",
               "nats.external.url": env.nats.url, "nats.auth.existingSecret": secret,
-              "operator.httpPort": str(free_port())}
+              "operator.httpPort": str(free_port()),
+              # The process node's pods all have IP 127.0.0.1, which Endpoints refuse, and there is no
+              # kube-proxy: the API server cannot reach a webhook behind a Service here. The e2e tests
+              # run the webhook for real with the operator as a host process (testenv/admission.py).
+              "webhook.enabled": "false"}
     return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
 
 
