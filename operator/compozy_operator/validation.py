@@ -280,14 +280,15 @@ def _defaults(schema: Any, value: Any, depth: int) -> Any:
         if isinstance(props, dict):
             for name, sub in props.items():
                 if name in out:
-                    out[name] = _defaults(sub, out[name], depth + 1)
+                    out[name] = out[name] if out[name] is None else _defaults(sub, out[name], depth + 1)
                 elif isinstance(sub, dict) and "default" in sub:
                     out[name] = copy.deepcopy(sub["default"])
         value = out
     elif isinstance(value, list):
         items = schema.get("items")
         prefix = schema.get("prefixItems")
-        value = [_defaults(prefix[i] if isinstance(prefix, list) and i < len(prefix) else items, v, depth + 1)
+        value = [v if v is None else _defaults(prefix[i] if isinstance(prefix, list) and i < len(prefix) else items,
+                                               v, depth + 1)
                  for i, v in enumerate(value)]
     for sub in schema.get("allOf") or []:
         value = _defaults(sub, value, depth + 1)

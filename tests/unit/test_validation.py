@@ -210,3 +210,29 @@ def back(i: int) -> str:
 def test_reachable_tasks_that_can_never_succeed_are_reported(tasks, dead) -> None:
     problems = check_workflow(wf(tasks=tasks))
     assert [p.split(": every path")[0] for p in problems] == [back(i) for i in dead], problems
+
+
+def test_apply_defaults_fills_missing_properties_at_every_level() -> None:
+    from compozy_operator.validation import apply_defaults
+
+    schema = {"type": "object", "properties": {
+        "mode": {"type": "string", "default": "short"},
+        "opts": {"type": "object", "properties": {"n": {"type": "integer", "default": 3}, "k": {"type": "string"}}},
+        "list": {"type": "array", "items": {"type": "object", "properties": {"w": {"default": 1}}}},
+        "kept": {"default": "x"}}}
+    value = {"opts": {"k": "a"}, "list": [{}, {"w": 5}], "kept": None}
+    assert apply_defaults(schema, value) == {"mode": "short", "opts": {"k": "a", "n": 3}, "list": [{"w": 1}, {"w": 5}],
+                                             "kept": None}
+    assert value == {"opts": {"k": "a"}, "list": [{}, {"w": 5}], "kept": None}, "the argument is not changed"
+    assert apply_defaults(schema, None) == {"mode": "short", "kept": "x"}
+    assert apply_defaults({"default": {"a": 1}}, None) == {"a": 1}
+    assert apply_defaults({"allOf": [{"properties": {"a": {"default": 1}}}]}, {}) == {"a": 1}
+    assert apply_defaults(None, {"a": 1}) == {"a": 1} and apply_defaults(schema, "text") == "text"
+
+
+def test_defaults_then_check_input() -> None:
+    from compozy_operator.validation import apply_defaults
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "default": 2}}, "required": ["n"]}
+    assert check_input(schema, {}) == ["spec.input: 'n' is a required property"]
+    assert check_input(schema, apply_defaults(schema, {})) == []
