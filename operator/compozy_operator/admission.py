@@ -43,7 +43,8 @@ EXECUTION_HOOK = "validate-workflowexecution"
 IMMUTABLE = ("spec is immutable once the run is created; only spec.cancel may change — create a new "
              "WorkflowExecution (or resubmit) to run again")
 CANCEL_FINAL = "spec.cancel: a cancelled run stays cancelled (cannot go from true back to false)"
-MESSAGE_LIMIT = 4000  # characters of a refusal (the API server passes it to kubectl as is)
+MESSAGE_LIMIT = 4000
+REQUEST_LIMIT = 16 * 1024 * 1024  # bytes of an AdmissionReview the server reads (the API server sends at most ~2x 3 MiB)  # characters of a refusal (the API server passes it to kubectl as is)
 
 JSON = dict[str, Any]
 
@@ -144,6 +145,10 @@ class GuardedWebhookServer(kopf.WebhookServer):
 
     @staticmethod
     async def _serve(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        # aiohttp refuses bodies over 1 MiB (HTTP 413) by default, and Kopf builds the application
+        # without a way to change it: an object near the API server's own 3 MiB request limit must
+        # still reach the handler (to be refused with the field's name, e.g. spec.input too large).
+        request._client_max_size = REQUEST_LIMIT  # noqa: SLF001
         try:
             return await kopf.WebhookServer._serve(fn, request)
         except RecursionError:
