@@ -179,11 +179,15 @@ def test_sdk_retries_a_429_in_place_honouring_retry_after(llm: FakeLLM) -> None:
     assert output == {"text": "fine"} and len(llm.requests) == 2
 
 
-def test_unreachable_endpoint() -> None:
-    chat = OpenAIChat({"name": "m", "baseURL": "http://127.0.0.1:9/v1", "maxRetries": 0}, None, None, "hi", [], None)
+def test_unreachable_endpoint_is_named() -> None:
+    """Issue 11.9: the message names the URL (without any credentials in it)."""
+    chat = OpenAIChat({"name": "m", "baseURL": "http://user:pw@127.0.0.1:9/v1", "maxRetries": 0}, None, None, "hi",
+                      [], None)
     with pytest.raises(AgentError) as e:
         asyncio.run(chat.send())
     assert e.value.reason == "ProviderConnectionError"
+    assert e.value.message.startswith("cannot reach the model endpoint http://127.0.0.1:9/v1/chat/completions: ")
+    assert "pw" not in e.value.message
 
 
 def test_a_slow_model_call_times_out(llm: FakeLLM) -> None:
@@ -194,7 +198,7 @@ def test_a_slow_model_call_times_out(llm: FakeLLM) -> None:
     llm.add(slow)
     with pytest.raises(AgentError) as e:
         asyncio.run(openai_chat(llm, timeout="300ms", maxRetries=0).send())
-    assert e.value.reason == "ProviderTimeout"
+    assert e.value.reason == "ProviderTimeout" and "/chat/completions timed out" in e.value.message
 
 
 def test_check_answer() -> None:

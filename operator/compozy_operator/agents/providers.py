@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from ..api.models import parse_duration
 from ..runtime import TaskFailure
@@ -102,6 +103,17 @@ def _retry_after(headers: Any) -> float | None:
             return None
 
 
+def _endpoint(exc: Exception) -> str:
+    """The URL the failed call went to (from the SDK's request; credentials and query left out)."""
+    url = getattr(getattr(exc, "request", None), "url", None)
+    if url is None:
+        return "(unknown URL: check the agent's model.baseURL)"
+    parsed = urlsplit(str(url))
+    host = parsed.hostname or ""
+    netloc = f"{host}:{parsed.port}" if parsed.port else host
+    return urlunsplit((parsed.scheme, netloc, parsed.path, "", ""))
+
+
 def provider_error(exc: Exception, secret: str | None = None) -> AgentError:
     """Map an SDK exception (either SDK: they share the shape) to an :class:`AgentError`.
 
@@ -117,10 +129,11 @@ def provider_error(exc: Exception, secret: str | None = None) -> AgentError:
         text = text.replace(secret, "***")
     text = text[:500]
     if status is None:
+        where = _endpoint(exc)
         if "Timeout" in name:
-            return AgentError("ProviderTimeout", f"the model call timed out: {text}")
+            return AgentError("ProviderTimeout", f"the model call to {where} timed out: {text}")
         if "Connection" in name:
-            return AgentError("ProviderConnectionError", f"cannot reach the model endpoint: {text}")
+            return AgentError("ProviderConnectionError", f"cannot reach the model endpoint {where}: {text}")
         return AgentError("ProviderError", f"{name}: {text}")
     if status in (401, 403):
         return AgentError("ProviderAuthError", f"HTTP {status}: the provider refused the credentials "
