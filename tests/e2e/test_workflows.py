@@ -117,8 +117,9 @@ def test_missing_tool_and_missing_workflow_are_refused(operator: OperatorProcess
 
 def test_template_error_fails_the_task_without_a_pod(operator: OperatorProcess, kubectl: Kubectl, kube: Kube,
                                                      namespace: str) -> None:
-    apply(kubectl, namespace, *unchecked(workflow("tmpl", [{"id": "a", "tool": "ok", "with": {"x": "{{ tasks.zz.output }}"}}]),
-                                         execution("tmpl-1", "tmpl")))
+    """A template error no check can see before the run (the input has no schema) fails the task."""
+    apply(kubectl, namespace, workflow("tmpl", [{"id": "a", "tool": "ok", "with": {"x": "{{ workflow.input.nope.x }}"}}]),
+          execution("tmpl-1", "tmpl"))
     status = wait_finished(kubectl, namespace, "tmpl-1")
     assert status["phase"] == "Failed" and status["tasks"]["a"]["error"]["reason"] == "TemplateError"
     assert "tasks.a.with.x" in status["tasks"]["a"]["error"]["message"]
