@@ -1,0 +1,90 @@
+"""Hostile workflows on the real cluster: each ends Failed with a message naming the field, and a
+canary run started beside it still succeeds (the operator keeps serving; no timing is asserted
+here, `hack/bench/hostile.py` measures the canary's latency)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import pytest
+
+from compozy_operator.testenv.operator_process import OperatorProcess
+from tests.helpers import Kubectl
+
+from .conftest import wait_finished
+from .test_workflows import apply, execution, workflow
+
+OK = "def run(input, ctx):\n    return {'v': input.get('v')}\n"
+TOOLS = [{"id": "ok", "python": OK}]
+NESTED = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+
+# name -> (workflow spec fields, input, what the run's message must contain)
+HOSTILE: dict[str, tuple[dict[str, Any], Any, list[str]]] = {
+    "nested-loop": ({"tasks": [{"id": "fetch", "tool": "ok", "with": {"url": NESTED}}]}, None,
+                    ["tasks.fetch.with.url: the template took longer than"]),
+    "redos": ({"input": {"type": "object", "properties": {"name": {"type": "string", "pattern": "^(a+)+$"}}},
+               "tasks": [{"id": "t", "tool": "ok"}]}, {"name": "a" * 29 + "!"},
+              ["spec.input.name: matching the input schema's pattern '^(a+)+$' took longer than"]),
+    "big-collection": ({"tasks": [{"id": "each", "type": "collection", "items": "{{ range(100000) | list }}",
+                                   "task": {"id": "f", "tool": "ok", "with": {"v": "{{ item }}"}}}]}, None,
+                       ["tasks.each.items: 100000 items, the limit is 10000"]),
+    "string-bomb": ({"tasks": [{"id": "t", "tool": "ok", "with": {"v": "{{ 'x' * 10**9 }}"}}]}, None,
+                    ["tasks.t.with.v: repeating a str of 1 1000000000 times would be larger than the limit"]),
+    "memory-bomb": ({"tasks": [{"id": "t", "tool": "ok", "with": {"v": (
+        "{% set ns = namespace(s='x' * 1000000) %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
+        "{% endfor %}{{ ns.s | length }}")}}]}, None,
+                    ["tasks.t.with.v: the template needs more memory than allowed"]),
+    "missing-task": ({"tasks": [{"id": "count", "tool": "ok", "onSuccess": {"next": "use"}},
+                                {"id": "use", "tool": "ok", "with": {"v": "{{ tasks[workflow.input.t].output }}"}}]},
+                     {"t": "frist"},  # a name apply cannot check
+                     ["tasks.use.with.v: tasks.frist: no task 'frist' (tasks: count, use)"]),
+}
+
+
+def _canary(kubectl: Kubectl, namespace: str, name: str) -> None:
+    apply(kubectl, namespace, workflow(f"{name}-wf", [{"id": "c", "tool": "ok", "with": {"v": "{{ workflow.input.v }}"}}],
+                                       tools=TOOLS),
+          execution(name, f"{name}-wf", {"v": 42}))
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_hostile_run_fails_naming_the_field_and_a_canary_still_succeeds(
+        operator: OperatorProcess, kubectl: Kubectl, namespace: str, case: str) -> None:
+    spec, value, messages = HOSTILE[case]
+    spec = dict(spec)
+    apply(kubectl, namespace, workflow("hostile", spec.pop("tasks"), tools=TOOLS, **spec),
+          execution("hostile-1", "hostile", value))
+    _canary(kubectl, namespace, "canary")
+    hostile = wait_finished(kubectl, namespace, "hostile-1", timeout=120)
+    canary = wait_finished(kubectl, namespace, "canary", timeout=120)
+    assert hostile["phase"] == "Failed", hostile
+    text = json.dumps({"message": hostile.get("message"), "error": hostile.get("error")})
+    assert all(m in text for m in messages), hostile
+    assert canary["phase"] == "Succeeded" and canary["tasks"]["c"]["output"] == {"v": 42}, canary
+    assert operator.readyz()[0] == 200
+
+
+def test_many_hostile_runs_at_once_leave_the_operator_serving(operator: OperatorProcess, kubectl: Kubectl,
+                                                              namespace: str) -> None:
+    """Every hostile kind at once, twice, with canaries started while they are being processed."""
+    names = []
+    for case, (spec, value, _) in sorted(HOSTILE.items()):
+        spec = dict(spec)
+        apply(kubectl, namespace, workflow(f"h-{case}", spec.pop("tasks"), tools=TOOLS, **spec))
+        for i in (1, 2):
+            apply(kubectl, namespace, execution(f"h-{case}-{i}", f"h-{case}", value))
+            names.append(f"h-{case}-{i}")
+    canaries = [f"canary-{i}" for i in range(3)]
+    threads = [threading.Thread(target=_canary, args=(kubectl, namespace, c)) for c in canaries]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name in names:
+        assert wait_finished(kubectl, namespace, name, timeout=180)["phase"] == "Failed", name
+    for name in canaries:
+        status = wait_finished(kubectl, namespace, name, timeout=180)
+        assert status["phase"] == "Succeeded", status
+    assert operator.readyz()[0] == 200
