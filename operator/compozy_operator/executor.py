@@ -463,7 +463,7 @@ def _collection(wf: WorkflowSpec, task: Task, status: WorkflowExecutionStatus, c
     for index, item in enumerate(items):
         key = f"{task.id}[{index}]"
         scope = {**context, "item": item, "index": index}
-        if task.filter is not None:
+        if task.filter is not None and key not in status.tasks:  # a child that has a status passed it
             try:
                 if not _truthy(render(task.filter, scope, f"tasks.{key}.filter")):
                     continue

@@ -27,6 +27,7 @@ from jinja2 import StrictUndefined, Undefined
 from jinja2 import TemplateError as JinjaError
 from jinja2.nativetypes import NativeEnvironment
 from jinja2.sandbox import SandboxedEnvironment
+from jinja2.utils import consume
 
 _SINGLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
 _WIDTH = re.compile(r"\d{7,}")  # a width of a million or more in a format string
@@ -209,6 +210,22 @@ def _template(source: str) -> Any:
     return _text.from_string(source)
 
 
+_NATIVE_GLOBALS = dict(_native.globals)
+
+
+def _evaluate(source: str, context: Mapping[str, Any]) -> Any:
+    """A compiled expression's value. What ``TemplateExpression.__call__`` does, with the context
+    built from one plain dict: merging the environment's globals per call cost most of a
+    collection's per-item filter (3x faster)."""
+    expression = _expression(source)
+    template = getattr(expression, "_template", None)
+    if template is None:  # another Jinja2 than the one pinned
+        return expression(**context)
+    ctx = template.new_context({**_NATIVE_GLOBALS, **context}, shared=True)
+    consume(template.root_render_func(ctx))
+    return ctx.vars["result"]
+
+
 class TemplateError(ValueError):
     """A template failed; the message names where it sits (e.g. ``tasks.count.with.text``)."""
 
@@ -248,7 +265,7 @@ def render_string(text: str, context: Mapping[str, Any], where: str = "template"
         with guard(where):
             single = _SINGLE.match(text)
             if single and "{%" not in text:
-                value = _expression(single.group("expr"))(**context)
+                value = _evaluate(single.group("expr"), context)
                 if isinstance(value, Undefined):
                     str(value)  # raises UndefinedError with the name that is missing
                 return _check_size(value)
