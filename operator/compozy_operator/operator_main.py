@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,10 @@ log = logging.getLogger("compozy.operator")
 RESTART_MIN, RESTART_MAX = 0.5, 30.0  # seconds before a failed loop is restarted, doubling per quick failure
 STABLE_SECONDS = 10.0  # a restarted loop that has run this long counts as recovered
 CHECK_SECONDS = 3.0  # how often the JetStream check runs
+# The API server stores objects nested up to 10,000 levels (its JSON decoder's limit); every parse
+# of one here (Kopf's watch and lists, the Kubernetes client, the webhook) and every copy must
+# not raise RecursionError at Python's default limit of 1,000. Checks refuse such input at 64.
+RECURSION_LIMIT = 25_000
 
 
 class Supervised:
@@ -243,6 +248,7 @@ def _plain(body: kopf.Body) -> dict[str, Any]:
 
 def run(settings: Settings | None = None) -> None:
     settings = settings or Settings()
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     op_ref: dict[str, Operator] = {}

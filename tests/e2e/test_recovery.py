@@ -105,6 +105,28 @@ def test_deep_input_fails_the_run_naming_the_field(depth: int, operator: Operato
     assert status["message"] == f"spec.input: nested {depth + 1} levels deep; at most 64 are allowed"
 
 
+@pytest.mark.parametrize("depth", [1500, 9000])
+def test_the_operator_survives_any_depth_the_api_server_stores(depth: int, operator: OperatorProcess,
+                                                                kubectl: Kubectl, namespace: str) -> None:
+    """Issue 11.1: an object nested past Python's recursion limit (stored with the webhook off or
+    bypassed) crash-looped the operator's watch. Now the run fails naming the field; the operator
+    keeps serving (a canary run after it succeeds)."""
+    apply(kubectl, namespace, workflow("deep", [{"id": "a", "tool": "echo"}], tools=ECHO))
+    # written by hand: json.dumps itself recurses and fails at this depth
+    doc = json.dumps(unchecked(execution("deep-1", "deep", {"v": "DEEP"}))[0]).replace(
+        '"DEEP"', "[" * (depth - 1) + "1" + "]" * (depth - 1))
+    out = kubectl("create", "-n", namespace, "-f", "-", stdin=doc)
+    assert out.returncode == 0, out.stderr
+    status = wait_for(lambda: json.loads(kubectl("get", "wfx", "deep-1", "-n", namespace, "-o",
+                                                 "jsonpath={.status}").stdout or "{}").get("phase") == "Failed"
+                      and json.loads(kubectl("get", "wfx", "deep-1", "-n", namespace, "-o",
+                                             "jsonpath={.status}").stdout), 60, "the deep run to fail")
+    assert status["message"] == f"spec.input: nested {depth} levels deep; at most 64 are allowed"
+    apply(kubectl, namespace, execution("canary-1", "deep", {"v": 1}))
+    assert wait_finished(kubectl, namespace, "canary-1", 60)["phase"] == "Succeeded"
+    assert operator.readyz()[0] == 200
+
+
 @pytest.mark.parametrize("field,value,problem", [
     ("retry", {"limit": 1, "backoff": {"max": "999999999h"}}, "999999999h is longer than the limit of 8784h"),
     ("timeout", "0s", "must be greater than zero"),
