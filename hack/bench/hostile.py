@@ -131,12 +131,13 @@ def canary(rounds: int) -> None:
 
         stop = threading.Event()
         hostile_phases: list[tuple[str, str, float]] = []
+        numbers = itertools.count()
+        kinds = itertools.cycle(HOSTILE)
 
         def hostile() -> None:
             hk = env.kube()
-            for i, kind in enumerate(itertools.cycle(HOSTILE)):
-                if stop.is_set():
-                    return
+            while not stop.is_set():
+                i, kind = next(numbers), next(kinds)
                 phase, took = run_to_end(hk, f"h-{kind}-{i}", kind, HOSTILE[kind][1])
                 hostile_phases.append((kind, phase, took))
 

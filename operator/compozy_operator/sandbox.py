@@ -280,13 +280,16 @@ class EvalPool:
             raise OSError(f"the evaluation worker did not start: {str(ready)[:200]}")
         return w
 
-    async def _acquire(self) -> _Worker:
+    async def _acquire(self, key: str | None = None) -> _Worker:
+        """A free worker, the one that knows the run's spec first (it also remembers the run's
+        templates that ran out of time); a new one while fewer than ``eval_workers`` run; else wait."""
         while True:
             self.workers = [w for w in self.workers if w.alive]
-            for w in self.workers:
-                if not w.busy:
-                    w.busy = True
-                    return w
+            free = [w for w in self.workers if not w.busy]
+            if free:
+                w = next((x for x in free if key in x.specs), free[0])
+                w.busy = True
+                return w
             if len(self.workers) + self.starting < self.size:
                 self.starting += 1
                 try:
@@ -332,7 +335,7 @@ class EvalPool:
 
     async def _call(self, op: str, key: str | None, wf: WorkflowSpec | None, args: tuple[Any, ...]) -> Any:
         for attempt in (1, 2):
-            w = await self._acquire()
+            w = await self._acquire(key)
             try:
                 return await self._ask(w, op, key, wf, args)
             except _WorkerDied as e:

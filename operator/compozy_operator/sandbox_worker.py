@@ -163,8 +163,12 @@ class Worker:
         elif key not in self.specs:
             return {"need_spec": True}
         self.specs.move_to_end(key)
-        with self.timer:
-            actions = decide(self.specs[key], *args)
+        templates.scope = key
+        try:
+            with self.timer:
+                actions = decide(self.specs[key], *args)
+        finally:
+            templates.scope = ""
         return {"ok": [encode_action(a) for a in actions]}
 
     def answer(self, body: bytes) -> bytes:
@@ -189,7 +193,6 @@ class Worker:
                 out = dumps({"error": {"kind": "limit", "message": f"the evaluation's answer is {len(out)} bytes; "
                                        f"at most {MAX_ANSWER} are allowed"}})
         except MemoryError:
-            result = None
             out = b'{"error":{"kind":"limit","message":"encoding the evaluation\'s answer needed too much memory"}}'
         return out
 

@@ -62,6 +62,11 @@ class TemplateTimeout(BaseException):
 # Around every render: a context manager given the field's path. The evaluation worker installs
 # one that arms a CPU timer raising TemplateTimeout; in-process it does nothing.
 guard: Callable[[str], contextlib.AbstractContextManager[Any]] = lambda where: contextlib.nullcontext()
+# The run being evaluated (set by the worker per request): a template of a run that ran out of
+# time fails again at once on the next decision, instead of burning its time limit once more
+# until the status shows the failure. Empty: nothing is remembered.
+scope = ""
+_timed_out: dict[tuple[str, str, str], str] = {}
 
 
 class _TooLarge(Exception):
@@ -261,6 +266,8 @@ def _shown(text: str) -> str:
 def render_string(text: str, context: Mapping[str, Any], where: str = "template") -> Any:
     if "{{" not in text and "{%" not in text:
         return text
+    if scope and (known := _timed_out.get((scope, where, text))):
+        raise TemplateLimit(where, known)
     try:
         with guard(where):
             single = _SINGLE.match(text)
@@ -271,7 +278,12 @@ def render_string(text: str, context: Mapping[str, Any], where: str = "template"
                 return _check_size(value)
             return _bounded_text(_template(text).generate(**context))
     except TemplateTimeout as e:
-        raise TemplateLimit(where, f"the template took longer than {e.seconds:g}s (in {_shown(text)})") from None
+        problem = f"the template took longer than {e.seconds:g}s (in {_shown(text)})"
+        if scope:
+            if len(_timed_out) >= 1024:
+                _timed_out.clear()
+            _timed_out[(scope, where, text)] = problem
+        raise TemplateLimit(where, problem) from None
     except _TooLarge as e:
         raise TemplateLimit(where, f"{e} (in {_shown(text)})") from None
     except MemoryError:

@@ -204,3 +204,23 @@ def test_complete_and_finish_round_trip() -> None:
     s = running(x=TaskStatus(phase="Succeeded", output={"v": [1, 2]}))
     got = with_pool(lambda pool: pool.decide("p", w, s, RUN, NOW))
     assert got == [CompleteTask("p", {"x": {"v": [1, 2]}})] == decide(w, s, RUN, NOW)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_template_that_ran_out_of_time_fails_at_once_on_the_next_decision() -> None:
+    slow = wf({"id": "fetch", "tool": "t", "with": {"url": NESTED}})
+
+    async def go(pool: EvalPool) -> tuple[Any, Any, float]:
+        (first,) = await pool.decide("slow", slow, running(), RUN, NOW)
+        pid = pool.workers[0].proc.pid
+        before = _cpu_seconds(pid)
+        (again,) = await pool.decide("slow", slow, running(), RUN, NOW)  # same worker: it knows the run
+        return first, again, _cpu_seconds(pid) - before
+
+    first, again, cpu = with_pool(go)
+    assert first == again and first.reason == "TemplateLimit"
+    assert cpu < 0.3  # not another 0.5 s of CPU
