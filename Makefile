@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test chart cluster bench bench-collection bench-agents bench-testenv chaos binaries lock clean
+.PHONY: demo test chart cluster bench bench-collection bench-agents bench-hostile bench-testenv chaos binaries lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench-collection: $(STAMP) binaries
 
 bench-agents: $(STAMP) binaries
 	$(PY) hack/bench/agents.py
+
+bench-hostile: $(STAMP) binaries
+	$(PY) hack/bench/hostile.py
 
 bench-testenv: $(STAMP) binaries
 	$(PY) hack/bench/testenv.py
