@@ -17,7 +17,7 @@ import pickle
 import resource
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import jsonschema
@@ -37,48 +37,31 @@ class RunTimeout(BaseException):
     """The whole request went past its wall time."""
 
 
-class _Guard:
-    """templates.guard: a CPU timer around one template (or the input check)."""
+class _Timer:
+    """A one-shot timer (``which``: ITIMER_PROF counts CPU, ITIMER_REAL wall time) whose signal
+    raises ``make()`` in whatever code runs while it is armed. As a context manager it is
+    templates.guard (CPU, around one template or the input check) and the request's wall timer."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    def __init__(self, which: int, seconds: float, make: Callable[[], BaseException]) -> None:
+        self.which, self.seconds, self.make = which, seconds, make
         self.armed = False
 
-    def __call__(self, where: str) -> _Guard:
+    def __call__(self, where: str) -> _Timer:
         return self
 
     def __enter__(self) -> None:
         if self.seconds > 0:
             self.armed = True
-            signal.setitimer(signal.ITIMER_PROF, self.seconds)
+            signal.setitimer(self.which, self.seconds)
 
     def __exit__(self, *exc: Any) -> None:
         self.armed = False
-        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.setitimer(self.which, 0)
 
     def fire(self, *_: Any) -> None:
         if self.armed:
             self.armed = False
-            raise TemplateTimeout(self.seconds)
-
-
-class _RunTimer:
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.armed = False
-
-    def __enter__(self) -> None:
-        self.armed = True
-        signal.setitimer(signal.ITIMER_REAL, self.seconds)
-
-    def __exit__(self, *exc: Any) -> None:
-        self.armed = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
-
-    def fire(self, *_: Any) -> None:
-        if self.armed:
-            self.armed = False
-            raise RunTimeout()
+            raise self.make()
 
 
 # ---- the input check, with the field of a slow pattern found -------------------------------
@@ -147,7 +130,7 @@ class Worker:
     def __init__(self, limits: dict[str, Any]) -> None:
         self.limits = limits
         self.specs: collections.OrderedDict[str, WorkflowSpec] = collections.OrderedDict()
-        self.timer = _RunTimer(float(limits["run_timeout"]))
+        self.timer = _Timer(signal.ITIMER_REAL, float(limits["run_timeout"]), RunTimeout)
 
     def handle(self, request: tuple[Any, ...]) -> dict[str, Any]:
         op, key, spec, args = request
@@ -240,7 +223,8 @@ def main() -> None:
     os.dup2(2, 1)  # stray prints go to stderr, never into the channel
     sys.stdout = sys.stderr
     templates.configure(int(limits["rendered_bytes"]), int(limits["collection_items"]))
-    guard = _Guard(float(limits["timeout"]))
+    seconds = float(limits["timeout"])
+    guard = _Timer(signal.ITIMER_PROF, seconds, lambda: TemplateTimeout(seconds))
     templates.guard = guard
     worker = Worker(limits)
     signal.signal(signal.SIGPROF, guard.fire)
