@@ -31,7 +31,7 @@ from .api.models import GROUP, VERSION, WorkflowExecutionSpec
 from .kube import ApiException, Kube
 from .orchestrator.starter import MAX_INPUT_DEPTH
 from .settings import Settings
-from .validation import SpecError, check_input, check_workflow, json_depth, parse_workflow
+from .validation import SpecError, check_input, check_workflow, json_depth, model_problems, parse_workflow
 
 log = logging.getLogger("compozy.admission")
 
@@ -79,7 +79,7 @@ def review_execution_create(obj: JSON, workflow: JSON | None, max_input_bytes: i
     try:
         spec = WorkflowExecutionSpec.model_validate(raw)
     except ValidationError as e:
-        return [f"spec.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        return model_problems(e)
     if (spec.workflow is None) == (spec.workflow_ref is None):
         return ["exactly one of spec.workflowRef or spec.workflow must be set"]
     if spec.workflow is not None:

@@ -35,8 +35,8 @@ from yaml.scanner import Scanner
 
 from .api.models import API_VERSION, GROUP, WorkflowExecutionSpec, WorkflowSpec
 from .validation import (
-    MAX_INPUT_DEPTH, SpecError, _loc, apply_defaults, check_input, check_workflow, json_depth, parse_workflow,
-    workflow_warnings,
+    MAX_INPUT_DEPTH, SpecError, _loc, apply_defaults, check_input, check_workflow, json_depth, model_problems,
+    parse_workflow, workflow_warnings,
 )
 
 ERROR, WARNING, NOTE = "error", "warning", "note"
@@ -579,8 +579,8 @@ class _Check:
         try:
             spec = WorkflowExecutionSpec.model_validate(raw if raw is not None else {})
         except ValidationError as e:
-            for err in e.errors():
-                self.add(doc, ERROR, f"{_loc('spec', err['loc'])}: {err['msg']}")
+            for problem in model_problems(e):
+                self.add(doc, ERROR, problem)
             return
         if (spec.workflow is None) == (spec.workflow_ref is None):
             self.add(doc, ERROR, "spec: exactly one of spec.workflowRef or spec.workflow must be set")

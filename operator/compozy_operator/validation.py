@@ -8,7 +8,8 @@ from typing import Any
 import jsonschema
 from pydantic import ValidationError
 
-from .api.models import Task, WorkflowSpec
+from .api.crd import FRIENDLY_PATTERNS
+from .api.models import DURATION_PATTERN, ID_PATTERN, Task, WorkflowSpec
 from .template_check import ERROR, WARNING, check_templates
 
 # The fields each task type uses (besides id and type); any other field set is a mistake.
@@ -38,11 +39,33 @@ def _loc(prefix: str, loc: tuple[Any, ...]) -> str:
     return out
 
 
+_MESSAGES = {  # pydantic's error types said for a manifest's author
+    "extra_forbidden": "unknown field (a typo? `kubectl explain` lists the fields)",
+    "missing": "required field is missing",
+}
+_PATTERNS = {
+    ID_PATTERN: "must be lowercase letters, digits and '-', starting and ending with a letter or digit "
+                "(like a Kubernetes name), at most 63 characters",
+    DURATION_PATTERN: FRIENDLY_PATTERNS[DURATION_PATTERN],
+}
+
+
+def model_problems(e: ValidationError, prefix: str = "spec") -> list[str]:
+    """A pydantic error as ``<field path>: <problem>`` lines, in words a manifest's author reads."""
+    out = []
+    for err in e.errors():
+        message = _MESSAGES.get(err["type"]) or err["msg"].removeprefix("Value error, ")
+        if err["type"] == "string_pattern_mismatch":
+            message = _PATTERNS.get((err.get("ctx") or {}).get("pattern", ""), message)
+        out.append(f"{_loc(prefix, err['loc'])}: {message}")
+    return out
+
+
 def parse_workflow(raw: Any, prefix: str = "spec") -> WorkflowSpec:
     try:
         return WorkflowSpec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError([f"{_loc(prefix, err['loc'])}: {err['msg']}" for err in e.errors()]) from None
+        raise SpecError(model_problems(e, prefix)) from None
 
 
 def _unused_fields(task: Task, where: str, allowed: set[str], kind: str | None = None) -> list[str]:
@@ -214,7 +237,11 @@ def check_workflow(wf: WorkflowSpec, prefix: str = "spec") -> list[str]:
         for kind, tr in (("onSuccess", task.on_success), ("onError", task.on_error)):
             if tr and tr.next and tr.next not in ids:
                 problems.append(f"{where}.{kind}.next: no task with id {tr.next!r}")
+    tool_ids: set[str] = set()
     for j, tool in enumerate(wf.tools or []):
+        if tool.id in tool_ids:
+            problems.append(f"{prefix}.tools[{j}] ({tool.id}).id: duplicate tool id {tool.id!r}")
+        tool_ids.add(tool.id)
         if bool(tool.python) == bool(tool.command):
             problems.append(f"{prefix}.tools[{j}] ({tool.id}): a tool needs exactly one of python or command")
         problems += _schema_problem(tool.input_schema, f"{prefix}.tools[{j}] ({tool.id}).inputSchema")
@@ -244,6 +271,10 @@ def check_input(schema: dict[str, Any] | None, value: Any, prefix: str = "spec.i
     if bad := _schema_problem(schema, "workflow input schema"):
         return bad
     validator = jsonschema.validators.validator_for(schema)(schema)
+    if value is None and not validator.is_valid(None):
+        needs = ", ".join(schema.get("required") or []) if isinstance(schema.get("required"), list) else ""
+        return [f"{prefix}: missing: the Workflow's input schema requires an input"
+                + (f" (with {needs})" if needs else "")]
     problems = []
     for err in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path)):
         problems.append(f"{_loc(prefix, tuple(err.absolute_path))}: {err.message}")

@@ -379,7 +379,7 @@ INVALID = {
         ["spec.tasks[4].task", "a basic task needs exactly one of tool or agent"]),
     "bad-duration": (
         _mutated_workflow(_set("tasks.0.timeout", "5 minutes")),
-        ["spec.tasks[0].timeout", '"5 minutes"', "should match"]),
+        ["spec.tasks[0].timeout", '"5 minutes" must be a duration: a number with ms, s, m or h, e.g. 90s']),
     "zero-workflow-timeout": (
         _mutated_workflow(_set("timeout", "0s")),
         ["spec.timeout", "spec.timeout must be greater than zero"]),

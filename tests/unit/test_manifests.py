@@ -181,7 +181,7 @@ def test_execution_shape_errors() -> None:
                                                "timeout: soon}\n"))
     assert lines(report)[0] == ("<stdin>:4: error: spec: exactly one of spec.workflowRef or spec.workflow must be "
                                 "set")
-    assert "<stdin>:9: error: spec.timeout: String should match pattern" in lines(report)[1]
+    assert "<stdin>:9: error: spec.timeout: invalid duration 'soon': use a number with ms, s, m or h" in lines(report)[1]
 
 
 def test_deep_input_is_refused_like_the_cluster_refuses_it() -> None:

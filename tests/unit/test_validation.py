@@ -38,9 +38,10 @@ def test_tool_needs_exactly_one_body() -> None:
 
 @pytest.mark.parametrize("raw, fragment", [
     ({"tasks": []}, "spec.tasks: List should have at least 1 item"),
-    ({"tasks": [{"id": "A_b", "tool": "t"}]}, "spec.tasks[0].id: String should match pattern"),
-    ({"tasks": [{"id": "a", "tool": "t", "timeout": "5 minutes"}]}, "spec.tasks[0].timeout: String should match"),
-    ({"tasks": [{"id": "a", "tool": "t", "nxet": 1}]}, "spec.tasks[0].nxet: Extra inputs are not permitted"),
+    ({"tasks": [{"id": "A_b", "tool": "t"}]}, "spec.tasks[0].id: must be lowercase letters, digits and '-'"),
+    ({"tasks": [{"id": "a", "tool": "t", "timeout": "5 minutes"}]},
+     "spec.tasks[0].timeout: invalid duration '5 minutes': use a number with ms, s, m or h"),
+    ({"tasks": [{"id": "a", "tool": "t", "nxet": 1}]}, "spec.tasks[0].nxet: unknown field (a typo?"),
 ])
 def test_parse_errors_name_the_field(raw, fragment) -> None:
     with pytest.raises(SpecError) as err:
@@ -236,3 +237,17 @@ def test_defaults_then_check_input() -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer", "default": 2}}, "required": ["n"]}
     assert check_input(schema, {}) == ["spec.input: 'n' is a required property"]
     assert check_input(schema, apply_defaults(schema, {})) == []
+
+
+def test_a_missing_input_is_said_so_not_as_a_type_error() -> None:
+    """Issue 11.9: not `None is not of type 'object'`."""
+    schema = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+    assert check_input(schema, None) == ["spec.input: missing: the Workflow's input schema requires an input "
+                                         "(with text)"]
+    assert check_input({"type": ["object", "null"]}, None) == []
+
+
+def test_duplicate_tool_ids_are_refused() -> None:
+    wf = parse_workflow({"tools": [{"id": "t", "python": "x"}, {"id": "t", "command": ["true"]}],
+                         "tasks": [{"id": "a", "tool": "t"}]})
+    assert "spec.tools[1] (t).id: duplicate tool id 't'" in check_workflow(wf)

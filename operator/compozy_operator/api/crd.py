@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from .models import GROUP, VERSION, WorkflowExecutionSpec, WorkflowExecutionStatus, WorkflowSpec
+from .models import DURATION_PATTERN, GROUP, VERSION, WorkflowExecutionSpec, WorkflowExecutionStatus, WorkflowSpec
 
 JSON = dict[str, Any]
 
@@ -55,6 +55,14 @@ _DROPPED_KEYS = {"title", "default", "examples"}
 # Output key order (stable, readable YAML).
 _ORDER = ("description", "type", "properties", "required", "additionalProperties", "items", *_SCALAR_KEYS,
           PRESERVE, "anyOf", VALIDATIONS)
+
+
+#: Patterns whose failure the API server reports with a message in words (a CEL rule) rather than
+#: by printing the regex; the same words as ``compozy validate`` and the webhook.
+FRIENDLY_PATTERNS = {
+    DURATION_PATTERN: "must be a duration: a number with ms, s, m or h, e.g. 90s, 5m, 1h30m",
+}
+PATTERN_MAX_LENGTH = 64
 
 
 def _rule(rule: str, message: str, field_path: str | None = None) -> JSON:
@@ -222,6 +230,12 @@ class _Converter:
         for key in _SCALAR_KEYS:
             if key in node:
                 out[key] = node.pop(key)
+        if out.get("pattern") in FRIENDLY_PATTERNS:  # said in words, not as the regex (CEL's matches is RE2)
+            pattern = out.pop("pattern")
+            out.setdefault("maxLength", PATTERN_MAX_LENGTH)  # bounds CEL's cost estimate
+            rule = _rule(f"self.matches(r'{pattern}')", FRIENDLY_PATTERNS[pattern])
+            rule["messageExpression"] = f"'\"' + self + '\" ' + '{FRIENDLY_PATTERNS[pattern]}'"
+            out[VALIDATIONS] = [rule]
         if typ is None:
             if props is not None or items is not None:
                 raise SchemaError(f"{path}: properties or items without a type")

@@ -38,10 +38,11 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
 
 
-def check_duration(text: str | None, positive: bool = False) -> str | None:
-    """A field validator's check: at most a year, and above zero where ``positive`` (timeouts)."""
-    if text is None:
-        return None
+def check_duration(text: Any, positive: bool = False) -> Any:
+    """A field validator's check (run before the type and pattern checks, so the message is this
+    one): a duration, at most a year, and above zero where ``positive`` (timeouts)."""
+    if not isinstance(text, str):
+        return text  # None, or a type error the field's own check words
     seconds = parse_duration(text)
     if seconds > MAX_DURATION_SECONDS:
         raise ValueError(f"{text} is longer than the limit of 8784h (a year)")
@@ -57,9 +58,6 @@ class Model(BaseModel):
 
     def dump(self) -> JSONObject:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
-
-
-Duration = Field(pattern=DURATION_PATTERN)
 
 
 class SecretKeyRef(Model):
@@ -105,6 +103,11 @@ class ModelConfig(Model):
         None, description="How an outputSchema is asked for: native (the API's JSON-schema mode, default) or "
         "prompt (the schema in the system prompt, for endpoints without that mode); the answer is validated either way.")
 
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, v: Any) -> Any:
+        return check_duration(v, positive=True)
+
 
 class AgentAction(Model):
     id: str = Field(pattern=ID_PATTERN, max_length=63, description="Action id, referenced by a task's action.")
@@ -139,9 +142,9 @@ class Backoff(Model):
     factor: float = Field(2, ge=1, description="Multiplier applied to the delay after each retry.")
     max: str = Field("1m", pattern=DURATION_PATTERN, description="Upper bound of the delay.")
 
-    @field_validator("initial", "max")
+    @field_validator("initial", "max", mode="before")
     @classmethod
-    def _bounded(cls, v: str) -> str | None:
+    def _bounded(cls, v: Any) -> Any:
         return check_duration(v)
 
 
@@ -188,9 +191,9 @@ class Task(Model):
     filter: str | None = Field(None, description="Collection: template; items where it is false are skipped.")
     task: Task | None = Field(None, description="Collection: the task run per item (item, index in context).")
 
-    @field_validator("timeout")
+    @field_validator("timeout", mode="before")
     @classmethod
-    def _timeout(cls, v: str | None) -> str | None:
+    def _timeout(cls, v: Any) -> Any:
         return check_duration(v, positive=True)
 
 
@@ -208,9 +211,9 @@ class WorkflowSpec(Model):
     )
     output: Any = Field(None, description="Template of the workflow's output.")
 
-    @field_validator("timeout")
+    @field_validator("timeout", mode="before")
     @classmethod
-    def _timeout(cls, v: str | None) -> str | None:
+    def _timeout(cls, v: Any) -> Any:
         return check_duration(v, positive=True)
 
 
@@ -225,9 +228,9 @@ class WorkflowExecutionSpec(Model):
     timeout: str | None = Field(None, pattern=DURATION_PATTERN, description="Overrides the Workflow's timeout.")
     cancel: bool | None = Field(None, description="Set true to cancel the run.")
 
-    @field_validator("timeout")
+    @field_validator("timeout", mode="before")
     @classmethod
-    def _timeout(cls, v: str | None) -> str | None:
+    def _timeout(cls, v: Any) -> Any:
         return check_duration(v, positive=True)
 
 
