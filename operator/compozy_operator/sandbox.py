@@ -225,14 +225,16 @@ class EvalPool:
             return decide(wf, status, run, now)
         return decode_actions(await self._call("decide", key, wf, (status, run, now)), wf)
 
-    async def validate(self, wf: WorkflowSpec, prefix: str, value: Any) -> tuple[list[str], str]:
+    async def validate(self, wf: WorkflowSpec, prefix: str, value: Any = None,
+                       with_input: bool = True) -> tuple[list[str], str]:
         """The start checks: problems of the workflow (reason ``InvalidWorkflow``), else of the input
-        against its schema (``InvalidInput``); a check past its limit gives ``EvaluationLimit``."""
+        ``value`` against its schema (``InvalidInput``; skipped without ``with_input``, e.g. for a
+        Workflow at apply); a check past its limit gives ``EvaluationLimit``."""
         if self.size <= 0:
             from .sandbox_worker import validate  # noqa: PLC0415 - the same checks, unbounded
-            answer = validate(wf, prefix, value)
+            answer = validate(wf, prefix, value, with_input)
         else:
-            answer = await self._call("validate", None, None, (wf, prefix, value))
+            answer = await self._call("validate", None, None, (wf, prefix, value, with_input))
         problems = answer.get("problems") if isinstance(answer, dict) else None
         reason = answer.get("reason") if isinstance(answer, dict) else None
         if not isinstance(problems, list) or not all(isinstance(p, str) for p in problems) or not isinstance(reason, str):

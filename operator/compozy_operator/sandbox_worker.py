@@ -98,7 +98,7 @@ def _path_of(root: Any, target: Any, prefix: str) -> str:
     return prefix
 
 
-def validate(wf: WorkflowSpec, prefix: str, value: Any) -> dict[str, Any]:
+def validate(wf: WorkflowSpec, prefix: str, value: Any, with_input: bool = True) -> dict[str, Any]:
     """The start checks (also used in-process when the pool is off)."""
     try:
         with templates.guard(prefix):
@@ -106,7 +106,7 @@ def validate(wf: WorkflowSpec, prefix: str, value: Any) -> dict[str, Any]:
     except TemplateTimeout as e:
         return {"problems": [f"{prefix}: checking the workflow took longer than {e.seconds:g}s"],
                 "reason": "EvaluationLimit"}
-    if problems:
+    if problems or not with_input:
         return {"problems": problems, "reason": "InvalidWorkflow"}
     _matching.clear()
     try:

@@ -88,3 +88,20 @@ def test_many_hostile_runs_at_once_leave_the_operator_serving(operator: Operator
         status = wait_finished(kubectl, namespace, name, timeout=180)
         assert status["phase"] == "Succeeded", status
     assert operator.readyz()[0] == 200
+
+
+def test_a_decision_past_its_wall_time_ends_the_run_failed(operator: OperatorProcess, kubectl: Kubectl,
+                                                           namespace: str) -> None:
+    """No single template is too slow (each filter takes ~0.1 s), but the 10,000 of one decision
+    are: the worker stops at COMPOZY_EVAL_RUN_TIMEOUT_SECONDS (10 s) and the run ends Failed."""
+    slow = "{{ range(100000) | map('string') | join | length > index }}"
+    apply(kubectl, namespace, workflow("slow-all", [
+        {"id": "each", "type": "collection", "items": "{{ range(10000) | list }}", "filter": slow,
+         "task": {"id": "f", "tool": "ok", "with": {"v": "{{ item }}"}}}], tools=TOOLS),
+          execution("slow-all-1", "slow-all"))
+    _canary(kubectl, namespace, "canary")
+    status = wait_finished(kubectl, namespace, "slow-all-1", timeout=120)
+    assert status["phase"] == "Failed", status
+    assert status["error"]["reason"] == "EvaluationLimit", status
+    assert "evaluating the run took longer than 10s" in status["error"]["message"], status
+    assert wait_finished(kubectl, namespace, "canary", timeout=120)["phase"] == "Succeeded"

@@ -132,9 +132,11 @@ def test_the_start_checks_report_the_workflow_and_input_problems() -> None:
     typed = wf({"id": "t", "tool": "t"}, input={"type": "object", "properties": {"n": {"type": "integer"}}})
 
     async def go(pool: EvalPool) -> Any:
-        return await pool.validate(bad, "spec.workflow", {}), await pool.validate(typed, "workflow.spec", {"n": "x"})
+        return (await pool.validate(bad, "spec.workflow", {}), await pool.validate(typed, "workflow.spec", {"n": "x"}),
+                await pool.validate(typed, "spec", with_input=False))
 
-    (wf_problems, wf_reason), (in_problems, in_reason) = with_pool(go)
+    (wf_problems, wf_reason), (in_problems, in_reason), alone = with_pool(go)
+    assert alone == ([], "InvalidWorkflow")  # a Workflow alone (apply): no input to check
     assert wf_reason == "InvalidWorkflow" and "tool 'nope' is not defined" in wf_problems[0]
     assert (in_problems, in_reason) == (["spec.input.n: 'x' is not of type 'integer'"], "InvalidInput")
 
