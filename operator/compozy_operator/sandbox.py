@@ -54,7 +54,7 @@ from .templates import configure
 
 log = logging.getLogger(__name__)
 HEADER = struct.Struct(">I")
-MAX_ANSWER = 64 << 20  # bytes of one worker answer
+MAX_ANSWER = 32 << 20  # bytes of one worker answer
 KILL_GRACE = 5.0  # seconds past eval_run_timeout before a worker that has not answered is killed
 START_TIMEOUT = 60.0  # seconds a new worker may take to import and say it is ready
 ENV_KEPT = ("PATH", "PYTHONPATH", "LANG", "TZ", "PYTHONHASHSEED")
@@ -369,6 +369,8 @@ class EvalPool:
             w.specs.add(key)
         if not isinstance(answer, dict):
             raise EvaluationError("the evaluation process gave a malformed answer")
+        if answer.get("retire"):  # it ran out of memory: it exits after this answer, a fresh one replaces it
+            await self._kill(w)
         if "error" in answer:
             error = answer["error"] if isinstance(answer["error"], dict) else {}
             message = str(error.get("message") or "evaluation failed")[:4000]

@@ -30,7 +30,8 @@ from .templates import TemplateTimeout
 from .validation import check_input, check_workflow
 
 PR_SET_PDEATHSIG = 1
-SPECS_KEPT = 256
+SPECS_KEPT = 64  # specs a worker keeps (the pool sends one again when asked), and their bytes at most
+SPECS_BYTES = 32 << 20
 
 
 class RunTimeout(BaseException):
@@ -129,10 +130,11 @@ def validate(wf: WorkflowSpec, prefix: str, value: Any, with_input: bool = True)
 class Worker:
     def __init__(self, limits: dict[str, Any]) -> None:
         self.limits = limits
-        self.specs: collections.OrderedDict[str, WorkflowSpec] = collections.OrderedDict()
+        self.specs: collections.OrderedDict[str, tuple[WorkflowSpec, int]] = collections.OrderedDict()
+        self.retire = False  # memory ran out during the request: answer, then make room for a fresh worker
         self.timer = _Timer(signal.ITIMER_REAL, float(limits["run_timeout"]), RunTimeout)
 
-    def handle(self, request: tuple[Any, ...]) -> dict[str, Any]:
+    def handle(self, request: tuple[Any, ...], size: int) -> dict[str, Any]:
         op, key, spec, args = request
         if op == "validate":
             with self.timer:
@@ -140,8 +142,9 @@ class Worker:
         if op != "decide":
             return {"error": {"kind": "internal", "message": f"unknown request {op!r}"}}
         if spec is not None:
-            self.specs[key] = spec
-            while len(self.specs) > SPECS_KEPT:
+            self.specs[key] = (spec, size)  # the request's size bounds the spec's
+            while len(self.specs) > SPECS_KEPT or (len(self.specs) > 1 and
+                                                   sum(n for _, n in self.specs.values()) > SPECS_BYTES):
                 self.specs.popitem(last=False)
         elif key not in self.specs:
             return {"need_spec": True}
@@ -149,15 +152,16 @@ class Worker:
         templates.scope = key
         try:
             with self.timer:
-                actions = decide(self.specs[key], *args)
+                actions = decide(self.specs[key][0], *args)
         finally:
             templates.scope = ""
         return {"ok": [encode_action(a) for a in actions]}
 
     def answer(self, body: bytes) -> bytes:
+        memory_errors = templates.memory_errors
         try:
             try:
-                result = self.handle(pickle.loads(body))  # noqa: S301 - from the operator, trusted
+                result = self.handle(pickle.loads(body), len(body))  # noqa: S301 - from the operator, trusted
             except RunTimeout:
                 result = {"error": {"kind": "limit", "message": f"evaluating the run took longer than "
                                     f"{self.limits['run_timeout']:g}s"}}
@@ -165,18 +169,22 @@ class Worker:
                 result = {"error": {"kind": "limit", "message": f"evaluating the run: a template took longer than "
                                     f"{e.seconds:g}s"}}
             except MemoryError:
+                templates.memory_errors += 1
                 result = {"error": {"kind": "limit", "message": f"evaluating the run needed more than "
                                     f"{self.limits['memory_mb']} MiB"}}
             except RecursionError:
                 result = {"error": {"kind": "limit", "message": "evaluating the run nested too deeply"}}
             except Exception as e:  # noqa: BLE001 - a bug: the operator ends the run with the message
                 result = {"error": {"kind": "internal", "message": f"{type(e).__name__}: {e}"[:2000]}}
-            out = dumps(result)
+            self.retire = templates.memory_errors != memory_errors
+            out = dumps({**result, "retire": True} if self.retire else result)
             if len(out) > MAX_ANSWER:
                 out = dumps({"error": {"kind": "limit", "message": f"the evaluation's answer is {len(out)} bytes; "
                                        f"at most {MAX_ANSWER} are allowed"}})
         except MemoryError:
-            out = b'{"error":{"kind":"limit","message":"encoding the evaluation\'s answer needed too much memory"}}'
+            self.retire = True
+            out = (b'{"retire":true,"error":{"kind":"limit","message":"encoding the evaluation\'s answer needed '
+                   b'too much memory"}}')
         return out
 
 
@@ -244,6 +252,8 @@ def main() -> None:
         except EOFError:
             return
         send(worker.answer(body))
+        if worker.retire:  # its heap may be fragmented or its caches full: the pool starts a fresh one
+            return
 
 
 if __name__ == "__main__":

@@ -67,6 +67,8 @@ guard: Callable[[str], contextlib.AbstractContextManager[Any]] = lambda where: c
 # until the status shows the failure. Empty: nothing is remembered.
 scope = ""
 _timed_out: dict[tuple[str, str, str], str] = {}
+memory_errors = 0  # MemoryErrors while rendering (a worker that had one is replaced)
+CACHED_SOURCE = 4096  # templates up to this long are compiled once; longer ones each time
 
 
 class _TooLarge(Exception):
@@ -205,14 +207,24 @@ _text = _Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newl
 _native = _NativeSandbox(undefined=StrictUndefined, autoescape=False)
 
 
-@functools.lru_cache(maxsize=2048)
-def _expression(source: str) -> Any:
+@functools.lru_cache(maxsize=1024)
+def _compiled_expression(source: str) -> Any:
     return _native.compile_expression(source, undefined_to_none=False)
 
 
-@functools.lru_cache(maxsize=2048)
-def _template(source: str) -> Any:
+@functools.lru_cache(maxsize=1024)
+def _compiled_template(source: str) -> Any:
     return _text.from_string(source)
+
+
+def _expression(source: str) -> Any:
+    if len(source) > CACHED_SOURCE:
+        return _native.compile_expression(source, undefined_to_none=False)
+    return _compiled_expression(source)
+
+
+def _template(source: str) -> Any:
+    return _text.from_string(source) if len(source) > CACHED_SOURCE else _compiled_template(source)
 
 
 _NATIVE_GLOBALS = dict(_native.globals)
@@ -287,6 +299,8 @@ def render_string(text: str, context: Mapping[str, Any], where: str = "template"
     except _TooLarge as e:
         raise TemplateLimit(where, f"{e} (in {_shown(text)})") from None
     except MemoryError:
+        global memory_errors  # noqa: PLW0603
+        memory_errors += 1
         raise TemplateLimit(where, f"the template needs more memory than allowed (in {_shown(text)})") from None
     except RecursionError:
         raise TemplateLimit(where, f"the template nests or recurses too deeply (in {_shown(text)})") from None

@@ -226,3 +226,19 @@ def test_a_template_that_ran_out_of_time_fails_at_once_on_the_next_decision() ->
     first, again, cpu = with_pool(go)
     assert first == again and first.reason == "TemplateLimit"
     assert cpu < 0.3  # not another 0.5 s of CPU
+
+
+def test_a_worker_that_ran_out_of_memory_is_replaced() -> None:
+    bomb = wf({"id": "t", "tool": "t", "with": {"v": (
+        "{% set ns = namespace(s='x' * 1000000) %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}"
+        "{{ ns.s | length }}")}})
+    ok = wf({"id": "c", "tool": "t"})
+
+    async def go(pool: EvalPool) -> Any:
+        (failed,) = await pool.decide("bomb", bomb, running(), RUN, NOW)
+        assert pool.workers == []  # retired at once
+        return failed, await pool.decide("ok", ok, running(), RUN, NOW), pool.started
+
+    failed, actions, started = with_pool(go, eval_workers=1, eval_memory_mb=150)
+    assert isinstance(failed, FailTask) and failed.reason == "TemplateLimit" and "more memory" in failed.message
+    assert isinstance(actions[0], Dispatch) and started == 2

@@ -109,7 +109,7 @@ def test_explosive_templates_are_refused_in_process(template: str, message: str)
 def test_templates_are_compiled_once() -> None:
     from compozy_operator import templates
 
-    templates._expression.cache_clear()
+    templates._compiled_expression.cache_clear()
     for n in range(50):
         assert render("{{ workflow.input.n + 1 }}", CTX) == 3
-    assert templates._expression.cache_info().misses == 1
+    assert templates._compiled_expression.cache_info().misses == 1
