@@ -46,7 +46,7 @@ class Settings:
     eval_timeout: float = field(default_factory=lambda: float(_env("COMPOZY_EVAL_TIMEOUT_SECONDS", "1")))
     eval_run_timeout: float = field(default_factory=lambda: float(_env("COMPOZY_EVAL_RUN_TIMEOUT_SECONDS", "10")))
     # memory a worker may allocate above what it needs at start (address space, MiB)
-    eval_memory_mb: int = field(default_factory=lambda: int(_env("COMPOZY_EVAL_MEMORY_MB", "256")))
+    eval_memory_mb: int = field(default_factory=lambda: int(_env("COMPOZY_EVAL_MEMORY_MB", "192")))
     # largest value one template may render (bytes), most items a collection may have
     max_rendered_bytes: int = field(default_factory=lambda: int(_env("COMPOZY_MAX_RENDERED_BYTES", str(1 << 20))))
     max_collection_items: int = field(default_factory=lambda: int(_env("COMPOZY_MAX_COLLECTION_ITEMS", "10000")))

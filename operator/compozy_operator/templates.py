@@ -94,6 +94,8 @@ def _size(value: Any, budget: int) -> int:
         elif isinstance(v, list | tuple | set | frozenset):
             total += 2 + len(v)
             stack.extend(v)
+        elif isinstance(v, int) and v.bit_length() > 14_000:  # ~4,300 digits: JSON (Python's) refuses it
+            raise _TooLarge("a number of more than 4,300 digits is not allowed")
         else:
             total += 8
     return total

@@ -91,6 +91,7 @@ def test_tasks_keeps_its_dict_methods_and_items() -> None:
     ("{{ 'x' * 10**8 }}", "repeating a str of 1 100000000 times would be larger than the limit of 1048576 bytes"),
     ("{{ [1, 2] * 10**7 }}", "repeating a list of 2 10000000 times"),
     ("{{ 10 ** 10000000 }}", "10 ** 10000000 would be larger"),
+    ("{{ 10 ** 5000 }}", "a number of more than 4,300 digits"),
     ("{{ 'x' | center(10**8) }}", "a width of 100000000"),
     ("{{ 'x'.zfill(10**8) }}", "a width of 100000000"),
     ("{{ '%10000000s' | format('x') }}", "the format '%10000000s'"),
