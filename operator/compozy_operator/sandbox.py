@@ -58,6 +58,10 @@ MAX_ANSWER = 32 << 20  # bytes of one worker answer
 KILL_GRACE = 5.0  # seconds past eval_run_timeout before a worker that has not answered is killed
 START_TIMEOUT = 60.0  # seconds a new worker may take to import and say it is ready
 ENV_KEPT = ("PATH", "PYTHONPATH", "LANG", "TZ", "PYTHONHASHSEED")
+NICE = 10  # a hostile template's CPU goes after the operator's and the task pods' (its limit counts CPU time)
+# the worker's first lines: lower its priority before it imports anything, then run the module
+BOOT = ("import os, runpy\ntry:\n    os.nice(%d)\nexcept OSError:\n    pass\n"
+        "runpy.run_module('compozy_operator.sandbox_worker', run_name='__main__', alter_sys=True)\n" % NICE)
 
 
 class EvaluationError(RuntimeError):
@@ -267,7 +271,7 @@ class EvalPool:
 
     async def _spawn(self) -> _Worker:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "compozy_operator.sandbox_worker", json.dumps(self.limits), str(os.getpid()),
+            sys.executable, "-c", BOOT, json.dumps(self.limits), str(os.getpid()),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=worker_env(), cwd="/",
             limit=1 << 16)
         w = _Worker(proc)

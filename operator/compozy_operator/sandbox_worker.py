@@ -1,4 +1,5 @@
-"""An evaluation worker: ``python -m compozy_operator.sandbox_worker LIMITS_JSON PARENT_PID``.
+"""An evaluation worker: ``python -m compozy_operator.sandbox_worker LIMITS_JSON PARENT_PID`` (the
+pool starts it through a few lines that first lower its CPU priority: ``sandbox.BOOT``).
 
 Runs workflow.Executor's ``decide`` and the start checks for the operator's evaluation pool
 (:mod:`compozy_operator.sandbox`), one request at a time: frames of a 4-byte big-endian length
@@ -131,7 +132,7 @@ class Worker:
     def __init__(self, limits: dict[str, Any]) -> None:
         self.limits = limits
         self.specs: collections.OrderedDict[str, tuple[WorkflowSpec, int]] = collections.OrderedDict()
-        self.retire = False  # memory ran out during the request: answer, then make room for a fresh worker
+        self.retire = False  # memory ran out outside a template: answer, then make room for a fresh worker
         self.timer = _Timer(signal.ITIMER_REAL, float(limits["run_timeout"]), RunTimeout)
 
     def handle(self, request: tuple[Any, ...], size: int) -> dict[str, Any]:
@@ -158,7 +159,6 @@ class Worker:
         return {"ok": [encode_action(a) for a in actions]}
 
     def answer(self, body: bytes) -> bytes:
-        memory_errors = templates.memory_errors
         try:
             try:
                 result = self.handle(pickle.loads(body), len(body))  # noqa: S301 - from the operator, trusted
@@ -168,15 +168,14 @@ class Worker:
             except TemplateTimeout as e:  # the timer of a template that had just ended
                 result = {"error": {"kind": "limit", "message": f"evaluating the run: a template took longer than "
                                     f"{e.seconds:g}s"}}
-            except MemoryError:
-                templates.memory_errors += 1
+            except MemoryError:  # outside a template (which reports its own): start afresh after answering
+                self.retire = True
                 result = {"error": {"kind": "limit", "message": f"evaluating the run needed more than "
                                     f"{self.limits['memory_mb']} MiB"}}
             except RecursionError:
                 result = {"error": {"kind": "limit", "message": "evaluating the run nested too deeply"}}
             except Exception as e:  # noqa: BLE001 - a bug: the operator ends the run with the message
                 result = {"error": {"kind": "internal", "message": f"{type(e).__name__}: {e}"[:2000]}}
-            self.retire = templates.memory_errors != memory_errors
             out = dumps({**result, "retire": True} if self.retire else result)
             if len(out) > MAX_ANSWER:
                 out = dumps({"error": {"kind": "limit", "message": f"the evaluation's answer is {len(out)} bytes; "

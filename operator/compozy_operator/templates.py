@@ -63,11 +63,10 @@ class TemplateTimeout(BaseException):
 # one that arms a CPU timer raising TemplateTimeout; in-process it does nothing.
 guard: Callable[[str], contextlib.AbstractContextManager[Any]] = lambda where: contextlib.nullcontext()
 # The run being evaluated (set by the worker per request): a template of a run that ran out of
-# time fails again at once on the next decision, instead of burning its time limit once more
+# time or memory fails again at once on the next decision, instead of burning its limit once more
 # until the status shows the failure. Empty: nothing is remembered.
 scope = ""
-_timed_out: dict[tuple[str, str, str], str] = {}
-memory_errors = 0  # MemoryErrors while rendering (a worker that had one is replaced)
+_spent: dict[tuple[str, str, str], str] = {}
 CACHED_SOURCE = 4096  # templates up to this long are compiled once; longer ones each time
 
 
@@ -277,10 +276,18 @@ def _shown(text: str) -> str:
     return repr(text if len(text) <= 200 else text[:200] + "...")
 
 
+def _spent_limit(where: str, text: str, problem: str) -> TemplateLimit:
+    if scope:
+        if len(_spent) >= 1024:
+            _spent.clear()
+        _spent[(scope, where, text)] = problem
+    return TemplateLimit(where, problem)
+
+
 def render_string(text: str, context: Mapping[str, Any], where: str = "template") -> Any:
     if "{{" not in text and "{%" not in text:
         return text
-    if scope and (known := _timed_out.get((scope, where, text))):
+    if scope and (known := _spent.get((scope, where, text))):
         raise TemplateLimit(where, known)
     try:
         with guard(where):
@@ -292,18 +299,11 @@ def render_string(text: str, context: Mapping[str, Any], where: str = "template"
                 return _check_size(value)
             return _bounded_text(_template(text).generate(**context))
     except TemplateTimeout as e:
-        problem = f"the template took longer than {e.seconds:g}s (in {_shown(text)})"
-        if scope:
-            if len(_timed_out) >= 1024:
-                _timed_out.clear()
-            _timed_out[(scope, where, text)] = problem
-        raise TemplateLimit(where, problem) from None
+        raise _spent_limit(where, text, f"the template took longer than {e.seconds:g}s (in {_shown(text)})") from None
     except _TooLarge as e:
         raise TemplateLimit(where, f"{e} (in {_shown(text)})") from None
     except MemoryError:
-        global memory_errors  # noqa: PLW0603
-        memory_errors += 1
-        raise TemplateLimit(where, f"the template needs more memory than allowed (in {_shown(text)})") from None
+        raise _spent_limit(where, text, f"the template needs more memory than allowed (in {_shown(text)})") from None
     except RecursionError:
         raise TemplateLimit(where, f"the template nests or recurses too deeply (in {_shown(text)})") from None
     except JinjaError as e:
