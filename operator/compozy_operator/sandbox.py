@@ -264,6 +264,7 @@ class EvalPool:
                 w = await self._spawn()
             finally:
                 self.starting -= 1
+                self._wake()
             self.workers.append(w)
             self._wake()
         except Exception as e:  # noqa: BLE001 - the first evaluation will try again and say why
@@ -302,6 +303,7 @@ class EvalPool:
                     w = await self._spawn()  # OSError: transient, the reconcile is retried
                 finally:
                     self.starting -= 1
+                    self._wake()  # a waiter may start one in its place if this one failed
                 w.busy = True
                 self.workers.append(w)
                 return w
@@ -309,6 +311,10 @@ class EvalPool:
             self.waiters.append(waiter)
             try:
                 await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken, then cancelled: the free worker goes to the next waiter
+                raise
             finally:
                 if waiter in self.waiters:
                     self.waiters.remove(waiter)

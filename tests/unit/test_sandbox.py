@@ -262,3 +262,15 @@ def test_a_worker_that_ran_out_of_memory_outside_a_template_retires(monkeypatch:
     answer = worker.answer(pickle.dumps(("decide", "k", wf({"id": "c", "tool": "t"}), (running(), RUN, NOW))))
     assert worker.retire
     assert answer == b'{"error":{"kind":"limit","message":"evaluating the run needed more than 150 MiB"},"retire":true}'
+
+
+def test_more_requests_than_workers_wait_their_turn() -> None:
+    w = wf({"id": "c", "tool": "t", "with": {"x": "{{ workflow.input.text }}"}})
+
+    async def go(pool: EvalPool) -> Any:
+        results = await asyncio.gather(*(pool.decide(f"k{i}", w, running(), RUN, NOW) for i in range(6)))
+        return results, pool.started, len(pool.workers)
+
+    results, started, alive = with_pool(go, eval_workers=2)
+    assert all(r == decide(w, running(), RUN, NOW) for r in results)
+    assert started == 2 and alive == 2
