@@ -5,9 +5,11 @@ Served by the operator process with Kopf's admission support (``kopf.on.validate
 creates it (and the serving certificate), the local cluster's tests register one pointing at the
 process (``testenv/admission.py``). See docs/admission.md for what is checked where.
 
-The checks are the pure functions :func:`review_workflow`, :func:`review_execution_create` and
+The checks are :func:`review_workflow`, :func:`review_execution_create` and
 :func:`review_execution_update`, built on ``validation`` (the same checks as ``compozy validate`` and
-the orchestrator's start, with the same messages: ``<field path>: <problem>``).
+the orchestrator's start, with the same messages: ``<field path>: <problem>``). What evaluates an
+author's expressions (templates, the input schema's regexes) runs in the evaluation pool, bounded
+(``sandbox.EvalPool.validate``): a catastrophic regex must not stall the operator's event loop.
 
 An object nested deeper than Python's recursion limit cannot even be parsed by Kopf's server
 (``json.loads`` raises ``RecursionError``); :class:`GuardedWebhookServer` turns that into a clear
@@ -20,18 +22,18 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp.web
 import kopf
 from pydantic import ValidationError
 
-from .api.models import GROUP, VERSION, WorkflowExecutionSpec
+from .api.models import GROUP, VERSION, WorkflowExecutionSpec, WorkflowSpec
 from .kube import ApiException, Kube
-from .orchestrator.starter import MAX_INPUT_DEPTH
+from .sandbox import EvaluationError
 from .settings import Settings
-from .validation import SpecError, check_input, check_workflow, json_depth, model_problems, parse_workflow
+from .validation import MAX_INPUT_DEPTH, SpecError, apply_defaults, json_depth, model_problems, parse_workflow
 
 log = logging.getLogger("compozy.admission")
 
@@ -49,13 +51,18 @@ REQUEST_LIMIT = 16 * 1024 * 1024  # bytes of an AdmissionReview the server reads
 JSON = dict[str, Any]
 
 
-def review_workflow(obj: JSON) -> list[str]:
+#: The evaluation pool's start checks: (workflow, field prefix, input, whether to check the input)
+#: -> (problems, reason).
+Validate = Callable[[WorkflowSpec, str, Any, bool], Awaitable[tuple[list[str], str]]]
+
+
+async def review_workflow(obj: JSON, validate: Validate) -> list[str]:
     """Problems of a Workflow, as ``compozy validate`` reports them (empty: valid)."""
     try:
         wf = parse_workflow((obj or {}).get("spec") or {})
     except SpecError as e:
         return e.problems
-    return check_workflow(wf)
+    return (await validate(wf, "spec", None, False))[0]
 
 
 def input_problems(value: Any, max_bytes: int) -> list[str]:
@@ -70,9 +77,11 @@ def input_problems(value: Any, max_bytes: int) -> list[str]:
     return []
 
 
-def review_execution_create(obj: JSON, workflow: JSON | None, max_input_bytes: int) -> list[str]:
+async def review_execution_create(obj: JSON, workflow: JSON | None, max_input_bytes: int,
+                                  validate: Validate) -> list[str]:
     """Problems of a new WorkflowExecution. ``workflow`` is the Workflow its ``workflowRef`` names
-    (None: inline, or not found; then only the execution itself is checked)."""
+    (None: inline, or not found; then only the execution itself is checked). The input is checked
+    with the schema's defaults applied, as the run's start applies them."""
     raw = (obj or {}).get("spec") or {}
     if problems := input_problems(raw.get("input"), max_input_bytes):
         return problems
@@ -81,16 +90,17 @@ def review_execution_create(obj: JSON, workflow: JSON | None, max_input_bytes: i
     except ValidationError as e:
         return model_problems(e)
     if (spec.workflow is None) == (spec.workflow_ref is None):
-        return ["exactly one of spec.workflowRef or spec.workflow must be set"]
+        return ["spec: exactly one of spec.workflowRef or spec.workflow must be set"]
     if spec.workflow is not None:
-        return [*check_workflow(spec.workflow, "spec.workflow"), *check_input(spec.workflow.input, spec.input)]
-    if workflow is None:
+        wf, prefix = spec.workflow, "spec.workflow"
+    elif workflow is None:
         return []
-    try:  # the referenced Workflow's problems, named as the run's start would name them
-        wf = parse_workflow(workflow.get("spec") or {}, "workflow.spec")
-    except SpecError as e:
-        return e.problems
-    return check_workflow(wf, "workflow.spec") or check_input(wf.input, spec.input)
+    else:
+        try:  # the referenced Workflow's problems, named as the run's start would name them
+            wf, prefix = parse_workflow(workflow.get("spec") or {}, "workflow.spec"), "workflow.spec"
+        except SpecError as e:
+            return e.problems
+    return (await validate(wf, prefix, apply_defaults(wf.input, spec.input), True))[0]
 
 
 def review_execution_update(old: JSON, new: JSON) -> list[str]:
@@ -166,7 +176,8 @@ def webhook_server(settings: Settings) -> GuardedWebhookServer:
 
 # -- Kopf wiring -------------------------------------------------------------------------------
 
-def register(registry: kopf.OperatorRegistry, settings: Settings, kube: Callable[[], Kube]) -> None:
+def register(registry: kopf.OperatorRegistry, settings: Settings, kube: Callable[[], Kube],
+             validate: Callable[[], Validate]) -> None:
     """The two validating handlers, and the server (set at startup by :func:`configure`)."""
 
     @kopf.on.validate(GROUP, VERSION, "workflows", id=WORKFLOW_HOOK, registry=registry)
@@ -174,7 +185,11 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, kube: Callable
         new = dict(body)
         if operation == "UPDATE" and not spec_changed(dict(old) if old else None, new):
             return  # metadata only: a Workflow stored before the webhook was on may still be relabelled
-        if problems := review_workflow(new):
+        try:
+            problems = await review_workflow(new, validate())
+        except EvaluationError as e:
+            raise kopf.AdmissionError(f"could not check the Workflow: {e}", code=422) from None
+        if problems:
             raise kopf.AdmissionError(refusal(problems), code=422)
 
     @kopf.on.validate(GROUP, VERSION, "workflowexecutions", id=EXECUTION_HOOK, registry=registry)
@@ -185,7 +200,10 @@ def register(registry: kopf.OperatorRegistry, settings: Settings, kube: Callable
             problems = review_execution_update(dict(old) if old else {}, new)
         else:
             workflow = await _referenced_workflow(kube(), new, warnings)
-            problems = review_execution_create(new, workflow, settings.max_input_bytes)
+            try:
+                problems = await review_execution_create(new, workflow, settings.max_input_bytes, validate())
+            except EvaluationError as e:
+                raise kopf.AdmissionError(f"could not check the WorkflowExecution: {e}", code=422) from None
         if problems:
             raise kopf.AdmissionError(refusal(problems), code=422)
 

@@ -133,10 +133,15 @@ class Operator:
         self.state = StateManager(self.bus, self.kube, self.orchestrator.reconcile, settings.state_batch,
                                   settings.status_defer)
         self.jetstream = JetStreamCheck(self.bus, self.state)
-        self.workflow_status = WorkflowStatus(self.kube)
+        self.workflow_status = WorkflowStatus(self.kube, self.evaluate)
         self.http = HttpServer(settings.http_port, self.readiness)
         self.loops = [Supervised("state manager", self.state.run), Supervised("JetStream check", self.jetstream.run)]
         self.nats_ready = False
+
+    def evaluate(self) -> admission.Validate:
+        """The evaluation pool's start checks, for the webhook (its first worker starts now)."""
+        self.orchestrator.pool.start()
+        return self.orchestrator.pool.validate
 
     def readiness(self) -> tuple[bool, str]:
         if not self.nats_ready:
@@ -232,7 +237,7 @@ def build_registry(op_ref: dict[str, Operator], app_settings: Settings) -> kopf.
             await op_ref["op"].workflow_status.sync(_plain(body))
 
     if app_settings.webhook_enabled:
-        admission.register(registry, app_settings, lambda: op_ref["op"].kube)
+        admission.register(registry, app_settings, lambda: op_ref["op"].kube, lambda: op_ref["op"].evaluate())
 
     if app_settings.watch_nodes:
         @kopf.on.event("", "v1", "nodes", registry=registry)

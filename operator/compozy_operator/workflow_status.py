@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from .admission import review_workflow
+from .admission import Validate, review_workflow
 from .api.models import GROUP, VERSION
 from .kube import ApiException, Kube
+from .sandbox import EvaluationError
 
 log = logging.getLogger("compozy.workflow_status")
 READY = "Ready"
@@ -68,15 +70,17 @@ def status_patch(obj: JSON, problems: list[str], now: str) -> JSON | None:
 class WorkflowStatus:
     """The I/O around :func:`status_patch`: check the spec, patch the status subresource."""
 
-    def __init__(self, kube: Kube) -> None:
-        self.kube = kube
+    def __init__(self, kube: Kube, validate: Callable[[], Validate]) -> None:
+        self.kube, self.validate = kube, validate
 
     async def sync(self, obj: JSON) -> None:
         meta = obj.get("metadata") or {}
         try:
-            problems = review_workflow(obj)
+            problems = await review_workflow(obj, self.validate())
         except RecursionError:  # a spec nested deeper than Python's limit
             problems = ["spec: nested too deep to check"]
+        except EvaluationError as e:
+            problems = [f"spec: could not be checked: {e}"]
         patch = status_patch(obj, problems, _now())
         if patch is None:
             return

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from compozy_operator import admission
 from compozy_operator.api import crd
+from compozy_operator.sandbox import EvalPool
+from compozy_operator.settings import Settings
 from compozy_operator.workflow_status import desired_status, status_patch
+
+# the start checks in this process (a pool of no workers), as the webhook runs them in a worker
+VALIDATE = EvalPool(Settings(eval_workers=0)).validate
+
+
+def review_workflow(obj: dict) -> list[str]:
+    return asyncio.run(admission.review_workflow(obj, VALIDATE))
+
+
+def review_execution_create(obj: dict, workflow: dict | None, max_bytes: int) -> list[str]:
+    return asyncio.run(admission.review_execution_create(obj, workflow, max_bytes, VALIDATE))
 
 T = {"id": "t", "python": "def run(i, c):\n    return {}\n"}
 WF = {"metadata": {"name": "w", "namespace": "n", "generation": 3},
@@ -19,23 +33,23 @@ def _exec(**spec: object) -> dict:
 
 
 def test_workflow_problems_are_validates() -> None:
-    assert admission.review_workflow(WF) == []
+    assert review_workflow(WF) == []
     bad = {"spec": {"tools": [T], "tasks": [{"id": "a", "tool": "nope"}]}}
-    assert admission.review_workflow(bad) == ["spec.tasks[0] (a).tool: tool 'nope' is not defined in spec.tools"]
-    assert admission.review_workflow({"spec": {"tasks": "x"}})[0].startswith("spec.tasks")
+    assert review_workflow(bad) == ["spec.tasks[0] (a).tool: tool 'nope' is not defined in spec.tools"]
+    assert review_workflow({"spec": {"tasks": "x"}})[0].startswith("spec.tasks")
 
 
 def test_execution_input_against_the_referenced_workflow() -> None:
     ref = {"name": "w"}
-    assert admission.review_execution_create(_exec(workflowRef=ref, input={"n": 1}), WF, 1000) == []
-    assert admission.review_execution_create(_exec(workflowRef=ref, input={"n": "x"}), WF, 1000) == [
+    assert review_execution_create(_exec(workflowRef=ref, input={"n": 1}), WF, 1000) == []
+    assert review_execution_create(_exec(workflowRef=ref, input={"n": "x"}), WF, 1000) == [
         "spec.input.n: 'x' is not of type 'integer'"]
-    assert admission.review_execution_create(_exec(workflowRef=ref, input={}), None, 1000) == []  # not found: a warning
+    assert review_execution_create(_exec(workflowRef=ref, input={}), None, 1000) == []  # not found: a warning
     broken = {"spec": {"tools": [T], "tasks": [{"id": "a", "tool": "nope"}]}}
-    assert admission.review_execution_create(_exec(workflowRef=ref), broken, 1000) == [
+    assert review_execution_create(_exec(workflowRef=ref), broken, 1000) == [
         "workflow.spec.tasks[0] (a).tool: tool 'nope' is not defined in spec.tools"]
     inline = _exec(workflow={"tools": [T], "tasks": [{"id": "a", "tool": "nope"}]})
-    assert admission.review_execution_create(inline, None, 1000) == [
+    assert review_execution_create(inline, None, 1000) == [
         "spec.workflow.tasks[0] (a).tool: tool 'nope' is not defined in spec.tools"]
 
 
@@ -93,3 +107,25 @@ def test_workflow_status_is_written_only_when_it_changes() -> None:
     again = status_patch(newer, [], "T4")  # same verdict, new generation: observedGeneration moves, the time does not
     assert again is not None and again["status"]["observedGeneration"] == 4
     assert again["status"]["conditions"][0]["lastTransitionTime"] == "T1"
+
+
+def test_a_catastrophic_regex_is_checked_in_a_bounded_worker_not_in_the_operator() -> None:
+    """Issue 11.2 at apply: a ReDoS pattern on a hostile input must not stall the webhook's loop."""
+    import time
+
+    wf = {"spec": {"tools": [T], "tasks": [{"id": "a", "tool": "t"}],
+                   "input": {"type": "object", "properties": {"s": {"type": "string", "pattern": "^(a+)+$"}}}}}
+    pool = EvalPool(Settings(eval_workers=1, eval_timeout=0.5))
+
+    async def check() -> tuple[list[str], float]:
+        started = time.monotonic()
+        try:
+            problems = await admission.review_execution_create(
+                _exec(workflowRef={"name": "w"}, input={"s": "a" * 40 + "!"}), wf, 10**6, pool.validate)
+        finally:
+            await pool.close()
+        return problems, time.monotonic() - started
+
+    problems, seconds = asyncio.run(check())
+    assert problems == ["spec.input.s: matching the input schema's pattern '^(a+)+$' took longer than 0.5s"]
+    print(f"refused in {seconds:.2f}s (2^40 steps unbounded)")
