@@ -100,6 +100,23 @@ def _size(value: Any, budget: int) -> int:
     return total
 
 
+def _given(value: Any, context: Mapping[str, Any], budget: int = 1_000_000) -> bool:
+    """Whether ``value`` is itself one of the context's values (``{{ tasks.make.output.blob }}``):
+    passing a large input or output on is no new data, whatever its size. Visits at most ``budget``
+    values (only asked about a value past the limit)."""
+    stack: list[Any] = list(context.values())
+    while stack and budget > 0:
+        budget -= 1
+        v = stack.pop()
+        if v is value:
+            return True
+        if isinstance(v, Mapping):
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+    return False
+
+
 def _check_size(value: Any, what: str = "the rendered value") -> Any:
     if _size(value, LIMITS.rendered_bytes) > LIMITS.rendered_bytes:
         raise _too_large(what)
@@ -296,7 +313,8 @@ def render_string(text: str, context: Mapping[str, Any], where: str = "template"
                 value = _evaluate(single.group("expr"), context)
                 if isinstance(value, Undefined):
                     str(value)  # raises UndefinedError with the name that is missing
-                return _check_size(value)
+                return value if _size(value, LIMITS.rendered_bytes) <= LIMITS.rendered_bytes or \
+                    _given(value, context) else _check_size(value)
             return _bounded_text(_template(text).generate(**context))
     except TemplateTimeout as e:
         raise _spent_limit(where, text, f"the template took longer than {e.seconds:g}s (in {_shown(text)})") from None

@@ -114,3 +114,17 @@ def test_templates_are_compiled_once() -> None:
     for n in range(50):
         assert render("{{ workflow.input.n + 1 }}", CTX) == 3
     assert templates._compiled_expression.cache_info().misses == 1
+
+
+def test_a_large_value_of_the_context_is_passed_on_but_not_made() -> None:
+    from compozy_operator.templates import TemplateLimit
+
+    big = {"blob": "b" * 2_000_000, "rows": [{"v": "r" * 100}] * 20_000}
+    ctx = {**CTX, "tasks": {"make": {"output": big}}, "workflow": {"input": {"text": "t" * 600_000}}}
+    assert render("{{ tasks.make.output.blob }}", ctx) is big["blob"]
+    assert render("{{ tasks.make.output }}", ctx) is big
+    assert render("{{ tasks.make.output.rows }}", ctx) is big["rows"]
+    with pytest.raises(TemplateLimit, match="the rendered value would be larger than the limit"):
+        render("{{ workflow.input.text ~ workflow.input.text }}", ctx)
+    with pytest.raises(TemplateLimit, match="the rendered text would be larger than the limit"):
+        render("{{ tasks.make.output.blob }}!", ctx)
