@@ -114,6 +114,8 @@ def _apply(s: WorkflowExecutionStatus, event: Event, seq: int) -> WorkflowExecut
     except ValueError:
         return s
     data = event.data
+    if etype in (EventType.WORKFLOW_STARTED, *_WORKFLOW_END) and isinstance(data.get("generation"), int):
+        s.observed_generation = max(s.observed_generation or 0, data["generation"])  # the spec acted on
     if etype == EventType.WORKFLOW_STARTED:
         s.workflow = s.workflow or data.get("workflow")
         s.started_at = s.started_at or event.time

@@ -287,7 +287,8 @@ def apply_defaults(schema: Any, value: Any) -> Any:
 
     A missing input (None) takes the schema's own ``default``, else ``{}`` when the schema is an
     object with defaults to fill. Missing properties take their ``default``; present ones that are
-    objects (arrays: their items) get their own defaults, level by level. ``allOf`` branches are
+    objects (arrays: their items) get their own defaults, level by level, and so does a default
+filled in (``opts: {default: {}}`` gets the defaults of ``opts``'s properties). ``allOf`` branches are
     applied in turn; ``anyOf``/``oneOf``/``if`` are left alone (which branch applies is not known
     before validation). A present value is never replaced, even ``null``. Defaults are taken as
     written: they are not validated here (the validation that follows sees them)."""
@@ -301,7 +302,7 @@ def _defaults(schema: Any, value: Any, depth: int) -> Any:
     if not isinstance(schema, dict) or depth > _MAX_DEFAULT_DEPTH:
         return value
     if value is None and "default" in schema:
-        return copy.deepcopy(schema["default"])
+        value = copy.deepcopy(schema["default"])  # then its own missing properties' defaults, below
     props = schema.get("properties")
     if value is None and isinstance(props, dict) and any(
             isinstance(p, dict) and "default" in p for p in props.values()) and schema.get("type") == "object":
@@ -313,7 +314,7 @@ def _defaults(schema: Any, value: Any, depth: int) -> Any:
                 if name in out:
                     out[name] = out[name] if out[name] is None else _defaults(sub, out[name], depth + 1)
                 elif isinstance(sub, dict) and "default" in sub:
-                    out[name] = copy.deepcopy(sub["default"])
+                    out[name] = _defaults(sub, None, depth + 1)
         value = out
     elif isinstance(value, list):
         items = schema.get("items")

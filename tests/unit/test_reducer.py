@@ -213,3 +213,12 @@ def test_waiting_news_of_an_attempt_that_already_started_changes_nothing() -> No
     waiting = ev(EventType.TASK_POD_WAITING, "a", 1, reason="ImagePullBackOff", message="back-off")
     s = run(HAPPY[0], HAPPY[1], HAPPY[2], waiting)
     assert s.tasks["a"].message is None and s.message == "running"
+
+
+def test_observed_generation_is_the_spec_acted_on() -> None:
+    """Issue 11.5: written at the start (generation 1) and by an end caused by a change (cancel: 2)."""
+    s = run(ev(EventType.WORKFLOW_STARTED, workflow="w", taskCount=1, generation=1))
+    assert s.observed_generation == 1
+    s = fold(s, ev(EventType.WORKFLOW_CANCELLED, error={"reason": "Cancelled"}, generation=2), 5)
+    assert s.observed_generation == 2
+    assert fold(s, ev(EventType.WORKFLOW_STARTED, workflow="w", taskCount=1, generation=1), 6).observed_generation == 2

@@ -251,3 +251,12 @@ def test_duplicate_tool_ids_are_refused() -> None:
     wf = parse_workflow({"tools": [{"id": "t", "python": "x"}, {"id": "t", "command": ["true"]}],
                          "tasks": [{"id": "a", "tool": "t"}]})
     assert "spec.tools[1] (t).id: duplicate tool id 't'" in check_workflow(wf)
+
+
+def test_a_default_filled_in_gets_its_own_properties_defaults() -> None:
+    from compozy_operator.validation import apply_defaults
+
+    schema = {"type": "object", "properties": {
+        "opts": {"type": "object", "default": {}, "properties": {"n": {"type": "integer", "default": 3}}}}}
+    assert apply_defaults(schema, {}) == {"opts": {"n": 3}}
+    assert apply_defaults(schema, {"opts": {"n": 1}}) == {"opts": {"n": 1}}

@@ -75,6 +75,8 @@ class Orchestrator:
         self.pool.start()
         run = self.runs.setdefault(meta["uid"], Run(meta["uid"], meta["namespace"], meta["name"]))
         run.obj = obj
+        if isinstance(meta.get("generation"), int):  # a handed-over copy may be older than the watch's
+            run.generation = max(run.generation or 0, meta["generation"])
         run.cancel = run.cancel or bool((obj.get("spec") or {}).get("cancel"))
         async with run.lock:
             if facts is None:
@@ -232,7 +234,8 @@ class Orchestrator:
         if f.phase == "Succeeded":
             key = f"{output_prefix(run.namespace, run.name, run.uid)}_workflow/output"
             result = await self.bus.output_fields(key, f.output, self.settings.output_inline_limit)
-            event = make_event(EventType.WORKFLOW_SUCCESS, SOURCE, run.namespace, run.name, run.uid, **result)
+            event = make_event(EventType.WORKFLOW_SUCCESS, SOURCE, run.namespace, run.name, run.uid,
+                               generation=run.generation, **result)
         else:
             await self.cleanup.stop_in_flight(run, status)
             event = self._end_event(run, f)
@@ -246,4 +249,4 @@ class Orchestrator:
         error = f.error.dump() if f.error else {}
         if error.get("message"):
             error = {**error, "message": error["message"][:MAX_MESSAGE]}
-        return make_event(etype, SOURCE, run.namespace, run.name, run.uid, error=error)
+        return make_event(etype, SOURCE, run.namespace, run.name, run.uid, error=error, generation=run.generation)

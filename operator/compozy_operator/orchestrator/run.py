@@ -34,6 +34,7 @@ class Run:
     loaded: bool = False
     cancel: bool = False  # spec.cancel was seen (sticky: a stale copy of the object cannot undo it)
     obj: dict[str, Any] = field(default_factory=dict)  # the latest object seen, for timers
+    generation: int | None = None  # the highest metadata.generation seen: the spec acted on
     outputs: dict[str, Any] = field(default_factory=dict)  # object-store values already fetched
     limits: dict[str, tuple[str, int]] | None = None  # child key prefix -> (parent, maxWorkers)
     pods: set[tuple[str, int]] = field(default_factory=set)  # (task key, attempt) whose pod exists or existed

@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from nats.js.errors import NotFoundError
+from pydantic import ValidationError
 
 from ..api.models import (GROUP, VERSION, OutputRef, Snapshot, WorkflowExecutionSpec, WorkflowExecutionStatus,
                           WorkflowSpec, parse_duration)
@@ -26,11 +27,10 @@ from ..pods import ANNOTATION_TASK, LABEL_ATTEMPT, LABEL_EXECUTION, LABEL_TASK, 
 from ..reducer import fold_all
 from ..sandbox import EvalPool, EvaluationError
 from ..settings import Settings
-from ..validation import SpecError, json_depth, parse_workflow
+from ..validation import MAX_INPUT_DEPTH, SpecError, apply_defaults, json_depth, model_problems, parse_workflow
 from .run import SOURCE, Run
 
 log = logging.getLogger(__name__)
-MAX_INPUT_DEPTH = 64
 
 
 class SnapshotLost(RuntimeError):
@@ -42,13 +42,15 @@ class Starter:
         self.settings, self.kube, self.bus, self.pool = settings, kube, bus, pool
 
     async def start(self, run: Run, obj: dict[str, Any]) -> None:
-        """Resolve and validate the workflow; publish Started, or Failed naming the field."""
+        """Resolve and validate the workflow; publish Started, or Failed naming the field. The run's
+        input is ``spec.input`` with the defaults of the workflow's input schema filled in."""
         problems: list[str] = []
         try:
             wf_name, wf, spec = await self._resolve(obj)
+            value = apply_defaults(wf.input, spec.input)
             # the workflow's checks, then the input's (its schema's regexes are untrusted): in the pool
             problems, reason = await self.pool.validate(wf, "spec.workflow" if spec.workflow else "workflow.spec",
-                                                        spec.input)
+                                                        value)
         except SpecError as e:
             problems, reason = e.problems, "InvalidSpec"
         except EvaluationError as e:  # the checks killed their worker: the run cannot start
@@ -61,16 +63,17 @@ class Starter:
         prefix = output_prefix(run.namespace, run.name, run.uid)
         inline = self.settings.output_inline_limit
         snapshot = {**_renamed(await self.bus.output_fields(f"{prefix}_snapshot/spec", wf.dump(), inline), "spec"),
-                    **_renamed(await self.bus.output_fields(f"{prefix}_snapshot/input", spec.input, inline), "input")}
+                    **_renamed(await self.bus.output_fields(f"{prefix}_snapshot/input", value, inline), "input")}
         started = make_event(EventType.WORKFLOW_STARTED, SOURCE, run.namespace, run.name, run.uid,
-                             workflow=wf_name, taskCount=len(wf.tasks), timeoutSeconds=timeout_s, **snapshot)
+                             workflow=wf_name, taskCount=len(wf.tasks), timeoutSeconds=timeout_s,
+                             generation=run.generation, **snapshot)
         try:
             await run.publish(self.bus, started)
         except PayloadTooLarge as e:  # e.g. a huge workflow name; everything large is stored apart
             await self._refuse(run, "PayloadTooLarge", str(e))
             return
         run.spec = wf
-        run.context = RunContext(execution=run.name, input=spec.input, timeout=timeout_s)
+        run.context = RunContext(execution=run.name, input=value, timeout=timeout_s)
         await self.bus.emit_log(run.namespace, run.name, "orchestrator", "info",
                                 f"started workflow {wf_name} ({len(wf.tasks)} tasks)")
 
@@ -86,8 +89,8 @@ class Starter:
             raise SpecError([f"spec.input: nested {depth} levels deep; at most {MAX_INPUT_DEPTH} are allowed"])
         try:
             spec = WorkflowExecutionSpec.model_validate(raw)
-        except Exception as e:  # pydantic ValidationError
-            raise SpecError([f"spec: {e}"]) from None
+        except ValidationError as e:
+            raise SpecError(model_problems(e)) from None
         if spec.workflow is not None:
             return "<inline>", spec.workflow, spec
         if spec.workflow_ref is None:
