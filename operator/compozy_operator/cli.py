@@ -139,10 +139,15 @@ def dev_demo(args: argparse.Namespace) -> int:
     return run_demo(args.keep)
 
 
+VALIDATE_SECONDS = 2.0  # CPU seconds one input check of `compozy validate` may take
+
+
 def validate(args: argparse.Namespace) -> int:
     """Exit 0: valid (warnings allowed); 1: errors; 2: usage (argparse)."""
     from .manifests import validate as check
+    from .sandbox_worker import install_guard
 
+    install_guard(VALIDATE_SECONDS)  # an input schema's regex may backtrack for hours on a bad input
     report = check(args.targets, strict=args.strict)
     for finding in report.findings:
         print(finding, file=sys.stderr)

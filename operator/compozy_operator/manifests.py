@@ -34,8 +34,9 @@ from yaml.resolver import BaseResolver
 from yaml.scanner import Scanner
 
 from .api.models import API_VERSION, GROUP, WorkflowExecutionSpec, WorkflowSpec
+from .sandbox_worker import input_check
 from .validation import (
-    MAX_INPUT_DEPTH, SpecError, _loc, apply_defaults, check_input, check_workflow, json_depth, model_problems,
+    MAX_INPUT_DEPTH, SpecError, _loc, apply_defaults, check_workflow, json_depth, model_problems,
     parse_workflow, workflow_warnings,
 )
 
@@ -604,7 +605,7 @@ class _Check:
                 self.add(doc, severity, f"spec.workflowRef: Workflow {name!r} not in the given files: input not "
                                         "checked against its schema")
                 return
-        for p in check_input(wf.input, apply_defaults(wf.input, spec.input)):
+        for p in input_check(wf.input, apply_defaults(wf.input, spec.input))["problems"]:  # bounded if guarded
             self.add(doc, ERROR, p)
 
     def finish(self) -> Report:

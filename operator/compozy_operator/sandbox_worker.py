@@ -110,10 +110,16 @@ def validate(wf: WorkflowSpec, prefix: str, value: Any, with_input: bool = True)
                 "reason": "EvaluationLimit"}
     if problems or not with_input:
         return {"problems": problems, "reason": "InvalidWorkflow"}
+    return input_check(wf.input, value)
+
+
+def input_check(schema: Any, value: Any) -> dict[str, Any]:
+    """The input against its schema, under ``templates.guard``: a pattern that backtracks past the
+    limit is named with the field it was matching (reason ``EvaluationLimit``)."""
     _matching.clear()
     try:
         with templates.guard("spec.input"):
-            problems = check_input(wf.input, value)
+            problems = check_input(schema, value)
     except (TemplateTimeout, MemoryError, RecursionError) as e:
         where = _path_of(value, _matching["instance"], "spec.input") if "instance" in _matching else "spec.input"
         what = f"matching the input schema's pattern {str(_matching.get('pattern'))[:100]!r}" \
@@ -123,6 +129,15 @@ def validate(wf: WorkflowSpec, prefix: str, value: Any, with_input: bool = True)
     finally:
         _matching.clear()
     return {"problems": problems, "reason": "InvalidInput"}
+
+
+def install_guard(seconds: float) -> None:
+    """Bound this process's templates and input checks by ``seconds`` of CPU each (main thread
+    only: the timer's signal is delivered there). The workers do it; so does ``compozy validate``."""
+    guard = _Timer(signal.ITIMER_PROF, seconds, lambda: TemplateTimeout(seconds))
+    templates.guard = guard
+    signal.signal(signal.SIGPROF, guard.fire)
+    _watch_patterns()
 
 
 # ---- the loop ---------------------------------------------------------------------------
@@ -230,13 +245,9 @@ def main() -> None:
     os.dup2(2, 1)  # stray prints go to stderr, never into the channel
     sys.stdout = sys.stderr
     templates.configure(int(limits["rendered_bytes"]), int(limits["collection_items"]))
-    seconds = float(limits["timeout"])
-    guard = _Timer(signal.ITIMER_PROF, seconds, lambda: TemplateTimeout(seconds))
-    templates.guard = guard
+    install_guard(float(limits["timeout"]))
     worker = Worker(limits)
-    signal.signal(signal.SIGPROF, guard.fire)
     signal.signal(signal.SIGALRM, worker.timer.fire)
-    _watch_patterns()
     _limit_memory(int(limits["memory_mb"]))
 
     def send(data: bytes) -> None:

@@ -216,3 +216,24 @@ def test_not_ours_is_skipped_and_nan_is_not() -> None:
     assert [f.message for f in report.findings] == [
         "apiVersion: 'compozy.dev/v1beta9' is not served (use compozy.dev/v1alpha1)"]
     assert math.isnan(go_resolve(".nan"))
+
+
+def test_validate_bounds_a_catastrophic_regex(tmp_path) -> None:
+    """`compozy validate` ran forever on a ReDoS pattern with a hostile input; now 2 s of CPU."""
+    from compozy_operator.cli import main
+
+    path = tmp_path / "redos.yaml"
+    path.write_text("""apiVersion: compozy.dev/v1alpha1
+kind: Workflow
+metadata: {name: w}
+spec:
+  input: {type: object, properties: {s: {type: string, pattern: '^(a+)+$'}}}
+  tools: [{id: t, command: ["true"]}]
+  tasks: [{id: a, tool: t}]
+---
+apiVersion: compozy.dev/v1alpha1
+kind: WorkflowExecution
+metadata: {name: e}
+spec: {workflowRef: {name: w}, input: {s: 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!'}}
+""")
+    assert main(["validate", str(path)]) == 1
