@@ -19,7 +19,6 @@ refusal instead of an HTTP 500 (which the API server would report as "failed cal
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -33,7 +32,7 @@ from .api.models import GROUP, VERSION, WorkflowExecutionSpec, WorkflowSpec
 from .kube import ApiException, Kube
 from .sandbox import EvaluationError
 from .settings import Settings
-from .validation import MAX_INPUT_DEPTH, SpecError, apply_defaults, json_depth, model_problems, parse_workflow
+from .validation import MAX_INPUT_DEPTH, SpecError, apply_defaults, input_problems, model_problems, parse_workflow
 
 log = logging.getLogger("compozy.admission")
 
@@ -63,18 +62,6 @@ async def review_workflow(obj: JSON, validate: Validate) -> list[str]:
     except SpecError as e:
         return e.problems
     return (await validate(wf, "spec", None, False))[0]
-
-
-def input_problems(value: Any, max_bytes: int) -> list[str]:
-    """Depth (counted without recursion), then size of an execution's ``spec.input``."""
-    depth = json_depth(value)
-    if depth > MAX_INPUT_DEPTH:
-        return [f"spec.input: nested {depth} levels deep; at most {MAX_INPUT_DEPTH} are allowed"]
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
-    if size > max_bytes:
-        return [f"spec.input: {size} bytes of JSON; at most {max_bytes} are allowed "
-                "(pass a reference to large data, such as a URL, instead of the data)"]
-    return []
 
 
 async def review_execution_create(obj: JSON, workflow: JSON | None, max_input_bytes: int,

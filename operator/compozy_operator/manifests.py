@@ -36,7 +36,7 @@ from yaml.scanner import Scanner
 from .api.models import API_VERSION, GROUP, WorkflowExecutionSpec, WorkflowSpec
 from .sandbox_worker import input_check
 from .validation import (
-    MAX_INPUT_DEPTH, SpecError, _loc, apply_defaults, check_workflow, json_depth, model_problems,
+    MAX_INPUT_BYTES, SpecError, apply_defaults, check_workflow, input_problems, model_problems, name_problems,
     parse_workflow, workflow_warnings,
 )
 
@@ -526,6 +526,8 @@ class _Check:
         meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
         if not meta.get("name") and not meta.get("generateName"):
             self.add(doc, ERROR, "metadata.name: a name (or generateName, with kubectl create) is required")
+        for problem in name_problems(meta):
+            self.add(doc, ERROR, problem)
         if kind == "Workflow":
             self.workflow(doc, meta)
         elif kind == "WorkflowExecution":
@@ -573,9 +575,10 @@ class _Check:
     def execution(self, doc: Document) -> None:
         raw = doc.value.get("spec")
         meta = doc.value.get("metadata") if isinstance(doc.value.get("metadata"), dict) else {}
-        depth = json_depth(raw.get("input")) if isinstance(raw, dict) else 0
-        if depth > MAX_INPUT_DEPTH:
-            self.add(doc, ERROR, f"spec.input: nested {depth} levels deep; at most {MAX_INPUT_DEPTH} are allowed")
+        problems = input_problems(raw.get("input"), MAX_INPUT_BYTES) if isinstance(raw, dict) else []
+        for problem in problems:
+            self.add(doc, ERROR, problem)
+        if problems:
             return
         try:
             spec = WorkflowExecutionSpec.model_validate(raw if raw is not None else {})

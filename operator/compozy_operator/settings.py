@@ -69,7 +69,7 @@ class Settings:
     webhook_cert_file: str = field(default_factory=lambda: _env("COMPOZY_WEBHOOK_CERT_FILE", "/etc/compozy/webhook/tls.crt"))
     webhook_key_file: str = field(default_factory=lambda: _env("COMPOZY_WEBHOOK_KEY_FILE", "/etc/compozy/webhook/tls.key"))
     # an execution's spec.input larger than this (bytes of compact JSON) is refused at apply
-    max_input_bytes: int = field(default_factory=lambda: int(_env("COMPOZY_MAX_INPUT_BYTES", str(1024 * 1024))))
+    max_input_bytes: int = field(default_factory=lambda: int(_env("COMPOZY_MAX_INPUT_BYTES", str(1 << 20))))
 
     def nats_ca(self) -> str | None:
         """The CA's PEM text, or None (then the system's trust store verifies a TLS server)."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import re
 from typing import Any
 
 import jsonschema
@@ -22,6 +24,9 @@ _FIELDS: dict[str, set[str]] = {
 }
 SUPPORTED_TYPES = set(_FIELDS)
 MAX_INPUT_DEPTH = 64  # deepest execution input accepted (JSON levels)
+MAX_INPUT_BYTES = 1024 * 1024  # largest execution input accepted at apply (bytes of compact JSON; a setting)
+# metadata.name of our objects: a DNS subdomain (RFC 1123), as the API server requires
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 class SpecError(ValueError):
@@ -98,6 +103,26 @@ def _schema_problem(schema: dict[str, Any] | None, where: str) -> list[str]:
     except jsonschema.SchemaError as e:
         return [f"{where}: not a valid JSON Schema: {e.message}"]
     return []
+
+
+# Kubernetes' resource.Quantity syntax (k8s.io/apimachinery/pkg/api/resource), as the API server checks it
+_QUANTITY = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?$")
+
+
+def _resources_problems(resources: dict[str, Any] | None, where: str) -> list[str]:
+    """A tool's ``resources`` as the API server would check them in the pod (else every attempt's
+    pod is refused at run time)."""
+    problems = []
+    for key, value in (resources or {}).items():
+        if key not in ("limits", "requests"):
+            problems.append(f"{where}.{key}: unknown field (resources have limits and requests)")
+        elif not isinstance(value, dict):
+            problems.append(f"{where}.{key}: must be a map of resource name to quantity")
+        else:
+            problems += [f"{where}.{key}.{name}: {q!r} is not a Kubernetes quantity (e.g. 512Mi, 2, 500m)"
+                         for name, q in value.items() if not (isinstance(q, str | int | float) and not
+                                                               isinstance(q, bool) and _QUANTITY.match(str(q)))]
+    return problems
 
 
 def _check_agents(wf: WorkflowSpec, prefix: str, tools: set[str]) -> list[str]:
@@ -245,6 +270,7 @@ def check_workflow(wf: WorkflowSpec, prefix: str = "spec") -> list[str]:
         if bool(tool.python) == bool(tool.command):
             problems.append(f"{prefix}.tools[{j}] ({tool.id}): a tool needs exactly one of python or command")
         problems += _schema_problem(tool.input_schema, f"{prefix}.tools[{j}] ({tool.id}).inputSchema")
+        problems += _resources_problems(tool.resources, f"{prefix}.tools[{j}] ({tool.id}).resources")
     problems += _check_agents(wf, prefix, tools)
     if not problems:  # the graph check needs every reference resolved
         dead = _dead_ends(wf)
@@ -338,3 +364,28 @@ def json_depth(value: Any) -> int:
             depth += 1
         level = nested
     return depth
+
+
+def input_problems(value: Any, max_bytes: int | None = None) -> list[str]:
+    """An execution's ``spec.input``: its depth (counted without recursion), then, when
+    ``max_bytes`` is given (at apply), its size."""
+    depth = json_depth(value)
+    if depth > MAX_INPUT_DEPTH:
+        return [f"spec.input: nested {depth} levels deep; at most {MAX_INPUT_DEPTH} are allowed"]
+    if max_bytes is not None:
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        if size > max_bytes:
+            return [f"spec.input: {size} bytes of JSON; at most {max_bytes} are allowed "
+                    "(pass a reference to large data, such as a URL, instead of the data)"]
+    return []
+
+
+def name_problems(meta: dict[str, Any]) -> list[str]:
+    """``metadata.name`` as the API server checks it (a DNS subdomain)."""
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        return []
+    if len(name) > 253 or not _NAME.match(name):
+        return [f"metadata.name: {name[:80]!r} is not a valid name: lowercase letters, digits, '-' and '.', "
+                "starting and ending with a letter or digit, at most 253 characters"]
+    return []

@@ -237,3 +237,19 @@ metadata: {name: e}
 spec: {workflowRef: {name: w}, input: {s: 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!'}}
 """)
     assert main(["validate", str(path)]) == 1
+
+
+def test_validate_checks_names_and_input_size_as_the_cluster_does(tmp_path) -> None:
+    from compozy_operator.cli import main
+
+    doc = ("apiVersion: compozy.dev/v1alpha1\nkind: WorkflowExecution\nmetadata: {name: NAME}\n"
+           "spec: {workflow: {tools: [{id: t, command: ['true']}], tasks: [{id: a, tool: t}]}, input: INPUT}\n")
+    bad_name = tmp_path / "name.yaml"
+    bad_name.write_text(doc.replace("NAME", "'bad;rm -rf /'").replace("INPUT", "{}"))
+    big = tmp_path / "big.yaml"
+    big.write_text(doc.replace("NAME", "ok").replace("INPUT", "{pad: " + "x" * 1_100_000 + "}"))
+    fine = tmp_path / "fine.yaml"
+    fine.write_text(doc.replace("NAME", "ok").replace("INPUT", "{pad: x}"))
+    assert main(["validate", str(bad_name)]) == 1
+    assert main(["validate", str(big)]) == 1
+    assert main(["validate", str(fine)]) == 0

@@ -260,3 +260,16 @@ def test_a_default_filled_in_gets_its_own_properties_defaults() -> None:
         "opts": {"type": "object", "default": {}, "properties": {"n": {"type": "integer", "default": 3}}}}}
     assert apply_defaults(schema, {}) == {"opts": {"n": 3}}
     assert apply_defaults(schema, {"opts": {"n": 1}}) == {"opts": {"n": 1}}
+
+
+def test_tool_resources_are_checked_as_the_api_server_would() -> None:
+    wf = parse_workflow({"tools": [{"id": "t", "command": ["true"],
+                                    "resources": {"limits": {"memory": "lots", "cpu": "500m"}, "request": {}}}],
+                         "tasks": [{"id": "a", "tool": "t"}]})
+    assert check_workflow(wf) == [
+        "spec.tools[0] (t).resources.limits.memory: 'lots' is not a Kubernetes quantity (e.g. 512Mi, 2, 500m)",
+        "spec.tools[0] (t).resources.request: unknown field (resources have limits and requests)"]
+    ok = parse_workflow({"tools": [{"id": "t", "command": ["true"], "resources": {
+        "limits": {"memory": "1Gi", "cpu": 2, "nvidia.com/gpu": "1"}, "requests": {"cpu": "0.5", "memory": "1e9"}}}],
+        "tasks": [{"id": "a", "tool": "t"}]})
+    assert check_workflow(ok) == []

@@ -27,7 +27,7 @@ from ..pods import ANNOTATION_TASK, LABEL_ATTEMPT, LABEL_EXECUTION, LABEL_TASK, 
 from ..reducer import fold_all
 from ..sandbox import EvalPool, EvaluationError
 from ..settings import Settings
-from ..validation import MAX_INPUT_DEPTH, SpecError, apply_defaults, json_depth, model_problems, parse_workflow
+from ..validation import SpecError, apply_defaults, input_problems, model_problems, parse_workflow
 from .run import SOURCE, Run
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,8 @@ class Starter:
 
     async def _resolve(self, obj: dict[str, Any]) -> tuple[str, WorkflowSpec, WorkflowExecutionSpec]:
         raw = obj.get("spec") or {}
-        depth = json_depth(raw.get("input"))
-        if depth > MAX_INPUT_DEPTH:
-            raise SpecError([f"spec.input: nested {depth} levels deep; at most {MAX_INPUT_DEPTH} are allowed"])
+        if problems := input_problems(raw.get("input")):  # a large input runs (offloaded); a deep one never
+            raise SpecError(problems)
         try:
             spec = WorkflowExecutionSpec.model_validate(raw)
         except ValidationError as e:
