@@ -245,7 +245,7 @@ def test_a_memory_bomb_fails_its_task_once_and_the_worker_serves_on() -> None:
 
     failed, again, cpu, actions, started = with_pool(go, eval_workers=1, eval_memory_mb=150)
     assert isinstance(failed, FailTask) and failed.reason == "TemplateLimit" and "more memory" in failed.message
-    assert again == failed and cpu < 0.1
+    assert again == failed and cpu < 0.15
     assert isinstance(actions[0], Dispatch) and started == 1
 
 
