@@ -70,10 +70,13 @@ def test_a_workflow_output_too_large_for_nats_is_stored_not_stuck(operator: Oper
 
 def test_a_large_input_runs_and_only_its_snapshot_is_stored_apart(operator: OperatorProcess, kubectl: Kubectl,
                                                                    namespace: str) -> None:
-    """Defect 4: a 1.3 MB input left the execution blank forever (MaxPayloadError at start)."""
-    create(kubectl, namespace, workflow("big-in", [{"id": "a", "tool": "echo", "with": {"n": "{{ workflow.input.n }}"}}],
-                                       tools=ECHO, output={"n": "{{ tasks.a.output.n }}"}),
-          execution("big-in-1", "big-in", {"n": 7, "pad": "y" * 1_300_000}))
+    """Defect 4: a 1.3 MB input left the execution blank forever (MaxPayloadError at start). The webhook
+    refuses inputs above COMPOZY_MAX_INPUT_BYTES (1 MiB) at apply; one stored past it (the webhook
+    off) still runs."""
+    create(kubectl, namespace, *unchecked(
+        workflow("big-in", [{"id": "a", "tool": "echo", "with": {"n": "{{ workflow.input.n }}"}}],
+                 tools=ECHO, output={"n": "{{ tasks.a.output.n }}"}),
+        execution("big-in-1", "big-in", {"n": 7, "pad": "y" * 1_300_000})))
     status = wait_finished(kubectl, namespace, "big-in-1", 60)
     assert status["phase"] == "Succeeded" and status["output"] == {"n": 7}, status.get("message")
     assert status["snapshot"]["inputRef"]["size"] > 1_300_000 and "input" not in status["snapshot"]
@@ -81,9 +84,10 @@ def test_a_large_input_runs_and_only_its_snapshot_is_stored_apart(operator: Oper
 
 def test_an_input_too_large_to_send_to_a_task_fails_that_task(operator: OperatorProcess, kubectl: Kubectl,
                                                                namespace: str) -> None:
-    create(kubectl, namespace, workflow("big-with", [{"id": "a", "tool": "echo", "with": {"all": "{{ workflow.input }}"},
-                                                     "retry": {"limit": 3}}], tools=ECHO),
-          execution("big-with-1", "big-with", {"pad": "y" * 1_300_000}))
+    create(kubectl, namespace, *unchecked(
+        workflow("big-with", [{"id": "a", "tool": "echo", "with": {"all": "{{ workflow.input }}"},
+                              "retry": {"limit": 3}}], tools=ECHO),
+        execution("big-with-1", "big-with", {"pad": "y" * 1_300_000})))  # stored past the webhook
     status = wait_finished(kubectl, namespace, "big-with-1", 60)
     assert status["phase"] == "Failed"
     a = status["tasks"]["a"]

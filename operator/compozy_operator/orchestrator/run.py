@@ -10,12 +10,13 @@ from typing import Any
 
 from ..api.models import WorkflowExecutionStatus, WorkflowSpec
 from ..bus import Bus
-from ..events import Event, EventType
-from ..executor import RunContext
+from ..events import STATE_STREAM, Event, EventType
+from ..executor import RunContext, epoch
 from ..reducer import fold_all, shows
 
 SOURCE = "compozy/orchestrator"
 REPUBLISH_AFTER = 15.0  # seconds an event decided from may stay unseen in the status before it is published again
+CLOCK_SKEW = 5.0  # seconds between the clocks of the event's publisher and nats-server that are tolerated
 
 
 @dataclass
@@ -87,6 +88,10 @@ class Run:
         due = [ev for _, ev in self.overlay
                if everything or now - self.sent.get(ev.id, now) >= REPUBLISH_AFTER]
         due += [ev for ev, since in self.facts.values() if everything or now - since >= REPUBLISH_AFTER]
+        if due:  # only what a deleted stream may have taken: the rest is in it (republishing reaches
+            # every core subscriber again)
+            created = await bus.stream_created(STATE_STREAM)
+            due = [ev for ev in due if created is None or created.timestamp() >= epoch(ev.time) - CLOCK_SKEW]
         for ev in due:
             await bus.publish_event(ev)
             self.sent[ev.id] = now
