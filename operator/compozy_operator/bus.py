@@ -16,12 +16,14 @@ there); removed with their execution.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import logging
 import ssl
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import nats
@@ -32,8 +34,9 @@ from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from . import failpoints
-from .events import (COMMAND_STREAM, LOG_STREAM, STATE_STREAM, Event, EventType, InvalidEvent, log_subject,
-                     parse_state_event, token, utcnow)
+from .events import (COMMAND_STREAM, LOG_STREAM, OUTPUT_BUCKET, STATE_STREAM, Event, EventType, InvalidEvent,
+                     Publisher, claim_subject, log_subject, output_chunk_token, output_meta_subject,
+                     parse_state_event, utcnow)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,7 +51,6 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
 WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code when Nats-Expected-Last-Subject-Sequence does not hold
 
 DAY = 24 * 3600
-OUTPUT_BUCKET = "COMPOZY_OUTPUTS"
 STREAMS = (
     StreamConfig(name=STATE_STREAM, subjects=["compozy.state.>"], storage=StorageType.FILE,
                  retention=RetentionPolicy.LIMITS, max_age=7 * DAY, duplicate_window=600),
@@ -64,14 +66,17 @@ class PayloadTooLarge(ValueError):
     """A message that can never fit the NATS server's ``max_payload`` (retrying cannot help)."""
 
 
-def claim_subject(namespace: str, execution: str, task: str, attempt: int) -> str:
-    """Where a task attempt's claim is kept (see :meth:`Bus.claim`)."""
-    return f"compozy.cmd.{token(namespace)}.{token(execution)}.task.claim.{token(task)}.{attempt}"
+__all__ = ["OUTPUT_BUCKET", "Bus", "PayloadTooLarge", "claim_subject"]  # claim_subject: kept here for old importers
+OUTPUT_STREAM = f"OBJ_{OUTPUT_BUCKET}"
+OUTPUT_CHUNK_SIZE = 128 * 1024  # as nats-py's object store
 
 
 class Bus:
-    def __init__(self, url: str, token: str | None, name: str, ca: str | None = None) -> None:
-        """``ca``: PEM of the CA that signed a TLS server's certificate (else the system's trust)."""
+    def __init__(self, url: str, token: str | None, name: str, ca: str | None = None,
+                 inbox_prefix: str = "_INBOX") -> None:
+        """``ca``: PEM of the CA that signed a TLS server's certificate (else the system's trust);
+        ``inbox_prefix``: where replies come back (a task attempt's own, see events.inbox_prefix)."""
+        self.inbox_prefix = inbox_prefix
         self.url = url
         self.token = token
         self.name = name
@@ -99,6 +104,7 @@ class Bus:
                 # otherwise wait forever instead of failing)
                 self.nc = await nats.connect(
                     self.url, token=self.token, name=self.name, connect_timeout=5, tls=self.tls,
+                    inbox_prefix=self.inbox_prefix,
                     allow_reconnect=False, reconnect_time_wait=0.1,
                     error_cb=self._on_error, disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect)
                 # ... and once connected, the client reconnects on its own, forever.
@@ -200,10 +206,29 @@ class Bus:
         return created, info.ack_floor.stream_seq if info.ack_floor else 0
 
     async def put_output(self, key: str, data: bytes) -> dict[str, Any]:
-        """Store a large output; return its ``outputRef`` (bucket, key, size, digest)."""
+        """Store a large output; return its ``outputRef`` (bucket, key, size, digest).
+
+        Written as nats-py's object store writes an object (chunks, then the metadata message that
+        names them), readable by any NATS client, but touching only subjects a permission can scope
+        to ``key`` (:func:`.events.attempt_permissions`): chunks go to ``$O.<bucket>.C.<hash of key>.
+        <nonce>``, the metadata to ``$O.<bucket>.M.<key>``. No stream info, no lookup of an older
+        object, no purge (nats-py's put needs all three, and purge requests name their subject in
+        the body, where no permission can see it): a key is one attempt's and written once; a try
+        cut short leaves chunks nothing refers to, removed with the execution's outputs."""
         assert self.js is not None
-        info = await (await self.js.object_store(OUTPUT_BUCKET)).put(key, data)
-        return {"bucket": OUTPUT_BUCKET, "key": key, "size": info.size, "digest": info.digest}
+        nuid = f"{output_chunk_token(key)}.{uuid.uuid4().hex}"
+        chunk_subject = f"$O.{OUTPUT_BUCKET}.C.{nuid}"
+        chunks = 0
+        for start in range(0, len(data), OUTPUT_CHUNK_SIZE):
+            await self.js.publish(chunk_subject, data[start:start + OUTPUT_CHUNK_SIZE], stream=OUTPUT_STREAM)
+            chunks += 1
+        digest = "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+        meta = {"name": key, "bucket": OUTPUT_BUCKET, "nuid": nuid, "size": len(data), "chunks": chunks,
+                "digest": digest, "mtime": datetime.now(timezone.utc).isoformat(),
+                "options": {"max_chunk_size": OUTPUT_CHUNK_SIZE}}
+        await self.js.publish(output_meta_subject(key), json.dumps(meta).encode(), stream=OUTPUT_STREAM,
+                              headers={"Nats-Rollup": "sub"})
+        return {"bucket": OUTPUT_BUCKET, "key": key, "size": len(data), "digest": digest}
 
     async def output_fields(self, key: str, value: Any, inline_limit: int) -> dict[str, Any]:
         """``{"output": value}``, or ``{"outputRef": ...}`` with the value stored when it is too large."""
@@ -282,13 +307,20 @@ class Bus:
         failpoints.point("publish.TaskExecute:after")
         return ack.seq
 
-    async def get_command(self, subject: str) -> dict[str, Any] | None:
+    async def get_command(self, subject: str) -> tuple[str, Any] | None:
+        """The command stored on ``subject`` as (the subject it was stored on, its parsed body; None
+        when it is not JSON), or None when there is none. A Direct Get whose API subject names
+        ``subject`` (``$JS.API.DIRECT.GET.COMPOZY_COMMANDS.<subject>``), so a permission can allow
+        this one read and no other."""
         assert self.js is not None
         try:
             msg = await self.js.get_last_msg(COMMAND_STREAM, subject, direct=True)
         except NotFoundError:
             return None
-        return json.loads(msg.data)
+        try:
+            return msg.subject, json.loads(msg.data)
+        except ValueError:
+            return msg.subject, None
 
     async def through_outage(self, op: Callable[[], Awaitable[T]], what: str, within: float) -> T:
         """``await op()`` until NATS answers it, for up to ``within`` seconds after it first failed.
@@ -340,16 +372,19 @@ class Bus:
             return None if held.get("claimant") == claimant else held
 
     async def emit_log(self, namespace: str, execution: str, component: str, level: str, message: str,
-                       **fields: Any) -> None:
-        """A LogEmitted event (fire and forget: logs must never block the work they describe)."""
+                       publisher: Publisher = Publisher.OPERATOR, **fields: Any) -> None:
+        """A LogEmitted event (fire and forget: logs must never block the work they describe).
+        A task attempt's (``publisher`` ATTEMPT, with ``task`` and ``attempt``) go to its own subject."""
         if not self.connected:
             return
         data = {"namespace": namespace, "execution": execution, "component": component, "level": level,
                 "message": message, **fields}
+        subject = (log_subject(namespace, execution, component, fields["task"], fields["attempt"])
+                   if publisher == Publisher.ATTEMPT else log_subject(namespace, execution, component))
         body = {"specversion": "1.0", "id": uuid.uuid4().hex, "source": f"compozy/{component}", "type": EventType.LOG_EMITTED.value,
-                "time": utcnow(), "subject": log_subject(namespace, execution, component), "data": data}
+                "time": utcnow(), "subject": subject, "data": data}
         try:
-            await self.nc.publish(body["subject"], json.dumps(body, default=str).encode())  # type: ignore[union-attr]
+            await self.nc.publish(subject, json.dumps(body, default=str).encode())  # type: ignore[union-attr]
         except (nats.errors.Error, OSError) as e:  # NATS went away (buffer full, socket reset): the line is lost
             log.debug("LogEmitted dropped: %s", e)
 

@@ -1,10 +1,17 @@
 """The event envelope (CloudEvents attribute names), the seed's event types and NATS subjects.
 
-Subjects (ARCHITECTURE.md §5), tokens: namespace, execution, then meaning:
+This module owns every NATS subject (docs/security.md, "Subjects and what they prove"). Tokens:
+namespace, execution, then meaning; an event a task attempt publishes names its task and attempt,
+so a per-attempt NATS identity can be scoped by subject alone:
 
-* commands:     ``compozy.cmd.<ns>.<execution>.task.execute.<task>.<attempt>``
-* state events: ``compozy.state.<ns>.<execution>.<entity>.<EventType>``
-* log events:   ``compozy.log.<ns>.<execution>.<component>``
+* commands:     ``compozy.cmd.<ns>.<execution>.task.execute.<task>.<attempt>`` (operator only)
+* claims:       ``compozy.cmd.<ns>.<execution>.task.claim.<task>.<attempt>`` (the attempt)
+* cancel:       ``compozy.cmd.<ns>.<execution>.workflow.cancel`` (operator publishes, attempts receive)
+* state events: ``compozy.state.<ns>.<execution>.workflow.<Type>`` (operator only),
+  ``compozy.state.<ns>.<execution>.operator.<task>.<attempt>.<Type>`` (operator only: its task events),
+  ``compozy.state.<ns>.<execution>.task.<task>.<attempt>.<Type>`` (the attempt's own)
+* log events:   ``compozy.log.<ns>.<execution>.<component>`` (operator),
+  ``compozy.log.<ns>.<execution>.task.<task>.<attempt>.<component>`` (the attempt's)
 
 Event ids are deterministic per (execution uid, task, attempt, type), so a re-publish after a
 crash is dropped by JetStream's de-duplication (``Nats-Msg-Id``) and by the status reducer.
@@ -12,8 +19,10 @@ crash is dropped by JetStream's de-duplication (``Nats-Msg-Id``) and by the stat
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
@@ -25,6 +34,7 @@ from .api.models import OutputRef, TokenUsage
 STATE_STREAM = "COMPOZY_STATE"
 LOG_STREAM = "COMPOZY_LOGS"
 COMMAND_STREAM = "COMPOZY_COMMANDS"
+COMMAND_NONCE_ENV = "COMPOZY_COMMAND_NONCE"  # a task pod's nonce: its TaskExecute command must carry it
 
 
 class EventType(StrEnum):
@@ -55,28 +65,115 @@ class EventType(StrEnum):
         return "log"
 
 
+class Publisher(StrEnum):
+    """Who publishes a task-level state event; the value is the subject token after the execution."""
+
+    OPERATOR = "operator"
+    ATTEMPT = "task"
+
+
+# What a task attempt may say about itself; everything else (workflow events, TaskDispatched,
+# TaskRetryScheduled, TaskPodWaiting) only the operator may publish.
+ATTEMPT_TYPES = frozenset({
+    EventType.TASK_STARTED, EventType.TASK_SUCCESS, EventType.TASK_FAILED,
+    EventType.AGENT_STARTED, EventType.AGENT_SUCCESS, EventType.AGENT_FAILED,
+    EventType.TOOL_STARTED, EventType.TOOL_SUCCESS, EventType.TOOL_FAILED,
+})
+OPERATOR_TASK_TYPES = frozenset({
+    EventType.TASK_DISPATCHED, EventType.TASK_SUCCESS, EventType.TASK_FAILED, EventType.TASK_RETRY_SCHEDULED,
+    EventType.TASK_POD_WAITING,
+})
+_ONLY_ATTEMPT = ATTEMPT_TYPES - OPERATOR_TASK_TYPES
+OUTPUT_BUCKET = "COMPOZY_OUTPUTS"
+_TASK_TOKEN = re.compile(r"[a-zA-Z0-9-]|_[0-9a-f]{2}")
+
+
 def token(name: str) -> str:
     """A Kubernetes name as one NATS subject token (names may hold dots; they never hold '_')."""
     return name.replace(".", "_")
 
 
-def state_subject(namespace: str, execution: str, etype: EventType | None) -> str:
-    """The subject of one event type, or with ``etype=None`` the wildcard for all of an execution's."""
+def untoken(text: str) -> str:
+    return text.replace("_", ".")
+
+
+def task_token(task: str) -> str:
+    """A task key as one NATS subject token, reversibly: every character but ``[A-Za-z0-9-]`` becomes
+    ``_xx`` (its UTF-8 bytes in hex), so ``each[3]`` is ``each_5b3_5d`` and no key can look like
+    another (task ids are DNS labels; a collection child's key is ``<id>[<index>]``)."""
+    return "".join(c if c.isascii() and (c.isalnum() or c == "-") else
+                   "".join(f"_{b:02x}" for b in c.encode()) for c in task)
+
+
+def untask_token(text: str) -> str | None:
+    """The task key of a :func:`task_token`, or None when ``text`` is not one."""
+    parts = _TASK_TOKEN.findall(text)
+    if not text or "".join(parts) != text:
+        return None
+    raw = b"".join(bytes.fromhex(p[1:]) if p.startswith("_") else p.encode() for p in parts)
+    try:
+        key = raw.decode()
+    except UnicodeDecodeError:
+        return None
+    return key if task_token(key) == text else None
+
+
+def attempt_base(namespace: str, execution: str, task: str, attempt: int | None) -> str:
+    """``<ns>.<execution>.<task>.<attempt>``: the tokens that name one task attempt."""
+    return f"{token(namespace)}.{token(execution)}.{task_token(task)}.{attempt or 0}"
+
+
+def state_subject(namespace: str, execution: str, etype: EventType | None, task: str | None = None,
+                  attempt: int | None = None, publisher: Publisher | None = None) -> str:
+    """The subject of one event, or with ``etype=None`` the wildcard for all of an execution's.
+
+    Workflow events: ``...workflow.<Type>``. Task, agent and tool events name the task and attempt,
+    and who says it: ``...task.<task>.<attempt>.<Type>`` the attempt itself, ``...operator.<task>.
+    <attempt>.<Type>`` the operator (default: the attempt for the types only it publishes)."""
+    base = f"compozy.state.{token(namespace)}.{token(execution)}"
     if etype is None:
-        return f"compozy.state.{token(namespace)}.{token(execution)}.>"
-    return f"compozy.state.{token(namespace)}.{token(execution)}.{etype.entity}.{etype.value}"
+        return f"{base}.>"
+    if etype.entity == "workflow":
+        return f"{base}.workflow.{etype.value}"
+    if task is None:
+        raise ValueError(f"a {etype.value} event names its task")
+    publisher = publisher or (Publisher.ATTEMPT if etype in _ONLY_ATTEMPT else Publisher.OPERATOR)
+    allowed = ATTEMPT_TYPES if publisher == Publisher.ATTEMPT else OPERATOR_TASK_TYPES
+    if etype not in allowed:
+        raise ValueError(f"the {publisher.value} does not publish {etype.value}")
+    return f"{base}.{publisher.value}.{task_token(task)}.{attempt or 0}.{etype.value}"
 
 
-def log_subject(namespace: str, execution: str, component: str) -> str:
-    return f"compozy.log.{token(namespace)}.{token(execution)}.{component}"
+def attempt_state_subjects(namespace: str, execution: str, task: str, attempt: int) -> str:
+    """The wildcard of every state subject one attempt may publish on (its own, nothing else)."""
+    return f"compozy.state.{token(namespace)}.{token(execution)}.task.{task_token(task)}.{attempt}.*"
+
+
+def log_subject(namespace: str, execution: str, component: str, task: str | None = None,
+                attempt: int | None = None) -> str:
+    """An operator component's log subject, or with ``task`` a task attempt's."""
+    if task is None:
+        return f"compozy.log.{token(namespace)}.{token(execution)}.{component}"
+    return f"compozy.log.{token(namespace)}.{token(execution)}.task.{task_token(task)}.{attempt or 0}.{component}"
 
 
 def command_subject(namespace: str, execution: str, task: str, attempt: int) -> str:
-    return f"compozy.cmd.{token(namespace)}.{token(execution)}.task.execute.{token(task)}.{attempt}"
+    return f"compozy.cmd.{token(namespace)}.{token(execution)}.task.execute.{task_token(task)}.{attempt}"
+
+
+def claim_subject(namespace: str, execution: str, task: str, attempt: int) -> str:
+    """Where a task attempt's claim is kept (see :meth:`.bus.Bus.claim`)."""
+    return f"compozy.cmd.{token(namespace)}.{token(execution)}.task.claim.{task_token(task)}.{attempt}"
 
 
 def cancel_subject(namespace: str, execution: str) -> str:
     return f"compozy.cmd.{token(namespace)}.{token(execution)}.workflow.cancel"
+
+
+def inbox_prefix(namespace: str, execution: str, task: str, attempt: int) -> str:
+    """The reply-subject prefix of a task attempt's connection (its JetStream acks and direct-get
+    answers come back under it), so its identity need not subscribe to everyone's ``_INBOX.>``."""
+    return f"_INBOX_compozy.{attempt_base(namespace, execution, task, attempt)}"
 
 
 def output_prefix(namespace: str, execution: str, uid: str) -> str:
@@ -86,6 +183,43 @@ def output_prefix(namespace: str, execution: str, uid: str) -> str:
 def output_key(namespace: str, execution: str, uid: str, task: str, attempt: int) -> str:
     """Object-store key of a task attempt's large output."""
     return f"{output_prefix(namespace, execution, uid)}{task}/{attempt}"
+
+
+def output_meta_subject(key: str) -> str:
+    """The object store's metadata subject of ``key`` (as every NATS client names it)."""
+    return f"$O.{OUTPUT_BUCKET}.M.{base64.urlsafe_b64encode(key.encode()).decode()}"
+
+
+def output_chunk_token(key: str) -> str:
+    """The first token of the chunk subjects of ``key``'s object (see :meth:`.bus.Bus.put_output`):
+    ``$O.COMPOZY_OUTPUTS.C.<this>.<nonce>``, so a permission can name one key's chunks."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def attempt_permissions(namespace: str, execution: str, uid: str, task: str, attempt: int) -> dict[str, list[str]]:
+    """Every NATS subject a task attempt uses, and nothing else: what its identity must be allowed.
+
+    ``publish``: its state and log events, its claim, its output's chunks and metadata (JetStream
+    publishes), and two Direct Gets (its command, its claim) whose API subject names the subject
+    read. ``subscribe``: its execution's cancel and its own reply subjects."""
+    command = command_subject(namespace, execution, task, attempt)
+    claim = claim_subject(namespace, execution, task, attempt)
+    key = output_key(namespace, execution, uid, task, attempt)
+    return {
+        "publish": [
+            attempt_state_subjects(namespace, execution, task, attempt),
+            f"compozy.log.{token(namespace)}.{token(execution)}.task.{task_token(task)}.{attempt}.*",
+            claim,
+            f"$JS.API.DIRECT.GET.COMPOZY_COMMANDS.{command}",
+            f"$JS.API.DIRECT.GET.COMPOZY_COMMANDS.{claim}",
+            f"$O.{OUTPUT_BUCKET}.C.{output_chunk_token(key)}.*",
+            output_meta_subject(key),
+        ],
+        "subscribe": [
+            cancel_subject(namespace, execution),
+            f"{inbox_prefix(namespace, execution, task, attempt)}.>",
+        ],
+    }
 
 
 def event_id(uid: str, task: str | None, attempt: int | None, etype: EventType | str, extra: str = "") -> str:
@@ -136,8 +270,12 @@ def make_event(
     task: str | None = None,
     attempt: int | None = None,
     id_extra: str = "",
+    publisher: Publisher | None = None,
     **data: Any,
 ) -> Event:
+    """An event on its subject; task-level events go to the attempt's own subject when ``publisher``
+    is :attr:`Publisher.ATTEMPT`, to the operator's (which no attempt can publish on) otherwise
+    (default: see :func:`state_subject`)."""
     body: dict[str, Any] = {"namespace": namespace, "execution": execution, "uid": uid, **data}
     if task is not None:
         body["task"] = task
@@ -147,7 +285,7 @@ def make_event(
         id=event_id(uid, task, attempt, etype, id_extra),
         source=source,
         type=etype.value,
-        subject=state_subject(namespace, execution, etype),
+        subject=state_subject(namespace, execution, etype, task, attempt, publisher),
         data=body,
     )
 
@@ -210,12 +348,57 @@ def data_problem(event: Event) -> str | None:
     return _error_problem(d.get("error")) or _model_problem(d) or _seconds_problem(d.get("callSeconds"))
 
 
+@dataclass(frozen=True)
+class StateSubject:
+    """What a state subject says: whose event of which type, about which execution, task and attempt."""
+
+    namespace: str
+    execution: str
+    publisher: Publisher | None  # None: a workflow event (the operator's)
+    task: str | None
+    attempt: int | None
+    type: str
+
+
+def parse_state_subject(subject: str) -> StateSubject | None:
+    """The identity a state subject names (see :func:`state_subject`), or None when it is none."""
+    t = subject.split(".")
+    if len(t) < 6 or t[:2] != ["compozy", "state"] or not all(t):
+        return None
+    namespace, execution, kind = untoken(t[2]), untoken(t[3]), t[4]
+    if kind == "workflow" and len(t) == 6:
+        etype = t[5]
+        if etype not in _STATE_TYPES or EventType(etype).entity != "workflow":
+            return None
+        return StateSubject(namespace, execution, None, None, None, etype)
+    if kind not in (Publisher.ATTEMPT.value, Publisher.OPERATOR.value) or len(t) != 8:
+        return None
+    publisher, task, etype = Publisher(kind), untask_token(t[5]), t[7]
+    if task is None or not t[6].isascii() or not t[6].isdigit() or (len(t[6]) > 1 and t[6][0] == "0"):
+        return None
+    allowed = ATTEMPT_TYPES if publisher == Publisher.ATTEMPT else OPERATOR_TASK_TYPES
+    if etype not in _STATE_TYPES or EventType(etype) not in allowed:
+        return None
+    return StateSubject(namespace, execution, publisher, task, int(t[6]) or None, etype)
+
+
 def subject_problem(subject: str, event: Event) -> str | None:
-    """Why ``subject`` is not where ``event`` (with valid data) belongs:
-    ``compozy.state.<ns>.<execution>.<entity>.<Type>``."""
-    expected = state_subject(event.namespace, event.execution, EventType(event.type))
-    if subject != expected:
-        return f"subject does not match the event's namespace, execution and type (expected {expected})"
+    """Why ``subject`` is not where ``event`` (with valid data) belongs, or None.
+
+    The subject is the truth (a per-attempt NATS identity can publish only on its own attempt's
+    subjects): its namespace, execution, task, attempt and type must be the body's, and the type
+    one its publisher may send (an attempt cannot send workflow events, TaskDispatched, ...)."""
+    said = parse_state_subject(subject)
+    if said is None:
+        return f"subject {_shown(subject)} is not a state subject its publisher may send a {event.type} on"
+    d = event.data
+    for field, named, written in (("type", said.type, event.type), ("data.namespace", said.namespace, d["namespace"]),
+                                  ("data.execution", said.execution, d["execution"]),
+                                  ("data.task", said.task, d.get("task")),
+                                  ("data.attempt", said.attempt, d.get("attempt")),
+                                  ("subject", subject, event.subject)):
+        if named != written:
+            return f"{field} is {_shown(written)} but the subject {_shown(subject)} says {_shown(named)}"
     return None
 
 

@@ -77,6 +77,7 @@ from .templates import LIMITS, TaskFacts, TemplateError, render
 NON_RETRYABLE = frozenset({
     "TemplateError", "TemplateLimit", "EvaluationLimit", "ToolLoadError", "InvalidTool", "Cancelled",
     "InputTooLarge", "PodRejected",
+    "CommandRefused",  # the runner refused a command not its own (task_executor): not the tool's failure
     "ProviderAuthError", "ProviderBadRequest", "OutputSchemaNotSatisfied", "MaxIterationsExceeded",
     # a pod that can never start as it is (orchestrator.pod_state.CONFIG_FAILURES): a missing Secret, ...
     "CreateContainerConfigError", "CreateContainerError", "InvalidImageName", "ErrImageNeverPull",

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from .api.models import API_VERSION
+from .events import COMMAND_NONCE_ENV
 from .settings import Settings
 
 LABEL_MANAGED = "app.kubernetes.io/managed-by"
@@ -32,6 +33,15 @@ def dns_part(task: str) -> str:
     return f"{readable}-{hashlib.sha256(task.encode()).hexdigest()[:5]}"
 
 
+def pod_nonce(pod: dict[str, Any]) -> str | None:
+    """The command nonce a task pod was created with (None: an older operator's pod)."""
+    for container in pod.get("spec", {}).get("containers", [])[:1]:
+        for var in container.get("env") or []:
+            if var.get("name") == COMMAND_NONCE_ENV:
+                return var.get("value")
+    return None
+
+
 def pod_name(execution: str, task: str, attempt: int) -> str:
     """``<execution>-<task>-<attempt>``; names too long for the API keep a hash of the whole."""
     name = f"{execution}-{dns_part(task)}-{attempt}"
@@ -50,9 +60,11 @@ def label_value(text: str) -> str:
 
 
 def task_pod(settings: Settings, execution: dict[str, Any], task: str, attempt: int, *, image: str | None = None,
-             env: list[dict[str, Any]] | None = None, resources: dict[str, Any] | None = None) -> dict[str, Any]:
+             env: list[dict[str, Any]] | None = None, resources: dict[str, Any] | None = None,
+             nonce: str | None = None) -> dict[str, Any]:
     """The pod of one attempt; ``image``, ``env`` (EnvVars, after the runner's own) and ``resources``
-    come from the tool (or the agent) it runs."""
+    come from the tool (or the agent) it runs; ``nonce``: the one its TaskExecute command carries
+    (the runner runs no command without it: see task_executor)."""
     meta = execution["metadata"]
     name = pod_name(meta["name"], task, attempt)
     secret = settings.nats_secret
@@ -69,6 +81,7 @@ def task_pod(settings: Settings, execution: dict[str, Any], task: str, attempt: 
         {"name": "COMPOZY_NATS_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}}},
         {"name": "COMPOZY_NATS_CA", "valueFrom": {"secretKeyRef": {"name": secret, "key": NATS_CA_KEY,
                                                                    "optional": True}}},
+        *([{"name": COMMAND_NONCE_ENV, "value": nonce}] if nonce else []),
         *(env or []),
     ]
     container = {

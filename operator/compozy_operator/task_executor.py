@@ -6,6 +6,14 @@ TaskExecutionStarted, lets system.Runtime run the tool (Tool* events) or the age
 TaskExecutionFailed (agents: with the attempt's token usage). Log lines become LogEmitted events. Every event id
 is deterministic, so a pod that runs twice reports each fact once.
 
+What it runs: only a command stored on its own command subject that names its own namespace,
+execution, execution uid, task and attempt and carries the nonce its pod was created with
+(``COMPOZY_COMMAND_NONCE``, put there by the operator, which alone knows it before the pod
+exists). Anything else (a command forged by whoever could publish on that subject, even first)
+is refused: the attempt fails with ``CommandRefused`` (not retried), saying what did not match.
+Its events and logs go to its own attempt's subjects (events.py), its replies come back under
+its own inbox prefix, so a per-attempt NATS identity can allow exactly those subjects.
+
 Exactly once: before it runs anything the runner claims its attempt on NATS (:meth:`Bus.claim`); a
 second pod of the same attempt (re-created after the first ran and was deleted) finds the claim
 taken and fails with ``AttemptAlreadyClaimed`` instead of running the tool again.
@@ -19,6 +27,7 @@ are fire and forget: those emitted while NATS is away are lost.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import os
@@ -31,8 +40,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from nats.errors import MaxPayloadError
 
-from .bus import Bus, PayloadTooLarge, claim_subject
-from .events import EventType, cancel_subject, command_subject, make_event, output_key
+from .bus import Bus, PayloadTooLarge
+from .events import (COMMAND_NONCE_ENV, EventType, Publisher, cancel_subject, claim_subject, command_subject,
+                     inbox_prefix, make_event, output_key)
 from .runtime import TaskFailure, ToolContext, run_tool
 
 if TYPE_CHECKING:
@@ -41,6 +51,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 COMMAND_WAIT_SECONDS = 30  # of NATS answering "no command yet" (time NATS is away does not count)
 COMMAND_POLL_SECONDS = 0.2
+# A command that is not this pod's is looked at once more after this long (a re-created pod of the
+# same attempt may see its predecessor's for the moment before the operator replaces it); then refused.
+COMMAND_RECHECK_SECONDS = 1.0
 DEFAULT_OUTAGE_SECONDS = 300  # how long each NATS operation waits out an outage before the pod gives up
 DEFAULT_INLINE_LIMIT = 16 * 1024  # bytes of JSON; larger outputs go to the object store
 RUNTIME = "compozy/runtime"  # source of the Tool* and Agent* events
@@ -57,6 +70,7 @@ class Attempt:
     attempt: int
     pod: str
     claimant: str  # who claims the attempt: the pod's uid (unique per pod, even of the same name)
+    nonce: str | None = None  # what its TaskExecute command must carry (the pod's COMPOZY_COMMAND_NONCE)
 
     @classmethod
     def from_env(cls) -> Attempt:
@@ -65,7 +79,36 @@ class Attempt:
         # without POD_UID, a nonce makes this process the claimant (a retry within it is still its own)
         claimant = e.get("POD_UID") or f"{pod}/{secrets.token_hex(8)}"
         return cls(e["COMPOZY_NAMESPACE"], e["COMPOZY_EXECUTION"], e["COMPOZY_EXECUTION_UID"], e["COMPOZY_TASK"],
-                   int(e["COMPOZY_ATTEMPT"]), pod, claimant)
+                   int(e["COMPOZY_ATTEMPT"]), pod, claimant, e.get(COMMAND_NONCE_ENV) or None)
+
+
+class CommandRefused(Exception):
+    """The command stored for this attempt is not one this pod may run (the text says why)."""
+
+
+def command_problem(a: Attempt, expected: str, subject: str, command: Any) -> str | None:
+    """Why ``command`` (stored on ``subject``) is not the one attempt ``a`` may run, or None."""
+    if subject != expected:
+        return f"it is stored on {_bounded(subject)}, not on this attempt's {expected}"
+    if not isinstance(command, dict):
+        return "it is not a JSON object"
+    mine = {"namespace": a.namespace, "execution": a.execution, "uid": a.uid, "task": a.task, "attempt": a.attempt}
+    for field, value in mine.items():
+        if command.get(field) != value:
+            return f"its {field} is {_bounded(command.get(field))}, this pod's is {value!r}"
+    if not a.nonce:
+        return (f"this pod has no {COMMAND_NONCE_ENV}, so no command can be shown to come from the operator "
+                "that created it")
+    nonce = command.get("nonce")
+    if not isinstance(nonce, str) or not hmac.compare_digest(nonce.encode(), a.nonce.encode()):
+        return ("it does not carry the nonce this pod was created with: the operator that created the pod "
+                "did not publish it")
+    return None
+
+
+def _bounded(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class _NatsLogHandler(logging.Handler):
@@ -77,7 +120,7 @@ class _NatsLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         coro = self.bus.emit_log(self.a.namespace, self.a.execution, "runtime", record.levelname.lower(),
-                                 record.getMessage(), task=self.a.task, attempt=self.a.attempt)
+                                 record.getMessage(), Publisher.ATTEMPT, task=self.a.task, attempt=self.a.attempt)
         asyncio.run_coroutine_threadsafe(coro, self.loop)
 
 
@@ -92,21 +135,41 @@ class TaskRunner:
 
     async def event(self, etype: EventType, source: str, **data: Any) -> None:
         a = self.a
-        event = make_event(etype, source, a.namespace, a.execution, a.uid, a.task, a.attempt, podName=a.pod, **data)
+        event = make_event(etype, source, a.namespace, a.execution, a.uid, a.task, a.attempt,
+                           publisher=Publisher.ATTEMPT, podName=a.pod, **data)
         await self.nats(lambda: self.bus.publish_event(event), f"publishing {etype}")
 
     async def log(self, message: str, level: str = "info") -> None:
         await self.bus.emit_log(self.a.namespace, self.a.execution, "task-executor", level, message,
-                                task=self.a.task, attempt=self.a.attempt)
+                                Publisher.ATTEMPT, task=self.a.task, attempt=self.a.attempt)
 
     async def fetch_command(self) -> dict[str, Any]:
+        """This attempt's command; :class:`CommandRefused` when what is stored is not (see the module)."""
         subject = command_subject(self.a.namespace, self.a.execution, self.a.task, self.a.attempt)
+        refused: str | None = None  # why the command seen last was not this attempt's
         for _ in range(int(COMMAND_WAIT_SECONDS / COMMAND_POLL_SECONDS)):
-            command = await self.nats(lambda: self.bus.get_command(subject), "fetching the TaskExecute command")
-            if command is not None:
-                return command
+            got = await self.nats(lambda: self.bus.get_command(subject), "fetching the TaskExecute command")
+            if got is not None:
+                if (problem := command_problem(self.a, subject, *got)) is None:
+                    return got[1]
+                if refused is not None:  # still not this attempt's after a second look
+                    raise CommandRefused(problem)
+                refused = problem
+                await asyncio.sleep(COMMAND_RECHECK_SECONDS)
+                continue
             await asyncio.sleep(COMMAND_POLL_SECONDS)
+        if refused is not None:
+            raise CommandRefused(refused)
         raise RuntimeError(f"no TaskExecute command on {subject} after {COMMAND_WAIT_SECONDS}s")
+
+    async def refuse(self, e: CommandRefused) -> None:
+        """Report a refused command: the attempt fails for good (a new attempt gets a new pod and nonce)."""
+        a = self.a
+        message = f"task {a.task} attempt {a.attempt}: the TaskExecute command was refused, not run: {e}"
+        await self.event(EventType.TASK_FAILED, "compozy/task-executor",
+                         error={"reason": "CommandRefused", "message": message})
+        await self.log(message, "error")
+        _termination_message(message)
 
     async def claim(self) -> bool:
         """Claim the attempt; False (after reporting it) when another pod has run or runs it."""
@@ -157,7 +220,11 @@ class TaskRunner:
 
     async def run(self) -> None:
         await self.watch_for_stop()
-        command = await self.fetch_command()
+        try:
+            command = await self.fetch_command()
+        except CommandRefused as e:
+            await self.refuse(e)
+            return
         if not await self.claim():
             return
         await self.event(EventType.TASK_STARTED, "compozy/task-executor")
@@ -309,7 +376,8 @@ def _termination_message(text: str) -> None:
 
 async def _main(a: Attempt) -> int:
     bus = Bus(os.environ["COMPOZY_NATS_URL"], os.environ.get("COMPOZY_NATS_TOKEN") or None,
-              f"task-{a.execution}-{a.task}-{a.attempt}", os.environ.get("COMPOZY_NATS_CA") or None)
+              f"task-{a.execution}-{a.task}-{a.attempt}", os.environ.get("COMPOZY_NATS_CA") or None,
+              inbox_prefix=inbox_prefix(a.namespace, a.execution, a.task, a.attempt))
     outage = float(os.environ.get("COMPOZY_NATS_OUTAGE_SECONDS") or DEFAULT_OUTAGE_SECONDS)
     await bus.connect(max_delay=3, give_up_after=outage)
     try:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from compozy_operator.events import EventType, command_subject, event_id, make_event, state_subject
+import pytest
+
+from compozy_operator.events import (EventType, Publisher, attempt_permissions, cancel_subject, claim_subject,
+                                     command_subject, event_id, inbox_prefix, log_subject, make_event,
+                                     output_chunk_token, output_meta_subject, state_subject, task_token,
+                                     untask_token)
 from compozy_operator.kube import merge_patch_diff
 from compozy_operator.pods import pod_name, task_pod
 from compozy_operator.settings import Settings
@@ -27,8 +32,51 @@ def test_envelope_uses_cloudevents_names() -> None:
 
 
 def test_subjects() -> None:
-    assert state_subject("ns", "r", EventType.TOOL_FAILED) == "compozy.state.ns.r.tool.ToolExecutionFailed"
+    assert state_subject("ns", "r", EventType.WORKFLOW_FAILED) == "compozy.state.ns.r.workflow.WorkflowExecutionFailed"
+    assert state_subject("ns", "r", EventType.TOOL_FAILED, "t", 2) == "compozy.state.ns.r.task.t.2.ToolExecutionFailed"
+    assert (state_subject("ns", "r", EventType.TASK_FAILED, "t", 2, Publisher.ATTEMPT)
+            == "compozy.state.ns.r.task.t.2.TaskExecutionFailed")
+    assert state_subject("ns", "r", EventType.TASK_FAILED, "t", 2) == "compozy.state.ns.r.operator.t.2.TaskExecutionFailed"
+    assert state_subject("ns", "r.v2", None) == "compozy.state.ns.r_v2.>"
     assert command_subject("ns", "r", "count", 2) == "compozy.cmd.ns.r.task.execute.count.2"
+    assert claim_subject("ns", "r", "each[0]", 1) == "compozy.cmd.ns.r.task.claim.each_5b0_5d.1"
+    assert cancel_subject("ns", "r.v2") == "compozy.cmd.ns.r_v2.workflow.cancel"
+    assert log_subject("ns", "r", "orchestrator") == "compozy.log.ns.r.orchestrator"
+    assert log_subject("ns", "r", "runtime", "t", 3) == "compozy.log.ns.r.task.t.3.runtime"
+    assert inbox_prefix("ns", "r", "t", 1) == "_INBOX_compozy.ns.r.t.1"
+
+
+@pytest.mark.parametrize("task", ["a", "each-url", "each-url[3]", "x[10]", "tab\there", "dot.ted", "a*b>c", "_5b",
+                                  "é", "each-url-5b3-5d", "each_5b3_5d"])
+def test_task_tokens_are_one_safe_token_and_reversible(task: str) -> None:
+    t = task_token(task)
+    assert t and not any(c in t for c in ".*> \t\r\n") and t.isascii()
+    assert untask_token(t) == task
+
+
+def test_task_tokens_never_collide() -> None:
+    keys = ["each[3]", "each-3", "each_5b3_5d", "each[3", "each3]", "a", "A", "_", "-"]
+    assert len({task_token(k) for k in keys}) == len(keys)
+    assert untask_token("each_5B3") is None and untask_token("a_2") is None and untask_token("a.b") is None
+
+
+def test_an_attempts_permissions_name_only_its_own_subjects() -> None:
+    perms = attempt_permissions("ns", "run", "uid-1", "each[3]", 2)
+    assert perms == {
+        "publish": [
+            "compozy.state.ns.run.task.each_5b3_5d.2.*",
+            "compozy.log.ns.run.task.each_5b3_5d.2.*",
+            "compozy.cmd.ns.run.task.claim.each_5b3_5d.2",
+            "$JS.API.DIRECT.GET.COMPOZY_COMMANDS.compozy.cmd.ns.run.task.execute.each_5b3_5d.2",
+            "$JS.API.DIRECT.GET.COMPOZY_COMMANDS.compozy.cmd.ns.run.task.claim.each_5b3_5d.2",
+            f"$O.COMPOZY_OUTPUTS.C.{output_chunk_token('ns/run/uid-1/each[3]/2')}.*",
+            output_meta_subject("ns/run/uid-1/each[3]/2"),
+        ],
+        "subscribe": ["compozy.cmd.ns.run.workflow.cancel", "_INBOX_compozy.ns.run.each_5b3_5d.2.>"],
+    }
+    own = make_event(EventType.TOOL_SUCCESS, "x", "ns", "run", "uid-1", "each[3]", 2)
+    assert own.subject.startswith("compozy.state.ns.run.task.each_5b3_5d.2.")
+    assert output_meta_subject("k") == "$O.COMPOZY_OUTPUTS.M.aw=="
 
 
 def test_pod_names() -> None:

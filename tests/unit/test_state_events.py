@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from compozy_operator import state_manager
-from compozy_operator.events import EventType, InvalidEvent, make_event, parse_state_event
+from compozy_operator.events import (EventType, InvalidEvent, Publisher, StateSubject, make_event, parse_state_event,
+                                     parse_state_subject)
 from compozy_operator.kube import ApiException
 from compozy_operator.monitoring import REJECTED_EVENTS
 from compozy_operator.operator_main import Supervised
@@ -92,23 +93,92 @@ def test_malformed_events_are_rejected_with_a_reason(name: str) -> None:
     assert "\n" not in e.value.problem and len(e.value.problem) < 300
 
 
+OWN = "compozy.state.ns.run.task.a.1.TaskExecutionStarted"  # event()'s subject: attempt 1 of task a
+
+
+def test_an_event_is_on_its_attempts_subject() -> None:
+    assert event()["subject"] == OWN
+    parsed = parse_state_subject(OWN)
+    assert parsed == StateSubject("ns", "run", Publisher.ATTEMPT, "a", 1, "TaskExecutionStarted")
+
+
 @pytest.mark.parametrize("subject", [
-    "compozy.state.ns.other-run.task.TaskExecutionStarted",  # another execution
-    "compozy.state.other-ns.run.task.TaskExecutionStarted",  # another namespace
-    "compozy.state.ns.run.task.TaskExecutionSuccess",  # another type than the body's
+    "compozy.state.ns.other-run.task.a.1.TaskExecutionStarted",  # another execution
+    "compozy.state.other-ns.run.task.a.1.TaskExecutionStarted",  # another namespace
+    "compozy.state.ns.run.task.b.1.TaskExecutionStarted",  # another task
+    "compozy.state.ns.run.task.a.2.TaskExecutionStarted",  # another attempt
+    "compozy.state.ns.run.task.a.0.TaskExecutionStarted",  # no attempt
+    "compozy.state.ns.run.task.a.01.TaskExecutionStarted",  # attempt 1 spelled otherwise
+    "compozy.state.ns.run.task.a.1.TaskExecutionSuccess",  # another type than the body's
+    "compozy.state.ns.run.operator.a.1.TaskExecutionStarted",  # the operator never says Started
+    "compozy.state.ns.run.task.TaskExecutionStarted",  # the old, attempt-less subject
+    "compozy.state.ns.run.workflow.TaskExecutionStarted",
+    "compozy.state.ns.run.task.a.1.TaskExecutionStarted.x",
     "compozy.state.ns.run",
 ])
-def test_a_forged_subject_is_rejected(subject: str) -> None:
+def test_a_subject_that_disagrees_with_the_body_is_rejected(subject: str) -> None:
     with pytest.raises(InvalidEvent) as e:
         parse_state_event(subject, encode(event()))
     assert e.value.reason == "subject_mismatch"
-    assert "compozy.state.ns.run.task.TaskExecutionStarted" in e.value.problem
+    assert "\n" not in e.value.problem and len(e.value.problem) < 300
+
+
+@pytest.mark.parametrize("field,value", [
+    ("namespace", "victim"), ("execution", "victim-run"), ("task", "b"), ("attempt", 2), ("attempt", None),
+    ("task", None), ("task", "a.1"),
+])
+def test_a_body_that_disagrees_with_its_subject_in_any_field_is_rejected(field: str, value: Any) -> None:
+    body = event()
+    if value is None:
+        del body["data"][field]
+    else:
+        body["data"][field] = value
+    with pytest.raises(InvalidEvent) as e:
+        parse_state_event(OWN, encode(body))
+    assert e.value.reason == "subject_mismatch" and f"data.{field}" in e.value.problem
+
+
+def test_a_body_whose_own_subject_or_type_disagrees_is_rejected() -> None:
+    for changes in ({"subject": "compozy.state.ns.run.task.a.2.TaskExecutionStarted"},
+                    {"type": "TaskExecutionSuccess"}):
+        with pytest.raises(InvalidEvent) as e:
+            parse_state_event(OWN, encode({**event(), **changes}))
+        assert e.value.reason == "subject_mismatch"
+
+
+@pytest.mark.parametrize("etype", [EventType.TASK_DISPATCHED, EventType.TASK_RETRY_SCHEDULED,
+                                   EventType.TASK_POD_WAITING, EventType.WORKFLOW_SUCCESS, EventType.WORKFLOW_FAILED])
+def test_an_attempt_cannot_publish_the_operators_events(etype: EventType) -> None:
+    """On its own attempt's subject, an event only the operator may send is refused."""
+    operators = event(etype, *((None, None) if etype.entity == "workflow" else ("a", 1)))
+    with pytest.raises(InvalidEvent) as e:
+        parse_state_event(f"compozy.state.ns.run.task.a.1.{etype.value}", encode(operators))
+    assert e.value.reason == "subject_mismatch"
+    assert parse_state_event(operators["subject"], encode(operators)).type == etype.value  # the operator's own
+
+
+def test_the_operators_task_events_have_a_subject_of_their_own() -> None:
+    """The orchestrator's TaskExecutionFailed (a timeout, a lost pod) or a composite's success go to
+    ``...operator.<task>.<attempt>.<Type>``, which no attempt's identity allows; the same fact keeps
+    the same id, so whichever is stored first is the one JetStream keeps."""
+    ours = make_event(EventType.TASK_FAILED, "compozy/orchestrator", "ns", "run", UID, "each[3]", 2)
+    theirs = make_event(EventType.TASK_FAILED, "compozy/task-executor", "ns", "run", UID, "each[3]", 2,
+                        publisher=Publisher.ATTEMPT)
+    assert ours.subject == "compozy.state.ns.run.operator.each_5b3_5d.2.TaskExecutionFailed"
+    assert theirs.subject == "compozy.state.ns.run.task.each_5b3_5d.2.TaskExecutionFailed"
+    assert ours.id == theirs.id
+    for e in (ours, theirs):
+        assert parse_state_event(e.subject, e.model_dump_json().encode()).task == "each[3]"
+    with pytest.raises(ValueError):
+        make_event(EventType.TASK_DISPATCHED, "x", "ns", "run", UID, "a", 1, publisher=Publisher.ATTEMPT)
+    with pytest.raises(ValueError):
+        make_event(EventType.TOOL_STARTED, "x", "ns", "run", UID, "a", 1, publisher=Publisher.OPERATOR)
 
 
 @pytest.mark.parametrize("etype", ["TaskExploded", "LogEmitted"])
 def test_a_type_that_is_no_state_event_is_rejected(etype: str) -> None:
     with pytest.raises(InvalidEvent, match=etype) as e:
-        parse_state_event(f"compozy.state.ns.run.task.{etype}", encode({**event(), "type": etype}))
+        parse_state_event(f"compozy.state.ns.run.task.a.1.{etype}", encode({**event(), "type": etype}))
     assert e.value.reason == "invalid"
 
 
@@ -183,7 +253,7 @@ def manager(kube: FakeKube) -> StateManager:
 
 
 def msgs_of(*bodies: dict[str, Any] | bytes, subject: str | None = None) -> list[FakeMsg]:
-    return [FakeMsg(subject or (b["subject"] if isinstance(b, dict) else "compozy.state.ns.run.task.X"),
+    return [FakeMsg(subject or (b["subject"] if isinstance(b, dict) else "compozy.state.ns.run.task.a.1.X"),
                     b if isinstance(b, bytes) else encode(b), seq) for seq, b in enumerate(bodies, start=1)]
 
 
@@ -196,7 +266,7 @@ def test_malformed_events_are_terminated_and_the_good_ones_still_folded(caplog: 
     good = [event(EventType.WORKFLOW_STARTED, None, None, workflow="wf", taskCount=1),
             event(EventType.TASK_SUCCESS, output={"n": 1})]
     bad = [{**event(), "data": {}}, with_data(attempt="one"), b"\xffgarbage"]
-    forged = msgs_of(event(execution="someone-else"), subject="compozy.state.ns.run.task.TaskExecutionStarted")
+    forged = msgs_of(event(execution="someone-else"), subject="compozy.state.ns.run.task.a.1.TaskExecutionStarted")
     before = {r: rejected(r) for r in ("invalid", "unparseable", "subject_mismatch")}
     msgs = msgs_of(*bad, *good) + forged
     asyncio.run(manager(kube).apply_batch(msgs))  # type: ignore[arg-type]

@@ -1,10 +1,19 @@
-"""Dispatching task attempts: the TaskExecute command, ``TaskDispatched``, then the pod.
+"""Dispatching task attempts: ``TaskDispatched``, the pod, then its TaskExecute command.
 
 Idempotent end to end, so it is simply done again until the pod is known to exist: the event
-and the command have deterministic ids (JetStream drops a repeat), the pod a deterministic name
-(a repeat answers 409). That is what makes a crash between the event and the pod harmless: the
+has a deterministic id (JetStream drops a repeat), the pod a deterministic name (a repeat
+answers 409). That is what makes a crash between the event and the pod harmless: the
 restarted orchestrator sees a dispatched attempt without a pod and dispatches it again. The
 runner's claim on its attempt (task_executor) keeps a tool from running twice even so.
+
+The command carries a nonce the pod was created with (its env ``COMPOZY_COMMAND_NONCE``), and
+the runner runs only a command that carries it (docs/security.md): a command published by
+anyone else, even first, is not run. So the pod comes first: its nonce is chosen when it is
+created, and a dispatch that finds the pod there (409, after a restart) reads the nonce back from
+it; the command's ``Nats-Msg-Id`` includes the nonce, so nobody can pre-empt it by publishing
+under its id first, and a repeat of the same dispatch is still dropped as a duplicate. The
+runner waits for its command (task_executor.COMMAND_WAIT_SECONDS), so a pod that starts first
+finds it a moment later.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import asyncio
 import base64
 import json
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -22,7 +32,7 @@ from ..events import EventType, command_subject, event_id, make_event
 from ..executor import Dispatch, epoch
 from ..kube import ApiException, Kube
 from ..monitoring import DISPATCH_SECONDS, PODS_CREATED
-from ..pods import NATS_CA_KEY, pod_name, task_pod
+from ..pods import NATS_CA_KEY, pod_name, pod_nonce, task_pod
 from ..settings import Settings
 from .run import SOURCE, Run
 
@@ -46,11 +56,13 @@ class Dispatcher:
             return  # a full parent is decided again when one of its pods ends
         alive[name] = d.task
         try:
-            if not await self._publish(run, d, name):
+            command = self._command(run, d)
+            if not await self._announce(run, d, name, command):
                 alive.pop(name, None)
                 return
+            nonce = secrets.token_urlsafe(24)
             manifest = task_pod(self.settings, obj, d.task, d.attempt, image=d.image, env=d.env,
-                                resources=d.resources)
+                                resources=d.resources, nonce=nonce)
             try:
                 await asyncio.to_thread(self.kube.create, f"/api/v1/namespaces/{run.namespace}/pods", manifest)
                 PODS_CREATED.inc()
@@ -61,6 +73,11 @@ class Dispatcher:
                     return
                 if e.status != 409:  # 409: created before (a restart, a retry); the same deterministic pod
                     raise
+                existing = await asyncio.to_thread(self.kube.get, f"/api/v1/namespaces/{run.namespace}/pods/{name}")
+                nonce = pod_nonce(existing) or ""
+            await self.bus.publish_command(command_subject(run.namespace, run.name, d.task, d.attempt),
+                                           {**command, "nonce": nonce},
+                                           event_id(run.uid, d.task, d.attempt, "TaskExecute", nonce))
         except BaseException:
             alive.pop(name, None)
             raise
@@ -72,24 +89,24 @@ class Dispatcher:
                                 f"dispatched task {d.task} attempt {d.attempt} as pod {name}",
                                 task=d.task, attempt=d.attempt)
 
-    async def _publish(self, run: Run, d: Dispatch, name: str) -> bool:
-        """Store the command and TaskDispatched (both before the pod exists: it fetches the command).
-        False when the command can never fit: the attempt failed instead."""
+    def _command(self, run: Run, d: Dispatch) -> dict[str, Any]:
+        """The TaskExecute command (its nonce added once the pod's is known)."""
         assert run.spec is not None
+        return {"namespace": run.namespace, "execution": run.name, "uid": run.uid, "task": d.task,
+                "attempt": d.attempt, **d.command(), "env": run.spec.env or {},
+                "outputInlineLimit": self.settings.output_inline_limit}
+
+    async def _announce(self, run: Run, d: Dispatch, name: str, command: dict[str, Any]) -> bool:
+        """Check the command fits, then store TaskDispatched (before the pod exists).
+        False when the command can never fit: the attempt failed instead, without a pod."""
         await self._ensure_nats_secret(run.namespace)
-        command = {"namespace": run.namespace, "execution": run.name, "uid": run.uid, "task": d.task,
-                   "attempt": d.attempt, **d.command(), "env": run.spec.env or {},
-                   "outputInlineLimit": self.settings.output_inline_limit}
-        publish_command = self.bus.publish_command(command_subject(run.namespace, run.name, d.task, d.attempt),
-                                                   command, event_id(run.uid, d.task, d.attempt, "TaskExecute"))
         try:
-            await asyncio.gather(
-                run.publish(self.bus, make_event(EventType.TASK_DISPATCHED, SOURCE, run.namespace, run.name, run.uid,
-                                                 d.task, d.attempt, podName=name, **d.runs)),
-                publish_command)
+            self.bus.check_size(json.dumps({**command, "nonce": "n" * 32}).encode(), "the TaskExecute command")
         except PayloadTooLarge as e:
             await self._fail(run, d, "InputTooLarge", f"task {d.task}: its rendered input is too large to send: {e}")
             return False
+        await run.publish(self.bus, make_event(EventType.TASK_DISPATCHED, SOURCE, run.namespace, run.name, run.uid,
+                                               d.task, d.attempt, podName=name, **d.runs))
         return True
 
     async def _fail(self, run: Run, d: Dispatch, reason: str, message: str) -> None:
