@@ -1,48 +1,40 @@
-"""A task attempt's NATS permissions (nats_auth.permissions) against a table of what it may and may
-not do. Subjects come from events.py's functions (as the runner and the operator build them), so
-the table holds whichever subject layout events.py has."""
+"""A task attempt's NATS permissions (nats_auth.permissions, events.attempt_permissions) against a
+table of what it may and may not do, with subjects built as the runner and the operator build them."""
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 
-from compozy_operator import events
-from compozy_operator.events import (EventType, cancel_subject, command_subject, log_subject, make_event, output_key,
-                                     state_subject)
-from compozy_operator.nats_auth.permissions import (RUNNER_EVENTS, allows, attempt_permissions, claim_subject,
-                                                    direct_get_subject, inbox_prefix, matches, output_chunks_pattern,
-                                                    output_meta_subject)
+from compozy_operator.events import (EventType, Publisher, cancel_subject, claim_subject, command_subject,
+                                     inbox_prefix, log_subject, make_event, output_chunk_token, output_key,
+                                     output_meta_subject, state_subject)
+from compozy_operator.nats_auth.permissions import allows, attempt_permissions, bounded, matches
 
 NS, EXEC, UID, TASK, ATTEMPT = "team-a", "run-1", "uid-1", "fetch", 2
 P = attempt_permissions(NS, EXEC, UID, TASK, ATTEMPT)
-SCOPED = "publisher" in inspect.signature(make_event).parameters  # events.py with per-attempt subjects
+RUNNER_EVENTS = [EventType.TASK_STARTED, EventType.TASK_SUCCESS, EventType.TASK_FAILED, EventType.AGENT_STARTED,
+                 EventType.AGENT_SUCCESS, EventType.AGENT_FAILED, EventType.TOOL_STARTED, EventType.TOOL_SUCCESS,
+                 EventType.TOOL_FAILED]
 
 
 def _event(etype: EventType, ns: str = NS, execution: str = EXEC, task: str | None = TASK, attempt: int = ATTEMPT,
-           operator: bool = False) -> str:
-    """The subject ``etype`` is published on: by the attempt as the runner does, or by the operator."""
-    kw = {}
-    if SCOPED:
-        kw["publisher"] = events.Publisher.OPERATOR if operator else events.Publisher.ATTEMPT
-    return make_event(etype, "x", ns, execution, UID, task, attempt, **kw).subject
+           publisher: Publisher | None = Publisher.ATTEMPT) -> str:
+    """The subject ``etype`` goes to: as the runner publishes it, or (``publisher``) another's."""
+    return make_event(etype, "x", ns, execution, UID, task, attempt, publisher=publisher).subject
 
 
 def _log(component: str, ns: str = NS, execution: str = EXEC, task: str = TASK, attempt: int = ATTEMPT) -> str:
-    if "task" in inspect.signature(log_subject).parameters:
-        return log_subject(ns, execution, component, task, attempt)
-    return log_subject(ns, execution, component)
+    return log_subject(ns, execution, component, task, attempt)
 
 
-def _operator_event(etype: EventType) -> str:
-    return make_event(etype, "x", NS, EXEC, UID, TASK, ATTEMPT).subject
+def direct_get_subject(stream: str, subject: str) -> str:
+    return f"$JS.API.DIRECT.GET.{stream}.{subject}"
 
 
 CMD = command_subject(NS, EXEC, TASK, ATTEMPT)
 CLAIM = claim_subject(NS, EXEC, TASK, ATTEMPT)
 KEY = output_key(NS, EXEC, UID, TASK, ATTEMPT)
-OUT_CHUNK = output_chunks_pattern(KEY).replace("*", "c0ffee")
+OUT_CHUNK = f"$O.COMPOZY_OUTPUTS.C.{output_chunk_token(KEY)}.c0ffee"
 INBOX = inbox_prefix(NS, EXEC, TASK, ATTEMPT)
 
 # (what, publish or subscribe, subject, allowed)
@@ -64,8 +56,19 @@ TABLE = [
     ("cancel its execution", "pub", cancel_subject(NS, EXEC), False),
     ("WorkflowExecutionSuccess", "pub", _event(EventType.WORKFLOW_SUCCESS, task=None), False),
     ("WorkflowExecutionFailed", "pub", _event(EventType.WORKFLOW_FAILED, task=None), False),
-    ("TaskDispatched (operator's)", "pub", _operator_event(EventType.TASK_DISPATCHED), False),
-    ("TaskRetryScheduled (operator's)", "pub", _operator_event(EventType.TASK_RETRY_SCHEDULED), False),
+    ("TaskDispatched (operator's)", "pub", _event(EventType.TASK_DISPATCHED, publisher=None), False),
+    ("TaskRetryScheduled (operator's)", "pub", _event(EventType.TASK_RETRY_SCHEDULED, publisher=None), False),
+    ("its TaskExecutionSuccess as the operator", "pub", _event(EventType.TASK_SUCCESS, publisher=Publisher.OPERATOR),
+     False),
+    # NATS lets it say anything on its own subjects; the state manager refuses a type it may not send
+    ("an operator type on its own subject", "pub",
+     _event(EventType.TASK_STARTED).rsplit(".", 1)[0] + ".WorkflowExecutionSuccess", True),
+    ("another task's TaskExecutionSuccess", "pub", _event(EventType.TASK_SUCCESS, task="other"), False),
+    ("another attempt's TaskExecutionSuccess", "pub", _event(EventType.TASK_SUCCESS, attempt=ATTEMPT + 1), False),
+    ("another execution's TaskExecutionSuccess", "pub", _event(EventType.TASK_SUCCESS, execution="run-2"), False),
+    ("a victim's TaskExecutionSuccess", "pub", _event(EventType.TASK_SUCCESS, ns="victim"), False),
+    ("a victim's log", "pub", _log("runtime", ns="victim"), False),
+    ("an operator log of its execution", "pub", log_subject(NS, EXEC, "orchestrator"), False),
     ("another task's command", "pub", direct_get_subject("COMPOZY_COMMANDS", command_subject(NS, EXEC, "other", 1)),
      False),
     ("another attempt's command", "pub",
@@ -113,54 +116,37 @@ def test_permission_table(what: str, op: str, subject: str, allowed: bool) -> No
 
 
 def test_nothing_else_is_granted() -> None:
-    assert len(P.publish) == len(RUNNER_EVENTS) + 2 + 1 + 2 + 2  # events, logs, claim, 2 direct gets, output
-    assert len(P.subscribe) == 2
-    wildcards = [s for s in (*P.publish, *P.subscribe) if "*" in s.split(".") or ">" in s.split(".")]
-    assert wildcards == [output_chunks_pattern(KEY), f"{INBOX}.>"]
+    assert len(P.publish) == 7 and len(P.subscribe) == 2
+    wildcards = [x for x in (*P.publish, *P.subscribe) if x.endswith((".*", ".>"))]
+    assert len(wildcards) == 4  # state, log, chunks, replies: each under a prefix of this attempt alone
 
 
-@pytest.mark.skipif(not SCOPED, reason="events.py without per-attempt subjects")
-def test_exact_lists_with_per_attempt_subjects() -> None:
+def test_exact_lists() -> None:
     p = attempt_permissions("team-a", "run.1", "uid-1", "each-url[3]", 2)
-    base = "compozy.state.team-a.run_1.task.each-url_5b3_5d.2"
     assert p.publish == (
-        *(f"{base}.{t.value}" for t in RUNNER_EVENTS),
-        "compozy.log.team-a.run_1.task.each-url_5b3_5d.2.task-executor",
-        "compozy.log.team-a.run_1.task.each-url_5b3_5d.2.runtime",
+        "compozy.state.team-a.run_1.task.each-url_5b3_5d.2.*",
+        "compozy.log.team-a.run_1.task.each-url_5b3_5d.2.*",
         "compozy.cmd.team-a.run_1.task.claim.each-url_5b3_5d.2",
         "$JS.API.DIRECT.GET.COMPOZY_COMMANDS.compozy.cmd.team-a.run_1.task.execute.each-url_5b3_5d.2",
         "$JS.API.DIRECT.GET.COMPOZY_COMMANDS.compozy.cmd.team-a.run_1.task.claim.each-url_5b3_5d.2",
+        f"$O.COMPOZY_OUTPUTS.C.{output_chunk_token('team-a/run.1/uid-1/each-url[3]/2')}.*",
         "$O.COMPOZY_OUTPUTS.M.dGVhbS1hL3J1bi4xL3VpZC0xL2VhY2gtdXJsWzNdLzI=",
-        f"$O.COMPOZY_OUTPUTS.C.{events.output_chunk_token('team-a/run.1/uid-1/each-url[3]/2')}.*",
     )
     assert p.subscribe == ("compozy.cmd.team-a.run_1.workflow.cancel", "_INBOX_compozy.team-a.run_1.each-url_5b3_5d.2.>")
 
 
-@pytest.mark.skipif(SCOPED, reason="events.py with per-attempt subjects")
-def test_exact_lists_with_per_execution_subjects() -> None:
-    p = attempt_permissions("team-a", "run.1", "uid-1", "each-url[3]", 2)
-    assert p.publish == (
-        *(f"compozy.state.team-a.run_1.{t.entity}.{t.value}" for t in RUNNER_EVENTS),
-        "compozy.log.team-a.run_1.task-executor",
-        "compozy.log.team-a.run_1.runtime",
-        "compozy.cmd.team-a.run_1.task.claim.each-url[3].2",
-        "$JS.API.DIRECT.GET.COMPOZY_COMMANDS.compozy.cmd.team-a.run_1.task.execute.each-url[3].2",
-        "$JS.API.DIRECT.GET.COMPOZY_COMMANDS.compozy.cmd.team-a.run_1.task.claim.each-url[3].2",
-        "$O.COMPOZY_OUTPUTS.M.dGVhbS1hL3J1bi4xL3VpZC0xL2VhY2gtdXJsWzNdLzI=",
-        "$O.COMPOZY_OUTPUTS.C.*",
-    )
-    assert p.subscribe == ("compozy.cmd.team-a.run_1.workflow.cancel", "_INBOX_compozy.team-a.run_1.each-url[3].2.>")
-
-
-@pytest.mark.parametrize("task", ["a b", ">", "*", "a.>", "x\ty", "", "ä"])
+@pytest.mark.parametrize("task", ["a b", ">", "*", "a.>", "x\ty", "ä", "a.b"])
 def test_names_never_widen_a_grant(task: str) -> None:
-    """A task key is never a wildcard or a blank in a grant: refused, or encoded as a literal."""
-    try:
-        p = attempt_permissions(NS, EXEC, UID, task, 1)
-    except ValueError:
-        return
-    for subject in (*p.publish[:-1], *p.subscribe[:-1]):
-        assert all(t and t not in ("*", ">") and not any(c.isspace() for c in t) for t in subject.split(".")), subject
+    """Whatever a task key holds, every grant is literal but for its last token."""
+    p = attempt_permissions(NS, EXEC, UID, task, 1)
+    for subject in (*p.publish, *p.subscribe):
+        assert bounded(subject) == subject
+
+
+@pytest.mark.parametrize("subject", ["compozy.>", "a.*.b", "a..b", "a. b.c", ">", "*"])
+def test_unbounded_grants_are_refused(subject: str) -> None:
+    with pytest.raises(ValueError):
+        bounded(subject)
 
 
 @pytest.mark.parametrize("bad", [("", EXEC, UID, TASK, 1), (NS, EXEC, UID, TASK, 0), (NS, EXEC, "", TASK, 1),
@@ -170,12 +156,11 @@ def test_incomplete_attempts_are_refused(bad: tuple) -> None:
         attempt_permissions(*bad)
 
 
-@pytest.mark.parametrize(("pattern", "subject", "match", "covers"), [
-    ("a.b", "a.b", True, True), ("a.*", "a.b", True, True), ("a.*", "a.b.c", False, False),
-    ("a.>", "a.b.c", True, True), ("a.>", "a", False, False), ("a.b.>", "a.>", False, False),
-    ("a.*", "a.*", True, True), ("a.b", "a.*", False, False), ("a.*.c", "a.>", False, False),
+@pytest.mark.parametrize(("pattern", "subject", "granted"), [
+    ("a.b", "a.b", True), ("a.*", "a.b", True), ("a.*", "a.b.c", False), ("a.>", "a.b.c", True), ("a.>", "a", False),
+    ("a.b.>", "a.>", False), ("a.*", "a.*", True), ("a.b", "a.*", False), ("a.*.c", "a.>", False),
+    ("a.>", "a.*", True), ("a.*", "b.c", False),
 ])
-def test_subject_matching(pattern: str, subject: str, match: bool, covers: bool) -> None:
-    assert allows([pattern], subject) is covers
-    if ">" not in subject and "*" not in subject:
-        assert matches(pattern, subject) is match
+def test_subject_matching(pattern: str, subject: str, granted: bool) -> None:
+    assert allows([pattern], subject) is granted
+    assert matches(pattern, subject) is granted
