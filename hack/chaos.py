@@ -26,7 +26,7 @@ SIGKILL of the operator (restarted at once), nats-server stopped for each ``--na
 duration and resumed (same ports and data), a process node stopped and started again, running
 task pods deleted (alternately with the default grace and with none), the state consumer
 ``compozy-state-manager`` deleted, the ``COMPOZY_STATE`` and ``COMPOZY_COMMANDS`` streams deleted,
-and events injected on ``compozy.state.<ns>.<execution>...``: malformed ones (not JSON, ``data: {}``,
+and events injected on ``compozy.state.<ns>.<execution>...`` (an attempt's subject, see events.py): malformed ones (not JSON, ``data: {}``,
 a non-numeric attempt, no id, an unknown type, an array), duplicates of real events (with their
 ``Nats-Msg-Id`` and without one, so JetStream's de-duplication does not hide them) and real events
 re-published in reverse order after later ones (out of order).
@@ -92,6 +92,7 @@ sys.path.insert(0, str(ROOT))  # the tests' helpers (kubectl, CRDs)
 import nats  # noqa: E402
 from nats.js.errors import NotFoundError  # noqa: E402
 
+from compozy_operator.events import EventType, Publisher, state_subject  # noqa: E402
 from compozy_operator.testenv import DevEnvironment  # noqa: E402
 from compozy_operator.testenv.operator_process import OperatorProcess  # noqa: E402
 from tests.helpers import Kubectl, apply_crds  # noqa: E402
@@ -690,7 +691,7 @@ class Chaos:
 
     def fault_inject_malformed(self, f: Fault) -> None:
         name, uid = self._target()
-        subject = f"compozy.state.{NS}.{name}.task.TaskExecutionStarted"
+        subject = state_subject(NS, name, EventType.TASK_STARTED, "chaos-ghost", 1, Publisher.ATTEMPT)
         now = datetime.now(timezone.utc).isoformat()
 
         def env(**kw: Any) -> bytes:

@@ -76,7 +76,7 @@ class Observer:
             t = datetime.fromisoformat(ev["time"].replace("Z", "+00:00")).timestamp()
             self.success[(ev["data"]["execution"], ev["data"]["task"])] = t
 
-        await nc.subscribe(f"compozy.state.{NS}.*.task.TaskExecutionSuccess", cb=on)
+        await nc.subscribe(f"compozy.state.{NS}.*.*.*.*.TaskExecutionSuccess", cb=on)  # the attempt's or the operator's
         while not self.stop.is_set():
             await asyncio.sleep(0.1)
         await nc.close()

@@ -299,11 +299,15 @@ class Bus:
             await sub.unsubscribe()
         return out
 
-    async def publish_command(self, subject: str, payload: dict[str, Any], msg_id: str) -> int:
+    async def publish_command(self, subject: str, payload: dict[str, Any], msg_id: str | None = None) -> int:
+        """Store a TaskExecute command, the one kept on ``subject`` (a repeat replaces it). Without a
+        ``Nats-Msg-Id`` unless given: a guessable id would let whoever publishes first under it
+        have the real command dropped as a duplicate."""
         assert self.js is not None
         data = self.check_size(json.dumps(payload).encode(), "the TaskExecute command")
         failpoints.point("publish.TaskExecute:before")
-        ack = await self.js.publish(subject, data, stream=COMMAND_STREAM, headers={"Nats-Msg-Id": msg_id})
+        ack = await self.js.publish(subject, data, stream=COMMAND_STREAM,
+                                    headers={"Nats-Msg-Id": msg_id} if msg_id else None)
         failpoints.point("publish.TaskExecute:after")
         return ack.seq
 

@@ -51,8 +51,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 COMMAND_WAIT_SECONDS = 30  # of NATS answering "no command yet" (time NATS is away does not count)
 COMMAND_POLL_SECONDS = 0.2
-# A command that is not this pod's is looked at once more after this long (a re-created pod of the
-# same attempt may see its predecessor's for the moment before the operator replaces it); then refused.
+# A command that is not this pod's is looked at once more after this long (a dispatch repeated after a
+# restart may store its own nonce's command a moment before it finds this pod and stores this pod's
+# again: see orchestrator.dispatcher); then refused.
 COMMAND_RECHECK_SECONDS = 1.0
 DEFAULT_OUTAGE_SECONDS = 300  # how long each NATS operation waits out an outage before the pod gives up
 DEFAULT_INLINE_LIMIT = 16 * 1024  # bytes of JSON; larger outputs go to the object store

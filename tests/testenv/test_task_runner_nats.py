@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
-from compozy_operator.bus import Bus, claim_subject
-from compozy_operator.events import Event, command_subject, event_id
+import json
+
+from compozy_operator.bus import Bus
+from compozy_operator.events import Event, attempt_permissions, claim_subject, command_subject, event_id
 from compozy_operator.testenv import DevEnvironment
 from compozy_operator.testenv.natsserver import NatsServer
 from tests.helpers import wait_for
@@ -39,8 +41,9 @@ def server(devenv: DevEnvironment, tmp_path: Path) -> Iterator[NatsServer]:
         yield s
 
 
-async def _bus(server: NatsServer) -> Bus:
-    bus = Bus(server.url, server.token, "test")
+async def _bus(server: NatsServer, url: str | None = None) -> Bus:
+    """A client of ``server`` (as the operator: its token, or the user named in ``url``)."""
+    bus = Bus(url or server.url, None if url else server.token, "test")
     await bus.connect(attempts=3)
     return bus
 
@@ -51,14 +54,21 @@ async def _ensure_streams(server: NatsServer) -> None:
     await bus.close()
 
 
-def publish_command(server: NatsServer, task: str, file: Path, seconds: float, attempt: int = 1) -> None:
+def nonce_of(task: str, attempt: int) -> str:
+    """The nonce a test's pod of ``task`` ``attempt`` is given (the operator's are random)."""
+    return f"nonce-{task}-{attempt}"
+
+
+def publish_command(server: NatsServer, task: str, file: Path, seconds: float, attempt: int = 1,
+                    bus_url: str | None = None, **changes: Any) -> None:
     command = {"namespace": NS, "execution": RUN, "uid": UID, "task": task, "attempt": attempt,
-               "tool": {"id": "counted", "python": COUNTED}, "input": {"file": str(file), "seconds": seconds}}
+               "nonce": nonce_of(task, attempt), "tool": {"id": "counted", "python": COUNTED},
+               "input": {"file": str(file), "seconds": seconds}, **changes}
 
     async def publish() -> None:
-        bus = await _bus(server)
+        bus = await _bus(server, bus_url)
         await bus.publish_command(command_subject(NS, RUN, task, attempt), command,
-                                  event_id(UID, task, attempt, "TaskExecute"))
+                                  event_id(UID, task, attempt, "TaskExecute", command["nonce"]))
         await bus.close()
 
     asyncio.run(publish())
@@ -71,6 +81,7 @@ def start_runner(server: NatsServer, tmp_path: Path, task: str, pod_uid: str, at
     pod = f"{RUN}-{task}-{attempt}"
     variables = {**os.environ, "COMPOZY_NAMESPACE": NS, "COMPOZY_EXECUTION": RUN, "COMPOZY_EXECUTION_UID": UID,
                  "COMPOZY_TASK": task, "COMPOZY_ATTEMPT": str(attempt), "POD_NAME": pod,
+                 "COMPOZY_COMMAND_NONCE": nonce_of(task, attempt),
                  "COMPOZY_NATS_URL": server.url, "COMPOZY_NATS_TOKEN": server.token,
                  "COMPOZY_TERMINATION_LOG": str(tmp_path / f"{pod}-{pod_uid}.termination"), **env}
     if pod_uid:
@@ -80,9 +91,9 @@ def start_runner(server: NatsServer, tmp_path: Path, task: str, pod_uid: str, at
                             stdout=log, stderr=subprocess.STDOUT)
 
 
-def state_events(server: NatsServer) -> list[Event]:
+def state_events(server: NatsServer, bus_url: str | None = None) -> list[Event]:
     async def replay() -> list[Event]:
-        bus = await _bus(server)
+        bus = await _bus(server, bus_url)
         events = [e for _, e in await bus.replay(f"compozy.state.{NS}.{RUN}.>")]
         await bus.close()
         return events
@@ -175,3 +186,126 @@ def test_a_runner_gives_up_after_the_outage_budget(server: NatsServer, tmp_path:
     assert time.monotonic() - stopped < 15
     message = (tmp_path / f"{RUN}-a-1-uid-a.termination").read_text()
     assert "publishing ToolExecutionSuccess: NATS unavailable for 3s" in message, message
+
+
+def test_a_forged_command_is_refused_and_not_run(server: NatsServer, tmp_path: Path) -> None:
+    """A command without the pod's nonce (published by someone else, first) is not run: the attempt
+    fails with CommandRefused, saying why."""
+    runs = tmp_path / "runs"
+    publish_command(server, "a", runs, 0, nonce="guessed", tool={"id": "counted", "python": COUNTED})
+    runner = start_runner(server, tmp_path, "a", "uid-a")
+    assert runner.wait(60) == 0
+    assert runs_of(runs) == {}
+    failed = [e for e in state_events(server) if e.type == "TaskExecutionFailed"]
+    assert [f.data["error"]["reason"] for f in failed] == ["CommandRefused"]
+    assert "does not carry the nonce this pod was created with" in failed[0].data["error"]["message"]
+    assert not any(e.type == "TaskExecutionStarted" for e in state_events(server))
+
+
+class PermissionedNats(NatsServer):
+    """nats-server whose clients are users with permissions: ``op`` may do anything, each other
+    user exactly what ``users`` gives it (the real server enforces it)."""
+
+    def __init__(self, bindir: Path, workdir: Path, users: dict[str, dict[str, list[str]]]) -> None:
+        super().__init__(bindir, workdir)
+        self.users = users
+
+    def _write_config(self) -> Path:
+        conf = super()._write_config()
+        config = json.loads(conf.read_text())
+        config["authorization"] = {"users": [
+            {"user": "op", "password": self.token},
+            *({"user": name, "password": self.token,
+               "permissions": {"publish": {"allow": p["publish"]}, "subscribe": {"allow": p["subscribe"]}}}
+              for name, p in self.users.items())]}
+        conf.write_text(json.dumps(config, indent=2))
+        return conf
+
+    def url_of(self, user: str) -> str:
+        return f"nats://{user}:{self.token}@127.0.0.1:{self.port}"
+
+
+BIG = ("def run(input, ctx):\n"
+       "    ctx.log.info('writing a large output')\n"
+       "    return {'blob': 'x' * 300_000, 'task': ctx.task}\n")
+
+
+def test_a_runner_needs_only_its_attempts_subjects(devenv: DevEnvironment, tmp_path: Path) -> None:
+    """The runner, connected as a user allowed exactly events.attempt_permissions() (of a collection
+    child: its key is token-encoded), fetches and checks its command, claims its attempt, reports
+    every event and log line, and stores a 300 KB output (3 chunks) that any NATS client reads
+    back; the server refuses it everything else."""
+    task = "each[3]"
+    with PermissionedNats(devenv.bindir, tmp_path / "nats", {"a": attempt_permissions(NS, RUN, UID, task, 1)}) as srv:
+        op = srv.url_of("op")
+
+        async def setup() -> None:
+            bus = await _bus(srv, op)
+            await bus.ensure_streams()
+            await bus.close()
+
+        asyncio.run(setup())
+        publish_command(srv, task, tmp_path / "runs", 0, bus_url=op, tool={"id": "big", "python": BIG},
+                        outputInlineLimit=1024)
+        runner = start_runner(srv, tmp_path, task, "uid-a", COMPOZY_NATS_URL=srv.url_of("a"), COMPOZY_NATS_TOKEN="")
+        code = runner.wait(60)
+        log = next(tmp_path.glob(f"{RUN}-*uid-a.log")).read_text()
+        assert code == 0, log
+        assert "ermission" not in log, log  # no Permissions Violation on the way
+        events = state_events(srv, op)
+        assert [e.type for e in events] == ["TaskExecutionStarted", "ToolExecutionStarted", "ToolExecutionSuccess",
+                                            "TaskExecutionSuccess"]
+        assert all(e.task == task and e.attempt == 1 for e in events)
+
+        async def check() -> tuple[Any, int, list[str]]:
+            bus = await _bus(srv, op)
+            ref = events[-1].data["outputRef"]
+            value = await bus.get_output(ref)
+            logs = await bus.js.pull_subscribe(f"compozy.log.{NS}.{RUN}.>", stream="COMPOZY_LOGS")
+            lines = [json.loads(m.data)["subject"] for m in await logs.fetch(50, timeout=2)]
+            removed = await bus.delete_outputs(f"{NS}/{RUN}/{UID}/")
+            await bus.close()
+            return value, removed, lines
+
+        value, removed, log_subjects = asyncio.run(check())
+        assert value == {"blob": "x" * 300_000, "task": task} and removed == 1
+        assert log_subjects and all(s.startswith(f"compozy.log.{NS}.{RUN}.task.each_5b3_5d.1.") for s in log_subjects)
+
+        async def attack() -> dict[str, bool]:
+            """As the attempt's user: everything else is refused by the server."""
+            errors: list[str] = []
+
+            async def on_error(e: Exception) -> None:
+                errors.append(str(e))
+
+            import nats  # noqa: PLC0415
+
+            nc = await nats.connect(srv.url_of("a"), error_cb=on_error, inbox_prefix="_INBOX_compozy.ns.run-1.each_5b3_5d.1")
+            js = nc.jetstream(timeout=1)
+            refused = {}
+            for what, subject in (("a workflow event", f"compozy.state.{NS}.{RUN}.workflow.WorkflowExecutionSuccess"),
+                                  ("an operator event", f"compozy.state.{NS}.{RUN}.operator.each_5b3_5d.1.TaskExecutionSuccess"),
+                                  ("another attempt's", f"compozy.state.{NS}.{RUN}.task.each_5b3_5d.2.TaskExecutionSuccess"),
+                                  ("a command", command_subject(NS, RUN, task, 2))):
+                try:
+                    await js.publish(subject, b"{}")
+                    refused[what] = False
+                except Exception:  # noqa: BLE001 - a timeout: the server dropped it
+                    refused[what] = True
+            for what, api in (("another command", f"$JS.API.DIRECT.GET.COMPOZY_COMMANDS.{command_subject(NS, RUN, task, 2)}"),
+                              ("stream info", "$JS.API.STREAM.INFO.COMPOZY_STATE"),
+                              ("a purge", "$JS.API.STREAM.PURGE.OBJ_COMPOZY_OUTPUTS")):
+                try:
+                    await nc.request(api, b"", timeout=1)
+                    refused[what] = False
+                except Exception:  # noqa: BLE001
+                    refused[what] = True
+            await nc.subscribe("compozy.>")
+            await nc.flush()
+            await asyncio.sleep(0.3)
+            refused["subscribe compozy.>"] = any("compozy.>" in e for e in errors)
+            await nc.close()
+            return refused
+
+        refused = asyncio.run(attack())
+        assert all(refused.values()), refused

@@ -1,19 +1,19 @@
-"""Dispatching task attempts: ``TaskDispatched``, the pod, then its TaskExecute command.
+"""Dispatching task attempts: the TaskExecute command, ``TaskDispatched``, then the pod.
 
 Idempotent end to end, so it is simply done again until the pod is known to exist: the event
-has a deterministic id (JetStream drops a repeat), the pod a deterministic name (a repeat
-answers 409). That is what makes a crash between the event and the pod harmless: the
-restarted orchestrator sees a dispatched attempt without a pod and dispatches it again. The
-runner's claim on its attempt (task_executor) keeps a tool from running twice even so.
+has a deterministic id (JetStream drops a repeat), the command is the one kept on its subject
+(a repeat replaces it), the pod has a deterministic name (a repeat answers 409). That is what
+makes a crash between the event and the pod harmless: the restarted orchestrator sees a
+dispatched attempt without a pod and dispatches it again. The runner's claim on its attempt
+(task_executor) keeps a tool from running twice even so.
 
-The command carries a nonce the pod was created with (its env ``COMPOZY_COMMAND_NONCE``), and
-the runner runs only a command that carries it (docs/security.md): a command published by
-anyone else, even first, is not run. So the pod comes first: its nonce is chosen when it is
-created, and a dispatch that finds the pod there (409, after a restart) reads the nonce back from
-it; the command's ``Nats-Msg-Id`` includes the nonce, so nobody can pre-empt it by publishing
-under its id first, and a repeat of the same dispatch is still dropped as a duplicate. The
-runner waits for its command (task_executor.COMMAND_WAIT_SECONDS), so a pod that starts first
-finds it a moment later.
+The command carries a random nonce that the pod is created with (env ``COMPOZY_COMMAND_NONCE``),
+and the runner runs only a command that carries its pod's (docs/security.md): a command anyone
+else published, before or after the operator's, is not run. The command has no ``Nats-Msg-Id``
+(a guessable one let a forged command be stored first and the real one dropped as its
+duplicate): a repeat just replaces it. A dispatch that finds the pod there already (409: a
+restart, a retry) reads the pod's nonce and, if it published another, publishes the command
+again with the pod's.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 from ..api.models import WorkflowExecutionStatus, WorkflowSpec
 from ..bus import Bus, PayloadTooLarge
-from ..events import EventType, command_subject, event_id, make_event
+from ..events import EventType, command_subject, make_event
 from ..executor import Dispatch, epoch
 from ..kube import ApiException, Kube
 from ..monitoring import DISPATCH_SECONDS, PODS_CREATED
@@ -56,11 +56,10 @@ class Dispatcher:
             return  # a full parent is decided again when one of its pods ends
         alive[name] = d.task
         try:
-            command = self._command(run, d)
-            if not await self._announce(run, d, name, command):
+            nonce = secrets.token_urlsafe(24)
+            if not await self._publish(run, d, name, nonce):
                 alive.pop(name, None)
                 return
-            nonce = secrets.token_urlsafe(24)
             manifest = task_pod(self.settings, obj, d.task, d.attempt, image=d.image, env=d.env,
                                 resources=d.resources, nonce=nonce)
             try:
@@ -73,11 +72,7 @@ class Dispatcher:
                     return
                 if e.status != 409:  # 409: created before (a restart, a retry); the same deterministic pod
                     raise
-                existing = await asyncio.to_thread(self.kube.get, f"/api/v1/namespaces/{run.namespace}/pods/{name}")
-                nonce = pod_nonce(existing) or ""
-            await self.bus.publish_command(command_subject(run.namespace, run.name, d.task, d.attempt),
-                                           {**command, "nonce": nonce},
-                                           event_id(run.uid, d.task, d.attempt, "TaskExecute", nonce))
+                await self._command_for_existing(run, d, name, nonce)
         except BaseException:
             alive.pop(name, None)
             raise
@@ -89,24 +84,34 @@ class Dispatcher:
                                 f"dispatched task {d.task} attempt {d.attempt} as pod {name}",
                                 task=d.task, attempt=d.attempt)
 
-    def _command(self, run: Run, d: Dispatch) -> dict[str, Any]:
-        """The TaskExecute command (its nonce added once the pod's is known)."""
+    def _command(self, run: Run, d: Dispatch, nonce: str) -> dict[str, Any]:
         assert run.spec is not None
         return {"namespace": run.namespace, "execution": run.name, "uid": run.uid, "task": d.task,
-                "attempt": d.attempt, **d.command(), "env": run.spec.env or {},
+                "attempt": d.attempt, "nonce": nonce, **d.command(), "env": run.spec.env or {},
                 "outputInlineLimit": self.settings.output_inline_limit}
 
-    async def _announce(self, run: Run, d: Dispatch, name: str, command: dict[str, Any]) -> bool:
-        """Check the command fits, then store TaskDispatched (before the pod exists).
-        False when the command can never fit: the attempt failed instead, without a pod."""
+    async def _command_for_existing(self, run: Run, d: Dispatch, name: str, published: str) -> None:
+        """The pod was there already, created with its own nonce: make the stored command carry it."""
+        pod = await asyncio.to_thread(self.kube.get, f"/api/v1/namespaces/{run.namespace}/pods/{name}")
+        nonce = pod_nonce(pod)
+        if nonce is not None and nonce != published:
+            await self.bus.publish_command(command_subject(run.namespace, run.name, d.task, d.attempt),
+                                           self._command(run, d, nonce))
+
+    async def _publish(self, run: Run, d: Dispatch, name: str, nonce: str) -> bool:
+        """Store the command and TaskDispatched (both before the pod exists: it fetches the command).
+        False when the command can never fit: the attempt failed instead."""
         await self._ensure_nats_secret(run.namespace)
+        publish_command = self.bus.publish_command(command_subject(run.namespace, run.name, d.task, d.attempt),
+                                                   self._command(run, d, nonce))
         try:
-            self.bus.check_size(json.dumps({**command, "nonce": "n" * 32}).encode(), "the TaskExecute command")
+            await asyncio.gather(
+                run.publish(self.bus, make_event(EventType.TASK_DISPATCHED, SOURCE, run.namespace, run.name, run.uid,
+                                                 d.task, d.attempt, podName=name, **d.runs)),
+                publish_command)
         except PayloadTooLarge as e:
             await self._fail(run, d, "InputTooLarge", f"task {d.task}: its rendered input is too large to send: {e}")
             return False
-        await run.publish(self.bus, make_event(EventType.TASK_DISPATCHED, SOURCE, run.namespace, run.name, run.uid,
-                                               d.task, d.attempt, podName=name, **d.runs))
         return True
 
     async def _fail(self, run: Run, d: Dispatch, reason: str, message: str) -> None:
