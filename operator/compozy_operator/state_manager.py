@@ -6,9 +6,11 @@ wait briefly to share a PATCH with what follows. Messages are acked only after t
 succeeded, so an operator crash re-delivers them (after ``ACK_WAIT``), and the reducer's
 transition checks make the re-delivery a no-op. This is the only writer of the status.
 
-Nothing an event says can stop it: an event that can never be folded (malformed, or forged
-onto another execution's subject) is terminated, counted and logged once; a failure that may
-pass (Kubernetes API, NATS) is nak'ed and redelivered with a growing delay, never dropped.
+Nothing an event says can stop it: an event that can never be folded (malformed, or one whose
+body disagrees with its subject: identity comes from the subject, which only the attempt or the
+operator it names may publish on, see events.parse_state_event) is terminated, counted and
+logged once; a failure that may pass (Kubernetes API, NATS) is nak'ed and redelivered with a
+growing delay, never dropped.
 """
 
 from __future__ import annotations
