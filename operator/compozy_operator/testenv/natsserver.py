@@ -1,25 +1,82 @@
 """nats-server with JetStream on loopback, token auth on (TLS optional), data in the run directory.
 
 A test can stop it and :meth:`NatsServer.resume` it later on the same ports with the same data,
-as an outage of the server would look to its clients."""
+as an outage of the server would look to its clients.
+
+Callout mode (``NatsServer(..., callout=True)``, opt-in; token mode stays the default): accounts
+``SYS`` (system), ``COMPOZY`` (the application, JetStream on) and ``AUTH`` (the callout service's),
+two configured users that skip the callout (``auth_users``): the operator (``COMPOZY``, full
+rights) and the callout service (``AUTH``: may only receive ``$SYS.REQ.USER.AUTH`` and answer it),
+and ``authorization.auth_callout`` whose issuer is a fresh account nkey, its seed in
+:attr:`CalloutAuth.issuer_seed` for the callout service to sign with. Every other client is put to
+the callout (see nats_auth.callout)."""
 
 from __future__ import annotations
 
 import json
 import secrets
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import nkeys
+
+from ..nats_auth.jwt import new_seed, public_key
 from .pki import TlsFiles, write_loopback_tls
 from .process import ComponentError, ManagedProcess
 from .workdir import free_port, which
 
 
+AUTH_CALLOUT_SUBJECT = "$SYS.REQ.USER.AUTH"
+
+
+def _account_seed() -> str:
+    return new_seed(nkeys.PREFIX_BYTE_ACCOUNT)
+
+
+@dataclass
+class CalloutAuth:
+    """The identities of a callout-mode server (fresh secrets for each server)."""
+
+    account: str = "COMPOZY"  # where the operator lives and the callout places task attempts
+    callout_account: str = "AUTH"  # the callout service's own (no data, no JetStream)
+    operator_user: str = "compozy-operator"
+    operator_password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    callout_user: str = "compozy-callout"
+    callout_password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    issuer_seed: str = field(default_factory=_account_seed)  # signs the callout's answers
+
+    @property
+    def issuer(self) -> str:
+        return public_key(self.issuer_seed)
+
+    def config(self) -> dict[str, Any]:
+        """The accounts, system account and authorization of nats.conf."""
+        return {
+            "accounts": {
+                "SYS": {},
+                self.account: {"jetstream": "enabled",
+                               "users": [{"user": self.operator_user, "password": self.operator_password}]},
+                self.callout_account: {"users": [{
+                    "user": self.callout_user, "password": self.callout_password,
+                    "permissions": {"subscribe": {"allow": [AUTH_CALLOUT_SUBJECT]}, "publish": {"deny": [">"]},
+                                    "allow_responses": True}}]},
+            },
+            "system_account": "SYS",
+            "authorization": {"auth_callout": {"issuer": self.issuer, "account": self.callout_account,
+                                               "auth_users": [self.operator_user, self.callout_user]}},
+        }
+
+
 class NatsServer:
-    def __init__(self, bindir: Path, workdir: Path, token: str | None = None, tls: bool = False) -> None:
+    def __init__(self, bindir: Path, workdir: Path, token: str | None = None, tls: bool = False,
+                 callout: bool = False) -> None:
+        """``callout``: callout mode (see the module); ``token`` then has no use."""
         self.bindir = bindir
         self.workdir = workdir
         self.token = token or secrets.token_urlsafe(24)
+        self.callout: CalloutAuth | None = CalloutAuth() if callout else None
         self.port = 0
         self.monitor_port = 0
         self.proc: ManagedProcess | None = None
@@ -29,6 +86,16 @@ class NatsServer:
     @property
     def url(self) -> str:
         return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
+
+    def url_for(self, user: str, password: str) -> str:
+        """The URL with a user's credentials in it (how a Bus, which sends only a token, logs in as a user)."""
+        return f"{'tls' if self.tls else 'nats'}://{user}:{password}@127.0.0.1:{self.port}"
+
+    @property
+    def operator_url(self) -> str:
+        """Callout mode: the operator's URL (credentials included)."""
+        assert self.callout is not None, "not in callout mode"
+        return self.url_for(self.callout.operator_user, self.callout.operator_password)
 
     def __enter__(self) -> NatsServer:
         return self.start()
@@ -42,7 +109,7 @@ class NatsServer:
         config: dict = {
             "listen": f"127.0.0.1:{self.port}",
             "http": f"127.0.0.1:{self.monitor_port}",
-            "authorization": {"token": self.token},
+            **(self.callout.config() if self.callout else {"authorization": {"token": self.token}}),
             "jetstream": {
                 "store_dir": str(self.workdir / "jetstream"),
                 "max_memory_store": 256 * 1024 * 1024,
