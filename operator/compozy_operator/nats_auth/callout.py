@@ -1,0 +1,190 @@
+"""The NATS auth callout service: a task pod's ServiceAccount token in, its attempt's NATS user out.
+
+nats-server (>= 2.10, ``authorization { auth_callout { ... } }``) sends every connecting client
+that is none of its configured users to ``$SYS.REQ.USER.AUTH`` as an authorization request JWT
+(signed by the server, naming the server's id and a fresh user nkey, with the client's connect
+options). For each, this service:
+
+1. takes the presented secret (connect option ``auth_token``, else the password),
+2. has the API server review it (TokenReview, audience ``compozy-nats``): a projected token bound
+   to a pod names the pod (``authentication.kubernetes.io/pod-name`` and ``pod-uid``),
+3. gets that pod, and lets :func:`.decision.decide` say whether it is an attempt's task pod,
+4. answers with an authorization response JWT signed by the account issuer key: the user JWT
+   (subject the request's user nkey, audience the application account, the attempt's exact
+   permissions, expiring no later than the token), or an error. The server enforces it.
+
+Every answer is counted in ``compozy_nats_auth_total{result}`` (``granted`` or a refusal reason of
+:mod:`.decision`) and logged. Any failure to check (API server unreachable) is a refusal.
+
+Run it in the operator process (:class:`CalloutService`) or alone: ``python -m
+compozy_operator.nats_auth.callout`` with the environment of :meth:`CalloutConfig.from_env`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from prometheus_client import Counter, Histogram
+
+from ..kube import ApiException, Kube
+from . import jwt
+from .decision import AUDIENCE, DEFAULT_MAX_TTL, ERROR, INVALID_REQUEST, NO_TOKEN, Grant, PodRef, Refusal, decide, \
+    reviewed_pod, token_expiry
+
+log = logging.getLogger(__name__)
+
+AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
+GRANTED = "granted"
+AUTH_TOTAL = Counter("compozy_nats_auth_total", "NATS connections the auth callout answered, by result "
+                     "(granted, or why refused)", ["result"])
+AUTH_SECONDS = Histogram("compozy_nats_auth_duration_seconds", "Time to answer one NATS authorization request "
+                         "(TokenReview and pod lookup included)",
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+
+
+@dataclass(frozen=True)
+class CalloutConfig:
+    url: str
+    issuer_seed: str  # the account nkey seed (``SA...``) that signs; its public key is auth_callout.issuer
+    account: str  # where granted users are placed (config mode: the account's name)
+    user: str | None = None  # the callout service's own NATS user (one of auth_callout.auth_users)
+    password: str | None = None
+    token: str | None = None
+    ca: str | None = None  # PEM of a private CA of the NATS server's TLS certificate
+    audience: str = AUDIENCE
+    max_ttl: int = DEFAULT_MAX_TTL
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> CalloutConfig:
+        e = os.environ if env is None else env
+        return cls(url=e["COMPOZY_NATS_URL"], issuer_seed=e["COMPOZY_NATS_CALLOUT_ISSUER_SEED"],
+                   account=e.get("COMPOZY_NATS_ACCOUNT", "COMPOZY"),
+                   user=e.get("COMPOZY_NATS_CALLOUT_USER") or None, password=e.get("COMPOZY_NATS_CALLOUT_PASSWORD") or None,
+                   token=e.get("COMPOZY_NATS_CALLOUT_TOKEN") or None, ca=e.get("COMPOZY_NATS_CA") or None,
+                   audience=e.get("COMPOZY_NATS_AUDIENCE", AUDIENCE),
+                   max_ttl=int(e.get("COMPOZY_NATS_MAX_TTL_SECONDS") or DEFAULT_MAX_TTL))
+
+
+class CalloutService:
+    def __init__(self, config: CalloutConfig, kube: Kube, concurrency: int = 16) -> None:
+        self.config = config
+        self.kube = kube
+        self.signer = jwt.keypair(config.issuer_seed)
+        self.issuer = self.signer.public_key.decode()
+        self.nc: Client | None = None
+        self._limit = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> CalloutService:
+        c = self.config
+        tls = ssl.create_default_context(cadata=c.ca) if c.ca else None
+        self.nc = await nats.connect(c.url, user=c.user, password=c.password, token=c.token, tls=tls,
+                                     name="compozy-nats-callout", connect_timeout=5, max_reconnect_attempts=-1,
+                                     reconnect_time_wait=1, error_cb=self._on_error)
+        await self.nc.subscribe(AUTH_SUBJECT, cb=self._on_request)
+        await self.nc.flush()
+        log.info("NATS auth callout answering %s (issuer %s, account %s)", AUTH_SUBJECT, self.issuer, c.account)
+        return self
+
+    async def stop(self) -> None:
+        nc, self.nc = self.nc, None
+        for task in list(self._tasks):
+            task.cancel()
+        if nc is not None:
+            await nc.close()
+
+    async def _on_error(self, e: Exception) -> None:
+        log.warning("NATS auth callout connection: %s", e)
+
+    async def _on_request(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._answer(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, msg: Msg) -> None:
+        async with self._limit:
+            started = time.monotonic()
+            response = await self.respond(msg.data)
+            AUTH_SECONDS.observe(time.monotonic() - started)
+        try:
+            await msg.respond(response)
+        except Exception as e:  # noqa: BLE001 - the server times the client out; nothing else to do
+            log.warning("NATS auth callout could not answer: %s", e)
+
+    async def respond(self, data: bytes) -> bytes:
+        """The encoded authorization response to one request (an empty answer when the request
+        itself is unreadable: the server refuses the client)."""
+        try:
+            request = jwt.decode_authorization_request(data.decode())
+        except (jwt.JwtError, UnicodeDecodeError) as e:
+            self._count(Refusal(INVALID_REQUEST, f"unreadable authorization request: {e}"), None)
+            return b""
+        outcome = await self.authorize(request)
+        self._count(outcome, request)
+        if isinstance(outcome, Grant):
+            p = outcome.permissions
+            claims = jwt.user_claims(request.user_nkey, self.config.account, list(p.publish), list(p.subscribe),
+                                     outcome.expires, name=outcome.user_name)
+            answer = jwt.authorization_response(request.user_nkey, request.server_id,
+                                                user_jwt=jwt.encode(claims, self.signer))
+        else:
+            answer = jwt.authorization_response(request.user_nkey, request.server_id, error=outcome.message)
+        return jwt.encode(answer, self.signer).encode()
+
+    async def authorize(self, request: jwt.AuthorizationRequest) -> Grant | Refusal:
+        token = request.credential
+        if not token:
+            return Refusal(NO_TOKEN, "no token presented")
+        try:
+            status = await asyncio.to_thread(self._review, token)
+            ref = reviewed_pod(status, self.config.audience)
+            pod = await asyncio.to_thread(self._pod, ref) if isinstance(ref, PodRef) else None
+        except Exception as e:  # noqa: BLE001 - fail closed
+            return Refusal(ERROR, f"could not check the token: {type(e).__name__}: {str(e)[:200]}")
+        return decide(status, pod, token_expiry(token), time.time(), self.config.max_ttl, self.config.audience)
+
+    def _review(self, token: str) -> dict[str, Any]:
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": token, "audiences": [self.config.audience]}}
+        return self.kube.request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", body).get("status") or {}
+
+    def _pod(self, ref: PodRef) -> dict[str, Any] | None:
+        try:
+            return self.kube.get(f"/api/v1/namespaces/{ref.namespace}/pods/{ref.name}")
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def _count(self, outcome: Grant | Refusal, request: jwt.AuthorizationRequest | None) -> None:
+        client = f"{request.client_name or '-'}@{request.client_host or '?'}" if request else "?"
+        if isinstance(outcome, Grant):
+            AUTH_TOTAL.labels(result=GRANTED).inc()
+            log.info("NATS auth: granted %s (%s/%s task %s attempt %d) to %s until %s", outcome.user_name,
+                     outcome.namespace, outcome.execution, outcome.task, outcome.attempt, client,
+                     time.strftime("%H:%M:%SZ", time.gmtime(outcome.expires)))
+        else:
+            AUTH_TOTAL.labels(result=outcome.reason).inc()
+            log.warning("NATS auth: refused %s (%s): %s", client, outcome.reason, outcome.message)
+
+
+async def _main() -> None:
+    service = await CalloutService(CalloutConfig.from_env(), Kube.from_environment()).start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await service.stop()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    asyncio.run(_main())

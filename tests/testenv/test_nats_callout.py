@@ -1,0 +1,424 @@
+"""The NATS auth callout (issue 12) against the real nats-server (callout mode) and API server.
+
+A task pod object (owned by a real WorkflowExecution, kept unscheduled: the object is what the
+callout checks) gets a ServiceAccount token bound to it with audience ``compozy-nats``
+(TokenRequest, as a projected volume would), connects with it, and the real callout service
+answers the server after TokenReview and a look at the pod. The server enforces the grant: the
+attempt's own subjects work (through the runner's own Bus calls, and the real runner process),
+everything else is refused by the server itself; tokens that are not a live task pod's are refused
+at connect."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError
+from prometheus_client import REGISTRY
+
+from compozy_operator.api.models import API_VERSION
+from compozy_operator.bus import Bus
+from compozy_operator.events import (COMMAND_STREAM, STATE_STREAM, EventType, Publisher, cancel_subject,
+                                     claim_subject, command_subject, event_id, inbox_prefix, log_subject, make_event,
+                                     output_key)
+from compozy_operator.kube import ApiException, Kube
+from compozy_operator.nats_auth.callout import CalloutConfig, CalloutService
+from compozy_operator.pods import task_pod
+from compozy_operator.settings import Settings
+from compozy_operator.testenv import DevEnvironment
+from compozy_operator.testenv.natsserver import NatsServer
+from compozy_operator.testenv.node.volumes import service_account_token
+from tests.helpers import Kubectl, apply_crds, wait_for
+
+AUDIENCE = "compozy-nats"
+TASK = "probe"
+UNSCHEDULABLE = {"compozy.dev/test-never-scheduled": "true"}  # the pod object is enough: no node runs it
+
+
+@pytest.fixture(scope="module")
+def callout_nats(devenv: DevEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    apply_crds(Kubectl(devenv.bindir, devenv.kubeconfig))
+    server = NatsServer(devenv.bindir, tmp_path_factory.mktemp("callout") / "nats", callout=True).start()
+    try:
+        async def streams() -> None:
+            bus = await _operator(server)
+            await bus.ensure_streams()
+            await bus.close()
+
+        asyncio.run(streams())
+        yield server
+    finally:
+        server.stop()
+
+
+async def _operator(server: NatsServer) -> Bus:
+    """The operator's connection: a configured user with full rights (it skips the callout)."""
+    bus = Bus(server.operator_url, None, "operator")
+    await bus.connect(attempts=3)
+    return bus
+
+
+@asynccontextmanager
+async def _callout(server: NatsServer, kube: Kube) -> AsyncIterator[CalloutService]:
+    auth = server.callout
+    assert auth is not None
+    service = await CalloutService(CalloutConfig(server.url, auth.issuer_seed, auth.account, user=auth.callout_user,
+                                                 password=auth.callout_password), kube).start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+def _execution(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
+    """A WorkflowExecution to own the pod (cancelled and naming no Workflow: an operator running in
+    the same session starts no task of it)."""
+    return kube.create(f"/apis/{API_VERSION}/namespaces/{namespace}/workflowexecutions", {
+        "apiVersion": API_VERSION, "kind": "WorkflowExecution", "metadata": {"name": name},
+        "spec": {"workflowRef": {"name": f"absent-{uuid.uuid4().hex[:6]}"}, "cancel": True}})
+
+
+def _task_pod(kube: Kube, execution: dict[str, Any], task: str = TASK, attempt: int = 1) -> dict[str, Any]:
+    """The pod the operator would create for the attempt (kept unscheduled)."""
+    pod = task_pod(Settings(), execution, task, attempt, nonce=f"nonce-{task}-{attempt}")
+    pod["spec"]["nodeSelector"] = UNSCHEDULABLE
+    return kube.create(f"/api/v1/namespaces/{execution['metadata']['namespace']}/pods", pod)
+
+
+def _plain_pod(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
+    return kube.create(f"/api/v1/namespaces/{namespace}/pods", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"nodeSelector": UNSCHEDULABLE, "containers": [{"name": "c", "image": "compozy/none"}]}})
+
+
+def _token(kube: Kube, pod: dict[str, Any], audience: str = AUDIENCE) -> str:
+    return service_account_token(kube, pod, audience, 600)
+
+
+def _refusals(reason: str) -> float:
+    return REGISTRY.get_sample_value("compozy_nats_auth_total", {"result": reason}) or 0.0
+
+
+class Probe:
+    """A raw connection that records what the server refused it (``-ERR`` permission violations)."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.nc: Client | None = None
+
+    async def connect(self, url: str, token: str | None, prefix: str = "_INBOX") -> Probe:
+        async def on_error(e: Exception) -> None:
+            self.errors.append(str(e))
+
+        self.nc = await nats.connect(url, token=token, inbox_prefix=prefix, allow_reconnect=False,
+                                     connect_timeout=5, error_cb=on_error)
+        return self
+
+    async def refused(self, what: str) -> bool:
+        """Whether the server has reported a permissions violation naming ``what``."""
+        assert self.nc is not None
+        await self.nc.flush(timeout=5)
+        for _ in range(20):
+            if any("permissions violation" in e.lower() and what.lower() in e.lower() for e in self.errors):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+
+async def _stored(op: Bus, stream: str, subject: str) -> bytes:
+    """The last message stored on ``subject`` (a core publish is stored a moment after it is sent)."""
+    assert op.js is not None
+    for _ in range(50):
+        try:
+            return (await op.js.get_last_msg(stream, subject)).data
+        except NotFoundError:
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"nothing stored on {subject}")
+
+
+async def _connect_refused(url: str, token: str | None) -> str:
+    """The error of a connection the server does not authorize (it never connects)."""
+    try:
+        nc = await nats.connect(url, token=token, allow_reconnect=False, connect_timeout=5, max_reconnect_attempts=0)
+    except Exception as e:  # noqa: BLE001 - what nats-py raises for a refused CONNECT
+        return f"{type(e).__name__}: {e}"
+    await nc.close()
+    raise AssertionError("the server authorized a connection it should have refused")
+
+
+def test_a_task_pod_gets_exactly_its_attempts_subjects(callout_nats: NatsServer, kube: Kube, namespace: str,
+                                                       devenv: DevEnvironment) -> None:
+    execution = _execution(kube, namespace, "run-a")
+    uid = execution["metadata"]["uid"]
+    pod = _task_pod(kube, execution)
+    token = _token(kube, pod)
+    own_command = command_subject(namespace, "run-a", TASK, 1)
+    foreign_command = command_subject(namespace, "run-b", TASK, 1)
+    victim_command = command_subject("victim", "run-v", TASK, 1)
+    prefix = inbox_prefix(namespace, "run-a", TASK, 1)
+
+    async def scenario() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        op = await _operator(callout_nats)
+        for subject, body in ((own_command, {"mine": True}), (foreign_command, {"other": "run"}),
+                              (victim_command, {"DB_PASSWORD": "victim's"})):
+            await op.publish_command(subject, body, uuid.uuid4().hex)
+        async with _callout(callout_nats, kube):
+            # the runner's own calls, as the runner's Bus makes them (token = the pod's token)
+            bus = Bus(callout_nats.url, token, "task-run-a-probe-1", inbox_prefix=prefix)
+            await bus.connect(attempts=1)
+            out["command"] = await bus.get_command(own_command)
+            out["claim"] = await bus.claim(claim_subject(namespace, "run-a", TASK, 1), pod["metadata"]["uid"])
+            event = make_event(EventType.TASK_STARTED, "compozy/task-executor", namespace, "run-a", uid, TASK, 1,
+                               publisher=Publisher.ATTEMPT, podName=pod["metadata"]["name"])
+            out["event_seq"] = await bus.publish_event(event)
+            await bus.emit_log(namespace, "run-a", "runtime", "info", "hello", Publisher.ATTEMPT, task=TASK, attempt=1)
+            value = {"blob": "x" * 300_000}  # three chunks
+            ref = await bus.put_output(output_key(namespace, "run-a", uid, TASK, 1), json.dumps(value).encode())
+            cancelled = asyncio.Event()
+            assert bus.nc is not None
+
+            async def on_cancel(_msg: Any) -> None:
+                cancelled.set()
+
+            await bus.nc.subscribe(cancel_subject(namespace, "run-a"), cb=on_cancel)
+            await bus.nc.flush()
+            await op.nc.publish(cancel_subject(namespace, "run-a"), b"{}")  # type: ignore[union-attr]
+            await asyncio.wait_for(cancelled.wait(), 5)
+            await bus.close()
+            # ... and the operator sees all of it
+            assert op.js is not None
+            out["stored_event"] = (await op.js.get_last_msg(STATE_STREAM, event.subject)).seq
+            out["log"] = await _stored(op, "COMPOZY_LOGS", log_subject(namespace, "run-a", "runtime", TASK, 1))
+            out["output"] = await op.get_output(ref) == value
+
+            # everything else: refused by the server itself
+            c = await Probe().connect(callout_nats.url, token, prefix)
+            assert c.nc is not None
+            js = c.nc.jetstream(timeout=1)
+            forged = make_event(EventType.TASK_SUCCESS, "x", namespace, "run-b", "uid-b", TASK, 1,
+                                publisher=Publisher.ATTEMPT)
+            workflow = make_event(EventType.WORKFLOW_SUCCESS, "x", namespace, "run-a", uid)
+            probes = {
+                "another execution's state": (forged.subject, STATE_STREAM),
+                "its workflow's success": (workflow.subject, STATE_STREAM),
+                "its own command (forged)": (own_command, COMMAND_STREAM),
+            }
+            out["publishes"] = {}
+            for what, (subject, stream) in probes.items():
+                try:
+                    await js.publish(subject, b"{}", stream=stream)
+                    out["publishes"][what] = "stored"
+                except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                    out["publishes"][what] = "no answer"
+                out[f"violation: {what}"] = await c.refused(subject)
+            for what, subject in (("foreign command", foreign_command), ("victim command", victim_command)):
+                try:
+                    await js.get_last_msg(COMMAND_STREAM, subject, direct=True)
+                    out[what] = "read"
+                except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                    out[what] = "no answer"
+                out[f"violation: {what}"] = await c.refused(f"DIRECT.GET.{COMMAND_STREAM}.{subject}")
+            try:
+                await c.nc.request("$JS.API.STREAM.DELETE.COMPOZY_STATE", b"", timeout=1)
+                out["delete"] = "answered"
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                out["delete"] = "no answer"
+            out["violation: delete"] = await c.refused("$JS.API.STREAM.DELETE.COMPOZY_STATE")
+            seen: list[str] = []
+
+            async def spy(msg: Any) -> None:
+                seen.append(msg.subject)
+
+            for subject in ("compozy.>", "_INBOX.>", "compozy.cmd.victim.>"):
+                await c.nc.subscribe(subject, cb=spy)
+                out[f"violation: sub {subject}"] = await c.refused(f'Subscription to "{subject}"')
+            await op.nc.publish("compozy.cmd.victim.run-v.workflow.cancel", b"{}")  # type: ignore[union-attr]
+            await op.nc.publish(f"compozy.state.{namespace}.run-a.workflow.WorkflowExecutionStarted", b"{}")  # type: ignore[union-attr]
+            await asyncio.sleep(0.3)
+            out["spied"] = seen
+            await c.nc.close()
+        out["stream_kept"] = (await op.js.stream_info(STATE_STREAM)).config.name
+        try:
+            await op.js.get_last_msg(STATE_STREAM, forged.subject)
+            out["forged_stored"] = True
+        except NotFoundError:
+            out["forged_stored"] = False
+        await op.close()
+        return out
+
+    out = asyncio.run(scenario())
+    assert out["command"] == (own_command, {"mine": True})
+    assert out["claim"] is None  # claimed: it is this pod's
+    assert out["stored_event"] == out["event_seq"]
+    assert b'"hello"' in out["log"]
+    assert out["output"] is True, "the operator did not read back the output"
+    assert out["publishes"] == dict.fromkeys(out["publishes"], "no answer"), out["publishes"]
+    assert out["foreign command"] == out["victim command"] == "no answer"
+    assert out["delete"] == "no answer" and out["stream_kept"] == STATE_STREAM
+    violations = {k: v for k, v in out.items() if k.startswith("violation")}
+    assert all(violations.values()), violations
+    assert out["spied"] == []
+    assert out["forged_stored"] is False
+
+
+def test_the_real_runner_runs_its_attempt_through_the_callout(callout_nats: NatsServer, kube: Kube, namespace: str,
+                                                              tmp_path: Path) -> None:
+    """``compozy task run`` with the pod's token as its NATS token: command, claim, events, logs and
+    a large output, all through its callout identity, with no permission violation."""
+    execution = _execution(kube, namespace, "run-r")
+    meta = execution["metadata"]
+    pod = _task_pod(kube, execution)
+    token = _token(kube, pod)
+    tool = ("def run(input, ctx):\n    ctx.log.info('big output')\n    return {'blob': 'x' * 200_000}\n")
+
+    async def scenario() -> tuple[int, list[str], str]:
+        op = await _operator(callout_nats)
+        command = {"namespace": namespace, "execution": "run-r", "uid": meta["uid"], "task": TASK, "attempt": 1,
+                   "nonce": f"nonce-{TASK}-1", "tool": {"id": "big", "python": tool}, "input": {},
+                   "outputInlineLimit": 1024}
+        await op.publish_command(command_subject(namespace, "run-r", TASK, 1), command,
+                                 event_id(meta["uid"], TASK, 1, "TaskExecute", command["nonce"]))
+        async with _callout(callout_nats, kube):
+            env = {**os.environ, "COMPOZY_NAMESPACE": namespace, "COMPOZY_EXECUTION": "run-r",
+                   "COMPOZY_EXECUTION_UID": meta["uid"], "COMPOZY_TASK": TASK, "COMPOZY_ATTEMPT": "1",
+                   "POD_NAME": pod["metadata"]["name"], "POD_UID": pod["metadata"]["uid"],
+                   "COMPOZY_COMMAND_NONCE": f"nonce-{TASK}-1", "COMPOZY_NATS_URL": callout_nats.url,
+                   "COMPOZY_NATS_TOKEN": token, "COMPOZY_TERMINATION_LOG": str(tmp_path / "termination")}
+            log_path = tmp_path / "runner.log"
+            with log_path.open("wb") as log:
+                proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "compozy_operator.cli", "task", "run",
+                                                            env=env, stdout=log, stderr=subprocess.STDOUT)
+                code = await asyncio.wait_for(proc.wait(), 90)
+        events = [e.type for _, e in await op.replay(f"compozy.state.{namespace}.run-r.>")]
+        await op.close()
+        return code, events, log_path.read_text()
+
+    code, events, log = asyncio.run(scenario())
+    assert code == 0, log
+    assert "ermission" not in log, log
+    assert events == ["TaskExecutionStarted", "ToolExecutionStarted", "ToolExecutionSuccess", "TaskExecutionSuccess"]
+
+
+def test_tokens_that_are_not_a_live_task_pods_are_refused(callout_nats: NatsServer, kube: Kube, namespace: str,
+                                                          devenv: DevEnvironment) -> None:
+    execution = _execution(kube, namespace, "run-a")
+    pod = _task_pod(kube, execution)
+    wrong_audience = _token(kube, pod, audience="https://kubernetes.default.svc")
+    plain = _plain_pod(kube, namespace, "not-a-task")
+    plain_token = _token(kube, plain)
+    doomed = _task_pod(kube, execution, attempt=2)
+    doomed_token = _token(kube, doomed)
+    kube.delete(f"/api/v1/namespaces/{namespace}/pods/{doomed['metadata']['name']}", {"gracePeriodSeconds": 0})
+
+    def gone() -> bool:
+        try:
+            kube.get(f"/api/v1/namespaces/{namespace}/pods/{doomed['metadata']['name']}")
+        except ApiException as e:
+            return e.status == 404
+        return False
+
+    wait_for(gone, 30, "the deleted pod to be gone")
+    cases = {
+        "no token": (None, "no_token"),
+        "not a token": ("not-a-token", "unauthenticated"),
+        "another audience": (wrong_audience, "unauthenticated"),
+        "a pod that is no task pod": (plain_token, "not_a_task_pod"),
+        "a deleted pod's token": (doomed_token, "unauthenticated"),
+        "the operator's password as a token": (callout_nats.callout.operator_password, "unauthenticated"),  # type: ignore[union-attr]
+    }
+
+    async def scenario() -> dict[str, tuple[str, float]]:
+        out = {}
+        async with _callout(callout_nats, kube):
+            for what, (token, reason) in cases.items():
+                before = _refusals(reason)
+                error = await _connect_refused(callout_nats.url, token)
+                out[what] = (error, _refusals(reason) - before)
+        return out
+
+    out = asyncio.run(scenario())
+    for what, (error, counted) in out.items():
+        assert "uthorization" in error, f"{what}: {error}"
+        assert counted == 1, f"{what}: counted {counted} under {cases[what][1]}"
+
+
+def test_another_namespaces_task_pod_gets_only_its_own(callout_nats: NatsServer, kube: Kube, namespace: str,
+                                                        devenv: DevEnvironment) -> None:
+    """A task pod of tenant B is granted B's attempt, never A's: A's command stays unreadable."""
+    other = f"{namespace[:50]}-b"
+    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other}})
+    try:
+        devenv.cluster.wait_default_service_account(other)
+        mine = _execution(kube, other, "run-a")  # the same execution name as the victim's
+        token = _token(kube, _task_pod(kube, mine))
+        victim = command_subject(namespace, "run-a", TASK, 1)
+
+        async def scenario() -> tuple[Any, Any, bool]:
+            op = await _operator(callout_nats)
+            await op.publish_command(victim, {"DB_PASSWORD": "victim's"}, uuid.uuid4().hex)
+            await op.publish_command(command_subject(other, "run-a", TASK, 1), {"mine": True}, uuid.uuid4().hex)
+            async with _callout(callout_nats, kube):
+                c = await Probe().connect(callout_nats.url, token, inbox_prefix(other, "run-a", TASK, 1))
+                assert c.nc is not None
+                js = c.nc.jetstream(timeout=1)
+                own = (await js.get_last_msg(COMMAND_STREAM, command_subject(other, "run-a", TASK, 1), direct=True)).data
+                try:
+                    stolen: Any = (await js.get_last_msg(COMMAND_STREAM, victim, direct=True)).data
+                except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                    stolen = None
+                refused = await c.refused(victim)
+                await c.nc.close()
+            await op.close()
+            return own, stolen, refused
+
+        own, stolen, refused = asyncio.run(scenario())
+        assert own == b'{"mine": true}'
+        assert stolen is None and refused
+    finally:
+        kube.delete(f"/api/v1/namespaces/{other}")
+
+
+def test_connect_latency(callout_nats: NatsServer, kube: Kube, namespace: str, devenv: DevEnvironment) -> None:
+    """The time a task pod's connect takes through the callout, beside a configured user's and a
+    plain token's (printed as figures; the machine is shared, nothing is asserted about them)."""
+    execution = _execution(kube, namespace, "run-l")
+    token = _token(kube, _task_pod(kube, execution))
+    rounds = 15
+
+    async def timed(url: str, tok: str | None) -> list[float]:
+        times = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            nc = await nats.connect(url, token=tok, allow_reconnect=False, connect_timeout=5)
+            await nc.flush()
+            times.append(time.perf_counter() - started)
+            await nc.close()
+        return times
+
+    async def scenario() -> dict[str, list[float]]:
+        async with _callout(callout_nats, kube):
+            return {"callout (TokenReview + pod GET)": await timed(callout_nats.url, token),
+                    "configured user (operator)": await timed(callout_nats.operator_url, None),
+                    "plain token (token mode)": await timed(devenv.nats.url, devenv.nats.token)}
+
+    results = asyncio.run(scenario())
+    for what, times in results.items():
+        print(f"\nNATS connect, {what}: median {statistics.median(times) * 1000:.1f} ms, "
+              f"max {max(times) * 1000:.1f} ms over {rounds}")
+    added = statistics.median(results["callout (TokenReview + pod GET)"]) - \
+        statistics.median(results["plain token (token mode)"])
+    print(f"added by the callout: {added * 1000:.1f} ms per connect (median)")
