@@ -25,6 +25,7 @@ from typing import Any
 
 import nats
 import pytest
+import yaml
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
@@ -41,6 +42,7 @@ from compozy_operator.settings import Settings
 from compozy_operator.testenv import DevEnvironment
 from compozy_operator.testenv.natsserver import NatsServer
 from compozy_operator.testenv.node.volumes import service_account_token
+from compozy_operator.testenv.workdir import free_port
 from tests.helpers import Kubectl, apply_crds, wait_for
 
 AUDIENCE = "compozy-nats"
@@ -422,3 +424,25 @@ def test_connect_latency(callout_nats: NatsServer, kube: Kube, namespace: str, d
     added = statistics.median(results["callout (TokenReview + pod GET)"]) - \
         statistics.median(results["plain token (token mode)"])
     print(f"added by the callout: {added * 1000:.1f} ms per connect (median)")
+
+
+def test_the_callout_fails_closed_when_the_api_server_is_unreachable(callout_nats: NatsServer, kube: Kube,
+                                                                     namespace: str, devenv: DevEnvironment,
+                                                                     tmp_path: Path) -> None:
+    token = _token(kube, _task_pod(kube, _execution(kube, namespace, "run-a")))
+    config = yaml.safe_load(devenv.kubeconfig.read_text())
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{free_port()}"  # nothing listens there
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+    unreachable = Kube.from_kubeconfig(tmp_path / "kubeconfig")
+
+    async def scenario() -> tuple[str, float]:
+        before = _refusals("error")
+        async with _callout(callout_nats, unreachable):
+            error = await _connect_refused(callout_nats.url, token)
+        return error, _refusals("error") - before
+
+    try:
+        error, counted = asyncio.run(scenario())
+    finally:
+        unreachable.close()
+    assert "uthorization" in error and counted == 1
