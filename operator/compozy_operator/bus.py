@@ -213,8 +213,9 @@ class Bus:
         to ``key`` (:func:`.events.attempt_permissions`): chunks go to ``$O.<bucket>.C.<hash of key>.
         <nonce>``, the metadata to ``$O.<bucket>.M.<key>``. No stream info, no lookup of an older
         object, no purge (nats-py's put needs all three, and purge requests name their subject in
-        the body, where no permission can see it): a key is one attempt's and written once; a try
-        cut short leaves chunks nothing refers to, removed with the execution's outputs."""
+        the body, where no permission can see it): an attempt's key is written once; chunks of an
+        earlier write of a key (a try cut short, an operator's repeat) are removed with the
+        execution's outputs (:meth:`delete_outputs`)."""
         assert self.js is not None
         nuid = f"{output_chunk_token(key)}.{uuid.uuid4().hex}"
         chunk_subject = f"$O.{OUTPUT_BUCKET}.C.{nuid}"
@@ -253,6 +254,8 @@ class Bus:
         names = [i.name for i in infos if i.name.startswith(prefix)]
         for name in names:
             await store.delete(name)
+            # and chunks of earlier writes of the same key (put_output purges nothing itself)
+            await self.js.purge_stream(OUTPUT_STREAM, subject=f"$O.{OUTPUT_BUCKET}.C.{output_chunk_token(name)}.>")
         return len(names)
 
     def check_size(self, payload: bytes, what: str) -> bytes:

@@ -309,3 +309,23 @@ def test_a_runner_needs_only_its_attempts_subjects(devenv: DevEnvironment, tmp_p
 
         refused = asyncio.run(attack())
         assert all(refused.values()), refused
+
+
+def test_outputs_written_twice_are_read_by_any_client_and_removed_whole(server: NatsServer) -> None:
+    """put_output (no stream info, lookup or purge) writes what nats-py's object store reads; a
+    second write of a key replaces it, and delete_outputs removes both writes' chunks."""
+    key = f"{NS}/{RUN}/{UID}/_workflow/output"
+
+    async def scenario() -> tuple[bytes, int, int]:
+        bus = await _bus(server)
+        await bus.put_output(key, b"first" * 100_000)
+        ref = await bus.put_output(key, b"second" * 50_000)
+        read = (await (await bus.js.object_store(ref["bucket"])).get(key)).data
+        removed = await bus.delete_outputs(f"{NS}/{RUN}/{UID}/")
+        left = (await bus.js.stream_info("OBJ_COMPOZY_OUTPUTS")).state.messages
+        await bus.close()
+        return read, removed, left
+
+    read, removed, left = asyncio.run(scenario())
+    assert read == b"second" * 50_000 and removed == 1
+    assert left <= 1  # at most the delete marker of the key's metadata
