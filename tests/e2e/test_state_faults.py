@@ -70,7 +70,7 @@ def test_malformed_and_forged_events_stop_nothing(operator: OperatorProcess, kub
     apply(kubectl, namespace,
           workflow("victim", [{"id": "a", "tool": "slow", "with": {"seconds": 3}}]), execution("victim-1", "victim"))
     uid = wait_for(lambda: kubectl.ok("get", "wfx", "victim-1", "-n", namespace, "-o", "jsonpath={.metadata.uid}"))
-    empty = {**make_event(EventType.TASK_STARTED, "x", namespace, "victim-1", uid).model_dump(), "data": {}}
+    empty = {**make_event(EventType.TASK_STARTED, "x", namespace, "victim-1", uid, "a", 1).model_dump(), "data": {}}
     attempt = make_event(EventType.TASK_DISPATCHED, "x", namespace, "victim-1", uid, "a", 1).model_dump()
     attempt["data"]["attempt"] = "one"
     # A run's end, for victim-1, published on another execution's subject (what its pods may publish on).
@@ -78,7 +78,7 @@ def test_malformed_and_forged_events_stop_nothing(operator: OperatorProcess, kub
     forged_subject = f"compozy.state.{namespace}.forger-1.workflow.WorkflowExecutionFailed"
     bad = [(empty["subject"], json.dumps(empty).encode()), (attempt["subject"], json.dumps(attempt).encode()),
            (forged_subject, forged.model_dump_json().encode()),
-           (f"compozy.state.{namespace}.victim-1.task.Garbage", b"\xff\x00 not json")]
+           (f"compozy.state.{namespace}.victim-1.task.a.1.Garbage", b"\xff\x00 not json")]
 
     async def publish(js: JetStreamContext) -> None:
         for subject, body in bad:

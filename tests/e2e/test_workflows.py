@@ -188,11 +188,19 @@ def test_event_sequence_matches_the_seed_diagram(operator: OperatorProcess, kube
         assert set(m) == {"specversion", "id", "source", "type", "time", "subject", "data"}
         assert m["id"] == event_id(uid, m["data"].get("task"), m["data"].get("attempt"), m["type"])
         assert m["subject"].startswith(f"compozy.state.{namespace}.seq-happy.")
+        # who says it: the attempt on its own subject, the operator on subjects no attempt may use
+        by = ("task.a.1." if m["source"] in ("compozy/task-executor", "compozy/runtime")
+              else "operator.a.1." if m["data"].get("task") else "workflow.")
+        assert m["subject"] == f"compozy.state.{namespace}.seq-happy.{by}{m['type']}", m["subject"]
     success = next(m for m in rec.of("seq-happy") if m["type"] == "TaskExecutionSuccess")
     assert success["data"]["output"] == {"echo": {"v": 1}} and success["source"] == "compozy/task-executor"
     logs = rec.of("seq-happy", "compozy.log.")
     assert {m["data"]["component"] for m in logs} >= {"orchestrator", "task-executor", "runtime"}
     assert all(m["type"] == "LogEmitted" for m in logs)
+    for m in logs:  # an attempt's lines on its own subject, the operator's on the execution's
+        component = m["data"]["component"]
+        own = f"task.a.1.{component}" if component != "orchestrator" else component
+        assert m["subject"] == f"compozy.log.{namespace}.seq-happy.{own}", m["subject"]
     assert any("got {'v': 1}" in m["data"]["message"] for m in logs if m["data"]["component"] == "runtime")
 
 
