@@ -26,6 +26,7 @@ from .api.models import GROUP, VERSION
 from .bus import Bus
 from .kube import Kube
 from .monitoring import JETSTREAM_REPAIRS, LOOP_RESTARTS, HttpServer
+from .nats_auth.callout import CalloutConfig, CalloutService
 from .orchestrator import Orchestrator
 from .pods import LABEL_MANAGED, MANAGER
 from .settings import Settings
@@ -136,7 +137,17 @@ class Operator:
         self.workflow_status = WorkflowStatus(self.kube, self.evaluate)
         self.http = HttpServer(settings.http_port, self.readiness)
         self.loops = [Supervised("state manager", self.state.run), Supervised("JetStream check", self.jetstream.run)]
+        if settings.nats_auth == "callout":
+            self.loops.append(Supervised("NATS auth callout", self._callout))
         self.nats_ready = False
+
+    async def _callout(self) -> None:
+        """Answer the NATS server's authorization requests of task pods until cancelled."""
+        service = await CalloutService(CalloutConfig.from_env(), self.kube).start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await service.stop()
 
     def evaluate(self) -> admission.Validate:
         """The evaluation pool's start checks, for the webhook (its first worker starts now)."""

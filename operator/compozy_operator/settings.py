@@ -24,6 +24,10 @@ class Settings:
 
     nats_url: str = field(default_factory=lambda: _env("COMPOZY_NATS_URL", "nats://127.0.0.1:4222"))
     nats_token: str | None = field(default_factory=_token)
+    # how task pods get their NATS identity: `token` (the shared token from the NATS Secret) or
+    # `callout` (each attempt its own, from its pod's ServiceAccount token, via the operator's auth
+    # callout service: nats_auth/, docs/security.md; its settings are COMPOZY_NATS_CALLOUT_*)
+    nats_auth: str = field(default_factory=lambda: _env("COMPOZY_NATS_AUTH", "token"))
     # Secret (keys `url`, `token`) the task pods read their NATS credentials from; the operator
     # keeps one with this name in every namespace it runs tasks in.
     # PEM file of the CA of a TLS NATS server with a private CA; task pods get it through nats_secret
