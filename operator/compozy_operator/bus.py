@@ -72,9 +72,11 @@ OUTPUT_CHUNK_SIZE = 128 * 1024  # as nats-py's object store
 
 
 class Bus:
-    def __init__(self, url: str, token: str | None, name: str, ca: str | None = None,
+    def __init__(self, url: str, token: str | Callable[[], str] | None, name: str, ca: str | None = None,
                  inbox_prefix: str = "_INBOX") -> None:
-        """``ca``: PEM of the CA that signed a TLS server's certificate (else the system's trust);
+        """``token``: a string, or a callable nats-py calls at each connect and reconnect (a task
+        pod's ServiceAccount token file, read anew: task_executor.nats_login);
+        ``ca``: PEM of the CA that signed a TLS server's certificate (else the system's trust);
         ``inbox_prefix``: where replies come back (a task attempt's own, see events.inbox_prefix)."""
         self.inbox_prefix = inbox_prefix
         self.url = url

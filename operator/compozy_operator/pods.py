@@ -22,6 +22,13 @@ _MAX_NAME = 253
 
 NATS_CA_KEY = "ca.crt"  # key of the NATS Secret holding a private CA (TLS), when there is one
 ANNOTATION_TASK = "compozy.dev/task-key"  # the exact status key, e.g. each-url[3]
+# COMPOZY_NATS_AUTH=callout: the attempt's NATS login is its pod's projected ServiceAccount token,
+# bound to the pod, for this audience only (the callout service reviews it: nats_auth/)
+NATS_TOKEN_AUDIENCE = "compozy-nats"
+NATS_TOKEN_SECONDS = 3600  # the kubelet rotates it before it expires; each reconnect reads the file again
+NATS_TOKEN_DIR = "/var/run/secrets/compozy.dev/nats"
+NATS_TOKEN_FILE = f"{NATS_TOKEN_DIR}/token"
+NATS_TOKEN_FILE_ENV = "COMPOZY_NATS_TOKEN_FILE"
 
 
 def dns_part(task: str) -> str:
@@ -68,6 +75,11 @@ def task_pod(settings: Settings, execution: dict[str, Any], task: str, attempt: 
     meta = execution["metadata"]
     name = pod_name(meta["name"], task, attempt)
     secret = settings.nats_secret
+    callout = settings.nats_auth == "callout"
+    # token mode: the shared token from the namespace's NATS Secret; callout mode: none (the pod's
+    # own ServiceAccount token, in a projected volume, is its NATS login)
+    login = ({"name": NATS_TOKEN_FILE_ENV, "value": NATS_TOKEN_FILE} if callout else
+             {"name": "COMPOZY_NATS_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}}})
     variables: list[dict[str, Any]] = [
         {"name": "COMPOZY_NAMESPACE", "value": meta["namespace"]},
         {"name": "COMPOZY_EXECUTION", "value": meta["name"]},
@@ -78,12 +90,18 @@ def task_pod(settings: Settings, execution: dict[str, Any], task: str, attempt: 
         # the runner's claim on its attempt names the pod's uid (a re-created pod has another)
         {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
         {"name": "COMPOZY_NATS_URL", "valueFrom": {"secretKeyRef": {"name": secret, "key": "url"}}},
-        {"name": "COMPOZY_NATS_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}}},
+        login,
         {"name": "COMPOZY_NATS_CA", "valueFrom": {"secretKeyRef": {"name": secret, "key": NATS_CA_KEY,
                                                                    "optional": True}}},
         *([{"name": COMMAND_NONCE_ENV, "value": nonce}] if nonce else []),
         *(env or []),
     ]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
+    if callout:
+        mounts.append({"name": "nats-token", "mountPath": NATS_TOKEN_DIR, "readOnly": True})
+        volumes.append({"name": "nats-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": NATS_TOKEN_AUDIENCE, "expirationSeconds": NATS_TOKEN_SECONDS, "path": "token"}}]}})
     container = {
         "name": "task",
         "image": image or settings.task_image,
@@ -91,7 +109,7 @@ def task_pod(settings: Settings, execution: dict[str, Any], task: str, attempt: 
         "env": variables,
         "resources": resources or {"requests": {"cpu": "50m", "memory": "64Mi"}},
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": mounts,
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -127,7 +145,7 @@ def task_pod(settings: Settings, execution: dict[str, Any], task: str, attempt: 
                 "runAsNonRoot": True, "runAsUser": RUNNER_UID, "runAsGroup": RUNNER_UID,
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
-            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+            "volumes": volumes,
             "containers": [container],
         },
     }

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_ERROR_CHARS = 2000
+NATS_TOKEN_FILE_ENV = "COMPOZY_NATS_TOKEN_FILE"
 
 
 class TaskFailure(Exception):
@@ -87,6 +88,7 @@ def run_python(code: str, tool_id: str, value: Any, ctx: ToolContext) -> dict[st
 def run_command(command: list[str], tool_id: str, value: Any, ctx: ToolContext,
                 extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     env = {**os.environ, **ctx.env, **(extra_env or {}), **ctx.environ()}
+    env.pop(NATS_TOKEN_FILE_ENV, None)  # the runner's NATS login (callout mode) is not the tool's
     try:
         done = subprocess.run(command, input=json.dumps(value).encode(), capture_output=True, env=env)
     except OSError as e:

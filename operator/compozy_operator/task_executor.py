@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from .agents.providers import Reply, ToolCall
 
 T = TypeVar("T")
+NATS_TOKEN_FILE_ENV = "COMPOZY_NATS_TOKEN_FILE"  # as pods.NATS_TOKEN_FILE_ENV (not imported: no models here)
 COMMAND_WAIT_SECONDS = 30  # of NATS answering "no command yet" (time NATS is away does not count)
 COMMAND_POLL_SECONDS = 0.2
 # A command that is not this pod's is looked at once more after this long (a dispatch repeated after a
@@ -375,8 +376,40 @@ def _termination_message(text: str) -> None:
         pass
 
 
+def _host_path(path: str) -> str:
+    """Where a container path is on the host: the local cluster's process node runs containers as
+    host processes and says where their mounts are (COMPOZY_PROCESS_NODE_MOUNTS: mountPath -> host
+    directory); in a real container the path is simply the path."""
+    try:
+        mounts = json.loads(os.environ.get("COMPOZY_PROCESS_NODE_MOUNTS") or "{}")
+    except ValueError:
+        return path
+    for mount in sorted(mounts, key=len, reverse=True):
+        if path == mount or path.startswith(mount.rstrip("/") + "/"):
+            return mounts[mount] + path[len(mount.rstrip("/")):]
+    return path
+
+
+def nats_login() -> str | Callable[[], str] | None:
+    """The attempt's NATS token. Callout mode (``COMPOZY_NATS_TOKEN_FILE``, the pod's projected
+    ServiceAccount token): a callable that reads the file at every connect and reconnect (nats-py
+    calls it), so the token the kubelet rotated in is used once the user JWT it got expires. Token
+    mode: the shared token. Both variables leave this process's environment here, so a command tool
+    (a subprocess) inherits neither (see runtime.run_command)."""
+    token_file = os.environ.pop(NATS_TOKEN_FILE_ENV, None)
+    token = os.environ.pop("COMPOZY_NATS_TOKEN", None) if token_file else os.environ.get("COMPOZY_NATS_TOKEN")
+    if token_file:
+        path = _host_path(token_file)
+
+        def read() -> str:
+            with open(path) as f:
+                return f.read().strip()
+        return read
+    return token or None
+
+
 async def _main(a: Attempt) -> int:
-    bus = Bus(os.environ["COMPOZY_NATS_URL"], os.environ.get("COMPOZY_NATS_TOKEN") or None,
+    bus = Bus(os.environ["COMPOZY_NATS_URL"], nats_login(),
               f"task-{a.execution}-{a.task}-{a.attempt}", os.environ.get("COMPOZY_NATS_CA") or None,
               inbox_prefix=inbox_prefix(a.namespace, a.execution, a.task, a.attempt))
     outage = float(os.environ.get("COMPOZY_NATS_OUTAGE_SECONDS") or DEFAULT_OUTAGE_SECONDS)

@@ -24,6 +24,7 @@ import json
 import logging
 import secrets
 import time
+import urllib.parse
 from typing import Any
 
 from ..api.models import WorkflowExecutionStatus, WorkflowSpec
@@ -123,18 +124,27 @@ class Dispatcher:
     async def _ensure_nats_secret(self, namespace: str) -> None:
         if namespace in self.secrets_ready:
             return
-        values = {"url": self.settings.nats_url, "token": self.settings.nats_token or ""}
+        callout = self.settings.nats_auth == "callout"
+        # callout mode: no token (each pod logs in with its own ServiceAccount token), and the URL
+        # without the operator's own user and password
+        values = ({"url": _without_credentials(self.settings.nats_url)} if callout else
+                  {"url": self.settings.nats_url, "token": self.settings.nats_token or ""})
         if ca := self.settings.nats_ca():
             values[NATS_CA_KEY] = ca
+        data = {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}
+        path = f"/api/v1/namespaces/{namespace}/secrets"
         body = {"apiVersion": "v1", "kind": "Secret",
                 "metadata": {"name": self.settings.nats_secret, "namespace": namespace,
                              "labels": {"app.kubernetes.io/managed-by": "compozy-operator"}},
-                "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}}
+                "data": data}
         try:
-            await asyncio.to_thread(self.kube.create, f"/api/v1/namespaces/{namespace}/secrets", body)
+            await asyncio.to_thread(self.kube.create, path, body)
         except ApiException as e:
             if e.status != 409:
                 raise
+            if callout:  # one left from token mode must not keep handing out the shared token
+                await asyncio.to_thread(self.kube.merge_patch, f"{path}/{self.settings.nats_secret}",
+                                        {"data": {**data, "token": None}})
         self.secrets_ready.add(namespace)
 
     def _workers_full(self, run: Run, task: str) -> bool:
@@ -172,6 +182,14 @@ def worker_limits(spec: WorkflowSpec) -> dict[str, tuple[str, int]]:
         elif t.type == "collection" and (t.max_workers or t.mode == "sequential"):
             limits[t.id] = (t.id, 1 if t.mode == "sequential" else t.max_workers or 1)
     return limits
+
+
+def _without_credentials(url: str) -> str:
+    """``nats://user:password@host:port`` -> ``nats://host:port`` (the operator's login stays its own)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def _api_message(e: ApiException) -> str:
