@@ -140,11 +140,11 @@ class Dispatcher:
         try:
             await asyncio.to_thread(self.kube.create, path, body)
         except ApiException as e:
+            # kept as it is (the operator may create Secrets, not read or change them): one left from
+            # token mode still holds the old shared token, which a callout-mode server does not accept,
+            # and callout-mode pods do not read
             if e.status != 409:
                 raise
-            if callout:  # one left from token mode must not keep handing out the shared token
-                await asyncio.to_thread(self.kube.merge_patch, f"{path}/{self.settings.nats_secret}",
-                                        {"data": {**data, "token": None}})
         self.secrets_ready.add(namespace)
 
     def _workers_full(self, run: Run, task: str) -> bool:
