@@ -173,3 +173,39 @@ def test_a_crash_while_a_run_is_cancelled(write: str, when: str, operators: Call
             lambda s: s["phase"] == "Cancelled" and s.get("tasks", {}).get("a", {}).get("phase") == "Cancelled")
     assert tool_runs(workdir, "long-1") == Counter({("a", 1): 1})
     wait_for(lambda: no_task_pods(kube, namespace), 30, "the cancelled task's pod to be removed")
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_crash_while_telling_why_a_pod_waits(when: str, operators: Callable[[str | None], OperatorProcess],
+                                               kubectl: Kubectl, kube: Kube, namespace: str, tmp_path: Path) -> None:
+    """The TaskPodWaiting publish (a pod waiting for a missing Secret): the run still ends once, Failed
+    with the configuration error, not retried, its tool never run, no pod left."""
+    workdir = tmp_path / "runs"
+    workdir.mkdir()
+    secretly = {**TOOLS[0], "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k"}}}]}
+    crash_and_recover(operators, f"publish.TaskPodWaiting:{when}", lambda: apply(
+        kubectl, namespace, workflow("waits", [{"id": "a", "tool": "counted", "with": {"dir": DIR},
+                                                "retry": {"limit": 2}}], tools=[secretly]),
+        execution("waits-1", "waits", {"dir": str(workdir)})))
+    status = settled(kubectl, namespace, "waits-1", lambda s: s["phase"] == "Failed")
+    a = status["tasks"]["a"]
+    assert (a["error"]["reason"], a["attempt"]) == ("CreateContainerConfigError", 1), json.dumps(status, indent=1)
+    assert "create the Secret" in a["error"]["message"] and "message" not in a
+    assert tool_runs(workdir, "waits-1") == Counter()
+    wait_for(lambda: no_task_pods(kube, namespace), 30, "the waiting pod to be removed")
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_crash_while_writing_a_workflows_status(when: str, operators: Callable[[str | None], OperatorProcess],
+                                                  kubectl: Kubectl, namespace: str) -> None:
+    """The Workflow status patch (Ready): the clean operator writes it; a run of the Workflow works."""
+    crash_and_recover(operators, f"kube.patch.workflows.status:{when}", lambda: apply(
+        kubectl, namespace, workflow("ready", [{"id": "a", "tool": "counted", "with": {"dir": "/tmp"}}],
+                                     tools=TOOLS)))
+
+    def ready() -> dict[str, Any] | None:
+        out = kubectl("get", "czwf", "ready", "-n", namespace, "-o", "json")
+        conds = json.loads(out.stdout).get("status", {}).get("conditions", []) if out.returncode == 0 else []
+        return next((c for c in conds if c["type"] == "Ready" and c["status"] == "True"), None)
+
+    assert wait_for(ready, 30, "the Workflow's Ready status")["reason"] == "Valid"
