@@ -244,7 +244,9 @@ def build_registry(op_ref: dict[str, Operator], app_settings: Settings) -> kopf.
 
     @kopf.on.event(GROUP, VERSION, "workflows", registry=registry)
     async def workflow_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
-        if event["type"] != "DELETED":
+        if event["type"] == "DELETED":
+            op_ref["op"].workflow_status.forget(body["metadata"]["uid"])
+        else:
             await op_ref["op"].workflow_status.sync(_plain(body))
 
     if app_settings.webhook_enabled:

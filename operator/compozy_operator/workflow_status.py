@@ -72,9 +72,16 @@ class WorkflowStatus:
 
     def __init__(self, kube: Kube, validate: Callable[[], Validate]) -> None:
         self.kube, self.validate = kube, validate
+        self.checked: dict[str, Any] = {}  # uid -> the generation this process checked and wrote
+
+    def forget(self, uid: str) -> None:
+        self.checked.pop(uid, None)
 
     async def sync(self, obj: JSON) -> None:
         meta = obj.get("metadata") or {}
+        generation = meta.get("generation")
+        if generation is not None and self.checked.get(meta.get("uid", "")) == generation:
+            return  # e.g. the event of our own status write: the spec, hence the verdict, is unchanged
         try:
             problems = await review_workflow(obj, self.validate())
         except RecursionError:  # a spec nested deeper than Python's limit
@@ -83,6 +90,7 @@ class WorkflowStatus:
             problems = [f"spec: could not be checked: {e}"]
         patch = status_patch(obj, problems, _now())
         if patch is None:
+            self.checked[meta["uid"]] = generation
             return
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{meta['namespace']}/workflows/{meta['name']}/status"
         try:
@@ -90,5 +98,6 @@ class WorkflowStatus:
         except ApiException as e:
             if e.status != 404:  # deleted meanwhile: nothing to say
                 raise
+        self.checked[meta["uid"]] = generation
         if problems:
             log.info("Workflow %s/%s is not valid: %s", meta["namespace"], meta["name"], "; ".join(problems)[:500])
