@@ -262,6 +262,9 @@ def _show_handled(s: WorkflowExecutionStatus, at: str) -> None:
     s.conditions = [c for c in s.conditions if c.type != HANDLED] + [condition]
 
 
+WAITING_MESSAGE = 1000  # characters of a waiting pod's reason and message kept in the status
+
+
 def _waiting_prefix(task: str) -> str:
     return f"task {task} waits: "
 
@@ -271,7 +274,7 @@ def _fold_waiting(s: WorkflowExecutionStatus, event: Event) -> None:
     current = s.tasks.get(event.task or "")
     if current is None or current.attempt != int(event.attempt or 1) or current.phase != "Pending":
         return  # a later attempt, or this one started or ended meanwhile
-    current.message = f"{event.data.get('reason')}: {event.data.get('message')}"
+    current.message = f"{event.data.get('reason')}: {event.data.get('message')}"[:WAITING_MESSAGE]
     if s.phase == "Running":
         s.message = _waiting_prefix(event.task or "") + current.message
 

@@ -222,3 +222,9 @@ def test_observed_generation_is_the_spec_acted_on() -> None:
     s = fold(s, ev(EventType.WORKFLOW_CANCELLED, error={"reason": "Cancelled"}, generation=2), 5)
     assert s.observed_generation == 2
     assert fold(s, ev(EventType.WORKFLOW_STARTED, workflow="w", taskCount=1, generation=1), 6).observed_generation == 2
+
+
+def test_a_waiting_message_is_bounded() -> None:
+    waiting = ev(EventType.TASK_POD_WAITING, "a", 1, reason="ErrImagePull", message="x" * 100_000)
+    s = run(HAPPY[0], HAPPY[1], waiting)
+    assert len(s.tasks["a"].message or "") == 1000 and len(s.message or "") < 1100
