@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from compozy_operator.api.models import TaskStatus, WorkflowExecutionStatus, WorkflowSpec
+from compozy_operator.resources.models import TaskStatus, WorkflowExecutionStatus, WorkflowSpec
 from compozy_operator.executor import RunContext, decide
 from compozy_operator.sandbox import EvalPool
 from compozy_operator.settings import Settings

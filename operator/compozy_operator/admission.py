@@ -28,7 +28,7 @@ import aiohttp.web
 import kopf
 from pydantic import ValidationError
 
-from .api.models import GROUP, VERSION, WorkflowExecutionSpec, WorkflowSpec
+from .resources.models import GROUP, VERSION, WorkflowExecutionSpec, WorkflowSpec
 from .kube import ApiException, Kube
 from .sandbox import EvaluationError
 from .settings import Settings

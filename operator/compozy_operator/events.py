@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from .api.models import OutputRef, TokenUsage
+from .resources.models import OutputRef, TokenUsage
 
 STATE_STREAM = "COMPOZY_STATE"
 LOG_STREAM = "COMPOZY_LOGS"

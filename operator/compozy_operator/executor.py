@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .api.models import (
+from .resources.models import (
     MAX_DURATION_SECONDS, Agent, AgentAction, ErrorInfo, Task, TaskStatus, Tool, WorkflowExecutionStatus, WorkflowSpec,
     parse_duration,
 )

@@ -33,7 +33,7 @@ from yaml.reader import Reader
 from yaml.resolver import BaseResolver
 from yaml.scanner import Scanner
 
-from .api.models import API_VERSION, GROUP, WorkflowExecutionSpec, WorkflowSpec
+from .resources.models import API_VERSION, GROUP, WorkflowExecutionSpec, WorkflowSpec
 from .sandbox_worker import input_check
 from .validation import (
     MAX_INPUT_BYTES, SpecError, apply_defaults, check_workflow, input_problems, model_problems, name_problems,

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
-from .api.models import API_VERSION, TERMINAL_PHASES, WorkflowExecutionStatus
+from .resources.models import API_VERSION, TERMINAL_PHASES, WorkflowExecutionStatus
 from .events import Event, EventType
 from .kube import ApiException, Kube
 from .reducer import TASK_TERMINAL

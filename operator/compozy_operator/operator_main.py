@@ -22,7 +22,7 @@ from typing import Any
 import kopf
 
 from . import admission
-from .api.models import GROUP, VERSION
+from .resources.models import GROUP, VERSION
 from .bus import Bus
 from .kube import Kube
 from .monitoring import JETSTREAM_REPAIRS, LOOP_RESTARTS, HttpServer

@@ -6,7 +6,7 @@ import hashlib
 import re
 from typing import Any
 
-from .api.models import API_VERSION
+from .resources.models import API_VERSION
 from .events import COMMAND_NONCE_ENV
 from .settings import Settings
 

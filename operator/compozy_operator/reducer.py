@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .api.models import (AttemptRecord, Condition, ErrorInfo, OutputRef, Snapshot, TaskStatus, TERMINAL_PHASES,
+from .resources.models import (AttemptRecord, Condition, ErrorInfo, OutputRef, Snapshot, TaskStatus, TERMINAL_PHASES,
                          TokenUsage, WorkflowExecutionStatus)
 from .events import Event, EventType
 

@@ -45,7 +45,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api.models import ErrorInfo, WorkflowExecutionStatus, WorkflowSpec
+from .resources.models import ErrorInfo, WorkflowExecutionStatus, WorkflowSpec
 from .executor import (
     Action, AgentCall, CompleteTask, Dispatch, FailTask, Finish, RunContext, ScheduleRetry, WakeAt, decide,
 )

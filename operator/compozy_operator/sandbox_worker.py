@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 import jsonschema
 
 from . import templates
-from .api.models import WorkflowSpec
+from .resources.models import WorkflowSpec
 from .executor import decide
 from .sandbox import HEADER, MAX_ANSWER, dumps, encode_action
 from .templates import TemplateTimeout

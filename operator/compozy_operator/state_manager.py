@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from . import failpoints
-from .api.models import GROUP, TERMINAL_PHASES, VERSION, WorkflowExecutionStatus
+from .resources.models import GROUP, TERMINAL_PHASES, VERSION, WorkflowExecutionStatus
 from .bus import Bus
 from .events import STATE_STREAM, Event, EventType, InvalidEvent, parse_state_event
 from .kube import ApiException, Kube, merge_patch_diff

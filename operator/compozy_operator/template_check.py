@@ -36,7 +36,7 @@ from jinja2 import TemplateAssertionError, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from . import templates
-from .api.models import Agent, AgentAction, Task, WorkflowSpec
+from .resources.models import Agent, AgentAction, Task, WorkflowSpec
 
 ERROR, WARNING = "error", "warning"
 TASK_FIELDS = frozenset({"output", "status", "error"})

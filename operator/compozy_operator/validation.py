@@ -10,8 +10,8 @@ from typing import Any
 import jsonschema
 from pydantic import ValidationError
 
-from .api.crd import FRIENDLY_PATTERNS
-from .api.models import DURATION_PATTERN, ID_PATTERN, Task, WorkflowSpec
+from .resources.crd import FRIENDLY_PATTERNS
+from .resources.models import DURATION_PATTERN, ID_PATTERN, Task, WorkflowSpec
 from .template_check import ERROR, WARNING, check_templates
 
 # The fields each task type uses (besides id and type); any other field set is a mistake.

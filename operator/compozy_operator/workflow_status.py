@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .admission import Validate, review_workflow
-from .api.models import GROUP, VERSION
+from .resources.models import GROUP, VERSION
 from .kube import ApiException, Kube
 from .sandbox import EvaluationError
 

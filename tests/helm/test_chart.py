@@ -33,7 +33,7 @@ def test_chart_crds_are_the_generated_ones() -> None:
     generated = {p.name: p.read_text() for p in CRD_DIR.glob("*.yaml")}
     stale = sorted(name for name in chart_crds.keys() | generated.keys() if chart_crds.get(name) != generated.get(name))
     assert not stale, (f"charts/compozy-operator/crds/ differs from crds/ in {stale}: run "
-                       "`python -m compozy_operator.api.crd` (writes both) or `make chart`")
+                       "`python -m compozy_operator.resources.crd` (writes both) or `make chart`")
 
 
 def test_values_table_is_current() -> None:

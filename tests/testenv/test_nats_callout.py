@@ -30,7 +30,7 @@ from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
 
-from compozy_operator.api.models import API_VERSION
+from compozy_operator.resources.models import API_VERSION
 from compozy_operator.bus import Bus
 from compozy_operator.events import (COMMAND_STREAM, STATE_STREAM, EventType, Publisher, cancel_subject,
                                      claim_subject, command_subject, event_id, inbox_prefix, log_subject, make_event,

@@ -8,7 +8,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from compozy_operator.api.models import WorkflowExecutionStatus
+from compozy_operator.resources.models import WorkflowExecutionStatus
 from compozy_operator.bus import STATE_STREAM, Bus
 from compozy_operator.events import EventType, make_event
 from compozy_operator.orchestrator.run import REPUBLISH_AFTER, Run

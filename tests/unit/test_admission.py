@@ -6,7 +6,7 @@ import asyncio
 import json
 
 from compozy_operator import admission
-from compozy_operator.api import crd
+from compozy_operator.resources import crd
 from compozy_operator.sandbox import EvalPool
 from compozy_operator.settings import Settings
 from compozy_operator.workflow_status import desired_status, status_patch

@@ -8,7 +8,7 @@ import json
 
 from prometheus_client import REGISTRY
 
-from compozy_operator.api.models import ErrorInfo, TaskStatus, WorkflowExecutionStatus, WorkflowSpec
+from compozy_operator.resources.models import ErrorInfo, TaskStatus, WorkflowExecutionStatus, WorkflowSpec
 from compozy_operator.events import EventType, make_event
 from compozy_operator.executor import Dispatch, FailTask, RunContext, ScheduleRetry, decide, epoch
 from compozy_operator.monitoring import observe_event

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from compozy_operator.api.models import ErrorInfo, TaskStatus, WorkflowExecutionStatus, WorkflowSpec
+from compozy_operator.resources.models import ErrorInfo, TaskStatus, WorkflowExecutionStatus, WorkflowSpec
 from compozy_operator.executor import (Dispatch, FailTask, Finish, RunContext, ScheduleRetry, WakeAt, backoff_delay,
                                        decide, rfc3339)
 

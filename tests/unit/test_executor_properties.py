@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from compozy_operator.api.models import TERMINAL_PHASES, WorkflowExecutionStatus, WorkflowSpec
+from compozy_operator.resources.models import TERMINAL_PHASES, WorkflowExecutionStatus, WorkflowSpec
 from compozy_operator.events import EventType, make_event
 from compozy_operator.executor import (IN_FLIGHT, Action, CompleteTask, Dispatch, FailTask, Finish, RunContext,
                                        ScheduleRetry, WakeAt, decide, rfc3339)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from compozy_operator.api.models import ErrorInfo, TaskStatus, WorkflowExecutionStatus, WorkflowSpec
+from compozy_operator.resources.models import ErrorInfo, TaskStatus, WorkflowExecutionStatus, WorkflowSpec
 from compozy_operator.executor import (Action, CompleteTask, Dispatch, FailTask, Finish, RunContext, ScheduleRetry,
                                        WakeAt, decide, rfc3339)
 from compozy_operator.validation import check_workflow, parse_workflow

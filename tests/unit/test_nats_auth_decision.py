@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from compozy_operator.api.models import API_VERSION
+from compozy_operator.resources.models import API_VERSION
 from compozy_operator.nats_auth import decision
 from compozy_operator.nats_auth.decision import Grant, Refusal, decide, token_expiry
 from compozy_operator.nats_auth.permissions import attempt_permissions

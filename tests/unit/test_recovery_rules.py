@@ -12,7 +12,7 @@ from kubernetes.client.exceptions import ApiException
 from nats.errors import ConnectionClosedError, MaxPayloadError, NoRespondersError
 from pydantic import ValidationError
 
-from compozy_operator.api.models import TaskStatus, WorkflowExecutionStatus, WorkflowSpec
+from compozy_operator.resources.models import TaskStatus, WorkflowExecutionStatus, WorkflowSpec
 from compozy_operator.events import EventType, make_event
 from compozy_operator.executor import Dispatch, FailTask, ScheduleRetry, WakeAt, decide
 from compozy_operator.orchestrator.effects import Effects, backoff, transient

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from compozy_operator.api.models import WorkflowExecutionStatus
+from compozy_operator.resources.models import WorkflowExecutionStatus
 from compozy_operator.events import EventType, make_event
 from compozy_operator.reducer import fold, fold_all, format_duration
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from compozy_operator import sandbox
-from compozy_operator.api.models import TaskStatus, WorkflowExecutionStatus, WorkflowSpec
+from compozy_operator.resources.models import TaskStatus, WorkflowExecutionStatus, WorkflowSpec
 from compozy_operator.executor import CompleteTask, Dispatch, FailTask, RunContext, decide
 from compozy_operator.sandbox import EvalPool, EvaluationError, EvaluationLimit, decode_actions
 from compozy_operator.settings import Settings

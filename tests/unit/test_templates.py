@@ -59,7 +59,7 @@ def test_a_field_named_like_a_dict_method_is_the_field() -> None:
 
 
 def test_a_missing_task_is_named_with_the_known_ones() -> None:
-    from compozy_operator.api.models import TaskStatus, WorkflowExecutionStatus, WorkflowSpec
+    from compozy_operator.resources.models import TaskStatus, WorkflowExecutionStatus, WorkflowSpec
     from compozy_operator.executor import FailTask, RunContext, decide
 
     wf = WorkflowSpec.model_validate({"tools": [{"id": "t", "python": "def run(i, c): return i"}], "tasks": [

@@ -6,7 +6,7 @@ import pytest
 
 from compozy_operator.validation import SUPPORTED_TYPES, SpecError, check_input, check_workflow, parse_workflow
 
-from tests.api import example_workflow
+from tests.resources import example_workflow
 
 BASE = {"tools": [{"id": "t", "python": "def run(i, c): return {}"}], "tasks": [{"id": "a", "tool": "t"}]}
 

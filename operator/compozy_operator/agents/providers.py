@@ -19,7 +19,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from ..api.models import parse_duration
+from ..resources.models import parse_duration
 from ..runtime import TaskFailure
 
 DEFAULT_TIMEOUT = "60s"

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..api.models import API_VERSION
+from ..resources.models import API_VERSION
 from ..pods import ANNOTATION_TASK, LABEL_ATTEMPT, LABEL_MANAGED, LABEL_TASK, MANAGER, dns_part, label_value, pod_name
 from .permissions import Permissions, attempt_permissions
 

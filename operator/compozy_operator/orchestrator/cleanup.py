@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
-from ..api.models import TERMINAL_PHASES, WorkflowExecutionStatus
+from ..resources.models import TERMINAL_PHASES, WorkflowExecutionStatus
 from ..bus import Bus
 from ..events import EventType, cancel_subject, make_event, output_prefix
 from ..kube import ApiException, Kube

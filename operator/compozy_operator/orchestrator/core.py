@@ -20,7 +20,7 @@ from typing import Any
 
 from nats.js.errors import NotFoundError
 
-from ..api.models import TERMINAL_PHASES, ErrorInfo, WorkflowExecutionStatus
+from ..resources.models import TERMINAL_PHASES, ErrorInfo, WorkflowExecutionStatus
 from ..bus import Bus
 from ..events import Event, EventType, make_event, output_key, output_prefix
 from ..executor import CompleteTask, Dispatch, FailTask, Finish, ScheduleRetry, WakeAt

@@ -27,7 +27,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from ..api.models import WorkflowExecutionStatus, WorkflowSpec
+from ..resources.models import WorkflowExecutionStatus, WorkflowSpec
 from ..bus import Bus, PayloadTooLarge
 from ..events import EventType, command_subject, make_event
 from ..executor import Dispatch, epoch

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from ..api.models import TaskStatus
+from ..resources.models import TaskStatus
 from ..bus import Bus
 from ..events import EventType, make_event
 from ..executor import epoch

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api.models import WorkflowExecutionStatus, WorkflowSpec
+from ..resources.models import WorkflowExecutionStatus, WorkflowSpec
 from ..bus import Bus
 from ..events import STATE_STREAM, Event, EventType
 from ..executor import RunContext, epoch

@@ -17,7 +17,7 @@ from typing import Any
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
-from ..api.models import (GROUP, VERSION, OutputRef, Snapshot, WorkflowExecutionSpec, WorkflowExecutionStatus,
+from ..resources.models import (GROUP, VERSION, OutputRef, Snapshot, WorkflowExecutionSpec, WorkflowExecutionStatus,
                           WorkflowSpec, parse_duration)
 from ..bus import Bus, PayloadTooLarge
 from ..events import EventType, make_event, output_prefix, state_subject

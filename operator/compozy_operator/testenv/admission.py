@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..admission import EXECUTION_HOOK, WORKFLOW_HOOK
-from ..api.models import GROUP, VERSION
+from ..resources.models import GROUP, VERSION
 from ..kube import ApiException, Kube
 
 SKIP_LABEL = "compozy.dev/admission"

@@ -1,6 +1,6 @@
 """The CustomResourceDefinitions, generated from the pydantic models in ``models.py``.
 
-``python -m compozy_operator.api.crd`` writes ``crds/*.yaml``; ``--check`` fails when they are
+``python -m compozy_operator.resources.crd`` writes ``crds/*.yaml``; ``--check`` fails when they are
 stale. The pydantic JSON schema is turned into a Kubernetes *structural* schema:
 
 - every ``$ref`` is inlined; the recursive ``Task`` is inlined :data:`TASK_SCHEMA_DEPTH` levels
@@ -38,8 +38,8 @@ JSON = dict[str, Any]
 #: operator validates them with the models.
 TASK_SCHEMA_DEPTH = 2
 
-COMMAND = "python -m compozy_operator.api.crd"
-HEADER = f"# Generated from compozy_operator/api/models.py by `{COMMAND}`. Do not edit.\n"
+COMMAND = "python -m compozy_operator.resources.crd"
+HEADER = f"# Generated from compozy_operator/resources/models.py by `{COMMAND}`. Do not edit.\n"
 CATEGORIES = ["compozy"]
 
 PRESERVE = "x-kubernetes-preserve-unknown-fields"
@@ -401,7 +401,7 @@ def generate() -> dict[str, str]:
 
 
 def default_dir() -> Path:
-    """``crds/`` of the source checkout (operator/compozy_operator/api/crd.py -> repo root)."""
+    """``crds/`` of the source checkout (operator/compozy_operator/resources/crd.py -> repo root)."""
     return Path(__file__).resolve().parents[3] / "crds"
 
 

@@ -11,8 +11,8 @@ from typing import Any, Literal
 import pytest
 import yaml
 
-from compozy_operator.api import crd
-from compozy_operator.api.models import (GROUP, VERSION, WorkflowExecutionSpec, WorkflowExecutionStatus, WorkflowSpec)
+from compozy_operator.resources import crd
+from compozy_operator.resources.models import (GROUP, VERSION, WorkflowExecutionSpec, WorkflowExecutionStatus, WorkflowSpec)
 from compozy_operator.testenv import DevEnvironment, Kube
 
 from tests.helpers import CRD_DIR, CRD_NAMES, Kubectl, apply_crds, wait_for
@@ -29,20 +29,20 @@ def test_crds_are_up_to_date() -> None:
     assert sorted(generated) == sorted(f"{name}.yaml" for name in CRD_NAMES)
     on_disk = {p.name: p.read_text() for p in CRD_DIR.glob("*.yaml")}
     stale = sorted(name for name in generated if on_disk.get(name) != generated[name])
-    assert not stale, f"crds/{', crds/'.join(stale)} differ from the models: run `python -m compozy_operator.api.crd`"
+    assert not stale, f"crds/{', crds/'.join(stale)} differ from the models: run `python -m compozy_operator.resources.crd`"
 
 
 def test_generated_text_is_deterministic_and_marked() -> None:
     assert crd.generate() == crd.generate()
     for name, text in crd.generate().items():
-        assert text.startswith("# Generated from compozy_operator/api/models.py by "
-                               "`python -m compozy_operator.api.crd`"), name
+        assert text.startswith("# Generated from compozy_operator/resources/models.py by "
+                               "`python -m compozy_operator.resources.crd`"), name
         assert "&id" not in text and "*id" not in text, f"{name}: YAML anchors/aliases"
         assert yaml.safe_load(text)["metadata"]["name"] == name.removesuffix(".yaml")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "compozy_operator.api.crd", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "compozy_operator.resources.crd", *args], capture_output=True, text=True)
 
 
 def test_cli_writes_and_checks(tmp_path: Path) -> None:
@@ -56,7 +56,7 @@ def test_cli_writes_and_checks(tmp_path: Path) -> None:
     stale = _cli("--check", "--out", str(tmp_path))
     assert stale.returncode == 1
     assert "workflows.compozy.dev.yaml" in stale.stderr and "workflowexecutions" not in stale.stderr
-    assert "python -m compozy_operator.api.crd" in stale.stderr
+    assert "python -m compozy_operator.resources.crd" in stale.stderr
 
 
 # --- the schemas ---------------------------------------------------------------------------------------

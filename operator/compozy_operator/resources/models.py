@@ -1,7 +1,7 @@
 """The API (group ``compozy.dev``, version ``v1alpha1``) as pydantic models.
 
 These models are the single source of truth: the CRDs in ``crds/`` are generated from them
-(``python -m compozy_operator.api.crd``), and the operator validates with them. Field names are
+(``python -m compozy_operator.resources.crd``), and the operator validates with them. Field names are
 camelCase on the wire (Kubernetes convention) and snake_case in Python.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from compozy_operator.api.models import (Task, WorkflowExecutionSpec, WorkflowExecutionStatus, WorkflowSpec,
+from compozy_operator.resources.models import (Task, WorkflowExecutionSpec, WorkflowExecutionStatus, WorkflowSpec,
                                          parse_duration)
 
 from . import example_execution, example_workflow
