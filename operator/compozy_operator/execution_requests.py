@@ -1,0 +1,71 @@
+"""The Kubernetes objects and patches behind a user's request on a run (pure; no I/O).
+
+api.Service (HTTP and NATS), the ``compozy`` CLI and the UI all start, resubmit, retry and cancel
+runs through these builders, so a run started one way looks exactly like one started another:
+same labels, same naming, same spec.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .resources.models import API_VERSION
+
+LABEL_WORKFLOW = "compozy.dev/workflow"  # the Workflow a run runs (`kubectl get wfx -l compozy.dev/workflow=x`)
+LABEL_RESUBMITTED_FROM = "compozy.dev/resubmitted-from"  # the run a resubmitted run was made from
+KIND = "WorkflowExecution"
+_UNSET: Any = object()
+
+
+def new_execution(workflow: str, input: Any = None, *, name: str | None = None,
+                  labels: dict[str, str] | None = None, timeout: str | None = None) -> dict[str, Any]:
+    """A WorkflowExecution of the Workflow ``workflow``: named ``name``, else generated
+    (``<workflow>-xxxxx``), labelled with its workflow (and ``labels``)."""
+    metadata: dict[str, Any] = {"labels": {**(labels or {}), LABEL_WORKFLOW: workflow}}
+    if name:
+        metadata["name"] = name
+    else:
+        metadata["generateName"] = f"{workflow[:57]}-"
+    spec: dict[str, Any] = {"workflowRef": {"name": workflow}}
+    if input is not None:
+        spec["input"] = input
+    if timeout:
+        spec["timeout"] = timeout
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec}
+
+
+def resubmission(old: dict[str, Any], input: Any = _UNSET, *, name: str | None = None) -> dict[str, Any]:
+    """A new run of what ``old`` ran (its workflowRef or inline workflow, its timeout), with its
+    input or ``input``; labelled with ``old``'s labels (but not those the operator owns) and the
+    run it came from."""
+    meta, spec = old.get("metadata") or {}, old.get("spec") or {}
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if not k.startswith("compozy.dev/")
+              and not k.startswith("app.kubernetes.io/")}
+    ref = (spec.get("workflowRef") or {}).get("name")
+    if ref:
+        labels[LABEL_WORKFLOW] = ref
+    labels[LABEL_RESUBMITTED_FROM] = meta.get("name", "")
+    base = ref or meta.get("name", "run")
+    new_spec = {k: v for k, v in spec.items() if k in ("workflowRef", "workflow", "timeout")}
+    chosen = spec.get("input") if input is _UNSET else input
+    if chosen is not None:
+        new_spec["input"] = chosen
+    metadata: dict[str, Any] = {"labels": labels}
+    if name:
+        metadata["name"] = name
+    else:
+        metadata["generateName"] = f"{base[:57]}-"
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": new_spec}
+
+
+def cancel_patch() -> dict[str, Any]:
+    """The merge patch that cancels a run (the seed's WorkflowCancel)."""
+    return {"spec": {"cancel": True}}
+
+
+def retry_patch(old: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch that asks for one more retry of an ended run: ``spec.retry`` raised by one,
+    guarded by ``old``'s resourceVersion so two concurrent retries make one (the second gets 409)."""
+    meta, spec = old.get("metadata") or {}, old.get("spec") or {}
+    return {"metadata": {"resourceVersion": meta.get("resourceVersion")},
+            "spec": {"retry": int(spec.get("retry") or 0) + 1}}
