@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import ssl
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
@@ -119,7 +120,7 @@ class Bus:
             except Exception as e:  # noqa: BLE001 - any failure is retried the same way
                 cause = self._connect_error or e  # "no servers available" hides e.g. "connection refused"
                 self._connect_error = None
-                self.last_error = f"NATS at {self.url} unreachable: {cause or type(cause).__name__}"
+                self.last_error = f"NATS at {without_credentials(self.url)} unreachable: {cause or type(cause).__name__}"
                 waited = asyncio.get_running_loop().time() - started
                 if (attempts is not None and tried >= attempts) or (give_up_after is not None
                                                                     and waited >= give_up_after):
@@ -132,7 +133,7 @@ class Bus:
         if self.js is None:  # while connecting, connect() reports the failure itself
             self._connect_error = e
         else:
-            self.last_error = f"NATS at {self.url}: {e}"
+            self.last_error = f"NATS at {without_credentials(self.url)}: {e}"
             log.warning("NATS error: %s", e)
 
     async def _on_disconnect(self) -> None:
@@ -412,3 +413,19 @@ class Bus:
             await nc.close()
         except OSError as e:  # disconnected: nats-py writes what it buffered to the dead socket
             log.warning("NATS close: %s; what was buffered while disconnected is lost", e)
+
+
+def with_credentials(url: str, user: str, password: str) -> str:
+    """``url`` with ``user:password@`` (replacing any there), how nats-py takes a configured user."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    auth = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password, safe='')}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{auth}@{host}"))
+
+
+def without_credentials(url: str) -> str:
+    """``nats://user:password@host:port`` -> ``nats://host:port``: what task pods and logs may see."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))

@@ -12,7 +12,9 @@ reason while it is down, as it does while NATS, a stream or the state consumer i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -23,10 +25,11 @@ import kopf
 
 from . import admission
 from .resources.models import GROUP, VERSION
-from .bus import Bus
+from .bus import Bus, with_credentials, without_credentials
 from .kube import Kube
 from .monitoring import JETSTREAM_REPAIRS, LOOP_RESTARTS, HttpServer
 from .nats_auth.callout import CalloutConfig, CalloutService
+from .nats_auth.keys import CALLOUT_USER, OPERATOR_USER, load_or_create
 from .orchestrator import Orchestrator
 from .pods import LABEL_MANAGED, MANAGER
 from .settings import Settings
@@ -127,8 +130,11 @@ class Operator:
     """Everything the handlers need, created at startup."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
         self.kube = Kube.from_environment()
+        self.callout_config: CalloutConfig | None = None
+        if settings.nats_auth == "callout":
+            settings, self.callout_config = self._callout_settings(settings)
+        self.settings = settings
         self.bus = Bus(settings.nats_url, settings.nats_token, "compozy-operator", settings.nats_ca())
         self.orchestrator = Orchestrator(settings, self.kube, self.bus)
         self.state = StateManager(self.bus, self.kube, self.orchestrator.reconcile, settings.state_batch,
@@ -141,9 +147,24 @@ class Operator:
             self.loops.append(Supervised("NATS auth callout", self._callout))
         self.nats_ready = False
 
+    def _callout_settings(self, settings: Settings) -> tuple[Settings, CalloutConfig]:
+        """Callout mode: the operator's NATS URL (as its configured user) and the callout service's
+        configuration, from the callout Secret (made now when absent) or else the environment."""
+        if not settings.nats_callout_secret:
+            return settings, CalloutConfig.from_env()
+        keys = load_or_create(self.kube, settings.pod_namespace, settings.nats_callout_secret)
+        log.info("NATS callout keys from Secret %s/%s (issuer %s)", settings.pod_namespace,
+                 settings.nats_callout_secret, keys.issuer)
+        config = CalloutConfig.from_env({**os.environ, "COMPOZY_NATS_CALLOUT_ISSUER_SEED": keys.issuer_seed,
+                                         "COMPOZY_NATS_CALLOUT_USER": CALLOUT_USER,
+                                         "COMPOZY_NATS_CALLOUT_PASSWORD": keys.callout_password})
+        url = with_credentials(settings.nats_url, OPERATOR_USER, keys.operator_password)
+        return dataclasses.replace(settings, nats_url=url, nats_token=None), config
+
     async def _callout(self) -> None:
         """Answer the NATS server's authorization requests of task pods until cancelled."""
-        service = await CalloutService(CalloutConfig.from_env(), self.kube).start()
+        assert self.callout_config is not None
+        service = await CalloutService(self.callout_config, self.kube).start()
         try:
             await asyncio.Event().wait()
         finally:
@@ -172,7 +193,7 @@ class Operator:
         self.nats_ready = True
         for loop in self.loops:
             loop.start()
-        log.info("connected to NATS at %s; state manager running", self.settings.nats_url)
+        log.info("connected to NATS at %s; state manager running", without_credentials(self.settings.nats_url))
 
     async def stop(self) -> None:
         tasks = [loop.task for loop in self.loops if loop.task is not None]

@@ -28,6 +28,13 @@ class Settings:
     # `callout` (each attempt its own, from its pod's ServiceAccount token, via the operator's auth
     # callout service: nats_auth/, docs/security.md; its settings are COMPOZY_NATS_CALLOUT_*)
     nats_auth: str = field(default_factory=lambda: _env("COMPOZY_NATS_AUTH", "token"))
+    # callout mode in a cluster: the Secret (in the operator's own namespace) holding the callout
+    # server's secrets (nats_auth/keys.py), made by the operator at its first start when absent; its
+    # NATS URL then carries no credentials. Empty: they come from COMPOZY_NATS_URL and
+    # COMPOZY_NATS_CALLOUT_* (how the local cluster's operator process gets them).
+    nats_callout_secret: str = field(default_factory=lambda: _env("COMPOZY_NATS_CALLOUT_SECRET"))
+    # the namespace the operator runs in (the chart sets it from the downward API)
+    pod_namespace: str = field(default_factory=lambda: _env("COMPOZY_POD_NAMESPACE", "default"))
     # Secret (keys `url`, `token`) the task pods read their NATS credentials from; the operator
     # keeps one with this name in every namespace it runs tasks in.
     # PEM file of the CA of a TLS NATS server with a private CA; task pods get it through nats_secret

@@ -15,7 +15,8 @@ from tests.helpers import Kubectl
 from .conftest import server_dry_run, sets, template
 
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"}
-EXTERNAL = ("nats.mode=external", "nats.external.url=tls://nats.example.com:4222", "nats.auth.existingSecret=nats-creds")
+EXTERNAL = ("nats.mode=external", "nats.external.url=tls://nats.example.com:4222", "nats.auth.mode=token",
+            "nats.auth.existingSecret=nats-creds")
 
 
 @pytest.fixture
@@ -40,12 +41,24 @@ def _accepted(kubectl: Kubectl, manifests: str) -> str:
 
 
 def test_default_values_bundled_nats(helm: Helm, kubectl: Kubectl, restricted: str) -> None:
-    out = _accepted(kubectl, template(helm, "dry", restricted))
+    """Defaults: bundled NATS in callout mode; no token Secret (the operator makes the callout one)."""
+    manifests = template(helm, "dry", restricted)
+    out = _accepted(kubectl, manifests)
     for obj in ("deployment.apps/dry-compozy-operator", "statefulset.apps/dry-compozy-operator-nats",
-                "secret/dry-compozy-operator-nats-auth", f"clusterrole.rbac.authorization.k8s.io/{restricted}-dry-compozy-operator",
+                f"clusterrole.rbac.authorization.k8s.io/{restricted}-dry-compozy-operator",
+                f"clusterrole.rbac.authorization.k8s.io/{restricted}-dry-compozy-operator-nats-auth",
+                "role.rbac.authorization.k8s.io/dry-compozy-operator-nats-callout",
                 "poddisruptionbudget.policy/dry-compozy-operator", "service/dry-compozy-operator",
                 "serviceaccount/dry-compozy-operator", "configmap/dry-compozy-operator-nats"):
         assert f"{obj} created (server dry run)" in out, out
+    assert "secret/dry-compozy-operator-nats-auth" not in out, "no shared token in callout mode"
+    assert "auth_callout" in manifests and "token: $NATS_TOKEN" not in manifests and "COMPOZY_NATS_TOKEN" not in manifests
+
+
+def test_bundled_nats_in_token_mode(helm: Helm, kubectl: Kubectl, restricted: str) -> None:
+    out = _accepted(kubectl, template(helm, "tok", restricted, *sets("nats.auth.mode=token")))
+    assert "secret/tok-compozy-operator-nats-auth created (server dry run)" in out, out
+    assert "nats-callout" not in out and "tokenreviews" not in out
 
 
 def test_bundled_nats_with_tls(helm: Helm, kubectl: Kubectl, restricted: str) -> None:

@@ -37,9 +37,11 @@ from compozy_operator.events import (COMMAND_STREAM, STATE_STREAM, EventType, Pu
                                      output_key)
 from compozy_operator.kube import ApiException, Kube
 from compozy_operator.nats_auth.callout import CalloutConfig, CalloutService
+from compozy_operator.nats_auth.keys import load_or_create
 from compozy_operator.pods import task_pod
 from compozy_operator.settings import Settings
 from compozy_operator.testenv import DevEnvironment
+from compozy_operator.testenv.helm import chart_dir
 from compozy_operator.testenv.natsserver import NatsServer
 from compozy_operator.testenv.node.volumes import service_account_token
 from compozy_operator.testenv.workdir import free_port
@@ -50,10 +52,23 @@ TASK = "probe"
 UNSCHEDULABLE = {"compozy.dev/test-never-scheduled": "true"}  # the pod object is enough: no node runs it
 
 
-@pytest.fixture(scope="module")
-def callout_nats(devenv: DevEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+def chart_nats_conf(devenv: DevEnvironment) -> str:
+    """The nats.conf the Helm chart renders for its bundled server with the default values."""
+    out = subprocess.run([str(devenv.bindir / "helm"), "template", "compozy", str(chart_dir()), "-n", "compozy-system",
+                          "--show-only", "templates/nats.yaml"], capture_output=True, text=True, check=True)
+    config_map = next(d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] == "ConfigMap")
+    return config_map["data"]["nats.conf"]
+
+
+@pytest.fixture(scope="module", params=["testenv", "chart"])
+def callout_nats(devenv: DevEnvironment, tmp_path_factory: pytest.TempPathFactory,
+                 request: pytest.FixtureRequest) -> Iterator[NatsServer]:
+    """A callout-mode nats-server: with this project's test configuration, and with the one the
+    Helm chart renders (the same tests prove both)."""
     apply_crds(Kubectl(devenv.bindir, devenv.kubeconfig))
-    server = NatsServer(devenv.bindir, tmp_path_factory.mktemp("callout") / "nats", callout=True).start()
+    conf = chart_nats_conf(devenv) if request.param == "chart" else None
+    server = NatsServer(devenv.bindir, tmp_path_factory.mktemp("callout") / "nats", callout=True,
+                        chart_conf=conf).start()
     try:
         async def streams() -> None:
             bus = await _operator(server)
@@ -446,3 +461,19 @@ def test_the_callout_fails_closed_when_the_api_server_is_unreachable(callout_nat
     finally:
         unreachable.close()
     assert "uthorization" in error and counted == 1
+
+
+def test_the_operator_makes_the_callout_secret_once(kube: Kube, namespace: str) -> None:
+    """At first start the operator creates the callout Secret; later starts (and a second replica
+    racing it) read the same keys; a Secret with a broken key is named, never replaced."""
+    first = load_or_create(kube, namespace, "keys")
+    assert load_or_create(kube, namespace, "keys") == first
+    stored = kube.get(f"/api/v1/namespaces/{namespace}/secrets/keys")
+    assert stored["metadata"]["labels"]["app.kubernetes.io/component"] == "nats-auth"
+    with pytest.raises(ApiException) as e:
+        load_or_create(kube, namespace, "absent", create=False)
+    assert e.value.status == 404
+    kube.create(f"/api/v1/namespaces/{namespace}/secrets", {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "broken"}, "stringData": {"issuer-seed": "x"}})
+    with pytest.raises(ValueError, match=f"Secret {namespace}/broken lacks operator-password, callout-password"):
+        load_or_create(kube, namespace, "broken")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from compozy_operator import task_executor
-from compozy_operator.orchestrator.dispatcher import _without_credentials
+from compozy_operator.bus import without_credentials
 from compozy_operator.pods import task_pod
 from compozy_operator.runtime import ToolContext, run_command
 from compozy_operator.settings import Settings
@@ -41,8 +41,8 @@ def test_token_mode_pod_is_unchanged() -> None:
 
 
 def test_secret_url_loses_the_operators_credentials() -> None:
-    assert _without_credentials("nats://compozy-operator:pw@127.0.0.1:4222") == "nats://127.0.0.1:4222"
-    assert _without_credentials("tls://nats.compozy:4222") == "tls://nats.compozy:4222"
+    assert without_credentials("nats://compozy-operator:pw@127.0.0.1:4222") == "nats://127.0.0.1:4222"
+    assert without_credentials("tls://nats.compozy:4222") == "tls://nats.compozy:4222"
 
 
 def test_runner_reads_the_token_file_at_each_call_and_hides_it(tmp_path: Path,

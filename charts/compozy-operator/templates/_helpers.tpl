@@ -57,6 +57,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-nats-auth" (include "compozy.fullname" .)) .Values.nats.auth.existingSecret }}
 {{- end }}
 
+{{/* Callout mode: the Secret with the NATS server's secrets (made by the operator when absent). */}}
+{{- define "compozy.natsCalloutSecretName" -}}
+{{- default (printf "%s-nats-callout" (include "compozy.fullname" .) | trunc 63 | trimSuffix "-") .Values.nats.auth.callout.secretName }}
+{{- end }}
+
 {{- define "compozy.natsName" -}}
 {{- printf "%s-nats" (include "compozy.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -104,14 +109,41 @@ Least privilege, derived from what the operator calls (see docs/install.md, "RBA
   verbs: [create]
 {{- end }}
 
-{{/* The bundled NATS server's configuration; $NATS_TOKEN and $POD_NAME come from the environment. */}}
+{{/* The bundled NATS server's configuration; $POD_NAME, and $NATS_TOKEN or the callout's secrets, come from the environment. */}}
 {{- define "compozy.natsConf" -}}
 port: 4222
 http_port: 8222
 server_name: $POD_NAME
+{{- if eq .Values.nats.auth.mode "callout" }}
+# Callout mode (docs/security.md): the operator and the callout service are configured users; every
+# other client is put to the callout, which answers with its attempt's user JWT. The passwords and the
+# issuer come from the callout Secret through the environment.
+accounts {
+  SYS: {}
+  COMPOZY: {
+    jetstream: enabled
+    users: [{user: compozy-operator, password: $OPERATOR_PASSWORD}]
+  }
+  AUTH: {
+    users: [{
+      user: compozy-callout, password: $CALLOUT_PASSWORD
+      permissions: {subscribe: {allow: ["$SYS.REQ.USER.AUTH"]}, publish: {deny: [">"]}, allow_responses: true}
+    }]
+  }
+}
+system_account: SYS
+authorization {
+  auth_callout {
+    issuer: $CALLOUT_ISSUER
+    account: AUTH
+    auth_users: [compozy-operator, compozy-callout]
+  }
+}
+{{- else }}
 authorization {
   token: $NATS_TOKEN
 }
+{{- end }}
 jetstream {
   store_dir: /data
   max_memory_store: {{ .Values.nats.bundled.maxMemoryStore }}

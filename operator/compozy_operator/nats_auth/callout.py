@@ -37,12 +37,12 @@ from prometheus_client import Counter, Histogram
 
 from ..kube import ApiException, Kube
 from . import jwt
+from .keys import AUTH_SUBJECT
 from .decision import AUDIENCE, DEFAULT_MAX_TTL, ERROR, INVALID_REQUEST, NO_TOKEN, Grant, PodRef, Refusal, decide, \
     reviewed_pod, token_expiry
 
 log = logging.getLogger(__name__)
 
-AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
 GRANTED = "granted"
 AUTH_TOTAL = Counter("compozy_nats_auth_total", "NATS connections the auth callout answered, by result "
                      "(granted, or why refused)", ["result"])

@@ -24,11 +24,10 @@ import json
 import logging
 import secrets
 import time
-import urllib.parse
 from typing import Any
 
 from ..resources.models import WorkflowExecutionStatus, WorkflowSpec
-from ..bus import Bus, PayloadTooLarge
+from ..bus import Bus, PayloadTooLarge, without_credentials
 from ..events import EventType, command_subject, make_event
 from ..executor import Dispatch, epoch
 from ..kube import ApiException, Kube
@@ -127,7 +126,7 @@ class Dispatcher:
         callout = self.settings.nats_auth == "callout"
         # callout mode: no token (each pod logs in with its own ServiceAccount token), and the URL
         # without the operator's own user and password
-        values = ({"url": _without_credentials(self.settings.nats_url)} if callout else
+        values = ({"url": without_credentials(self.settings.nats_url)} if callout else
                   {"url": self.settings.nats_url, "token": self.settings.nats_token or ""})
         if ca := self.settings.nats_ca():
             values[NATS_CA_KEY] = ca
@@ -182,14 +181,6 @@ def worker_limits(spec: WorkflowSpec) -> dict[str, tuple[str, int]]:
         elif t.type == "collection" and (t.max_workers or t.mode == "sequential"):
             limits[t.id] = (t.id, 1 if t.mode == "sequential" else t.max_workers or 1)
     return limits
-
-
-def _without_credentials(url: str) -> str:
-    """``nats://user:password@host:port`` -> ``nats://host:port`` (the operator's login stays its own)."""
-    parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def _api_message(e: ApiException) -> str:

@@ -14,25 +14,19 @@ the callout (see nats_auth.callout)."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import secrets
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nkeys
-
-from ..nats_auth.jwt import new_seed, public_key
+from ..nats_auth.keys import CALLOUT_USER, OPERATOR_USER, CalloutKeys, server_config
 from .pki import TlsFiles, write_loopback_tls
 from .process import ComponentError, ManagedProcess
 from .workdir import free_port, which
 
-
-AUTH_CALLOUT_SUBJECT = "$SYS.REQ.USER.AUTH"
-
-
-def _account_seed() -> str:
-    return new_seed(nkeys.PREFIX_BYTE_ACCOUNT)
 
 
 @dataclass
@@ -41,38 +35,39 @@ class CalloutAuth:
 
     account: str = "COMPOZY"  # where the operator lives and the callout places task attempts
     callout_account: str = "AUTH"  # the callout service's own (no data, no JetStream)
-    operator_user: str = "compozy-operator"
-    operator_password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    callout_user: str = "compozy-callout"
-    callout_password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    issuer_seed: str = field(default_factory=_account_seed)  # signs the callout's answers
+    operator_user: str = OPERATOR_USER
+    callout_user: str = CALLOUT_USER
+    keys: CalloutKeys = field(default_factory=CalloutKeys)
+
+    @property
+    def operator_password(self) -> str:
+        return self.keys.operator_password
+
+    @property
+    def callout_password(self) -> str:
+        return self.keys.callout_password
+
+    @property
+    def issuer_seed(self) -> str:
+        """Signs the callout's answers."""
+        return self.keys.issuer_seed
 
     @property
     def issuer(self) -> str:
-        return public_key(self.issuer_seed)
+        return self.keys.issuer
 
     def config(self) -> dict[str, Any]:
         """The accounts, system account and authorization of nats.conf."""
-        return {
-            "accounts": {
-                "SYS": {},
-                self.account: {"jetstream": "enabled",
-                               "users": [{"user": self.operator_user, "password": self.operator_password}]},
-                self.callout_account: {"users": [{
-                    "user": self.callout_user, "password": self.callout_password,
-                    "permissions": {"subscribe": {"allow": [AUTH_CALLOUT_SUBJECT]}, "publish": {"deny": [">"]},
-                                    "allow_responses": True}}]},
-            },
-            "system_account": "SYS",
-            "authorization": {"auth_callout": {"issuer": self.issuer, "account": self.callout_account,
-                                               "auth_users": [self.operator_user, self.callout_user]}},
-        }
+        return server_config(self.keys, self.account, self.callout_account)
 
 
 class NatsServer:
     def __init__(self, bindir: Path, workdir: Path, token: str | None = None, tls: bool = False,
-                 callout: bool = False) -> None:
-        """``callout``: callout mode (see the module); ``token`` then has no use."""
+                 callout: bool = False, chart_conf: str | None = None) -> None:
+        """``callout``: callout mode (see the module); ``token`` then has no use. ``chart_conf``: run
+        the nats.conf the Helm chart renders instead of this module's (its ports and store directory
+        moved here; the token or the callout secrets given through the environment, as the chart's
+        StatefulSet does), to prove the chart's configuration with the real server."""
         self.bindir = bindir
         self.workdir = workdir
         self.token = token or secrets.token_urlsafe(24)
@@ -80,6 +75,7 @@ class NatsServer:
         self.port = 0
         self.monitor_port = 0
         self.proc: ManagedProcess | None = None
+        self.chart_conf = chart_conf
         # with TLS, clients must verify the server against tls.ca_cert (a CA of its own)
         self.tls: TlsFiles | None = write_loopback_tls(workdir / "tls", "nats-server") if tls else None
 
@@ -105,6 +101,13 @@ class NatsServer:
 
     def _write_config(self) -> Path:
         conf = self.workdir / "nats.conf"
+        if self.chart_conf is not None:
+            text = re.sub(r"^port: 4222$", f"host: 127.0.0.1\nport: {self.port}", self.chart_conf, flags=re.M)
+            text = re.sub(r"^http_port: 8222$", f"http: 127.0.0.1:{self.monitor_port}", text, flags=re.M)
+            text = text.replace("store_dir: /data", f"store_dir: {json.dumps(str(self.workdir / 'jetstream'))}")
+            conf.write_text(text)
+            conf.chmod(0o600)
+            return conf
         # JSON is valid NATS config syntax, and json.dumps quotes the token safely.
         config: dict = {
             "listen": f"127.0.0.1:{self.port}",
@@ -154,6 +157,7 @@ class NatsServer:
         conf = self._write_config()
         self.proc = ManagedProcess(
             "nats-server", [which(self.bindir, "nats-server"), "-c", str(conf)], self.workdir / "nats-server.log",
+            env=self._chart_env() if self.chart_conf is not None else None,
         ).start()
         try:
             self.proc.wait_until(self._jetstream_ready, timeout, "ready with JetStream")
@@ -161,6 +165,15 @@ class NatsServer:
             self.proc.stop(1)
             raise
         return self
+
+    def _chart_env(self) -> dict[str, str]:
+        """The environment the chart's StatefulSet gives the server (templates/nats.yaml)."""
+        env = {"PATH": os.environ.get("PATH", ""), "POD_NAME": "compozy-nats-0"}
+        if self.callout is None:
+            return {**env, "NATS_TOKEN": self.token}
+        keys = self.callout.keys
+        return {**env, "OPERATOR_PASSWORD": keys.operator_password, "CALLOUT_PASSWORD": keys.callout_password,
+                "CALLOUT_ISSUER": keys.issuer}
 
     def _jetstream_ready(self) -> bool:
         url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"

@@ -1,0 +1,155 @@
+"""The secrets of a callout-mode NATS server, and the Secret that keeps them in a cluster.
+
+A callout-mode server (docs/security.md) has two configured users that skip the callout, the
+operator (application account, JetStream) and the callout service (auth account: may only answer
+``$SYS.REQ.USER.AUTH``), and an account nkey whose public key is ``auth_callout.issuer`` and whose
+seed signs the callout's answers. :class:`CalloutKeys` holds all three secrets.
+
+A Helm template cannot make an nkey (base32 with a CRC16), so the operator makes them: at its first
+start it creates the Secret (:func:`load_or_create`; a second replica racing it reads the winner's)
+and the bundled NATS takes them from that Secret through its environment (it waits for the Secret
+to exist). With an external NATS, the user creates the Secret (``compozy nats-keys`` prints one) and
+puts the same values in their server's configuration.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import nkeys
+
+from ..kube import ApiException, Kube
+from .jwt import new_seed, public_key
+
+AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"  # where the server asks the callout
+ACCOUNT = "COMPOZY"  # the application's account: the operator, JetStream, and every granted attempt
+CALLOUT_ACCOUNT = "AUTH"  # the callout service's own (no data, no JetStream)
+OPERATOR_USER = "compozy-operator"
+CALLOUT_USER = "compozy-callout"
+# the Secret's keys (also the chart's: templates/nats.yaml reads them into the server's environment)
+ISSUER_SEED_KEY = "issuer-seed"
+ISSUER_KEY = "issuer"
+OPERATOR_PASSWORD_KEY = "operator-password"
+CALLOUT_PASSWORD_KEY = "callout-password"
+
+
+def _password() -> str:
+    # a letter first and hex after: nats.conf reads it from the environment as a plain string
+    # (a value that looks like a number, or starts with '-', would be read as one)
+    return "p" + secrets.token_hex(20)
+
+
+def _account_seed() -> str:
+    return new_seed(nkeys.PREFIX_BYTE_ACCOUNT)
+
+
+@dataclass(frozen=True)
+class CalloutKeys:
+    issuer_seed: str = field(default_factory=_account_seed)
+    operator_password: str = field(default_factory=_password)
+    callout_password: str = field(default_factory=_password)
+
+    @property
+    def issuer(self) -> str:
+        """The public account nkey (``A...``) the server's ``auth_callout.issuer`` names."""
+        return public_key(self.issuer_seed)
+
+    def secret_data(self) -> dict[str, str]:
+        return {ISSUER_SEED_KEY: self.issuer_seed, ISSUER_KEY: self.issuer,
+                OPERATOR_PASSWORD_KEY: self.operator_password, CALLOUT_PASSWORD_KEY: self.callout_password}
+
+    @classmethod
+    def from_secret_data(cls, data: dict[str, str], where: str = "the Secret") -> CalloutKeys:
+        """The keys from a Secret's decoded data; a missing or broken key is named."""
+        missing = [k for k in (ISSUER_SEED_KEY, OPERATOR_PASSWORD_KEY, CALLOUT_PASSWORD_KEY) if not data.get(k)]
+        if missing:
+            raise ValueError(f"{where} lacks {', '.join(missing)}")
+        keys = cls(data[ISSUER_SEED_KEY].strip(), data[OPERATOR_PASSWORD_KEY].strip(),
+                   data[CALLOUT_PASSWORD_KEY].strip())
+        try:
+            issuer = keys.issuer
+        except Exception as e:  # noqa: BLE001 - nkeys raises several kinds for a bad seed
+            raise ValueError(f"{where}: {ISSUER_SEED_KEY} is not an account nkey seed ({type(e).__name__})") from None
+        if not keys.issuer_seed.startswith("SA"):
+            raise ValueError(f"{where}: {ISSUER_SEED_KEY} is not an account nkey seed (it must start with SA)")
+        if data.get(ISSUER_KEY) and data[ISSUER_KEY].strip() != issuer:
+            raise ValueError(f"{where}: {ISSUER_KEY} is not the public key of {ISSUER_SEED_KEY}")
+        return keys
+
+
+def server_config(keys: CalloutKeys, account: str = ACCOUNT, callout_account: str = CALLOUT_ACCOUNT) -> dict[str, Any]:
+    """The accounts, system account and authorization blocks of a callout-mode nats.conf (JSON is
+    nats.conf syntax). The chart's templates/_helpers.tpl renders the same with the secrets taken
+    from the environment; tests run the real server with both."""
+    return {
+        "accounts": {
+            "SYS": {},
+            account: {"jetstream": "enabled", "users": [{"user": OPERATOR_USER, "password": keys.operator_password}]},
+            callout_account: {"users": [{
+                "user": CALLOUT_USER, "password": keys.callout_password,
+                "permissions": {"subscribe": {"allow": [AUTH_SUBJECT]}, "publish": {"deny": [">"]},
+                                "allow_responses": True}}]},
+        },
+        "system_account": "SYS",
+        "authorization": {"auth_callout": {"issuer": keys.issuer, "account": callout_account,
+                                           "auth_users": [OPERATOR_USER, CALLOUT_USER]}},
+    }
+
+
+def secret_manifest(keys: CalloutKeys, name: str, namespace: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": {"app.kubernetes.io/managed-by": "compozy-operator",
+                                    "app.kubernetes.io/component": "nats-auth"}},
+            "stringData": keys.secret_data()}
+
+
+def load_or_create(kube: Kube, namespace: str, name: str, create: bool = True) -> CalloutKeys:
+    """The keys in Secret ``namespace/name``; when it does not exist (and ``create``), new keys
+    written there first. Two operators starting at once: the one whose create loses reads the other's."""
+    path = f"/api/v1/namespaces/{namespace}/secrets"
+    where = f"Secret {namespace}/{name}"
+    try:
+        return CalloutKeys.from_secret_data(_decoded(kube.get(f"{path}/{name}")), where)
+    except ApiException as e:
+        if e.status != 404 or not create:
+            raise
+    keys = CalloutKeys()
+    try:
+        kube.create(path, secret_manifest(keys, name, namespace))
+    except ApiException as e:
+        if e.status != 409:
+            raise
+        return CalloutKeys.from_secret_data(_decoded(kube.get(f"{path}/{name}")), where)
+    return keys
+
+
+def _decoded(secret: dict) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print new keys as a Secret manifest and the matching nats.conf blocks, for an external NATS
+    server (``python -m compozy_operator.nats_auth.keys --name N --namespace NS``)."""
+    import argparse
+    import json
+
+    import yaml
+
+    parser = argparse.ArgumentParser(prog="python -m compozy_operator.nats_auth.keys", description=main.__doc__)
+    parser.add_argument("--name", default="compozy-operator-nats-callout", help="the Secret's name "
+                        "(the chart's nats.auth.callout.secretName)")
+    parser.add_argument("--namespace", default="compozy-system", help="the operator's namespace")
+    args = parser.parse_args(argv)
+    keys = CalloutKeys()
+    print("# kubectl apply -f this Secret, then put the block after it into your nats.conf")
+    print(yaml.safe_dump(secret_manifest(keys, args.name, args.namespace), sort_keys=False), end="")
+    print("---\n# nats.conf (JSON is nats.conf syntax):")
+    print("\n".join(f"# {line}" for line in json.dumps(server_config(keys), indent=2).splitlines()))
+
+
+if __name__ == "__main__":
+    main()
