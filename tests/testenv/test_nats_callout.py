@@ -11,6 +11,7 @@ at connect."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import statistics
@@ -123,6 +124,26 @@ def _plain_pod(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
 
 def _token(kube: Kube, pod: dict[str, Any], audience: str = AUDIENCE) -> str:
     return service_account_token(kube, pod, audience, 600)
+
+
+def _resigned(token: str, signing_key: Path, expires_in: int) -> str:
+    """``token`` as the API server would have issued it 15 minutes ago, expiring ``expires_in``
+    seconds from now (negative: expired): the same header (key id) and claims, signed with the
+    cluster's service-account key."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header, claims, _ = token.split(".")
+    body = json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))
+    now = int(time.time())
+    body.update(iat=now - 900, nbf=now - 900, exp=now + expires_in)
+    signing_input = f"{header}.{b64(json.dumps(body).encode())}"
+    key = serialization.load_pem_private_key(signing_key.read_bytes(), None)
+    signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr, call-arg, arg-type]
+    return f"{signing_input}.{b64(signature)}"
 
 
 def _refusals(reason: str) -> float:
@@ -355,6 +376,7 @@ def test_tokens_that_are_not_a_live_task_pods_are_refused(callout_nats: NatsServ
         "another audience": (wrong_audience, "unauthenticated"),
         "a pod that is no task pod": (plain_token, "not_a_task_pod"),
         "a deleted pod's token": (doomed_token, "unauthenticated"),
+        "an expired token of a live task pod": (_resigned(_token(kube, pod), devenv.cluster.pki.sa_key, -300), "unauthenticated"),
         "the operator's password as a token": (callout_nats.callout.operator_password, "unauthenticated"),  # type: ignore[union-attr]
     }
 
@@ -371,6 +393,14 @@ def test_tokens_that_are_not_a_live_task_pods_are_refused(callout_nats: NatsServ
     for what, (error, counted) in out.items():
         assert "uthorization" in error, f"{what}: {error}"
         assert counted == 1, f"{what}: counted {counted} under {cases[what][1]}"
+
+    async def control() -> None:  # the same re-signing with a future expiry is accepted: only exp differs
+        async with _callout(callout_nats, kube):
+            c = await Probe().connect(callout_nats.url, _resigned(_token(kube, pod), devenv.cluster.pki.sa_key, 300))
+            assert c.nc is not None and c.nc.is_connected
+            await c.nc.close()
+
+    asyncio.run(control())
 
 
 def test_another_namespaces_task_pod_gets_only_its_own(callout_nats: NatsServer, kube: Kube, namespace: str,
