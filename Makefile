@@ -18,9 +18,10 @@ binaries:
 demo: $(STAMP) binaries
 	$(VENV)/bin/compozy dev demo
 
-# the chart's CRDs (copies of crds/) and its values table (docs/helm-values.md), then helm lint
+# the chart's CRDs (copies of crds/), its NATS callout config, its values table (docs/helm-values.md), then helm lint
 chart: $(STAMP) binaries
 	cp crds/*.yaml charts/compozy-operator/crds/
+	$(PY) -m compozy_operator.nats_auth.keys --server-conf > charts/compozy-operator/files/nats-callout.conf
 	$(PY) hack/helm-docs.py
 	"$$(hack/testenv/build.sh | tail -1)/helm" lint --strict charts/compozy-operator
 

@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field, ValidationError
 from .resources.models import OutputRef, TokenUsage
 
 STATE_STREAM = "COMPOZY_STATE"
+STATE_CONSUMER = "compozy-state-manager"  # the state manager's durable consumer
 LOG_STREAM = "COMPOZY_LOGS"
 COMMAND_STREAM = "COMPOZY_COMMANDS"
 COMMAND_NONCE_ENV = "COMPOZY_COMMAND_NONCE"  # a task pod's nonce: its TaskExecute command must carry it

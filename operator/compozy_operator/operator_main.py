@@ -29,7 +29,9 @@ from .bus import Bus, with_credentials, without_credentials
 from .kube import Kube
 from .monitoring import JETSTREAM_REPAIRS, LOOP_RESTARTS, HttpServer
 from .nats_auth.callout import CalloutConfig, CalloutService
-from .nats_auth.keys import CALLOUT_USER, OPERATOR_USER, load_or_create
+from .nats_auth.decision import DEFAULT_MAX_TTL
+from .nats_auth.keys import ACCOUNT, CALLOUT_USER, OPERATOR_USER, STATE_USER, CalloutKeys, load_or_create
+from .nats_auth.permissions import STATE_INBOX
 from .orchestrator import Orchestrator
 from .pods import LABEL_MANAGED, MANAGER
 from .settings import Settings
@@ -131,35 +133,45 @@ class Operator:
 
     def __init__(self, settings: Settings) -> None:
         self.kube = Kube.from_environment()
+        ca = settings.nats_ca()
         self.callout_config: CalloutConfig | None = None
         if settings.nats_auth == "callout":
-            settings, self.callout_config = self._callout_settings(settings)
+            # each part its own NATS user (docs/security.md): the orchestrator's (commands, its
+            # events, outputs, streams), the state manager's (its consumer only), the callout's
+            keys = self._callout_keys(settings)
+            url = settings.nats_url
+            settings = dataclasses.replace(settings, nats_token=None,
+                                           nats_url=with_credentials(url, OPERATOR_USER, keys.operator_password))
+            self.state_bus = Bus(with_credentials(url, STATE_USER, keys.state_password), None, "compozy-state", ca,
+                                 inbox_prefix=STATE_INBOX)
+            self.callout_config = CalloutConfig(url, keys.issuer_seed, ACCOUNT, user=CALLOUT_USER,
+                                                password=keys.callout_password, ca=ca,
+                                                max_ttl=int(os.environ.get("COMPOZY_NATS_MAX_TTL_SECONDS") or
+                                                            DEFAULT_MAX_TTL))
         self.settings = settings
-        self.bus = Bus(settings.nats_url, settings.nats_token, "compozy-operator", settings.nats_ca())
+        self.bus = Bus(settings.nats_url, settings.nats_token, "compozy-operator", ca)
+        if self.callout_config is None:
+            self.state_bus = self.bus  # token mode: one identity for all
         self.orchestrator = Orchestrator(settings, self.kube, self.bus)
-        self.state = StateManager(self.bus, self.kube, self.orchestrator.reconcile, settings.state_batch,
+        self.state = StateManager(self.state_bus, self.kube, self.orchestrator.reconcile, settings.state_batch,
                                   settings.status_defer)
         self.jetstream = JetStreamCheck(self.bus, self.state)
         self.workflow_status = WorkflowStatus(self.kube, self.evaluate)
         self.http = HttpServer(settings.http_port, self.readiness)
         self.loops = [Supervised("state manager", self.state.run), Supervised("JetStream check", self.jetstream.run)]
-        if settings.nats_auth == "callout":
+        if self.callout_config is not None:
             self.loops.append(Supervised("NATS auth callout", self._callout))
         self.nats_ready = False
 
-    def _callout_settings(self, settings: Settings) -> tuple[Settings, CalloutConfig]:
-        """Callout mode: the operator's NATS URL (as its configured user) and the callout service's
-        configuration, from the callout Secret (made now when absent) or else the environment."""
+    def _callout_keys(self, settings: Settings) -> CalloutKeys:
+        """The callout Secret's keys (the Secret made now when absent)."""
         if not settings.nats_callout_secret:
-            return settings, CalloutConfig.from_env()
+            raise ValueError("COMPOZY_NATS_AUTH=callout needs COMPOZY_NATS_CALLOUT_SECRET (the Secret in "
+                             "COMPOZY_POD_NAMESPACE holding the NATS server's secrets; docs/security.md)")
         keys = load_or_create(self.kube, settings.pod_namespace, settings.nats_callout_secret)
         log.info("NATS callout keys from Secret %s/%s (issuer %s)", settings.pod_namespace,
                  settings.nats_callout_secret, keys.issuer)
-        config = CalloutConfig.from_env({**os.environ, "COMPOZY_NATS_CALLOUT_ISSUER_SEED": keys.issuer_seed,
-                                         "COMPOZY_NATS_CALLOUT_USER": CALLOUT_USER,
-                                         "COMPOZY_NATS_CALLOUT_PASSWORD": keys.callout_password})
-        url = with_credentials(settings.nats_url, OPERATOR_USER, keys.operator_password)
-        return dataclasses.replace(settings, nats_url=url, nats_token=None), config
+        return keys
 
     async def _callout(self) -> None:
         """Answer the NATS server's authorization requests of task pods until cancelled."""
@@ -178,8 +190,9 @@ class Operator:
     def readiness(self) -> tuple[bool, str]:
         if not self.nats_ready:
             return False, self.bus.last_error or "connecting to NATS"
-        if not self.bus.connected:
-            return False, f"NATS disconnected: {self.bus.last_error or 'reconnecting'}"
+        for bus in {self.bus, self.state_bus}:
+            if not bus.connected:
+                return False, f"NATS disconnected ({bus.name}): {bus.last_error or 'reconnecting'}"
         problems = [p for p in (*(loop.problem() for loop in self.loops), self.state.problem(), self.jetstream.problem)
                     if p]
         return (False, "; ".join(problems)) if problems else (True, "ready")
@@ -190,6 +203,8 @@ class Operator:
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
         await self.bus.connect()  # retries with back-off, logging each failure, until NATS answers
         await self.bus.ensure_streams()
+        if self.state_bus is not self.bus:
+            await self.state_bus.connect()
         self.nats_ready = True
         for loop in self.loops:
             loop.start()
@@ -201,6 +216,8 @@ class Operator:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.orchestrator.close()
+        if self.state_bus is not self.bus:
+            await self.state_bus.close()
         await self.bus.close()
         await self.http.stop()
 

@@ -30,13 +30,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from . import failpoints
 from .resources.models import GROUP, TERMINAL_PHASES, VERSION, WorkflowExecutionStatus
 from .bus import Bus
-from .events import STATE_STREAM, Event, EventType, InvalidEvent, parse_state_event
+from .events import STATE_CONSUMER, STATE_STREAM, Event, EventType, InvalidEvent, parse_state_event
 from .kube import ApiException, Kube, merge_patch_diff
 from .monitoring import EVENTS, REJECTED_EVENTS, STATUS_PATCHES, observe, observe_event, post_event
 from .reducer import fold_all
 
 log = logging.getLogger(__name__)
-DURABLE = "compozy-state-manager"
+DURABLE = STATE_CONSUMER
 # Events a crashed operator had fetched are redelivered after this long: it bounds the status lag
 # after a crash. A batch that takes longer keeps its events with in-progress acks.
 ACK_WAIT = 8.0

@@ -17,6 +17,7 @@ import base64
 import json
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import nats
 import pytest
 
 from compozy_operator.kube import Kube
+from compozy_operator.nats_auth.keys import secret_manifest
 from compozy_operator.testenv import DevEnvironment
 from compozy_operator.testenv.natsserver import NatsServer
 from compozy_operator.testenv.operator_process import OperatorProcess
@@ -149,7 +151,7 @@ ENV_PY = "import os\ndef run(input, ctx):\n    return {'env': dict(os.environ), 
 
 
 @pytest.fixture
-def callout_cluster(operator: OperatorProcess, devenv: DevEnvironment, kubectl: Kubectl,
+def callout_cluster(operator: OperatorProcess, devenv: DevEnvironment, kubectl: Kubectl, kube: Kube,
                     tmp_path: Path) -> Iterator[tuple[NatsServer, OperatorProcess]]:
     """A callout-mode NATS and an operator in callout mode against it (the session's is stopped
     meanwhile, and started again after)."""
@@ -157,10 +159,10 @@ def callout_cluster(operator: OperatorProcess, devenv: DevEnvironment, kubectl: 
     auth = server.callout
     assert auth is not None
     operator.stop()
-    env = {**OPERATOR_ENV, "COMPOZY_NATS_AUTH": "callout", "COMPOZY_NATS_URL": server.operator_url,
-           "COMPOZY_NATS_TOKEN": "", "COMPOZY_NATS_ACCOUNT": auth.account,
-           "COMPOZY_NATS_CALLOUT_ISSUER_SEED": auth.issuer_seed, "COMPOZY_NATS_CALLOUT_USER": auth.callout_user,
-           "COMPOZY_NATS_CALLOUT_PASSWORD": auth.callout_password}
+    secret = f"callout-keys-{uuid.uuid4().hex[:6]}"  # as the chart's operator reads it (nats_auth/keys.py)
+    kube.create("/api/v1/namespaces/default/secrets", secret_manifest(auth.keys, secret, "default"))
+    env = {**OPERATOR_ENV, "COMPOZY_NATS_AUTH": "callout", "COMPOZY_NATS_URL": server.url, "COMPOZY_NATS_TOKEN": "",
+           "COMPOZY_NATS_CALLOUT_SECRET": secret, "COMPOZY_POD_NAMESPACE": "default"}
     op = OperatorProcess(devenv, extra_env=env, log_path=tmp_path / "operator.log")
     try:
         op.start()
@@ -168,6 +170,7 @@ def callout_cluster(operator: OperatorProcess, devenv: DevEnvironment, kubectl: 
     finally:
         op.stop()
         server.stop()
+        kube.delete(f"/api/v1/namespaces/default/secrets/{secret}")
         operator.start()
 
 
@@ -272,6 +275,7 @@ def test_no_nats_token_in_a_callout_task_pod(callout_cluster: tuple[NatsServer, 
     py, cmd = status["output"]["py"], status["output"]["cmd"]
     for text in (json.dumps(py["env"]), py["proc"], json.dumps(cmd["env"])):
         assert auth.operator_password not in text and auth.callout_password not in text
+        assert auth.state_password not in text
         assert auth.issuer_seed not in text
         assert "eyJ" not in text  # no JWT (a ServiceAccount token) in any environment
     assert "COMPOZY_NATS_TOKEN" not in py["env"] and "COMPOZY_NATS_TOKEN_FILE" not in py["env"]

@@ -163,3 +163,11 @@ def test_webhook_with_cert_manager_and_off(helm: Helm) -> None:
     assert "ValidatingWebhookConfiguration" not in off and "Certificate" not in off
     env = {e["name"] for e in off["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert "COMPOZY_WEBHOOK_ENABLED" not in env
+
+
+def test_the_charts_nats_callout_conf_is_the_generated_one() -> None:
+    """files/nats-callout.conf is what nats_auth.keys.server_conf says (`make chart` writes it)."""
+    out = subprocess.run([sys.executable, "-m", "compozy_operator.nats_auth.keys", "--server-conf"], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    shipped = (Path(CHART) / "files" / "nats-callout.conf").read_text()
+    assert shipped == out.stdout, "charts/compozy-operator/files/nats-callout.conf is stale: run `make chart`"

@@ -33,12 +33,14 @@ from prometheus_client import REGISTRY
 
 from compozy_operator.resources.models import API_VERSION
 from compozy_operator.bus import Bus
-from compozy_operator.events import (COMMAND_STREAM, STATE_STREAM, EventType, Publisher, cancel_subject,
+from compozy_operator.events import (COMMAND_STREAM, STATE_CONSUMER, STATE_STREAM, EventType, Publisher, cancel_subject,
                                      claim_subject, command_subject, event_id, inbox_prefix, log_subject, make_event,
-                                     output_key)
+                                     output_key, state_subject)
 from compozy_operator.kube import ApiException, Kube
 from compozy_operator.nats_auth.callout import CalloutConfig, CalloutService
 from compozy_operator.nats_auth.keys import load_or_create
+from compozy_operator.nats_auth.permissions import STATE_INBOX
+from compozy_operator.state_manager import consumer_config
 from compozy_operator.pods import task_pod
 from compozy_operator.settings import Settings
 from compozy_operator.testenv import DevEnvironment
@@ -505,5 +507,55 @@ def test_the_operator_makes_the_callout_secret_once(kube: Kube, namespace: str) 
     assert e.value.status == 404
     kube.create(f"/api/v1/namespaces/{namespace}/secrets", {
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "broken"}, "stringData": {"issuer-seed": "x"}})
-    with pytest.raises(ValueError, match=f"Secret {namespace}/broken lacks operator-password, callout-password"):
+    with pytest.raises(ValueError, match=f"Secret {namespace}/broken lacks operator-password, state-password, callout-password"):
         load_or_create(kube, namespace, "broken")
+
+
+def test_the_state_managers_user_may_only_read_through_its_consumer(callout_nats: NatsServer) -> None:
+    """The state manager's own NATS user (docs/security.md): it creates and reads its durable
+    consumer of the state stream and acknowledges, through the same Bus calls as StateManager; it
+    cannot publish an event or a command, read a command, subscribe to events, or delete, purge or
+    read the streams otherwise (the server refuses each)."""
+    auth = callout_nats.callout
+    assert auth is not None
+    url = callout_nats.url_for(auth.state_user, auth.state_password)
+    subject = state_subject("ns-a", "run-s", EventType.WORKFLOW_STARTED)
+    command = command_subject("ns-a", "run-s", TASK, 1)
+
+    async def scenario() -> tuple[list[str], dict[str, bool]]:
+        op = await _operator(callout_nats)
+        await op.publish_event(make_event(EventType.WORKFLOW_STARTED, "operator", "ns-a", "run-s", "uid-s"))
+        state = Bus(url, None, "state", inbox_prefix=STATE_INBOX)
+        await state.connect(attempts=3)
+        sub = await state.durable_pull(STATE_STREAM, consumer_config())
+        seen: list[str] = []
+        while subject not in seen:
+            for m in await sub.fetch(50, timeout=5):
+                seen.append(m.subject)
+                await m.ack()
+        assert await state.consumer_position(STATE_STREAM, STATE_CONSUMER) is not None
+        await state.close()
+
+        probe = await Probe().connect(url, None, STATE_INBOX)
+        assert probe.nc is not None
+        refused = {}
+        for what in (subject, command):
+            await probe.nc.publish(what, b"{}")
+            refused[f"publish {what}"] = await probe.refused(what)
+        await probe.nc.subscribe("compozy.>")
+        refused["subscribe compozy.>"] = await probe.refused("compozy.>")
+        for api in (f"$JS.API.STREAM.DELETE.{STATE_STREAM}", f"$JS.API.STREAM.PURGE.{STATE_STREAM}",
+                    f"$JS.API.DIRECT.GET.{COMMAND_STREAM}.{command}", f"$JS.API.CONSUMER.CREATE.{STATE_STREAM}.spy",
+                    f"$JS.API.STREAM.MSG.GET.{STATE_STREAM}", f"$JS.API.CONSUMER.DELETE.{STATE_STREAM}.{STATE_CONSUMER}"):
+            try:
+                await probe.nc.request(api, b"{}", timeout=1)
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                pass
+            refused[api] = await probe.refused(api)
+        await probe.nc.close()
+        await op.close()
+        return seen, refused
+
+    seen, refused = asyncio.run(scenario())
+    assert subject in seen
+    assert all(refused.values()), refused

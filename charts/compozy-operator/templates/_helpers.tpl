@@ -115,30 +115,10 @@ port: 4222
 http_port: 8222
 server_name: $POD_NAME
 {{- if eq .Values.nats.auth.mode "callout" }}
-# Callout mode (docs/security.md): the operator and the callout service are configured users; every
-# other client is put to the callout, which answers with its attempt's user JWT. The passwords and the
-# issuer come from the callout Secret through the environment.
-accounts {
-  SYS: {}
-  COMPOZY: {
-    jetstream: enabled
-    users: [{user: compozy-operator, password: $OPERATOR_PASSWORD}]
-  }
-  AUTH: {
-    users: [{
-      user: compozy-callout, password: $CALLOUT_PASSWORD
-      permissions: {subscribe: {allow: ["$SYS.REQ.USER.AUTH"]}, publish: {deny: [">"]}, allow_responses: true}
-    }]
-  }
-}
-system_account: SYS
-authorization {
-  auth_callout {
-    issuer: $CALLOUT_ISSUER
-    account: AUTH
-    auth_users: [compozy-operator, compozy-callout]
-  }
-}
+# Callout mode (docs/security.md): the operator, the state manager and the callout service are
+# configured users; every other client is put to the callout, which answers with its attempt's user
+# JWT. The passwords and the issuer come from the callout Secret through the environment.
+{{ .Files.Get "files/nats-callout.conf" }}
 {{- else }}
 authorization {
   token: $NATS_TOKEN

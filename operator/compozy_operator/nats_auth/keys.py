@@ -15,6 +15,7 @@ puts the same values in their server's configuration.
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,17 +24,23 @@ import nkeys
 
 from ..kube import ApiException, Kube
 from .jwt import new_seed, public_key
+from .permissions import state_manager_permissions
 
 AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"  # where the server asks the callout
 ACCOUNT = "COMPOZY"  # the application's account: the operator, JetStream, and every granted attempt
 CALLOUT_ACCOUNT = "AUTH"  # the callout service's own (no data, no JetStream)
-OPERATOR_USER = "compozy-operator"
+OPERATOR_USER = "compozy-operator"  # the orchestrator: commands, its events, outputs, stream administration
+STATE_USER = "compozy-state"  # the state manager: reads the state stream through its consumer, nothing else
 CALLOUT_USER = "compozy-callout"
 # the Secret's keys (also the chart's: templates/nats.yaml reads them into the server's environment)
 ISSUER_SEED_KEY = "issuer-seed"
 ISSUER_KEY = "issuer"
 OPERATOR_PASSWORD_KEY = "operator-password"
+STATE_PASSWORD_KEY = "state-password"
 CALLOUT_PASSWORD_KEY = "callout-password"
+# the server's environment variable for each Secret key (nats.conf refers to them: server_conf)
+SERVER_ENV = {"OPERATOR_PASSWORD": OPERATOR_PASSWORD_KEY, "STATE_PASSWORD": STATE_PASSWORD_KEY,
+              "CALLOUT_PASSWORD": CALLOUT_PASSWORD_KEY, "CALLOUT_ISSUER": ISSUER_KEY}
 
 
 def _password() -> str:
@@ -50,6 +57,7 @@ def _account_seed() -> str:
 class CalloutKeys:
     issuer_seed: str = field(default_factory=_account_seed)
     operator_password: str = field(default_factory=_password)
+    state_password: str = field(default_factory=_password)
     callout_password: str = field(default_factory=_password)
 
     @property
@@ -58,17 +66,23 @@ class CalloutKeys:
         return public_key(self.issuer_seed)
 
     def secret_data(self) -> dict[str, str]:
-        return {ISSUER_SEED_KEY: self.issuer_seed, ISSUER_KEY: self.issuer,
-                OPERATOR_PASSWORD_KEY: self.operator_password, CALLOUT_PASSWORD_KEY: self.callout_password}
+        return {ISSUER_SEED_KEY: self.issuer_seed, ISSUER_KEY: self.issuer, OPERATOR_PASSWORD_KEY: self.operator_password,
+                STATE_PASSWORD_KEY: self.state_password, CALLOUT_PASSWORD_KEY: self.callout_password}
+
+    def server_env(self) -> dict[str, str]:
+        """The environment a server running :func:`server_conf` needs."""
+        data = self.secret_data()
+        return {env: data[key] for env, key in SERVER_ENV.items()}
 
     @classmethod
     def from_secret_data(cls, data: dict[str, str], where: str = "the Secret") -> CalloutKeys:
         """The keys from a Secret's decoded data; a missing or broken key is named."""
-        missing = [k for k in (ISSUER_SEED_KEY, OPERATOR_PASSWORD_KEY, CALLOUT_PASSWORD_KEY) if not data.get(k)]
+        missing = [k for k in (ISSUER_SEED_KEY, OPERATOR_PASSWORD_KEY, STATE_PASSWORD_KEY, CALLOUT_PASSWORD_KEY)
+                   if not data.get(k)]
         if missing:
             raise ValueError(f"{where} lacks {', '.join(missing)}")
         keys = cls(data[ISSUER_SEED_KEY].strip(), data[OPERATOR_PASSWORD_KEY].strip(),
-                   data[CALLOUT_PASSWORD_KEY].strip())
+                   data[STATE_PASSWORD_KEY].strip(), data[CALLOUT_PASSWORD_KEY].strip())
         try:
             issuer = keys.issuer
         except Exception as e:  # noqa: BLE001 - nkeys raises several kinds for a bad seed
@@ -80,23 +94,47 @@ class CalloutKeys:
         return keys
 
 
-def server_config(keys: CalloutKeys, account: str = ACCOUNT, callout_account: str = CALLOUT_ACCOUNT) -> dict[str, Any]:
-    """The accounts, system account and authorization blocks of a callout-mode nats.conf (JSON is
-    nats.conf syntax). The chart's templates/_helpers.tpl renders the same with the secrets taken
-    from the environment; tests run the real server with both."""
-    return {
-        "accounts": {
-            "SYS": {},
-            account: {"jetstream": "enabled", "users": [{"user": OPERATOR_USER, "password": keys.operator_password}]},
-            callout_account: {"users": [{
-                "user": CALLOUT_USER, "password": keys.callout_password,
-                "permissions": {"subscribe": {"allow": [AUTH_SUBJECT]}, "publish": {"deny": [">"]},
-                                "allow_responses": True}}]},
-        },
-        "system_account": "SYS",
-        "authorization": {"auth_callout": {"issuer": keys.issuer, "account": callout_account,
-                                           "auth_users": [OPERATOR_USER, CALLOUT_USER]}},
-    }
+def server_conf(values: dict[str, str] | None = None) -> str:
+    """The accounts, system account and authorization blocks of a callout-mode nats.conf.
+
+    The secrets are ``$VARIABLES`` of the server's environment (:data:`SERVER_ENV`,
+    :meth:`CalloutKeys.server_env`), or with ``values`` (same names) written in. The chart ships
+    this text (``files/nats-callout.conf``, a test keeps it current) and the local cluster runs it:
+    one configuration, tested with the real server."""
+    def secret(name: str) -> str:
+        return json.dumps(values[name]) if values is not None else f"${name}"
+
+    state = state_manager_permissions()
+    state_perms = (f"{{publish: {{allow: {json.dumps(list(state.publish))}}}, "
+                   f"subscribe: {{allow: {json.dumps(list(state.subscribe))}}}}}")
+    # the callout service: receives the server's requests and answers them (replies only)
+    callout_perms = f'{{publish: {{deny: [">"]}}, subscribe: {{allow: ["{AUTH_SUBJECT}"]}}, allow_responses: true}}'
+    return f"""accounts {{
+  SYS: {{}}
+  {ACCOUNT}: {{
+    jetstream: enabled
+    users: [
+      {{user: {OPERATOR_USER}, password: {secret("OPERATOR_PASSWORD")}}}
+      {{user: {STATE_USER}, password: {secret("STATE_PASSWORD")},
+       permissions: {state_perms}}}
+    ]
+  }}
+  {CALLOUT_ACCOUNT}: {{
+    users: [
+      {{user: {CALLOUT_USER}, password: {secret("CALLOUT_PASSWORD")},
+       permissions: {callout_perms}}}
+    ]
+  }}
+}}
+system_account: SYS
+authorization {{
+  auth_callout {{
+    issuer: {secret("CALLOUT_ISSUER")}
+    account: {CALLOUT_ACCOUNT}
+    auth_users: [{OPERATOR_USER}, {STATE_USER}, {CALLOUT_USER}]
+  }}
+}}
+"""
 
 
 def secret_manifest(keys: CalloutKeys, name: str, namespace: str) -> dict[str, Any]:
@@ -132,10 +170,9 @@ def _decoded(secret: dict) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Print new keys as a Secret manifest and the matching nats.conf blocks, for an external NATS
-    server (``python -m compozy_operator.nats_auth.keys --name N --namespace NS``)."""
+    """New keys as a Secret manifest, and the nats.conf blocks with them written in, for an external
+    NATS server (``--server-conf``: the blocks with ``$VARIABLES``, as the chart ships them)."""
     import argparse
-    import json
 
     import yaml
 
@@ -143,12 +180,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="compozy-operator-nats-callout", help="the Secret's name "
                         "(the chart's nats.auth.callout.secretName)")
     parser.add_argument("--namespace", default="compozy-system", help="the operator's namespace")
+    parser.add_argument("--server-conf", action="store_true", help="print only the blocks with $VARIABLES")
     args = parser.parse_args(argv)
+    if args.server_conf:
+        print(f"# Generated by `python -m compozy_operator.nats_auth.keys --server-conf`. Do not edit.\n"
+              f"{server_conf()}", end="")
+        return
     keys = CalloutKeys()
-    print("# kubectl apply -f this Secret, then put the block after it into your nats.conf")
+    print("# 1. kubectl apply -f this Secret")
     print(yaml.safe_dump(secret_manifest(keys, args.name, args.namespace), sort_keys=False), end="")
-    print("---\n# nats.conf (JSON is nats.conf syntax):")
-    print("\n".join(f"# {line}" for line in json.dumps(server_config(keys), indent=2).splitlines()))
+    print("# 2. put these blocks in your nats.conf (they hold the same secrets: keep that file private)")
+    print("\n".join(f"#   {line}" for line in server_conf(keys.server_env()).splitlines()))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,24 @@ def attempt_permissions(namespace: str, execution: str, uid: str, task: str, att
     return Permissions(tuple(map(bounded, lists["publish"])), tuple(map(bounded, lists["subscribe"])))
 
 
+STATE_INBOX = "_INBOX_STATE"  # the state manager's reply subjects (its connection's inbox prefix)
+
+
+def state_manager_permissions() -> Permissions:
+    """The state manager's NATS user: read the state stream through its one durable consumer, and
+    nothing else. It cannot publish an event or a command, read commands or outputs, or delete or
+    purge a stream: a bug in it can lose nothing and forge nothing (it folds what it reads into the
+    status through the API server, its only output)."""
+    stream = events.STATE_STREAM
+    consumer = f"{stream}.{events.STATE_CONSUMER}"
+    return Permissions(
+        publish=(f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.CONSUMER.INFO.{consumer}",
+                 f"$JS.API.CONSUMER.CREATE.{consumer}", f"$JS.API.CONSUMER.CREATE.{consumer}.>",
+                 f"$JS.API.CONSUMER.DURABLE.CREATE.{consumer}", f"$JS.API.CONSUMER.MSG.NEXT.{consumer}",
+                 f"$JS.ACK.{consumer}.>"),
+        subscribe=(f"{STATE_INBOX}.>",))
+
+
 def bounded(subject: str) -> str:
     """``subject``, refused unless every token but a final ``*`` or ``>`` is literal: a wildcard or a
     blank that came from a name would widen the grant beyond its attempt."""

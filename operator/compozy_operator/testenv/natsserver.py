@@ -20,9 +20,8 @@ import secrets
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from ..nats_auth.keys import CALLOUT_USER, OPERATOR_USER, CalloutKeys, server_config
+from ..nats_auth.keys import CALLOUT_USER, OPERATOR_USER, STATE_USER, CalloutKeys, server_conf
 from .pki import TlsFiles, write_loopback_tls
 from .process import ComponentError, ManagedProcess
 from .workdir import free_port, which
@@ -36,6 +35,7 @@ class CalloutAuth:
     account: str = "COMPOZY"  # where the operator lives and the callout places task attempts
     callout_account: str = "AUTH"  # the callout service's own (no data, no JetStream)
     operator_user: str = OPERATOR_USER
+    state_user: str = STATE_USER
     callout_user: str = CALLOUT_USER
     keys: CalloutKeys = field(default_factory=CalloutKeys)
 
@@ -56,9 +56,9 @@ class CalloutAuth:
     def issuer(self) -> str:
         return self.keys.issuer
 
-    def config(self) -> dict[str, Any]:
-        """The accounts, system account and authorization of nats.conf."""
-        return server_config(self.keys, self.account, self.callout_account)
+    @property
+    def state_password(self) -> str:
+        return self.keys.state_password
 
 
 class NatsServer:
@@ -108,11 +108,11 @@ class NatsServer:
             conf.write_text(text)
             conf.chmod(0o600)
             return conf
-        # JSON is valid NATS config syntax, and json.dumps quotes the token safely.
+        # JSON values are valid NATS config syntax (json.dumps quotes the token safely); the callout
+        # blocks are the ones the chart ships (nats_auth.keys.server_conf), secrets from the environment
         config: dict = {
             "listen": f"127.0.0.1:{self.port}",
             "http": f"127.0.0.1:{self.monitor_port}",
-            **(self.callout.config() if self.callout else {"authorization": {"token": self.token}}),
             "jetstream": {
                 "store_dir": str(self.workdir / "jetstream"),
                 "max_memory_store": 256 * 1024 * 1024,
@@ -121,7 +121,10 @@ class NatsServer:
         }
         if self.tls:
             config["tls"] = {"cert_file": str(self.tls.cert), "key_file": str(self.tls.key)}
-        conf.write_text(json.dumps(config, indent=2))
+        if not self.callout:
+            config["authorization"] = {"token": self.token}
+        text = "".join(f"{key}: {json.dumps(value, indent=2)}\n" for key, value in config.items())
+        conf.write_text(text + (server_conf() if self.callout else ""))
         conf.chmod(0o600)
         return conf
 
@@ -157,7 +160,7 @@ class NatsServer:
         conf = self._write_config()
         self.proc = ManagedProcess(
             "nats-server", [which(self.bindir, "nats-server"), "-c", str(conf)], self.workdir / "nats-server.log",
-            env=self._chart_env() if self.chart_conf is not None else None,
+            env=self._server_env(),
         ).start()
         try:
             self.proc.wait_until(self._jetstream_ready, timeout, "ready with JetStream")
@@ -166,14 +169,13 @@ class NatsServer:
             raise
         return self
 
-    def _chart_env(self) -> dict[str, str]:
-        """The environment the chart's StatefulSet gives the server (templates/nats.yaml)."""
+    def _server_env(self) -> dict[str, str] | None:
+        """The secrets the configuration refers to, through the environment (as the chart's
+        StatefulSet gives them: templates/nats.yaml); None: the test's own token config needs none."""
+        if self.callout is None and self.chart_conf is None:
+            return None
         env = {"PATH": os.environ.get("PATH", ""), "POD_NAME": "compozy-nats-0"}
-        if self.callout is None:
-            return {**env, "NATS_TOKEN": self.token}
-        keys = self.callout.keys
-        return {**env, "OPERATOR_PASSWORD": keys.operator_password, "CALLOUT_PASSWORD": keys.callout_password,
-                "CALLOUT_ISSUER": keys.issuer}
+        return {**env, **(self.callout.keys.server_env() if self.callout else {"NATS_TOKEN": self.token})}
 
     def _jetstream_ready(self) -> bool:
         url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
