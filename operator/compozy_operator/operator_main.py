@@ -29,8 +29,9 @@ from .bus import Bus, with_credentials, without_credentials
 from .kube import Kube
 from .monitoring import JETSTREAM_REPAIRS, LOOP_RESTARTS, HttpServer
 from .nats_auth.callout import CalloutConfig, CalloutService
-from .nats_auth.decision import DEFAULT_MAX_TTL
-from .nats_auth.keys import ACCOUNT, CALLOUT_USER, OPERATOR_USER, STATE_USER, CalloutKeys, load_or_create
+from .nats_auth.decision import DEFAULT_MAX_TTL, ENDED_PHASES
+from .nats_auth.keys import ACCOUNT, CALLOUT_USER, OPERATOR_USER, STATE_USER, SYSTEM_USER, CalloutKeys, \
+    load_or_create
 from .nats_auth.permissions import STATE_INBOX
 from .orchestrator import Orchestrator
 from .pods import LABEL_MANAGED, MANAGER
@@ -145,7 +146,8 @@ class Operator:
             self.state_bus = Bus(with_credentials(url, STATE_USER, keys.state_password), None, "compozy-state", ca,
                                  inbox_prefix=STATE_INBOX)
             self.callout_config = CalloutConfig(url, keys.issuer_seed, ACCOUNT, user=CALLOUT_USER,
-                                                password=keys.callout_password, ca=ca,
+                                                password=keys.callout_password, ca=ca, system_user=SYSTEM_USER,
+                                                system_password=keys.system_password,
                                                 max_ttl=int(os.environ.get("COMPOZY_NATS_MAX_TTL_SECONDS") or
                                                             DEFAULT_MAX_TTL))
         self.settings = settings
@@ -161,6 +163,7 @@ class Operator:
         self.loops = [Supervised("state manager", self.state.run), Supervised("JetStream check", self.jetstream.run)]
         if self.callout_config is not None:
             self.loops.append(Supervised("NATS auth callout", self._callout))
+        self.callout: CalloutService | None = None  # while the callout loop runs
         self.nats_ready = False
 
     def _callout_keys(self, settings: Settings) -> CalloutKeys:
@@ -177,10 +180,17 @@ class Operator:
         """Answer the NATS server's authorization requests of task pods until cancelled."""
         assert self.callout_config is not None
         service = await CalloutService(self.callout_config, self.kube).start()
+        self.callout = service
         try:
             await asyncio.Event().wait()
         finally:
+            self.callout = None
             await service.stop()
+
+    async def on_task_pod(self, event: str, pod: dict[str, Any]) -> None:
+        await self.orchestrator.on_pod(event, pod)
+        if self.callout is not None and (event == "DELETED" or (pod.get("status") or {}).get("phase") in ENDED_PHASES):
+            await self.callout.end_pod(pod["metadata"]["uid"])
 
     def evaluate(self) -> admission.Validate:
         """The evaluation pool's start checks, for the webhook (its first worker starts now)."""
@@ -278,7 +288,7 @@ def build_registry(op_ref: dict[str, Operator], app_settings: Settings) -> kopf.
     @kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED: MANAGER, "app.kubernetes.io/component": "task"},
                    registry=registry)
     async def pod_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
-        await op_ref["op"].orchestrator.on_pod(event["type"] or "ADDED", _plain(body))
+        await op_ref["op"].on_task_pod(event["type"] or "ADDED", _plain(body))
 
     @kopf.on.event(GROUP, VERSION, "workflows", registry=registry)
     async def workflow_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:

@@ -240,6 +240,10 @@ def test_a_hostile_tool_in_a_real_task_pod_can_touch_no_other_tenant(
     metrics = op.metrics()
     granted = _metric(metrics, "compozy_nats_auth_total", '{result="granted"}')
     assert granted >= 3  # the victim's pod, the attacker's runner and the tool's own connection
+    # the pod watch told the callout each ended pod: their connections were closed (or already were)
+    ended = sum(_metric(metrics, "compozy_nats_kicks_total", f'{{result="{r}"}}') for r in ("kicked", "gone"))
+    assert ended >= 2, metrics
+    assert _metric(metrics, "compozy_nats_kicks_total", '{result="error"}') == 0
     count = _metric(metrics, "compozy_nats_auth_duration_seconds_count")
     total = _metric(metrics, "compozy_nats_auth_duration_seconds_sum")
     print(f"callout answers: {count:.0f}, mean {1000 * total / max(count, 1):.1f} ms; "

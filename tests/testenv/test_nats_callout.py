@@ -38,7 +38,7 @@ from compozy_operator.events import (COMMAND_STREAM, STATE_CONSUMER, STATE_STREA
                                      output_key, state_subject)
 from compozy_operator.kube import ApiException, Kube
 from compozy_operator.nats_auth.callout import CalloutConfig, CalloutService
-from compozy_operator.nats_auth.keys import load_or_create
+from compozy_operator.nats_auth.keys import SYSTEM_USER, load_or_create
 from compozy_operator.nats_auth.permissions import STATE_INBOX
 from compozy_operator.state_manager import consumer_config
 from compozy_operator.pods import task_pod
@@ -96,7 +96,8 @@ async def _callout(server: NatsServer, kube: Kube) -> AsyncIterator[CalloutServi
     auth = server.callout
     assert auth is not None
     service = await CalloutService(CalloutConfig(server.url, auth.issuer_seed, auth.account, user=auth.callout_user,
-                                                 password=auth.callout_password), kube).start()
+                                                 password=auth.callout_password, system_user=SYSTEM_USER,
+                                                 system_password=auth.keys.system_password), kube).start()
     try:
         yield service
     finally:
@@ -559,3 +560,30 @@ def test_the_state_managers_user_may_only_read_through_its_consumer(callout_nats
     seen, refused = asyncio.run(scenario())
     assert subject in seen
     assert all(refused.values()), refused
+
+
+def test_a_pods_connections_are_closed_when_it_ends(callout_nats: NatsServer, kube: Kube, namespace: str) -> None:
+    """A token taken out of a pod stops working with the pod: the connections granted to it are
+    kicked through the system account (not left until the JWT's expiry); another pod's stay up."""
+    execution = _execution(kube, namespace, "run-k")
+    ending, other = _task_pod(kube, execution), _task_pod(kube, execution, attempt=2)
+
+    async def scenario() -> tuple[bool, bool, bool, float]:
+        async with _callout(callout_nats, kube) as service:
+            stolen = await Probe().connect(callout_nats.url, _token(kube, ending))
+            own = await Probe().connect(callout_nats.url, _token(kube, other))
+            assert stolen.nc is not None and own.nc is not None
+            before = REGISTRY.get_sample_value("compozy_nats_kicks_total", {"result": "kicked"}) or 0.0
+            await service.end_pod(ending["metadata"]["uid"])
+            for _ in range(50):
+                if stolen.nc.is_closed:
+                    break
+                await asyncio.sleep(0.1)
+            kicked = (REGISTRY.get_sample_value("compozy_nats_kicks_total", {"result": "kicked"}) or 0.0) - before
+            result = stolen.nc.is_closed, own.nc.is_connected, ending["metadata"]["uid"] not in service.connections
+            await own.nc.close()
+            return (*result, kicked)
+
+    closed, other_up, forgotten, kicked = asyncio.run(scenario())
+    assert closed, "the ended pod's connection is still open"
+    assert other_up and forgotten and kicked == 1

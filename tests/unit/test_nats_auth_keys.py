@@ -56,4 +56,4 @@ def test_the_server_conf_names_every_secret_as_a_variable_or_its_value():
         assert f"${env}" in template and f"${env}" not in filled
     for value in keys.server_env().values():
         assert f'"{value}"' in filled and value not in template
-    assert "auth_users: [compozy-operator, compozy-state, compozy-callout]" in template
+    assert "auth_users: [compozy-operator, compozy-state, compozy-callout, compozy-system]" in template

@@ -16,6 +16,11 @@ options). For each, this service:
 Every answer is counted in ``compozy_nats_auth_total{result}`` (``granted`` or a refusal reason of
 :mod:`.decision`) and logged. Any failure to check (API server unreachable) is a refusal.
 
+A granted connection is remembered by its pod (the server's id and the connection's). When that pod
+ends or is deleted (:meth:`CalloutService.end_pod`, from the operator's pod watch), each is closed
+through the system account (``$SYS.REQ.SERVER.<id>.KICK``): a token taken out of a pod stops working
+with its pod, not at its JWT's expiry. Counted in ``compozy_nats_kicks_total{result}``.
+
 Run it in the operator process (:class:`CalloutService`) or alone: ``python -m
 compozy_operator.nats_auth.callout`` with the environment of :meth:`CalloutConfig.from_env`.
 """
@@ -23,10 +28,12 @@ compozy_operator.nats_auth.callout`` with the environment of :meth:`CalloutConfi
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import ssl
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +44,7 @@ from prometheus_client import Counter, Histogram
 
 from ..kube import ApiException, Kube
 from . import jwt
-from .keys import AUTH_SUBJECT
+from .keys import AUTH_SUBJECT, KICK_INBOX, KICK_SUBJECT
 from .decision import AUDIENCE, DEFAULT_MAX_TTL, ERROR, INVALID_REQUEST, NO_TOKEN, Grant, PodRef, Refusal, decide, \
     reviewed_pod, token_expiry
 
@@ -46,6 +53,9 @@ log = logging.getLogger(__name__)
 GRANTED = "granted"
 AUTH_TOTAL = Counter("compozy_nats_auth_total", "NATS connections the auth callout answered, by result "
                      "(granted, or why refused)", ["result"])
+KICKS = Counter("compozy_nats_kicks_total", "Task pod NATS connections closed because their pod ended, by result "
+                "(kicked; gone: already closed; error)", ["result"])
+REMEMBERED_PODS = 50_000  # pods whose connections are remembered (the oldest are forgotten beyond)
 AUTH_SECONDS = Histogram("compozy_nats_auth_duration_seconds", "Time to answer one NATS authorization request "
                          "(TokenReview and pod lookup included)",
                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
@@ -62,6 +72,8 @@ class CalloutConfig:
     ca: str | None = None  # PEM of a private CA of the NATS server's TLS certificate
     audience: str = AUDIENCE
     max_ttl: int = DEFAULT_MAX_TTL
+    system_user: str | None = None  # a system-account user that may send KICK (else nothing is kicked)
+    system_password: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> CalloutConfig:
@@ -81,6 +93,8 @@ class CalloutService:
         self.signer = jwt.keypair(config.issuer_seed)
         self.issuer = self.signer.public_key.decode()
         self.nc: Client | None = None
+        self.system: Client | None = None
+        self.connections: OrderedDict[str, list[tuple[str, int]]] = OrderedDict()  # pod uid -> (server, cid)
         self._limit = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -92,6 +106,10 @@ class CalloutService:
                                      reconnect_time_wait=1, error_cb=self._on_error)
         await self.nc.subscribe(AUTH_SUBJECT, cb=self._on_request)
         await self.nc.flush()
+        if c.system_user:
+            self.system = await nats.connect(c.url, user=c.system_user, password=c.system_password, tls=tls,
+                                             name="compozy-nats-kick", inbox_prefix=KICK_INBOX, connect_timeout=5,
+                                             max_reconnect_attempts=-1, reconnect_time_wait=1, error_cb=self._on_error)
         log.info("NATS auth callout answering %s (issuer %s, account %s)", AUTH_SUBJECT, self.issuer, c.account)
         return self
 
@@ -101,6 +119,34 @@ class CalloutService:
             task.cancel()
         if nc is not None:
             await nc.close()
+        system, self.system = self.system, None
+        if system is not None:
+            await system.close()
+
+    def remember(self, pod_uid: str, server_id: str, client_id: int | None) -> None:
+        if client_id is None:
+            return
+        self.connections.setdefault(pod_uid, []).append((server_id, client_id))
+        self.connections.move_to_end(pod_uid)
+        while len(self.connections) > REMEMBERED_PODS:
+            self.connections.popitem(last=False)
+
+    async def end_pod(self, pod_uid: str) -> None:
+        """Close the connections granted to a pod that has ended or is gone."""
+        for server_id, client_id in self.connections.pop(pod_uid, []):
+            KICKS.labels(result=await self._kick(server_id, client_id)).inc()
+
+    async def _kick(self, server_id: str, client_id: int) -> str:
+        if self.system is None:
+            return "error"
+        try:
+            reply = await self.system.request(KICK_SUBJECT.replace("*", server_id),
+                                              json.dumps({"cid": client_id}).encode(), timeout=2)
+            answer = json.loads(reply.data)
+        except Exception as e:  # noqa: BLE001 - the JWT's expiry still ends it
+            log.warning("NATS kick of connection %d on %s failed: %s", client_id, server_id, e)
+            return "error"
+        return "gone" if isinstance(answer, dict) and answer.get("error") else "kicked"
 
     async def _on_error(self, e: Exception) -> None:
         log.warning("NATS auth callout connection: %s", e)
@@ -131,6 +177,7 @@ class CalloutService:
         outcome = await self.authorize(request)
         self._count(outcome, request)
         if isinstance(outcome, Grant):
+            self.remember(outcome.pod.uid, request.server_id, request.client_id)
             p = outcome.permissions
             claims = jwt.user_claims(request.user_nkey, self.config.account, list(p.publish), list(p.subscribe),
                                      outcome.expires, name=outcome.user_name)

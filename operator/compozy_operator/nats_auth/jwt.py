@@ -189,6 +189,7 @@ class AuthorizationRequest:
     client_name: str | None
     client_host: str | None
     expires: int | None
+    client_id: int | None = None  # the server's id of the connection (cid: what a kick names)
 
     @property
     def credential(self) -> str | None:
@@ -212,4 +213,6 @@ def decode_authorization_request(token: str, server: str | None = None, now: flo
     opts = nats.get("connect_opts") or {}
     info = nats.get("client_info") or {}
     return AuthorizationRequest(server_id, user_nkey, opts.get("auth_token"), opts.get("user"), opts.get("pass"),
-                                info.get("name"), info.get("host"), claims.get("exp"))
+                                info.get("name"), info.get("host"), claims.get("exp"),
+                                info["id"] if isinstance(info.get("id"), int) and not isinstance(info.get("id"), bool)
+                                else None)

@@ -27,20 +27,25 @@ from .jwt import new_seed, public_key
 from .permissions import state_manager_permissions
 
 AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"  # where the server asks the callout
+KICK_SUBJECT = "$SYS.REQ.SERVER.*.KICK"  # where a server takes {"cid": N} and closes that connection
 ACCOUNT = "COMPOZY"  # the application's account: the operator, JetStream, and every granted attempt
 CALLOUT_ACCOUNT = "AUTH"  # the callout service's own (no data, no JetStream)
 OPERATOR_USER = "compozy-operator"  # the orchestrator: commands, its events, outputs, stream administration
 STATE_USER = "compozy-state"  # the state manager: reads the state stream through its consumer, nothing else
 CALLOUT_USER = "compozy-callout"
+SYSTEM_USER = "compozy-system"  # the system account's: may only ask a server to close a connection (KICK)
+KICK_INBOX = "_INBOX_KICK"
 # the Secret's keys (also the chart's: templates/nats.yaml reads them into the server's environment)
 ISSUER_SEED_KEY = "issuer-seed"
 ISSUER_KEY = "issuer"
 OPERATOR_PASSWORD_KEY = "operator-password"
 STATE_PASSWORD_KEY = "state-password"
 CALLOUT_PASSWORD_KEY = "callout-password"
+SYSTEM_PASSWORD_KEY = "system-password"
 # the server's environment variable for each Secret key (nats.conf refers to them: server_conf)
 SERVER_ENV = {"OPERATOR_PASSWORD": OPERATOR_PASSWORD_KEY, "STATE_PASSWORD": STATE_PASSWORD_KEY,
-              "CALLOUT_PASSWORD": CALLOUT_PASSWORD_KEY, "CALLOUT_ISSUER": ISSUER_KEY}
+              "CALLOUT_PASSWORD": CALLOUT_PASSWORD_KEY, "SYSTEM_PASSWORD": SYSTEM_PASSWORD_KEY,
+              "CALLOUT_ISSUER": ISSUER_KEY}
 
 
 def _password() -> str:
@@ -59,6 +64,7 @@ class CalloutKeys:
     operator_password: str = field(default_factory=_password)
     state_password: str = field(default_factory=_password)
     callout_password: str = field(default_factory=_password)
+    system_password: str = field(default_factory=_password)
 
     @property
     def issuer(self) -> str:
@@ -67,7 +73,8 @@ class CalloutKeys:
 
     def secret_data(self) -> dict[str, str]:
         return {ISSUER_SEED_KEY: self.issuer_seed, ISSUER_KEY: self.issuer, OPERATOR_PASSWORD_KEY: self.operator_password,
-                STATE_PASSWORD_KEY: self.state_password, CALLOUT_PASSWORD_KEY: self.callout_password}
+                STATE_PASSWORD_KEY: self.state_password, CALLOUT_PASSWORD_KEY: self.callout_password,
+                SYSTEM_PASSWORD_KEY: self.system_password}
 
     def server_env(self) -> dict[str, str]:
         """The environment a server running :func:`server_conf` needs."""
@@ -77,12 +84,13 @@ class CalloutKeys:
     @classmethod
     def from_secret_data(cls, data: dict[str, str], where: str = "the Secret") -> CalloutKeys:
         """The keys from a Secret's decoded data; a missing or broken key is named."""
-        missing = [k for k in (ISSUER_SEED_KEY, OPERATOR_PASSWORD_KEY, STATE_PASSWORD_KEY, CALLOUT_PASSWORD_KEY)
-                   if not data.get(k)]
+        missing = [k for k in (ISSUER_SEED_KEY, OPERATOR_PASSWORD_KEY, STATE_PASSWORD_KEY, CALLOUT_PASSWORD_KEY,
+                               SYSTEM_PASSWORD_KEY) if not data.get(k)]
         if missing:
             raise ValueError(f"{where} lacks {', '.join(missing)}")
         keys = cls(data[ISSUER_SEED_KEY].strip(), data[OPERATOR_PASSWORD_KEY].strip(),
-                   data[STATE_PASSWORD_KEY].strip(), data[CALLOUT_PASSWORD_KEY].strip())
+                   data[STATE_PASSWORD_KEY].strip(), data[CALLOUT_PASSWORD_KEY].strip(),
+                   data[SYSTEM_PASSWORD_KEY].strip())
         try:
             issuer = keys.issuer
         except Exception as e:  # noqa: BLE001 - nkeys raises several kinds for a bad seed
@@ -109,8 +117,15 @@ def server_conf(values: dict[str, str] | None = None) -> str:
                    f"subscribe: {{allow: {json.dumps(list(state.subscribe))}}}}}")
     # the callout service: receives the server's requests and answers them (replies only)
     callout_perms = f'{{publish: {{deny: [">"]}}, subscribe: {{allow: ["{AUTH_SUBJECT}"]}}, allow_responses: true}}'
+    # the operator's system user: close a task pod's connections when the pod ends (callout.py)
+    system_perms = f'{{publish: {{allow: ["{KICK_SUBJECT}"]}}, subscribe: {{allow: ["{KICK_INBOX}.>"]}}}}'
     return f"""accounts {{
-  SYS: {{}}
+  SYS: {{
+    users: [
+      {{user: {SYSTEM_USER}, password: {secret("SYSTEM_PASSWORD")},
+       permissions: {system_perms}}}
+    ]
+  }}
   {ACCOUNT}: {{
     jetstream: enabled
     users: [
@@ -131,7 +146,7 @@ authorization {{
   auth_callout {{
     issuer: {secret("CALLOUT_ISSUER")}
     account: {CALLOUT_ACCOUNT}
-    auth_users: [{OPERATOR_USER}, {STATE_USER}, {CALLOUT_USER}]
+    auth_users: [{OPERATOR_USER}, {STATE_USER}, {CALLOUT_USER}, {SYSTEM_USER}]
   }}
 }}
 """
