@@ -33,6 +33,7 @@ from tests.helpers import Kubectl, wait_for
 
 from .conftest import OPERATOR_ENV, execution_status, wait_finished
 from .test_workflows import PY_SLOW, apply, execution, workflow
+from tests.testenv.test_nats_callout import _execution, _plain_pod, _resigned, _task_pod, _token
 
 # The hostile tool. It runs in the runner's process (a python tool), so it can import what the runner
 # imports (compozy_operator, nats-py) and read the pod's files. Every attack uses its pod's own NATS
@@ -68,7 +69,9 @@ async def attack(input, ctx):
         return {**out, "token_readable": str(e)}
     out["token"] = token
     refused = {}
-    for name, secret in (("connect_without_token", None), ("connect_with_bogus_token", "not-a-token")):
+    tries = [("connect_without_token", None), ("connect_with_bogus_token", "not-a-token")]
+    tries += [(f"connect with {what}", token) for what, token in (input.get("stolen") or {}).items()]
+    for name, secret in tries:
         try:
             nc = await nats.connect(url, token=secret, allow_reconnect=False, connect_timeout=5,
                                     max_reconnect_attempts=0)
@@ -204,8 +207,23 @@ async def _refused(url: str, token: str) -> str | None:
     return None
 
 
+def _stolen_tokens(kube: Kube, devenv: DevEnvironment, namespace: str) -> dict[str, str]:
+    """Tokens of the victim's namespace the hostile tool is handed, as if it had stolen them: each is
+    a real token the API server issued (or its exact copy re-signed with the cluster's key), and each
+    must be refused from inside the attacker's pod."""
+    owner = _execution(kube, namespace, f"stolen-{uuid.uuid4().hex[:5]}")
+    live = _task_pod(kube, owner, attempt=1)
+    deleted = _task_pod(kube, owner, attempt=2)
+    deleted_token = _token(kube, deleted)
+    kube.delete(f"/api/v1/namespaces/{namespace}/pods/{deleted['metadata']['name']}", {"gracePeriodSeconds": 0})
+    return {"an expired token of a live task pod": _resigned(_token(kube, live), devenv.cluster.pki.sa_key, -300),
+            "a deleted task pod's token": deleted_token,
+            "a token of a pod that is no task pod": _token(kube, _plain_pod(kube, namespace, "plain")),
+            "a task pod's token for another audience": _token(kube, live, audience="https://kubernetes.default.svc")}
+
+
 def test_a_hostile_tool_in_a_real_task_pod_can_touch_no_other_tenant(
-        callout_cluster: tuple[NatsServer, OperatorProcess], kubectl: Kubectl, kube: Kube,
+        callout_cluster: tuple[NatsServer, OperatorProcess], kubectl: Kubectl, kube: Kube, devenv: DevEnvironment,
         tenants: tuple[str, str]) -> None:
     server, op = callout_cluster
     victim, attacker = tenants
@@ -215,8 +233,10 @@ def test_a_hostile_tool_in_a_real_task_pod_can_touch_no_other_tenant(
     wait_for(lambda: execution_status(kubectl, victim, "payroll-1").get("tasks", {}).get("a", {}).get("startedAt"),
              60, "the victim's task to start (its pod logged in through the callout)")
     uid = kubectl.ok("get", "wfx", "payroll-1", "-n", victim, "-o", "jsonpath={.metadata.uid}")
+    stolen = _stolen_tokens(kube, devenv, victim)
     apply(kubectl, attacker, workflow("probe", [{"id": "h", "tool": "hostile",
-                                                 "with": {"victim": victim, "execution": "payroll-1", "uid": uid}}],
+                                                 "with": {"victim": victim, "execution": "payroll-1", "uid": uid,
+                                                          "stolen": stolen}}],
                                       tools=[{"id": "hostile", "python": HOSTILE}], output={"h": "{{ tasks.h.output }}"}),
           execution("probe-1", "probe"))
     probe = wait_finished(kubectl, attacker, "probe-1", timeout=90)
@@ -226,6 +246,7 @@ def test_a_hostile_tool_in_a_real_task_pod_can_touch_no_other_tenant(
     assert result["env"] == {"COMPOZY_NATS_TOKEN": False, "COMPOZY_NATS_TOKEN_FILE": False}
     assert result["own command readable"] is True  # the identity works for what is its own
     assert result["refused"] and all(result["refused"].values()), result["refused"]
+    assert {f"connect with {what}" for what in stolen} <= set(result["refused"]), "every stolen token was tried"
 
     status = wait_finished(kubectl, victim, "payroll-1", timeout=60)
     assert status["phase"] == "Succeeded", status
@@ -234,6 +255,9 @@ def test_a_hostile_tool_in_a_real_task_pod_can_touch_no_other_tenant(
     assert "pwned" not in json.dumps(status)
 
     # the attacker's token once its pod has ended (and been deleted): refused
+    wait_for(lambda: all((p.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+                         for p in kube.get(f"/api/v1/namespaces/{attacker}/pods")["items"]), 60,
+             "the attacker's pod to end")
     error = asyncio.run(_refused(server.url, result["token"]))
     assert error is not None and "authorization" in error.lower(), error
 
