@@ -14,7 +14,6 @@ import asyncio
 import base64
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -440,38 +439,6 @@ def test_another_namespaces_task_pod_gets_only_its_own(callout_nats: NatsServer,
         assert stolen is None and refused
     finally:
         kube.delete(f"/api/v1/namespaces/{other}")
-
-
-def test_connect_latency(callout_nats: NatsServer, kube: Kube, namespace: str, devenv: DevEnvironment) -> None:
-    """The time a task pod's connect takes through the callout, beside a configured user's and a
-    plain token's (printed as figures; the machine is shared, nothing is asserted about them)."""
-    execution = _execution(kube, namespace, "run-l")
-    token = _token(kube, _task_pod(kube, execution))
-    rounds = 15
-
-    async def timed(url: str, tok: str | None) -> list[float]:
-        times = []
-        for _ in range(rounds):
-            started = time.perf_counter()
-            nc = await nats.connect(url, token=tok, allow_reconnect=False, connect_timeout=5)
-            await nc.flush()
-            times.append(time.perf_counter() - started)
-            await nc.close()
-        return times
-
-    async def scenario() -> dict[str, list[float]]:
-        async with _callout(callout_nats, kube):
-            return {"callout (TokenReview + pod GET)": await timed(callout_nats.url, token),
-                    "configured user (operator)": await timed(callout_nats.operator_url, None),
-                    "plain token (token mode)": await timed(devenv.nats.url, devenv.nats.token)}
-
-    results = asyncio.run(scenario())
-    for what, times in results.items():
-        print(f"\nNATS connect, {what}: median {statistics.median(times) * 1000:.1f} ms, "
-              f"max {max(times) * 1000:.1f} ms over {rounds}")
-    added = statistics.median(results["callout (TokenReview + pod GET)"]) - \
-        statistics.median(results["plain token (token mode)"])
-    print(f"added by the callout: {added * 1000:.1f} ms per connect (median)")
 
 
 def test_the_callout_fails_closed_when_the_api_server_is_unreachable(callout_nats: NatsServer, kube: Kube,
