@@ -210,16 +210,14 @@ class PermissionedNats(NatsServer):
         super().__init__(bindir, workdir)
         self.users = users
 
-    def _write_config(self) -> Path:
-        conf = super()._write_config()
-        config = json.loads(conf.read_text())
+    def _config(self) -> dict[str, Any]:
+        config = super()._config()
         config["authorization"] = {"users": [
             {"user": "op", "password": self.token},
             *({"user": name, "password": self.token,
                "permissions": {"publish": {"allow": p["publish"]}, "subscribe": {"allow": p["subscribe"]}}}
               for name, p in self.users.items())]}
-        conf.write_text(json.dumps(config, indent=2))
-        return conf
+        return config
 
     def url_of(self, user: str) -> str:
         return f"nats://{user}:{self.token}@127.0.0.1:{self.port}"

@@ -20,6 +20,7 @@ import secrets
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..nats_auth.keys import CALLOUT_USER, OPERATOR_USER, STATE_USER, CalloutKeys, server_conf
 from .pki import TlsFiles, write_loopback_tls
@@ -110,7 +111,14 @@ class NatsServer:
             return conf
         # JSON values are valid NATS config syntax (json.dumps quotes the token safely); the callout
         # blocks are the ones the chart ships (nats_auth.keys.server_conf), secrets from the environment
-        config: dict = {
+        text = "".join(f"{key}: {json.dumps(value, indent=2)}\n" for key, value in self._config().items())
+        conf.write_text(text + (server_conf() if self.callout else ""))
+        conf.chmod(0o600)
+        return conf
+
+    def _config(self) -> dict[str, Any]:
+        """The server's configuration but the callout blocks, as a dict (subclasses change it)."""
+        config: dict[str, Any] = {
             "listen": f"127.0.0.1:{self.port}",
             "http": f"127.0.0.1:{self.monitor_port}",
             "jetstream": {
@@ -123,10 +131,7 @@ class NatsServer:
             config["tls"] = {"cert_file": str(self.tls.cert), "key_file": str(self.tls.key)}
         if not self.callout:
             config["authorization"] = {"token": self.token}
-        text = "".join(f"{key}: {json.dumps(value, indent=2)}\n" for key, value in config.items())
-        conf.write_text(text + (server_conf() if self.callout else ""))
-        conf.chmod(0o600)
-        return conf
+        return config
 
     def start(self, timeout: float = 30, attempts: int = 3) -> NatsServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
