@@ -306,7 +306,7 @@ def changes(old: JSON | None, new: JSON, at: str) -> list[str]:
     phase = after.get("phase") or "Pending"
     if old is None or (before.get("phase"), before.get("progress")) != (phase, after.get("progress")):
         lines.append(f"{at} {name} {phase}" + (f" {after['progress']}" if after.get("progress") else "")
-                     + (f": {one_line(after['message'])}" if after.get("message") and phase in TERMINAL_PHASES else ""))
+                     + (f": {one_line(after['message'])}" if after.get("message") and phase in TERMINAL_PHASES - {"Succeeded"} else ""))
     return lines
 
 

@@ -174,7 +174,7 @@ def summary(obj: JSON) -> str:
     elif phase != "Succeeded":
         error = status.get("error") or {}
         what = error.get("message") or status.get("message") or ""
-        lines.append(f"error: {error['task'] + ': ' if error.get('task') else ''}{what}")
+        lines.append(f"error: {what}")
     return "\n".join(lines)
 
 
