@@ -57,9 +57,15 @@ def _handle_nats_request(env: DevEnvironment, action: str, handled: int) -> None
 def dev_up(args: argparse.Namespace) -> int:
     from ..testenv import ComponentError, DevEnvironment
 
+    from ..kube import set_context_extension
+    from .logs import API_EXTENSION, API_PORT
+
     started = time.monotonic()
     env = DevEnvironment.start(nodes=args.nodes)
     try:
+        # where `compozy logs` finds api.Service: an operator run here by hand (`compozy operator`) serves it there
+        set_context_extension(env.kubeconfig, API_EXTENSION,
+                              {"url": f"http://127.0.0.1:{os.environ.get('COMPOZY_API_PORT') or API_PORT}"})
         requests: list[str] = []
         for action, sig in NATS_SIGNALS.items():
             signal.signal(sig, lambda *_, action=action: requests.append(action))

@@ -26,6 +26,7 @@ from typing import Any
 from .connect import CliError, Target, add_flags, connect
 
 API_EXTENSION = "compozy.dev/api"
+API_PORT = 8090  # api.Service's default port (COMPOZY_API_PORT)
 READ_SECONDS = 30  # without follow: the whole answer; with follow, the server keeps the stream alive
 
 
