@@ -173,6 +173,33 @@ def execution_logs(namespace: str, execution: str, uid: str, task: str | None = 
     return f"{base}.task.{task_token(task)}.{attempt if attempt else '*'}.*"
 
 
+@dataclass(frozen=True)
+class LogSubject:
+    """What a log subject says: whose line (a run's operator component, or a task attempt's)."""
+
+    namespace: str
+    execution: str
+    uid: str
+    component: str
+    task: str | None = None
+    attempt: int | None = None
+
+
+def parse_log_subject(subject: str) -> LogSubject | None:
+    """The identity a log subject names (see :func:`log_subject`), or None when it is none. A reader
+    believes it over the body, as the state manager believes state subjects."""
+    t = subject.split(".")
+    if len(t) < 6 or t[:2] != ["compozy", "log"] or not all(t):
+        return None
+    namespace, execution, uid = untoken(t[2]), untoken(t[3]), untoken(t[4])
+    if len(t) == 6:
+        return LogSubject(namespace, execution, uid, t[5])
+    if len(t) != 9 or t[5] != "task" or not t[7].isascii() or not t[7].isdigit():
+        return None
+    task = untask_token(t[6])
+    return None if task is None else LogSubject(namespace, execution, uid, t[8], task, int(t[7]))
+
+
 def command_subject(namespace: str, execution: str, task: str, attempt: int) -> str:
     return f"compozy.cmd.{token(namespace)}.{token(execution)}.task.execute.{task_token(task)}.{attempt}"
 

@@ -25,9 +25,9 @@ COMPOZY = Path(sys.executable).with_name("compozy")
 API_SERVICE = importlib.util.find_spec("compozy_operator.api_service") is not None
 needs_api = pytest.mark.skipif(not API_SERVICE, reason="api.Service (compozy_operator.api_service) is not merged yet")
 
-PY_FLAKY = ("def run(input, ctx):\n    import os\n    if not os.path.exists('/tmp/compozy-cli-flaky-' + ctx.execution):\n"
-            "        open('/tmp/compozy-cli-flaky-' + ctx.execution, 'w').close()\n"
-            "        raise RuntimeError('first time fails')\n    return {}\n")
+PY_FLAKY = ("def run(input, ctx):\n    import os\n    marker = '/tmp/compozy-cli-flaky-' + ctx.namespace\n"
+            "    if not os.path.exists(marker):\n        open(marker, 'w').close()\n"
+            "        raise RuntimeError('first time fails')\n    os.remove(marker)\n    return {}\n")
 
 
 @pytest.fixture

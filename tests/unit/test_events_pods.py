@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from compozy_operator.events import (EventType, Publisher, attempt_permissions, cancel_subject, claim_subject,
-                                     command_subject, event_id, execution_logs, inbox_prefix, log_subject, make_event,
+                                     LogSubject, command_subject, event_id, execution_logs, inbox_prefix, log_subject,
+                                     parse_log_subject, make_event,
                                      output_chunk_token, output_meta_subject, state_subject, task_token,
                                      untask_token)
 from compozy_operator.kube import merge_patch_diff
@@ -46,6 +47,16 @@ def test_subjects() -> None:
     assert execution_logs("ns", "r.v2", "u-1") == "compozy.log.ns.r_v2.u-1.>"
     assert execution_logs("ns", "r", "u-1", "each[0]") == "compozy.log.ns.r.u-1.task.each_5b0_5d.*.*"
     assert execution_logs("ns", "r", "u-1", "t", 2) == "compozy.log.ns.r.u-1.task.t.2.*"
+
+
+def test_log_subjects_parse_back() -> None:
+    assert parse_log_subject(log_subject("ns", "r.v2", "u-1", "orchestrator")) == LogSubject("ns", "r.v2", "u-1",
+                                                                                              "orchestrator")
+    assert parse_log_subject(log_subject("ns", "r", "u-1", "stdout", "each[3]", 2)) == LogSubject(
+        "ns", "r", "u-1", "stdout", "each[3]", 2)
+    for bad in ("compozy.log.ns.r.orchestrator", "compozy.log.ns.r.u.task.t.x.stdout", "compozy.log.ns.r.u.job.t.1.x",
+                "compozy.log.ns.r.u.task.a_zz.1.x", "compozy.state.ns.r.u.x", "compozy.log.ns..u.x"):
+        assert parse_log_subject(bad) is None, bad
     assert inbox_prefix("ns", "r", "t", 1) == "_INBOX_compozy.ns.r.t.1"
 
 
