@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -159,7 +160,38 @@ def test_usage_errors_exit_2(capsys):
 
 
 def test_both_entry_points_run():
-    for module, prog in (("compozy_operator.cli", "compozy"),):
-        out = subprocess.run([sys.executable, "-m", module, "version", "-o", "json"], capture_output=True, text=True)
-        assert out.returncode == 0 and json.loads(out.stdout)["clientVersion"], out.stderr
-    assert main(["version"], prog="kubectl compozy") == 0
+    out = subprocess.run([sys.executable, "-m", "compozy_operator.cli", "version", "-o", "json"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and json.loads(out.stdout)["clientVersion"], out.stderr
+    plugin = Path(sys.executable).with_name("kubectl-compozy")  # kubectl finds plugins on the PATH by this name
+    out = subprocess.run([str(plugin), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("usage: kubectl compozy"), out.stderr
+
+
+def test_live_redraws_on_a_terminal_and_prints_changes_on_a_pipe(monkeypatch):
+    import io
+
+    from compozy_operator.cli.runs import Live
+
+    first, second = _run({}, phase="Pending"), _run({"count": _t("Running")}, SPEC, progress="0/2")
+    screen = io.StringIO()
+    live = Live(stream=screen, redraw=True)
+    live(first)
+    live(second)
+    frames = screen.getvalue().split("\x1b[H\x1b[2J")
+    assert frames[0] == "" and len(frames) == 3 and "count" in frames[2] and "Name:        r" in frames[1]
+    pipe = io.StringIO()
+    live = Live(stream=pipe)  # not a terminal: a line per change, no escape codes
+    live(first)
+    live(second)
+    live(second)
+    assert [line.split(" ", 1)[1] for line in pipe.getvalue().splitlines()] == [
+        "r Pending", "task count Running attempt 1", "r Running 0/2"]
+    monkeypatch.setenv("NO_COLOR", "1")
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+    assert Live(stream=Tty()).style == Style(colour=False) and Live(stream=Tty()).tty
+    monkeypatch.delenv("NO_COLOR")
+    assert Live(stream=Tty()).style == Style(colour=True)

@@ -85,27 +85,36 @@ def check_workflow(t: Target, workflow: str) -> None:
     raise CliError(f"workflow {workflow!r} not found in namespace {t.namespace}{hint}")
 
 
-def follow(t: Target, name: str, show: Any, obj: JSON | None = None, restarted: bool = True) -> JSON:
+def follow(t: Target, name: str, show: Any, obj: JSON | None = None, restarted: bool = True,
+           within: float | None = None) -> JSON:
     """Call ``show(obj)`` with every new version of the run until it ends; return the last one.
 
     A watch on the one object, renewed from its last resourceVersion (a get when the server says
     that version is too old); a deleted run is an error. ``restarted=False`` (just retried): the
     run's old end does not count until the operator has taken the retry up (a phase that is not
-    an end seen, or ``observedGeneration`` reaching the retried generation)."""
+    an end seen, ``status.retries`` reaching ``spec.retry``, or ``observedGeneration`` the retried
+    generation). ``within``: seconds
+    after which a run that has not ended is an error (default: wait as long as it runs)."""
+    deadline = None if within is None else time.monotonic() + within
     obj = obj or _get(t, name)
     generation = obj["metadata"].get("generation") or 0
+    rounds = (obj.get("spec") or {}).get("retry") or 0
 
     def ended(o: JSON) -> bool:
         nonlocal restarted
         status = o.get("status") or {}
-        restarted = restarted or not render.ended(o) or (status.get("observedGeneration") or 0) >= generation
+        restarted = (restarted or not render.ended(o) or (status.get("retries") or 0) >= rounds > 0
+                     or (status.get("observedGeneration") or 0) >= generation)
         return restarted and render.ended(o)
 
     show(obj)
     while not ended(obj):
+        if deadline is not None and time.monotonic() > deadline:
+            raise CliError(f"{name} did not end within {within:.0f}s")
         version = obj["metadata"]["resourceVersion"]
+        seconds = WATCH_SECONDS if deadline is None else max(1, min(WATCH_SECONDS, int(deadline - time.monotonic()) + 1))
         try:
-            for event in t.kube.watch(t.executions(), version, WATCH_SECONDS, fieldSelector=f"metadata.name={name}"):
+            for event in t.kube.watch(t.executions(), version, seconds, fieldSelector=f"metadata.name={name}"):
                 kind = event.get("type")
                 if kind == "DELETED":
                     raise CliError(f"{name} was deleted before it ended")
@@ -127,9 +136,9 @@ class Live:
     """``watch`` and ``--watch``: on a terminal the tree is redrawn in place; on a pipe one line
     per change is printed (:func:`.render.changes`)."""
 
-    def __init__(self, expand: bool = False, stream: TextIO | None = None) -> None:
+    def __init__(self, expand: bool = False, stream: TextIO | None = None, redraw: bool | None = None) -> None:
         self.stream = stream or sys.stdout
-        self.tty = terminal(self.stream)
+        self.tty = terminal(self.stream) if redraw is None else redraw
         self.style = style_for(self.stream)
         self.expand = expand
         self.last: JSON | None = None
