@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -198,3 +199,13 @@ def test_logs_of_a_finished_run_through_api_service(operator: OperatorProcess, k
     only = cli("logs", "echo-l", "--task", "echo", "--attempt", "1", "-f", "--api-url", f"http://127.0.0.1:{port}",
                "--token", token)
     assert only.returncode == 0 and only.stdout and all(" echo[1] " in line for line in only.stdout.splitlines())
+
+
+def test_kubectl_compozy_is_the_same_program(operator: OperatorProcess, workflows: None, devenv: DevEnvironment,
+                                             cli, namespace: str) -> None:
+    assert cli("submit", "echo", "--name", "echo-k", "-p", "x=1", "--wait").returncode == 0
+    env = {**os.environ, "PATH": f"{COMPOZY.parent}:{os.environ['PATH']}", "KUBECONFIG": str(devenv.kubeconfig)}
+    out = subprocess.run([str(devenv.bindir / "kubectl"), "compozy", "get", "echo-k", "-n", namespace, "-o", "json"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"]["output"] == {"x": 1}
