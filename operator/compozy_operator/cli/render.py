@@ -269,9 +269,8 @@ def render_get(obj: JSON, now: datetime, expand: bool = False, style: Style = St
              f"Workflow:    {workflow_of(obj)}",
              f"Phase:       {style.phase(phase)}" + (f" ({status['progress']})" if status.get("progress") else "")]
     if status.get("startedAt"):
-        lines.append(f"Started:     {status['startedAt']}")
-    if status.get("startedAt"):
-        lines.append(f"Duration:    {status.get('duration') or elapsed(status['startedAt'], status.get('finishedAt'), now)}")
+        took = status.get("duration") or elapsed(status["startedAt"], status.get("finishedAt"), now)
+        lines += [f"Started:     {status['startedAt']}", f"Duration:    {took}"]
     if status.get("message"):
         lines.append(f"Message:     {one_line(status['message'], 200)}")
     error = status.get("error") or {}
@@ -305,8 +304,9 @@ def changes(old: JSON | None, new: JSON, at: str) -> list[str]:
                      + (f": {detail}" if detail and t.get("phase") != "Succeeded" else ""))
     phase = after.get("phase") or "Pending"
     if old is None or (before.get("phase"), before.get("progress")) != (phase, after.get("progress")):
+        why = after.get("message") if phase in TERMINAL_PHASES - {"Succeeded"} else None
         lines.append(f"{at} {name} {phase}" + (f" {after['progress']}" if after.get("progress") else "")
-                     + (f": {one_line(after['message'])}" if after.get("message") and phase in TERMINAL_PHASES - {"Succeeded"} else ""))
+                     + (f": {one_line(why)}" if why else ""))
     return lines
 
 

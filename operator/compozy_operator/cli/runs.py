@@ -112,7 +112,8 @@ def follow(t: Target, name: str, show: Any, obj: JSON | None = None, restarted: 
         if deadline is not None and time.monotonic() > deadline:
             raise CliError(f"{name} did not end within {within:.0f}s")
         version = obj["metadata"]["resourceVersion"]
-        seconds = WATCH_SECONDS if deadline is None else max(1, min(WATCH_SECONDS, int(deadline - time.monotonic()) + 1))
+        left = WATCH_SECONDS if deadline is None else int(deadline - time.monotonic()) + 1
+        seconds = max(1, min(WATCH_SECONDS, left))
         try:
             for event in t.kube.watch(t.executions(), version, seconds, fieldSelector=f"metadata.name={name}"):
                 kind = event.get("type")
