@@ -122,6 +122,8 @@ def test_watch_on_a_pipe_prints_one_line_per_change(operator: OperatorProcess, w
     assert len(lines) == len(set(lines))  # no repeats: a line per change
     again = cli("watch", "echo-w")  # an ended run: its state, then the exit code
     assert again.returncode == 0 and again.stdout.splitlines()[-1].endswith("echo-w Succeeded 1/1")
+    scripted = cli("submit", "echo", "-p", "x=2", "--watch", "-o", "json")  # the object alone on stdout
+    assert _json(scripted)["status"]["output"] == {"x": 2} and "Succeeded 1/1" in scripted.stderr
     failed = cli("watch", "nope")
     assert failed.returncode == 1 and "not found" in failed.stderr
 

@@ -193,7 +193,7 @@ def after_start(t: Target, args: argparse.Namespace, obj: JSON, verb: str) -> in
     (``--watch``: live; ``--wait``: quietly) and exit 0 if it succeeded, 1 otherwise."""
     name = obj["metadata"]["name"]
     if getattr(args, "watch", False):
-        live = Live(args.expand)
+        live = Live(args.expand, sys.stderr if args.output else None)  # stdout: the -o object alone
         last = follow(t, name, live, obj, restarted=verb != "retried")
         if args.output:
             _print(last, args.output)
