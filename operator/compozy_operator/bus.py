@@ -7,7 +7,8 @@ Streams:
 * ``COMPOZY_COMMANDS`` (``compozy.cmd.>``): TaskExecute commands, one kept per subject; a task
   pod reads its own with a direct get, so a restarted pod fetches it again. Also each attempt's
   claim (``task.claim.<task>.<attempt>``): stored only if none is, so one pod at most runs it.
-* ``COMPOZY_LOGS`` (``compozy.log.>``): LogEmitted events, bounded by age and size.
+* ``COMPOZY_LOGS`` (``compozy.log.>``): LogEmitted events, bounded by age and size (the chart's
+  ``logs.maxAge``/``logs.maxBytes``: :func:`stream_configs`); a deleted run's are purged with it.
 
 Object store ``COMPOZY_OUTPUTS``: task outputs too large for the status (``outputRef`` points
 there); removed with their execution.
@@ -35,8 +36,8 @@ from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from . import failpoints
-from .events import (COMMAND_STREAM, LOG_STREAM, OUTPUT_BUCKET, STATE_STREAM, Event, EventType, InvalidEvent,
-                     Publisher, claim_subject, log_subject, output_chunk_token, output_meta_subject,
+from .events import (COMMAND_STREAM, LOG_MAX_AGE, LOG_MAX_BYTES, LOG_STREAM, OUTPUT_BUCKET, STATE_STREAM, Event, EventType, InvalidEvent,
+                     Publisher, claim_subject, execution_logs, log_subject, output_chunk_token, output_meta_subject,
                      parse_state_event, utcnow)
 
 log = logging.getLogger(__name__)
@@ -52,15 +53,23 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
 WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code when Nats-Expected-Last-Subject-Sequence does not hold
 
 DAY = 24 * 3600
-STREAMS = (
-    StreamConfig(name=STATE_STREAM, subjects=["compozy.state.>"], storage=StorageType.FILE,
-                 retention=RetentionPolicy.LIMITS, max_age=7 * DAY, duplicate_window=600),
-    StreamConfig(name=COMMAND_STREAM, subjects=["compozy.cmd.>"], storage=StorageType.FILE,
-                 retention=RetentionPolicy.LIMITS, max_age=DAY, max_msgs_per_subject=1,
-                 allow_direct=True, duplicate_window=600),
-    StreamConfig(name=LOG_STREAM, subjects=["compozy.log.>"], storage=StorageType.FILE,
-                 retention=RetentionPolicy.LIMITS, max_age=DAY, max_bytes=1024 ** 3, discard=DiscardPolicy.OLD),
-)
+
+
+def stream_configs(log_max_age: float = LOG_MAX_AGE, log_max_bytes: int = LOG_MAX_BYTES) -> tuple[StreamConfig, ...]:
+    """The streams, with the log stream's retention (how long a run's lines stay readable, at most)."""
+    return (
+        StreamConfig(name=STATE_STREAM, subjects=["compozy.state.>"], storage=StorageType.FILE,
+                     retention=RetentionPolicy.LIMITS, max_age=7 * DAY, duplicate_window=600),
+        StreamConfig(name=COMMAND_STREAM, subjects=["compozy.cmd.>"], storage=StorageType.FILE,
+                     retention=RetentionPolicy.LIMITS, max_age=DAY, max_msgs_per_subject=1,
+                     allow_direct=True, duplicate_window=600),
+        StreamConfig(name=LOG_STREAM, subjects=["compozy.log.>"], storage=StorageType.FILE,
+                     retention=RetentionPolicy.LIMITS, max_age=log_max_age, max_bytes=log_max_bytes,
+                     discard=DiscardPolicy.OLD),
+    )
+
+
+STREAMS = stream_configs()
 
 
 class PayloadTooLarge(ValueError):
@@ -74,12 +83,14 @@ OUTPUT_CHUNK_SIZE = 128 * 1024  # as nats-py's object store
 
 class Bus:
     def __init__(self, url: str, token: str | Callable[[], str] | None, name: str, ca: str | None = None,
-                 inbox_prefix: str = "_INBOX") -> None:
+                 inbox_prefix: str = "_INBOX", streams: tuple[StreamConfig, ...] = STREAMS) -> None:
         """``token``: a string, or a callable nats-py calls at each connect and reconnect (a task
         pod's ServiceAccount token file, read anew: task_executor.nats_login);
         ``ca``: PEM of the CA that signed a TLS server's certificate (else the system's trust);
-        ``inbox_prefix``: where replies come back (a task attempt's own, see events.inbox_prefix)."""
+        ``inbox_prefix``: where replies come back (a task attempt's own, see events.inbox_prefix);
+        ``streams``: what :meth:`ensure_streams` creates (the operator's, with its log retention)."""
         self.inbox_prefix = inbox_prefix
+        self.streams = streams
         self.url = url
         self.token = token
         self.name = name
@@ -145,7 +156,7 @@ class Bus:
 
     async def ensure_streams(self) -> None:
         assert self.js is not None
-        for config in STREAMS:
+        for config in self.streams:
             try:
                 await self.js.stream_info(config.name)
                 await self.js.update_stream(config)
@@ -157,7 +168,7 @@ class Bus:
         """Create the streams (and the outputs' object store) that are gone; return their names."""
         assert self.js is not None
         missing = []
-        for config in STREAMS:
+        for config in self.streams:
             if not await self._stream_exists(config.name):
                 await self.js.add_stream(config)
                 missing.append(config.name)
@@ -381,22 +392,30 @@ class Bus:
                 continue
             return None if held.get("claimant") == claimant else held
 
-    async def emit_log(self, namespace: str, execution: str, component: str, level: str, message: str,
+    async def emit_log(self, namespace: str, execution: str, uid: str, component: str, level: str, message: str,
                        publisher: Publisher = Publisher.OPERATOR, **fields: Any) -> None:
-        """A LogEmitted event (fire and forget: logs must never block the work they describe).
-        A task attempt's (``publisher`` ATTEMPT, with ``task`` and ``attempt``) go to its own subject."""
+        """A LogEmitted event of the run ``uid`` (fire and forget: logs must never block the work they
+        describe). A task attempt's (``publisher`` ATTEMPT, with ``task`` and ``attempt``) go to its own subject."""
         if not self.connected:
             return
-        data = {"namespace": namespace, "execution": execution, "component": component, "level": level,
+        data = {"namespace": namespace, "execution": execution, "uid": uid, "component": component, "level": level,
                 "message": message, **fields}
-        subject = (log_subject(namespace, execution, component, fields["task"], fields["attempt"])
-                   if publisher == Publisher.ATTEMPT else log_subject(namespace, execution, component))
+        subject = (log_subject(namespace, execution, uid, component, fields["task"], fields["attempt"])
+                   if publisher == Publisher.ATTEMPT else log_subject(namespace, execution, uid, component))
         body = {"specversion": "1.0", "id": uuid.uuid4().hex, "source": f"compozy/{component}", "type": EventType.LOG_EMITTED.value,
                 "time": utcnow(), "subject": subject, "data": data}
         try:
             await self.nc.publish(subject, json.dumps(body, default=str).encode())  # type: ignore[union-attr]
         except (nats.errors.Error, OSError) as e:  # NATS went away (buffer full, socket reset): the line is lost
             log.debug("LogEmitted dropped: %s", e)
+
+    async def purge_logs(self, namespace: str, execution: str, uid: str) -> None:
+        """Remove the log lines of the run ``uid`` (deleted), and no other run's of the same name."""
+        assert self.js is not None
+        try:
+            await self.js.purge_stream(LOG_STREAM, subject=execution_logs(namespace, execution, uid))
+        except NotFoundError:  # no log stream (deleted): nothing to purge; it is recreated elsewhere
+            pass
 
     async def close(self) -> None:
         """Flush what was published, then close. Not a drain: after a pull consumer's fetch, drain

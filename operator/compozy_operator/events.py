@@ -10,8 +10,10 @@ so a per-attempt NATS identity can be scoped by subject alone:
 * state events: ``compozy.state.<ns>.<execution>.workflow.<Type>`` (operator only),
   ``compozy.state.<ns>.<execution>.operator.<task>.<attempt>.<Type>`` (operator only: its task events),
   ``compozy.state.<ns>.<execution>.task.<task>.<attempt>.<Type>`` (the attempt's own)
-* log events:   ``compozy.log.<ns>.<execution>.<component>`` (operator),
-  ``compozy.log.<ns>.<execution>.task.<task>.<attempt>.<component>`` (the attempt's)
+* log events:   ``compozy.log.<ns>.<execution>.<uid>.<component>`` (operator),
+  ``compozy.log.<ns>.<execution>.<uid>.task.<task>.<attempt>.<component>`` (the attempt's); the
+  execution's uid is a token, so a re-created run of the same name never reads the old run's lines
+  and deleting a run purges its own lines only (:func:`execution_logs`)
 
 Event ids are deterministic per (execution uid, task, attempt, type), so a re-publish after a
 crash is dropped by JetStream's de-duplication (``Nats-Msg-Id``) and by the status reducer.
@@ -34,6 +36,8 @@ from .resources.models import OutputRef, TokenUsage
 STATE_STREAM = "COMPOZY_STATE"
 STATE_CONSUMER = "compozy-state-manager"  # the state manager's durable consumer
 LOG_STREAM = "COMPOZY_LOGS"
+LOG_MAX_AGE = 7 * 24 * 3600  # default retention of log lines, seconds (COMPOZY_LOG_MAX_AGE_SECONDS)
+LOG_MAX_BYTES = 1024 ** 3  # default size bound of the log stream (COMPOZY_LOG_MAX_BYTES); the oldest lines go first
 COMMAND_STREAM = "COMPOZY_COMMANDS"
 COMMAND_NONCE_ENV = "COMPOZY_COMMAND_NONCE"  # a task pod's nonce: its TaskExecute command must carry it
 
@@ -150,12 +154,50 @@ def attempt_state_subjects(namespace: str, execution: str, task: str, attempt: i
     return f"compozy.state.{token(namespace)}.{token(execution)}.task.{task_token(task)}.{attempt}.*"
 
 
-def log_subject(namespace: str, execution: str, component: str, task: str | None = None,
+def log_subject(namespace: str, execution: str, uid: str, component: str, task: str | None = None,
                 attempt: int | None = None) -> str:
-    """An operator component's log subject, or with ``task`` a task attempt's."""
+    """An operator component's log subject for the run ``uid``, or with ``task`` a task attempt's."""
+    base = f"compozy.log.{token(namespace)}.{token(execution)}.{token(uid)}"
     if task is None:
-        return f"compozy.log.{token(namespace)}.{token(execution)}.{component}"
-    return f"compozy.log.{token(namespace)}.{token(execution)}.task.{task_token(task)}.{attempt or 0}.{component}"
+        return f"{base}.{component}"
+    return f"{base}.task.{task_token(task)}.{attempt or 0}.{component}"
+
+
+def execution_logs(namespace: str, execution: str, uid: str, task: str | None = None,
+                   attempt: int | None = None) -> str:
+    """The wildcard of a run's log lines: all of them, or one task's (every attempt, or ``attempt``'s).
+    What api.Service reads and what deleting the run purges."""
+    base = f"compozy.log.{token(namespace)}.{token(execution)}.{token(uid)}"
+    if task is None:
+        return f"{base}.>"
+    return f"{base}.task.{task_token(task)}.{attempt if attempt else '*'}.*"
+
+
+@dataclass(frozen=True)
+class LogSubject:
+    """What a log subject says: whose line (a run's operator component, or a task attempt's)."""
+
+    namespace: str
+    execution: str
+    uid: str
+    component: str
+    task: str | None = None
+    attempt: int | None = None
+
+
+def parse_log_subject(subject: str) -> LogSubject | None:
+    """The identity a log subject names (see :func:`log_subject`), or None when it is none. A reader
+    believes it over the body, as the state manager believes state subjects."""
+    t = subject.split(".")
+    if len(t) < 6 or t[:2] != ["compozy", "log"] or not all(t):
+        return None
+    namespace, execution, uid = untoken(t[2]), untoken(t[3]), untoken(t[4])
+    if len(t) == 6:
+        return LogSubject(namespace, execution, uid, t[5])
+    if len(t) != 9 or t[5] != "task" or not t[7].isascii() or not t[7].isdigit():
+        return None
+    task = untask_token(t[6])
+    return None if task is None else LogSubject(namespace, execution, uid, t[8], task, int(t[7]))
 
 
 def command_subject(namespace: str, execution: str, task: str, attempt: int) -> str:
@@ -209,7 +251,7 @@ def attempt_permissions(namespace: str, execution: str, uid: str, task: str, att
     return {
         "publish": [
             attempt_state_subjects(namespace, execution, task, attempt),
-            f"compozy.log.{token(namespace)}.{token(execution)}.task.{task_token(task)}.{attempt}.*",
+            execution_logs(namespace, execution, uid, task, attempt),
             claim,
             f"$JS.API.DIRECT.GET.COMPOZY_COMMANDS.{command}",
             f"$JS.API.DIRECT.GET.COMPOZY_COMMANDS.{claim}",

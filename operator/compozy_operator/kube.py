@@ -52,6 +52,16 @@ def write_kubeconfig(
     return path
 
 
+def set_context_extension(path: Path, name: str, extension: JSON) -> None:
+    """Add (or replace) the extension ``name`` of the kubeconfig's current context, as kubectl keeps
+    them (``contexts[].context.extensions[{name, extension}]``); kubectl itself ignores it."""
+    doc = yaml.safe_load(path.read_text())
+    context = next(c["context"] for c in doc["contexts"] if c["name"] == doc["current-context"])
+    others = [e for e in context.get("extensions") or [] if e.get("name") != name]
+    context["extensions"] = [*others, {"name": name, "extension": extension}]
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
 class Kube:
     """Raw REST calls with dict bodies."""
 

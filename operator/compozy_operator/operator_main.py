@@ -25,7 +25,7 @@ import kopf
 
 from . import admission
 from .resources.models import GROUP, VERSION
-from .bus import Bus, with_credentials, without_credentials
+from .bus import Bus, stream_configs, with_credentials, without_credentials
 from .kube import Kube
 from .monitoring import JETSTREAM_REPAIRS, LOOP_RESTARTS, HttpServer
 from .nats_auth.callout import CalloutConfig, CalloutService
@@ -151,7 +151,8 @@ class Operator:
                                                 max_ttl=int(os.environ.get("COMPOZY_NATS_MAX_TTL_SECONDS") or
                                                             DEFAULT_MAX_TTL))
         self.settings = settings
-        self.bus = Bus(settings.nats_url, settings.nats_token, "compozy-operator", ca)
+        self.bus = Bus(settings.nats_url, settings.nats_token, "compozy-operator", ca,
+                       streams=stream_configs(settings.log_max_age, settings.log_max_bytes))
         if self.callout_config is None:
             self.state_bus = self.bus  # token mode: one identity for all
         self.orchestrator = Orchestrator(settings, self.kube, self.bus)

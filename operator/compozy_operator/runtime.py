@@ -5,6 +5,11 @@ fails the attempt with its message. A command tool gets the input JSON on stdin 
 of the attempt as ``COMPOZY_*`` environment variables, prints its output JSON on stdout, and
 fails with a non-zero exit (stderr becomes the message). Agents (:mod:`.agents`) call these same
 tools through function calling.
+
+A command's output lines are not lost: its stderr is copied, line by line as it comes, to this
+process's stderr, and stdout lines before the result (when the whole stdout is not one JSON value,
+the result is its last line) to this process's stdout; in a task pod both become log lines
+(:mod:`.task_logs`).
 """
 
 from __future__ import annotations
@@ -13,11 +18,15 @@ import json
 import logging
 import os
 import subprocess
+import sys
+import threading
 import traceback
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 MAX_ERROR_CHARS = 2000
+STDERR_TAIL_LINES = 200  # of a failed command's stderr kept for its error message (then cut to MAX_ERROR_CHARS)
 NATS_TOKEN_FILE_ENV = "COMPOZY_NATS_TOKEN_FILE"
 
 
@@ -90,20 +99,69 @@ def run_command(command: list[str], tool_id: str, value: Any, ctx: ToolContext,
     env = {**os.environ, **ctx.env, **(extra_env or {}), **ctx.environ()}
     env.pop(NATS_TOKEN_FILE_ENV, None)  # the runner's NATS login (callout mode) is not the tool's
     try:
-        done = subprocess.run(command, input=json.dumps(value).encode(), capture_output=True, env=env)
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     except OSError as e:
-        raise ToolError("CommandNotFound", f"tool {tool_id}: cannot run {command[0]!r}: {e}") from e
-    for line in done.stderr.decode(errors="replace").splitlines()[-50:]:
-        ctx.log.info("%s", line)
-    if done.returncode != 0:
-        stderr = done.stderr.decode(errors="replace").strip()
-        raise ToolError("CommandFailed", f"tool {tool_id}: exit code {done.returncode}: {stderr or '(no stderr)'}")
-    out = done.stdout.decode(errors="replace").strip()
+        raise ToolError("CommandNotFound", f"tool {tool_id}: cannot run {command[0]!r}: {e}") from None
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    stdin, stderr = proc.stdin, proc.stderr
+    tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+
+    def feed() -> None:
+        try:
+            stdin.write(json.dumps(value).encode())
+        except OSError:  # the command does not read its input: its business
+            pass
+        finally:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+
+    def copy_stderr() -> None:
+        for raw in stderr:
+            line = raw.decode(errors="replace")
+            tail.append(line)
+            sys.stderr.write(line if line.endswith("\n") else line + "\n")
+            sys.stderr.flush()
+
+    threads = [threading.Thread(target=feed, daemon=True), threading.Thread(target=copy_stderr, daemon=True)]
+    for t in threads:
+        t.start()
+    stdout = proc.stdout.read()
+    code = proc.wait()
+    for t in threads:
+        t.join()
+    if code != 0:
+        _show_stdout(stdout.decode(errors="replace").splitlines())
+        message = "".join(tail).strip()
+        raise ToolError("CommandFailed", f"tool {tool_id}: exit code {code}: {message or '(no stderr)'}")
+    return _json_object(command_result(stdout.decode(errors="replace"), tool_id), f"tool {tool_id}: stdout")
+
+
+def command_result(out: str, tool_id: str) -> Any:
+    """A command's result: its whole stdout as JSON, else its last line, the lines before it shown
+    on this process's stdout (a tool's own messages)."""
+    text = out.strip()
+    if not text:
+        return {}
     try:
-        parsed = json.loads(out) if out else {}
-    except json.JSONDecodeError as e:
-        raise ToolError("InvalidOutput", f"tool {tool_id}: stdout is not JSON ({e}): {out[:200]!r}") from e
-    return _json_object(parsed, f"tool {tool_id}: stdout")
+        return json.loads(text)
+    except json.JSONDecodeError as whole:
+        lines = text.splitlines()
+        try:
+            result = json.loads(lines[-1])
+        except json.JSONDecodeError:
+            _show_stdout(lines)
+            raise ToolError("InvalidOutput", f"tool {tool_id}: stdout is not JSON ({whole}), nor is its last line: "
+                            f"{lines[-1][:200]!r}") from None
+        _show_stdout(lines[:-1])
+        return result
+
+
+def _show_stdout(lines: list[str]) -> None:
+    for line in lines:
+        sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def run_tool(tool: dict[str, Any], value: Any, ctx: ToolContext) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
+from .events import LOG_MAX_AGE, LOG_MAX_BYTES
 
 
 def _env(name: str, default: str = "") -> str:
@@ -79,6 +80,10 @@ class Settings:
     webhook_port: int = field(default_factory=lambda: int(_env("COMPOZY_WEBHOOK_PORT", "9443")))
     webhook_cert_file: str = field(default_factory=lambda: _env("COMPOZY_WEBHOOK_CERT_FILE", "/etc/compozy/webhook/tls.crt"))
     webhook_key_file: str = field(default_factory=lambda: _env("COMPOZY_WEBHOOK_KEY_FILE", "/etc/compozy/webhook/tls.key"))
+    # Retention of runs' log lines (the COMPOZY_LOGS stream): the oldest go first past either bound;
+    # a run's lines are removed with it sooner (chart: logs.maxAge, logs.maxBytes)
+    log_max_age: float = field(default_factory=lambda: float(_env("COMPOZY_LOG_MAX_AGE_SECONDS", str(LOG_MAX_AGE))))
+    log_max_bytes: int = field(default_factory=lambda: int(_env("COMPOZY_LOG_MAX_BYTES", str(LOG_MAX_BYTES))))
     # an execution's spec.input larger than this (bytes of compact JSON) is refused at apply
     max_input_bytes: int = field(default_factory=lambda: int(_env("COMPOZY_MAX_INPUT_BYTES", str(1 << 20))))
 

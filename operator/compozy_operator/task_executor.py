@@ -11,6 +11,9 @@ execution, execution uid, task and attempt and carries the nonce its pod was cre
 (``COMPOZY_COMMAND_NONCE``, put there by the operator, which alone knows it before the pod
 exists). Anything else (a command forged by whoever could publish on that subject, even first)
 is refused: the attempt fails with ``CommandRefused`` (not retried), saying what did not match.
+
+Log lines: every line of the attempt (the runner's, the tool's ``ctx.log``, whatever the process
+prints) is a LogEmitted event of its run and a line on the container's stdout (:mod:`.task_logs`).
 Its events and logs go to its own attempt's subjects (events.py), its replies come back under
 its own inbox prefix, so a per-attempt NATS identity can allow exactly those subjects.
 
@@ -44,6 +47,7 @@ from .bus import Bus, PayloadTooLarge
 from .events import (COMMAND_NONCE_ENV, EventType, Publisher, cancel_subject, claim_subject, command_subject,
                      inbox_prefix, make_event, output_key)
 from .runtime import TaskFailure, ToolContext, run_tool
+from .task_logs import TaskLog
 
 if TYPE_CHECKING:
     from .agents.providers import Reply, ToolCall
@@ -113,22 +117,9 @@ def _bounded(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-class _NatsLogHandler(logging.Handler):
-    """Forwards a tool's log lines to LogEmitted from whatever thread the tool runs in."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, bus: Bus, a: Attempt) -> None:
-        super().__init__()
-        self.loop, self.bus, self.a = loop, bus, a
-
-    def emit(self, record: logging.LogRecord) -> None:
-        coro = self.bus.emit_log(self.a.namespace, self.a.execution, "runtime", record.levelname.lower(),
-                                 record.getMessage(), Publisher.ATTEMPT, task=self.a.task, attempt=self.a.attempt)
-        asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-
 class TaskRunner:
-    def __init__(self, bus: Bus, a: Attempt, outage_seconds: float = DEFAULT_OUTAGE_SECONDS) -> None:
-        self.bus, self.a, self.outage_seconds = bus, a, outage_seconds
+    def __init__(self, bus: Bus, a: Attempt, logs: TaskLog, outage_seconds: float = DEFAULT_OUTAGE_SECONDS) -> None:
+        self.bus, self.a, self.logs, self.outage_seconds = bus, a, logs, outage_seconds
         self.ended = False  # the attempt's end (TaskExecutionSuccess/Failed) is stored
 
     async def nats(self, op: Callable[[], Awaitable[T]], what: str) -> T:
@@ -142,8 +133,7 @@ class TaskRunner:
         await self.nats(lambda: self.bus.publish_event(event), f"publishing {etype}")
 
     async def log(self, message: str, level: str = "info") -> None:
-        await self.bus.emit_log(self.a.namespace, self.a.execution, "task-executor", level, message,
-                                Publisher.ATTEMPT, task=self.a.task, attempt=self.a.attempt)
+        await self.logs.emit("task-executor", level, message)
 
     async def fetch_command(self) -> dict[str, Any]:
         """This attempt's command; :class:`CommandRefused` when what is stored is not (see the module)."""
@@ -195,6 +185,7 @@ class TaskRunner:
         try:
             await self.event(EventType.TASK_FAILED, "compozy/task-executor", error={"reason": reason, "message": message})
             await self.log(message, "warning")
+            await self.logs.close()
             await self.bus.close()
         finally:
             _termination_message(message)
@@ -216,7 +207,7 @@ class TaskRunner:
         logger = logging.getLogger(f"compozy.tool.{self.a.task}")
         logger.propagate = False
         logger.setLevel(logging.INFO)
-        logger.addHandler(_NatsLogHandler(asyncio.get_running_loop(), self.bus, self.a))
+        logger.addHandler(self.logs.handler("runtime"))
         return ToolContext(attempt=self.a.attempt, task=self.a.task, execution=self.a.execution,
                            namespace=self.a.namespace, env=command.get("env") or {}, log=logger)
 
@@ -414,9 +405,15 @@ async def _main(a: Attempt) -> int:
               inbox_prefix=inbox_prefix(a.namespace, a.execution, a.task, a.attempt))
     outage = float(os.environ.get("COMPOZY_NATS_OUTAGE_SECONDS") or DEFAULT_OUTAGE_SECONDS)
     await bus.connect(max_delay=3, give_up_after=outage)
+    logs = TaskLog(asyncio.get_running_loop(), bus, a)
+    logs.capture()  # what the tool (or anything in this process) prints becomes log lines too
+    root = logging.getLogger()
+    saved, root.handlers = root.handlers, [logs.handler("task-executor")]  # the runner's lines, with their levels
     try:
-        await TaskRunner(bus, a, outage).run()
+        await TaskRunner(bus, a, logs, outage).run()
     finally:
+        await logs.close()
+        root.handlers = saved
         await bus.close()
     return 0
 

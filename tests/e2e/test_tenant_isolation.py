@@ -132,7 +132,7 @@ async def attack(input, ctx):
         refused[f"publish {name}"] = await request(subject, event.model_dump_json().encode())
     for name, subject in (("cancel", events.cancel_subject(ns, ex)),
                           ("command", events.command_subject(ns, ex, "a", 2)),
-                          ("log", f"compozy.log.{ns}.{ex}.orchestrator")):
+                          ("log", events.log_subject(ns, ex, uid, "orchestrator"))):
         await nc.publish(subject, b'{"pwned": true}')
         refused[f"publish victim {name}"] = await was_refused(subject)
     for subject in ("$JS.API.STREAM.DELETE.COMPOZY_STATE", "$JS.API.STREAM.DELETE.COMPOZY_COMMANDS",

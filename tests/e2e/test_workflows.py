@@ -200,7 +200,8 @@ def test_event_sequence_matches_the_seed_diagram(operator: OperatorProcess, kube
     for m in logs:  # an attempt's lines on its own subject, the operator's on the execution's
         component = m["data"]["component"]
         own = f"task.a.1.{component}" if component != "orchestrator" else component
-        assert m["subject"] == f"compozy.log.{namespace}.seq-happy.{own}", m["subject"]
+        assert m["subject"] == f"compozy.log.{namespace}.seq-happy.{uid}.{own}", m["subject"]
+        assert m["data"]["uid"] == uid
     assert any("got {'v': 1}" in m["data"]["message"] for m in logs if m["data"]["component"] == "runtime")
 
 

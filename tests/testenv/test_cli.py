@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 
 from compozy_operator.testenv import DevEnvironment
+from compozy_operator.testenv.workdir import free_port
 
 
 def test_dev_up_env_down(devenv: DevEnvironment, tmp_path: Path) -> None:
-    env = {**os.environ, "COMPOZY_TESTENV_BIN": str(devenv.bindir), "COMPOZY_TESTENV_RUNS": str(tmp_path)}
+    api_port = str(free_port())
+    env = {**os.environ, "COMPOZY_TESTENV_BIN": str(devenv.bindir), "COMPOZY_TESTENV_RUNS": str(tmp_path),
+           "COMPOZY_API_PORT": api_port}
     compozy = [sys.executable, "-m", "compozy_operator.cli"]
     up = subprocess.Popen([*compozy, "dev", "up"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
@@ -25,6 +28,11 @@ def test_dev_up_env_down(devenv: DevEnvironment, tmp_path: Path) -> None:
         nodes = subprocess.run([str(devenv.bindir / "kubectl"), "get", "nodes"], capture_output=True, text=True,
                                env={**env, "KUBECONFIG": exports["KUBECONFIG"]})
         assert "process-node-1   Ready" in nodes.stdout, nodes.stderr
+
+        # the kubeconfig says where api.Service of an operator run by hand would be (`compozy logs` goes there)
+        logs = subprocess.run([*compozy, "logs", "r", "--token", "t"], capture_output=True, text=True,
+                              env={**env, "KUBECONFIG": exports["KUBECONFIG"]})
+        assert logs.returncode == 1 and f"cannot reach api.Service at http://127.0.0.1:{api_port}" in logs.stderr
 
         printed = subprocess.run([*compozy, "dev", "env"], capture_output=True, text=True, env=env)
         assert f"export KUBECONFIG={exports['KUBECONFIG']}" in printed.stdout

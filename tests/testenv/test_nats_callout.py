@@ -225,7 +225,8 @@ def test_a_task_pod_gets_exactly_its_attempts_subjects(callout_nats: NatsServer,
             event = make_event(EventType.TASK_STARTED, "compozy/task-executor", namespace, "run-a", uid, TASK, 1,
                                publisher=Publisher.ATTEMPT, podName=pod["metadata"]["name"])
             out["event_seq"] = await bus.publish_event(event)
-            await bus.emit_log(namespace, "run-a", "runtime", "info", "hello", Publisher.ATTEMPT, task=TASK, attempt=1)
+            await bus.emit_log(namespace, "run-a", uid, "runtime", "info", "hello", Publisher.ATTEMPT, task=TASK,
+                               attempt=1)
             value = {"blob": "x" * 300_000}  # three chunks
             ref = await bus.put_output(output_key(namespace, "run-a", uid, TASK, 1), json.dumps(value).encode())
             cancelled = asyncio.Event()
@@ -242,7 +243,7 @@ def test_a_task_pod_gets_exactly_its_attempts_subjects(callout_nats: NatsServer,
             # ... and the operator sees all of it
             assert op.js is not None
             out["stored_event"] = (await op.js.get_last_msg(STATE_STREAM, event.subject)).seq
-            out["log"] = await _stored(op, "COMPOZY_LOGS", log_subject(namespace, "run-a", "runtime", TASK, 1))
+            out["log"] = await _stored(op, "COMPOZY_LOGS", log_subject(namespace, "run-a", uid, "runtime", TASK, 1))
             out["output"] = await op.get_output(ref) == value
 
             # everything else: refused by the server itself

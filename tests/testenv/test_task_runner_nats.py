@@ -267,7 +267,7 @@ def test_a_runner_needs_only_its_attempts_subjects(devenv: DevEnvironment, tmp_p
 
         value, removed, log_subjects = asyncio.run(check())
         assert value == {"blob": "x" * 300_000, "task": task} and removed == 1
-        assert log_subjects and all(s.startswith(f"compozy.log.{NS}.{RUN}.task.each_5b3_5d.1.") for s in log_subjects)
+        assert log_subjects and all(s.startswith(f"compozy.log.{NS}.{RUN}.{UID}.task.each_5b3_5d.1.") for s in log_subjects)
 
         async def attack() -> dict[str, bool]:
             """As the attempt's user: everything else is refused by the server."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from compozy_operator.events import (EventType, Publisher, attempt_permissions, cancel_subject, claim_subject,
-                                     command_subject, event_id, inbox_prefix, log_subject, make_event,
+                                     LogSubject, command_subject, event_id, execution_logs, inbox_prefix, log_subject,
+                                     parse_log_subject, make_event,
                                      output_chunk_token, output_meta_subject, state_subject, task_token,
                                      untask_token)
 from compozy_operator.kube import merge_patch_diff
@@ -41,8 +42,21 @@ def test_subjects() -> None:
     assert command_subject("ns", "r", "count", 2) == "compozy.cmd.ns.r.task.execute.count.2"
     assert claim_subject("ns", "r", "each[0]", 1) == "compozy.cmd.ns.r.task.claim.each_5b0_5d.1"
     assert cancel_subject("ns", "r.v2") == "compozy.cmd.ns.r_v2.workflow.cancel"
-    assert log_subject("ns", "r", "orchestrator") == "compozy.log.ns.r.orchestrator"
-    assert log_subject("ns", "r", "runtime", "t", 3) == "compozy.log.ns.r.task.t.3.runtime"
+    assert log_subject("ns", "r", "u-1", "orchestrator") == "compozy.log.ns.r.u-1.orchestrator"
+    assert log_subject("ns", "r", "u-1", "runtime", "t", 3) == "compozy.log.ns.r.u-1.task.t.3.runtime"
+    assert execution_logs("ns", "r.v2", "u-1") == "compozy.log.ns.r_v2.u-1.>"
+    assert execution_logs("ns", "r", "u-1", "each[0]") == "compozy.log.ns.r.u-1.task.each_5b0_5d.*.*"
+    assert execution_logs("ns", "r", "u-1", "t", 2) == "compozy.log.ns.r.u-1.task.t.2.*"
+
+
+def test_log_subjects_parse_back() -> None:
+    assert parse_log_subject(log_subject("ns", "r.v2", "u-1", "orchestrator")) == LogSubject("ns", "r.v2", "u-1",
+                                                                                              "orchestrator")
+    assert parse_log_subject(log_subject("ns", "r", "u-1", "stdout", "each[3]", 2)) == LogSubject(
+        "ns", "r", "u-1", "stdout", "each[3]", 2)
+    for bad in ("compozy.log.ns.r.orchestrator", "compozy.log.ns.r.u.task.t.x.stdout", "compozy.log.ns.r.u.job.t.1.x",
+                "compozy.log.ns.r.u.task.a_zz.1.x", "compozy.state.ns.r.u.x", "compozy.log.ns..u.x"):
+        assert parse_log_subject(bad) is None, bad
     assert inbox_prefix("ns", "r", "t", 1) == "_INBOX_compozy.ns.r.t.1"
 
 
@@ -65,7 +79,7 @@ def test_an_attempts_permissions_name_only_its_own_subjects() -> None:
     assert perms == {
         "publish": [
             "compozy.state.ns.run.task.each_5b3_5d.2.*",
-            "compozy.log.ns.run.task.each_5b3_5d.2.*",
+            "compozy.log.ns.run.uid-1.task.each_5b3_5d.2.*",
             "compozy.cmd.ns.run.task.claim.each_5b3_5d.2",
             "$JS.API.DIRECT.GET.COMPOZY_COMMANDS.compozy.cmd.ns.run.task.execute.each_5b3_5d.2",
             "$JS.API.DIRECT.GET.COMPOZY_COMMANDS.compozy.cmd.ns.run.task.claim.each_5b3_5d.2",

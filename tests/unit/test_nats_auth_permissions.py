@@ -24,7 +24,7 @@ def _event(etype: EventType, ns: str = NS, execution: str = EXEC, task: str | No
 
 
 def _log(component: str, ns: str = NS, execution: str = EXEC, task: str = TASK, attempt: int = ATTEMPT) -> str:
-    return log_subject(ns, execution, component, task, attempt)
+    return log_subject(ns, execution, UID, component, task, attempt)
 
 
 def direct_get_subject(stream: str, subject: str) -> str:
@@ -68,7 +68,9 @@ TABLE = [
     ("another execution's TaskExecutionSuccess", "pub", _event(EventType.TASK_SUCCESS, execution="run-2"), False),
     ("a victim's TaskExecutionSuccess", "pub", _event(EventType.TASK_SUCCESS, ns="victim"), False),
     ("a victim's log", "pub", _log("runtime", ns="victim"), False),
-    ("an operator log of its execution", "pub", log_subject(NS, EXEC, "orchestrator"), False),
+    ("an operator log of its execution", "pub", log_subject(NS, EXEC, UID, "orchestrator"), False),
+    ("a log of an earlier run of the same name", "pub", log_subject(NS, EXEC, "old-uid", "runtime", TASK, ATTEMPT),
+     False),
     ("another task's command", "pub", direct_get_subject("COMPOZY_COMMANDS", command_subject(NS, EXEC, "other", 1)),
      False),
     ("another attempt's command", "pub",
@@ -125,7 +127,7 @@ def test_exact_lists() -> None:
     p = attempt_permissions("team-a", "run.1", "uid-1", "each-url[3]", 2)
     assert p.publish == (
         "compozy.state.team-a.run_1.task.each-url_5b3_5d.2.*",
-        "compozy.log.team-a.run_1.task.each-url_5b3_5d.2.*",
+        "compozy.log.team-a.run_1.uid-1.task.each-url_5b3_5d.2.*",
         "compozy.cmd.team-a.run_1.task.claim.each-url_5b3_5d.2",
         "$JS.API.DIRECT.GET.COMPOZY_COMMANDS.compozy.cmd.team-a.run_1.task.execute.each-url_5b3_5d.2",
         "$JS.API.DIRECT.GET.COMPOZY_COMMANDS.compozy.cmd.team-a.run_1.task.claim.each-url_5b3_5d.2",

@@ -15,7 +15,7 @@ claim its attempt  pub ``<its claim subject>`` (a JetStream publish with
                    ``Nats-Expected-Last-Subject-Sequence: 0``) and a direct get of it (who holds it)
 state events       pub ``compozy.state.<ns>.<exec>.task.<task>.<attempt>.*`` (the state manager refuses
                    a type the attempt may not send there)
-log events         pub ``compozy.log.<ns>.<exec>.task.<task>.<attempt>.*``
+log events         pub ``compozy.log.<ns>.<exec>.<uid>.task.<task>.<attempt>.*``
 cancel             sub ``compozy.cmd.<ns>.<exec>.workflow.cancel``
 its output         pub ``$O.COMPOZY_OUTPUTS.C.<hash of its key>.*`` (chunks) and
                    ``$O.COMPOZY_OUTPUTS.M.<base64url(its key)>`` (meta). No ``STREAM.INFO``, reads or

@@ -50,13 +50,15 @@ class Cleanup:
 
     async def deleted(self, obj: dict[str, Any]) -> None:
         """``kubectl delete`` of an execution: its pods go with it (owner references); remove its
-        stored outputs, tell its tasks to stop, and record the end for whoever watches the events."""
+        stored outputs and its log lines (by uid: a new run of the same name keeps its own), tell its
+        tasks to stop, and record the end for whoever watches the events."""
         meta = obj["metadata"]
         if self.bus.nc is None:
             raise ConnectionError("NATS is not connected")
         removed = await self.bus.delete_outputs(output_prefix(meta["namespace"], meta["name"], meta["uid"]))
         if removed:
             log.info("removed %d stored outputs of %s/%s", removed, meta["namespace"], meta["name"])
+        await self.bus.purge_logs(meta["namespace"], meta["name"], meta["uid"])
         if (obj.get("status") or {}).get("phase", "Pending") in TERMINAL_PHASES:
             return
         await self.bus.nc.publish(cancel_subject(meta["namespace"], meta["name"]), b"{}")

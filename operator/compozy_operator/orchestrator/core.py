@@ -195,7 +195,7 @@ class Orchestrator:
         return status
 
     async def _log(self, run: Run, level: str, message: str, **fields: Any) -> None:
-        await self.bus.emit_log(run.namespace, run.name, "orchestrator", level, message, **fields)
+        await self.bus.emit_log(run.namespace, run.name, run.uid, "orchestrator", level, message, **fields)
 
     async def _fail_task(self, run: Run, f: FailTask) -> None:
         """Published each time the executor asks, until the status shows the attempt ended (see

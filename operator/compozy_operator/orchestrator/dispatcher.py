@@ -80,7 +80,7 @@ class Dispatcher:
         finished = [t.finished_at for t in status.tasks.values() if t.finished_at]
         if finished:
             DISPATCH_SECONDS.observe(max(0.0, time.time() - epoch(max(finished))))
-        await self.bus.emit_log(run.namespace, run.name, "orchestrator", "info",
+        await self.bus.emit_log(run.namespace, run.name, run.uid, "orchestrator", "info",
                                 f"dispatched task {d.task} attempt {d.attempt} as pod {name}",
                                 task=d.task, attempt=d.attempt)
 
@@ -117,7 +117,7 @@ class Dispatcher:
     async def _fail(self, run: Run, d: Dispatch, reason: str, message: str) -> None:
         await run.publish(self.bus, make_event(EventType.TASK_FAILED, SOURCE, run.namespace, run.name, run.uid,
                                                d.task, d.attempt, error={"reason": reason, "message": message}))
-        await self.bus.emit_log(run.namespace, run.name, "orchestrator", "error", message, task=d.task,
+        await self.bus.emit_log(run.namespace, run.name, run.uid, "orchestrator", "error", message, task=d.task,
                                 attempt=d.attempt)
 
     async def _ensure_nats_secret(self, namespace: str) -> None:

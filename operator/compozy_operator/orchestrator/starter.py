@@ -74,13 +74,13 @@ class Starter:
             return
         run.spec = wf
         run.context = RunContext(execution=run.name, input=value, timeout=timeout_s)
-        await self.bus.emit_log(run.namespace, run.name, "orchestrator", "info",
+        await self.bus.emit_log(run.namespace, run.name, run.uid, "orchestrator", "info",
                                 f"started workflow {wf_name} ({len(wf.tasks)} tasks)")
 
     async def _refuse(self, run: Run, reason: str, message: str) -> None:
         await run.publish(self.bus, make_event(EventType.WORKFLOW_FAILED, SOURCE, run.namespace, run.name, run.uid,
                                                error={"reason": reason, "message": message[:4000]}))
-        await self.bus.emit_log(run.namespace, run.name, "orchestrator", "error", f"not started: {message[:4000]}")
+        await self.bus.emit_log(run.namespace, run.name, run.uid, "orchestrator", "error", f"not started: {message[:4000]}")
 
     async def _resolve(self, obj: dict[str, Any]) -> tuple[str, WorkflowSpec, WorkflowExecutionSpec]:
         raw = obj.get("spec") or {}

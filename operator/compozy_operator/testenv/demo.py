@@ -2,17 +2,22 @@
 
 Starts the control plane, a process node and NATS, ``helm install``s the chart (CRDs, RBAC, the
 operator Deployment; NATS external, pointing at the local nats-server), waits for the operator
-pod to be Ready on the process node, applies ``examples/hello-workflow.yaml``, waits for the
-end, and prints ``kubectl get workflowexecutions`` and the execution's output.
+pod to be Ready on the process node, applies ``examples/hello-workflow.yaml``, follows the run
+as ``compozy watch`` does (one line per change), and prints ``compozy get`` (the task tree),
+``kubectl get workflowexecutions`` and the execution's output.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import time
 from pathlib import Path
 
+from ..cli.connect import connect
+from ..cli.render import render_get, utc_now
+from ..cli.runs import Live, follow
 from .environment import DevEnvironment
 from .helm import CHART, Helm, install, local_values
 from .workdir import repo_root
@@ -35,14 +40,14 @@ def _kubectl(env: DevEnvironment, *args: str, stdin: str | None = None, show: bo
     return out.stdout
 
 
-def _wait_finished(env: DevEnvironment, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = json.loads(_kubectl(env, "get", "wfx", EXECUTION, "-o", "json", show=False)).get("status") or {}
-        if status.get("phase") in ("Succeeded", "Failed", "TimedOut", "Cancelled"):
-            return status
-        time.sleep(0.3)
-    raise TimeoutError(f"{EXECUTION} did not finish in {timeout:.0f}s")
+def _watch(env: DevEnvironment) -> dict:
+    """``compozy watch`` of the run, as on a pipe (a line per change: the demo's output is a log)."""
+    print(f"\n$ compozy watch {EXECUTION}", flush=True)
+    target = connect(argparse.Namespace(kubeconfig=str(env.kubeconfig), context=None, namespace="default"))
+    try:
+        return follow(target, EXECUTION, Live(redraw=False), within=120)
+    finally:
+        target.kube.close()
 
 
 def run_demo(keep: bool = False) -> int:
@@ -63,8 +68,10 @@ def run_demo(keep: bool = False) -> int:
         _kubectl(env, "get", "pods", "-n", NAMESPACE, "-o", "wide")
         t1 = time.monotonic()
         _kubectl(env, "apply", "-f", str(example))
-        status = _wait_finished(env)
+        run = _watch(env)
+        status = run.get("status") or {}
         print(f"\n{EXECUTION} finished in {time.monotonic() - t1:.1f}s")
+        print(f"\n$ compozy get {EXECUTION}\n{render_get(run, utc_now())}", flush=True)
         _kubectl(env, "get", "workflowexecutions")
         print(f"\noutput of {EXECUTION}:\n{json.dumps(status.get('output'), indent=2)}")
         if status["phase"] != "Succeeded":

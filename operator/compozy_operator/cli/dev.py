@@ -1,4 +1,4 @@
-"""The ``compozy`` command line."""
+"""``compozy dev``: the local cluster (kube-apiserver, etcd, process nodes, NATS) for tests and the demo."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .testenv import DevEnvironment
+    from ..testenv import DevEnvironment
 
 
 def _print_exports(exports: dict[str, str]) -> None:
@@ -21,7 +21,7 @@ def _print_exports(exports: dict[str, str]) -> None:
 
 
 def _live_runs() -> list[Path]:
-    from .testenv.workdir import prune_stale_runs, runs_root
+    from ..testenv.workdir import prune_stale_runs, runs_root
 
     prune_stale_runs()
     return sorted(runs_root().glob("run-*/env.json"), key=lambda p: p.stat().st_mtime)
@@ -38,7 +38,7 @@ NATS_SIGNALS = {"stop": signal.SIGUSR1, "start": signal.SIGUSR2}
 
 
 def _handle_nats_request(env: DevEnvironment, action: str, handled: int) -> None:
-    from .testenv import ComponentError
+    from ..testenv import ComponentError
 
     error = ""
     try:
@@ -55,11 +55,17 @@ def _handle_nats_request(env: DevEnvironment, action: str, handled: int) -> None
 
 
 def dev_up(args: argparse.Namespace) -> int:
-    from .testenv import ComponentError, DevEnvironment
+    from ..testenv import ComponentError, DevEnvironment
+
+    from ..kube import set_context_extension
+    from .logs import API_EXTENSION, API_PORT
 
     started = time.monotonic()
     env = DevEnvironment.start(nodes=args.nodes)
     try:
+        # where `compozy logs` finds api.Service: an operator run here by hand (`compozy operator`) serves it there
+        set_context_extension(env.kubeconfig, API_EXTENSION,
+                              {"url": f"http://127.0.0.1:{os.environ.get('COMPOZY_API_PORT') or API_PORT}"})
         requests: list[str] = []
         for action, sig in NATS_SIGNALS.items():
             signal.signal(sig, lambda *_, action=action: requests.append(action))
@@ -134,67 +140,12 @@ def dev_nats(args: argparse.Namespace) -> int:
 
 
 def dev_demo(args: argparse.Namespace) -> int:
-    from .testenv.demo import run_demo
+    from ..testenv.demo import run_demo
 
     return run_demo(args.keep)
 
 
-VALIDATE_SECONDS = 2.0  # CPU seconds one input check of `compozy validate` may take
-
-
-def validate(args: argparse.Namespace) -> int:
-    """Exit 0: valid (warnings allowed); 1: errors; 2: usage (argparse)."""
-    from .manifests import validate as check
-    from .sandbox_worker import install_guard
-
-    install_guard(VALIDATE_SECONDS)  # an input schema's regex may backtrack for hours on a bad input
-    report = check(args.targets, strict=args.strict)
-    for finding in report.findings:
-        print(finding, file=sys.stderr)
-    if report.unchecked:
-        print(f"note: not checked offline: {'; '.join(report.unchecked)}", file=sys.stderr)
-    errors, warnings = len(report.errors), len(report.warnings)
-    if errors:
-        print(f"{errors} error(s), {warnings} warning(s) in {report.files} file(s)", file=sys.stderr)
-        return 1
-    print(f"{report.files} file(s) valid" + (f", {warnings} warning(s)" if warnings else ""))
-    return 0
-
-
-def operator(_: argparse.Namespace) -> int:
-    from .operator_main import run
-
-    run()
-    return 0
-
-
-def task_run(_: argparse.Namespace) -> int:
-    from .task_executor import main as run_task
-
-    return run_task()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="compozy", description="Compozy Operator command line")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("operator", help="run the operator (settings from COMPOZY_* environment variables)"
-                   ).set_defaults(func=operator)
-    check = sub.add_parser(
-        "validate", help="check Workflow and WorkflowExecution manifests offline, read as kubectl reads them",
-        description="Check manifests as the cluster will see them: YAML read as kubectl reads it (YAML 1.1 "
-        "booleans warned about), the models, references, graph and templates, and each execution's input "
-        "against its Workflow's schema (defaults applied). Prints one line per finding, "
-        "file:line: error|warning|note: path: message. Exit 0: valid (warnings allowed), 1: errors, 2: usage.")
-    check.add_argument("targets", nargs="+", metavar="FILE|DIR|-",
-                       help="a file, a directory (every *.yaml, *.yml, *.json in it, recursively) or - (stdin); "
-                       "multi-document files and kind: List are read whole")
-    check.add_argument("--strict", action="store_true",
-                       help="an execution whose Workflow is not among the files is an error (default: a note)")
-    check.set_defaults(func=validate)
-    task = sub.add_parser("task", help="task pod entrypoints")
-    task_sub = task.add_subparsers(dest="task_command", required=True)
-    task_sub.add_parser("run", help="run the task attempt named by COMPOZY_* variables (in a task pod)"
-                        ).set_defaults(func=task_run)
+def add_parser(sub: argparse._SubParsersAction) -> None:
     dev = sub.add_parser("dev", help="the local cluster (kube-apiserver, etcd, process nodes, NATS)")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
     up = dev_sub.add_parser("up", help="start the local cluster in the foreground")
@@ -210,9 +161,3 @@ def main(argv: list[str] | None = None) -> int:
     demo = dev_sub.add_parser("demo", help="start the local cluster, run a pod on it, publish over NATS, stop")
     demo.add_argument("--keep", action="store_true", help="keep the cluster running until Ctrl-C")
     demo.set_defaults(func=dev_demo)
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

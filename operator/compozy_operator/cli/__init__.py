@@ -1,0 +1,48 @@
+"""The ``compozy`` command line (also ``kubectl compozy``: the ``kubectl-compozy`` entry point).
+
+Verbs by seam: :mod:`.runs` (the workflow verbs, over the Kubernetes API), :mod:`.logs` (log
+lines, over api.Service), :mod:`.local` (validate, version, and the operator's and task pods'
+entrypoints), :mod:`.dev` (the local cluster). Pure parsing and rendering live in :mod:`.render`.
+
+Exit codes: 0 done; 1 an error, or with ``--wait``/``watch`` a run that did not succeed; 2 usage
+(argparse's errors included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import dev, local, logs, runs
+from .connect import CliError
+from .render import UsageError
+
+
+def parser(prog: str = "compozy") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Compozy: run and follow AI workflows on Kubernetes")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    runs.add_parsers(sub)
+    logs.add_parser(sub)
+    local.add_parsers(sub)
+    dev.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "compozy") -> int:
+    p = parser(prog)
+    args = p.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def kubectl_main() -> int:
+    """``kubectl compozy ...``: kubectl finds ``kubectl-compozy`` on the PATH."""
+    return main(prog="kubectl compozy")
