@@ -79,6 +79,10 @@ class Settings:
     webhook_port: int = field(default_factory=lambda: int(_env("COMPOZY_WEBHOOK_PORT", "9443")))
     webhook_cert_file: str = field(default_factory=lambda: _env("COMPOZY_WEBHOOK_CERT_FILE", "/etc/compozy/webhook/tls.crt"))
     webhook_key_file: str = field(default_factory=lambda: _env("COMPOZY_WEBHOOK_KEY_FILE", "/etc/compozy/webhook/tls.key"))
+    # api.Service (api_service/, docs/api.md): the HTTP API on its own port, and the NATS trigger
+    api_enabled: bool = field(default_factory=lambda: _env("COMPOZY_API_ENABLED", "true").lower() == "true")
+    api_host: str = field(default_factory=lambda: _env("COMPOZY_API_HOST", "0.0.0.0"))  # noqa: S104
+    api_port: int = field(default_factory=lambda: int(_env("COMPOZY_API_PORT", "8090")))
     # an execution's spec.input larger than this (bytes of compact JSON) is refused at apply
     max_input_bytes: int = field(default_factory=lambda: int(_env("COMPOZY_MAX_INPUT_BYTES", str(1 << 20))))
 

@@ -1,0 +1,185 @@
+"""An execution's state events (Server-Sent Events) and log lines (text), read from JetStream.
+
+Both are an ordered push consumer on the run's subjects, from the first stored message (replay)
+on to live ones, so there is no gap between the two. State events are kept only when their
+``data.uid`` is the run's: a re-created run with the same name never shows the old one's. Log
+lines carry no uid, so they are read from the run's creation time on (the old run was deleted
+before the new one could be created). A line an attempt published is believed as its subject
+names it (task, attempt, component), as the state manager believes state subjects.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import nats.errors
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from ..bus import Bus
+from ..events import LOG_STREAM, STATE_STREAM, EventType, InvalidEvent, parse_state_event, token, untask_token
+from ..resources.models import TERMINAL_PHASES
+
+TERMINAL_EVENTS = frozenset({EventType.WORKFLOW_SUCCESS, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_TIMED_OUT,
+                             EventType.WORKFLOW_CANCELLED})
+KEEPALIVE_SECONDS = 15.0  # an SSE comment after this much silence (proxies close idle connections)
+CHECK_SECONDS = 5.0  # how often a quiet stream asks whether its run has ended (or been deleted)
+SETTLE_SECONDS = 0.5  # after the terminal event: how often until the status says so too
+MAX_MESSAGE = 16_000  # characters of one log message shown
+
+# (uid, phase) of the run now, or None once it is deleted
+RunState = Callable[[], Awaitable[tuple[str, str] | None]]
+
+
+@dataclass(frozen=True)
+class LogLine:
+    time: str
+    component: str
+    task: str | None
+    attempt: int | None
+    level: str
+    message: str
+
+    def text(self) -> str:
+        """``<time> <component> <task>[<attempt>] <level> <message>``: one line (newlines in the
+        message escaped as ``\\n``); ``-`` for a line about no task."""
+        where = f"{self.task}[{self.attempt or 0}]" if self.task else "-"
+        message = self.message[:MAX_MESSAGE].replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+        return f"{self.time} {self.component} {where} {self.level} {message}\n"
+
+
+def log_line(subject: str, body: bytes) -> LogLine | None:
+    """A LogEmitted message as a line, or None when it is none. An attempt's subject
+    (``compozy.log.<ns>.<exec>.task.<task>.<attempt>.<component>``) says who wrote it; the
+    operator's (``compozy.log.<ns>.<exec>.<component>``) names the task in its data."""
+    try:
+        event = json.loads(body)
+    except ValueError:
+        return None
+    data = event.get("data") if isinstance(event, dict) else None
+    if not isinstance(data, dict):
+        return None
+    t = subject.split(".")
+    if len(t) == 8 and t[4] == "task" and t[6].isdigit():
+        task, attempt, component = untask_token(t[5]), int(t[6]), t[7]
+        if task is None:
+            return None
+    elif len(t) == 5:
+        task, attempt, component = data.get("task"), data.get("attempt"), t[4]
+        task = task if isinstance(task, str) and task else None
+        attempt = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None
+    else:
+        return None
+    return LogLine(str(event.get("time") or "-").replace(" ", "_"), component.replace(" ", "_"), task, attempt,
+                   str(data.get("level") or "info").replace(" ", "_"), str(data.get("message") or ""))
+
+
+def wanted(line: LogLine, task: str | None, attempt: int | None) -> bool:
+    """Whether ``line`` passes the ``task`` and ``attempt`` filters (a collection child ``each[2]``
+    passes ``task=each``)."""
+    if task is not None and line.task != task and not (line.task or "").startswith(f"{task}["):
+        return False
+    return attempt is None or line.attempt == attempt
+
+
+def sse(sequence: int, etype: str, data: str) -> str:
+    return f"id: {sequence}\nevent: {etype}\ndata: {data}\n\n"
+
+
+class Streams:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    async def _subscribe(self, stream: str, subject: str, config: ConsumerConfig) -> Any:
+        if self.bus.js is None:
+            raise ConnectionError("NATS is not connected")
+        return await self.bus.js.subscribe(subject, stream=stream, ordered_consumer=True, config=config)
+
+    async def events(self, namespace: str, name: str, uid: str, state: RunState) -> AsyncIterator[str]:
+        """Every state event of the run ``uid`` as SSE, replayed then live; ends after the terminal
+        event once the run's status has ended too (a retried run goes on), or when it is deleted.
+        Subscribed before it returns (a NATS failure is raised here, not in the middle of the answer)."""
+        subject = f"compozy.state.{token(namespace)}.{token(name)}.>"
+        sub = await self._subscribe(STATE_STREAM, subject, ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+        return self._events(sub, uid, state)
+
+    async def _events(self, sub: Any, uid: str, state: RunState) -> AsyncIterator[str]:
+        ended = False  # the last workflow event seen was a terminal one
+        checked = quiet = time.monotonic()
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=SETTLE_SECONDS if ended else 1.0)
+                except nats.errors.TimeoutError:
+                    now = time.monotonic()
+                    if now - checked >= (SETTLE_SECONDS if ended else CHECK_SECONDS):
+                        checked = now
+                        run = await state()
+                        if run is None or run[0] != uid or run[1] in TERMINAL_PHASES:
+                            return
+                    if now - quiet >= KEEPALIVE_SECONDS:
+                        quiet = now
+                        yield ": keepalive\n\n"
+                    continue
+                quiet = time.monotonic()
+                try:
+                    event = parse_state_event(msg.subject, msg.data)
+                except InvalidEvent:
+                    continue
+                if event.data.get("uid") != uid:
+                    continue
+                if event.type.startswith("WorkflowExecution"):
+                    ended = event.type in TERMINAL_EVENTS
+                yield sse(msg.metadata.sequence.stream, event.type, event.model_dump_json())
+        finally:
+            await sub.unsubscribe()
+
+    async def logs(self, namespace: str, name: str, uid: str, created: datetime, state: RunState, *,
+                   task: str | None, attempt: int | None, follow: bool) -> AsyncIterator[str]:
+        """The run's log lines from its creation on; without ``follow`` those stored now, with it
+        also the ones to come, until the run has ended (or is deleted) and its last lines are in.
+        Subscribed before it returns."""
+        subject = f"compozy.log.{token(namespace)}.{token(name)}.>"
+        sub = await self._subscribe(LOG_STREAM, subject, ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
+                                                                        opt_start_time=created))
+        try:  # delivered already (a push consumer's messages come at once) or still to come
+            info = await sub.consumer_info()
+            stored = info.num_pending + (info.delivered.consumer_seq if info.delivered else 0)
+        except BaseException:
+            await sub.unsubscribe()
+            raise
+        return self._logs(sub, uid, state, task, attempt, follow, stored)
+
+    async def _logs(self, sub: Any, uid: str, state: RunState, task: str | None, attempt: int | None, follow: bool,
+                    stored: int) -> AsyncIterator[str]:
+        try:
+            if not follow and stored == 0:
+                return
+            checked = time.monotonic()
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=1.0)
+                except nats.errors.TimeoutError:
+                    if not follow:
+                        return
+                    checked = time.monotonic()
+                    run = await state()
+                    if run is None or run[0] != uid or run[1] in TERMINAL_PHASES:
+                        return
+                    continue
+                line = log_line(msg.subject, msg.data)
+                if line is not None and wanted(line, task, attempt):
+                    yield line.text()
+                if not follow and msg.metadata.num_pending == 0:
+                    return
+                if follow and time.monotonic() - checked >= CHECK_SECONDS:
+                    checked = time.monotonic()
+                    run = await state()
+                    if run is None or run[0] != uid:
+                        return
+        finally:
+            await sub.unsubscribe()
