@@ -27,13 +27,11 @@ from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl, wait_for
 
 from .conftest import execution_status, wait_finished
-from .test_workflows import PY_FAIL, PY_OK, PY_SLOW, apply, workflow
+from .test_workflows import apply, workflow
 
 ALL_VERBS = ["get", "list", "create", "patch"]
 LOG_LINE = re.compile(r"^(\S+) (\S+) (\S+) (\S+) (.*)$")
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
-TERMINAL = {"WorkflowExecutionSuccess", "WorkflowExecutionFailed", "WorkflowExecutionTimedOut",
-            "WorkflowExecutionCancelled"}
 
 
 def service_account_token(kube: Kube, namespace: str, name: str, verbs: list[str],
@@ -196,7 +194,7 @@ def test_bad_input_is_a_400_naming_the_field(setup: dict[str, Any]) -> None:
         **api.headers(), "Content-Type": "application/json"}, timeout=30)
     assert error_of(raw, 400)["field"] == "body"
     assert error_of(api("POST", f"/namespaces/{ns}/workflows/missing/executions", {}), 404)["reason"] == "NotFound"
-    assert error_of(api("POST", f"/namespaces/BAD_NS/workflows/ok/executions", {}), 400)["field"] == "namespace"
+    assert error_of(api("POST", "/namespaces/BAD_NS/workflows/ok/executions", {}), 400)["field"] == "namespace"
     assert error_of(api("GET", f"/namespaces/{ns}/executions", params={"limit": 0}), 400)["field"] == "limit"
     assert error_of(api("GET", f"/namespaces/{ns}/executions", params={"phase": "Done"}), 400)["field"] == "phase"
     error_of(api("GET", "/nowhere"), 404)

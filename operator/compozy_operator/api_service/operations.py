@@ -28,7 +28,8 @@ PHASES = ("Pending", "Running", *sorted(TERMINAL_PHASES))
 # where a problem's path (as validation and the API server name it) is in the request body
 _FIELDS = (("spec.input", "input"), ("spec.timeout", "timeout"), ("metadata.name", "name"),
            ("metadata.labels", "labels"), ("metadata.generateName", "name"), ("workflow.spec", "workflow"))
-_PATH = re.compile(r"(?:^|denied the request: )([A-Za-z][\w.\[\]-]*)(?::|\s)")
+_PATH = re.compile(r"([A-Za-z][\w.\[\]-]*)(?::|\s)")
+_WEBHOOK = "denied the request: "  # the API server's prefix of a webhook's refusal
 
 
 def executions_path(namespace: str, name: str | None = None) -> str:
@@ -38,7 +39,7 @@ def executions_path(namespace: str, name: str | None = None) -> str:
 
 def request_field(problem: str) -> str | None:
     """The request field a problem names (``spec.input.n: ...`` is ``input.n``), or None."""
-    match = _PATH.search(problem)
+    match = _PATH.match(problem.split(_WEBHOOK, 1)[-1])
     if not match:
         return None
     path = match.group(1)
