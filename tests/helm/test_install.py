@@ -148,7 +148,8 @@ def test_an_operator_with_a_wrong_token_is_not_ready(release: Installed) -> None
     release.helm.ok("install", "wrong", CHART,
                     "-n", ns, *sets("image.repository=compozy/compozy-operator", "image.tag=dev", "nats.mode=external",
                                     f"nats.external.url={release.env.nats.url}", "nats.auth.existingSecret=bad-token",
-                                    "watch.mode=namespaced", f"operator.httpPort={port}"))
+                                    "watch.mode=namespaced", f"operator.httpPort={port}",
+                                    f"api.port={free_port()}"))
     try:
         _, why = wait_for(lambda: (r := _readyz(port))[0] == 503 and "Authorization" in r[1] and r, 60,
                           "the operator to report the refused token")
