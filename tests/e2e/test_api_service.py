@@ -322,6 +322,10 @@ def test_events_replayed_then_live_then_closed(setup: dict[str, Any], kubectl: K
     assert [e["id"] for e in live] == sorted(e["id"] for e in live)
     replay = sse_events(api.stream(f"/namespaces/{ns}/executions/again/events"))
     assert [(e["id"], e["event"]) for e in replay] == [(e["id"], e["event"]) for e in live]
+    # a reconnecting EventSource sends the last id it saw: it gets the rest only
+    resumed = sse_events(requests.get(f"{api.base}/api/v1/namespaces/{ns}/executions/again/events", stream=True,
+                                      headers={**api.headers(), "Last-Event-ID": str(live[2]["id"])}, timeout=60))
+    assert [e["id"] for e in resumed] == [e["id"] for e in live[3:]]
 
     # the same name again, a new run: none of the old run's events
     kubectl.ok("delete", "wfx", "again", "-n", ns, "--wait=true")

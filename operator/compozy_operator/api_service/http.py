@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -165,11 +165,14 @@ def create_app(ctx: "Context") -> FastAPI:
     @app.get(PREFIX + "/namespaces/{namespace}/executions/{name}/events", responses={
         **ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "The run's state events"}},
         response_class=StreamingResponse, tags=["executions"])
-    async def events(namespace: Namespace, name: Name, user: Caller) -> StreamingResponse:
-        """Every state event of the run, replayed from the first, then live; closed after the terminal one (get)."""
+    async def events(namespace: Namespace, name: Name, user: Caller,
+                     last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0,
+                                                                 le=2 ** 63 - 1)] = None) -> StreamingResponse:
+        """Every state event of the run, replayed from the first (or after `Last-Event-ID`), then live;
+        closed after the terminal one (get)."""
         run = await ops.read(user, namespace, name)
         stream = await _subscribed(ctx.streams.events(namespace, name, run["metadata"]["uid"],
-                                                      ctx.run_state(namespace, name)))
+                                                      ctx.run_state(namespace, name), last_event_id))
         return StreamingResponse(stream, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

@@ -99,12 +99,16 @@ class Streams:
             raise ConnectionError("NATS is not connected")
         return await self.bus.js.subscribe(subject, stream=stream, ordered_consumer=True, config=config)
 
-    async def events(self, namespace: str, name: str, uid: str, state: RunState) -> AsyncIterator[str]:
-        """Every state event of the run ``uid`` as SSE, replayed then live; ends after the terminal
-        event once the run's status has ended too (a retried run goes on), or when it is deleted.
+    async def events(self, namespace: str, name: str, uid: str, state: RunState,
+                     after: int | None = None) -> AsyncIterator[str]:
+        """Every state event of the run ``uid`` as SSE (``after``: only those after that SSE id, a
+        reconnecting client's ``Last-Event-ID``), replayed then live; ends after the terminal event
+        once the run's status has ended too (a retried run goes on), or when it is deleted.
         Subscribed before it returns (a NATS failure is raised here, not in the middle of the answer)."""
         subject = f"compozy.state.{token(namespace)}.{token(name)}.>"
-        sub = await self._subscribe(STATE_STREAM, subject, ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+        config = (ConsumerConfig(deliver_policy=DeliverPolicy.ALL) if after is None else
+                  ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1))
+        sub = await self._subscribe(STATE_STREAM, subject, config)
         return self._events(sub, uid, state)
 
     async def _events(self, sub: Any, uid: str, state: RunState) -> AsyncIterator[str]:
