@@ -66,7 +66,7 @@ def test_ttl_cache_is_bounded_and_expires() -> None:
     ("metadata.name: 'X' is not a valid name", "name"),
     ("metadata.labels: Invalid value", "labels"),
     ('admission webhook "x" denied the request: spec.input.a[0]: bad', "input.a[0]"),
-    ("workflow.spec.tasks[0].tool: unknown tool", "workflow.tasks[0].tool"),
+    ("workflow.spec.tasks[0].tool: unknown tool", "workflow"),
     ("something else entirely", None),
 ])
 def test_request_field(problem: str, field: str | None) -> None:
@@ -87,6 +87,7 @@ def test_kube_errors_become_the_callers_4xx() -> None:
         {"field": "metadata.labels"}]}}), "x")
     assert (invalid.status, invalid.field) == (400, "labels")
     assert kube_error(_api_exception(500, {}), "x").status == 503
+    assert kube_error(_api_exception(410, {"message": "too old"}), "x").field == "continue"
 
 
 def test_validation_field() -> None:

@@ -118,7 +118,8 @@ def create_app(ctx: "Context") -> FastAPI:
         return created
 
     @app.get(PREFIX + "/namespaces/{namespace}/executions", response_model=ExecutionList,
-             response_model_by_alias=True, response_model_exclude_none=True, responses=ERRORS, tags=["executions"])
+             response_model_by_alias=True, response_model_exclude_none=True,
+             responses={**ERRORS, 410: {"model": ErrorBody}}, tags=["executions"])
     async def list_executions(
             namespace: Namespace, user: Caller,
             workflow: Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=253)] = None,

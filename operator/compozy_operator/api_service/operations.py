@@ -45,7 +45,8 @@ def request_field(problem: str) -> str | None:
     path = match.group(1)
     for prefix, field in _FIELDS:
         if path == prefix or path.startswith(prefix + ".") or path.startswith(prefix + "["):
-            return field + path[len(prefix):]
+            # the referenced Workflow's own problems are not in the request: its path param is at fault
+            return field if field == "workflow" else field + path[len(prefix):]
     return None
 
 
@@ -62,6 +63,8 @@ def kube_error(e: ApiException, what: str) -> ApiError:
         return ApiError(404, "NotFound", f"{what} not found")
     if e.status == 409:
         return ApiError(409, str(status.get("reason") or "Conflict"), message, field)
+    if e.status == 410:  # a list's continue token the API server no longer knows
+        return ApiError(410, "Expired", message, "continue")
     if e.status in (400, 422):
         return ApiError(400, "Invalid", message, field)
     if e.status == 403:
