@@ -99,13 +99,14 @@ def sse_events(resp: requests.Response) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def setup(operator: OperatorProcess, kubectl: Kubectl, kube: Kube, namespace: str) -> Iterator[dict[str, Any]]:
-    """A namespace with Workflows `ok` (one logging task), `slow`, `fails` and `typed` (input schema),
+    """A namespace with Workflows `ok` (one logging task), `slow`, `long`, `fails` and `typed` (input schema),
     and a caller allowed every verb of the API there."""
     apply(kubectl, namespace,
           workflow("ok", [{"id": "echo", "tool": "ok", "with": {"v": "{{ workflow.input }}"}}]),
           workflow("slow", [{"id": "nap", "tool": "slow", "with": {"seconds": 2}, "onSuccess": {"next": "echo"}},
                             {"id": "echo", "tool": "ok", "with": {"v": 1}}]),
           workflow("fails", [{"id": "broken", "tool": "fail", "with": {"why": "on purpose"}}]),
+          workflow("long", [{"id": "nap", "tool": "slow", "with": {"seconds": 30}}]),
           workflow("typed", [{"id": "echo", "tool": "ok", "with": {"n": "{{ workflow.input.n }}"}}], input=SCHEMA))
     token = service_account_token(kube, namespace, "alice", ALL_VERBS)
     yield {"namespace": namespace, "api": Api(operator.api_url, token), "base": operator.api_url}
@@ -197,6 +198,16 @@ def test_bad_input_is_a_400_naming_the_field(setup: dict[str, Any]) -> None:
     assert error_of(api("POST", "/namespaces/BAD_NS/workflows/ok/executions", {}), 400)["field"] == "namespace"
     assert error_of(api("GET", f"/namespaces/{ns}/executions", params={"limit": 0}), 400)["field"] == "limit"
     assert error_of(api("GET", f"/namespaces/{ns}/executions", params={"phase": "Done"}), 400)["field"] == "phase"
+    for depth in (10_000, 100_000):  # past the parser's recursion limit, and within it
+        text = "[" * depth + "]" * depth
+        raw = requests.post(f"{setup['base']}/api/v1{path}", data=f'{{"input": {{"n": 1, "x": {text}}}}}',
+                            headers={**api.headers(), "Content-Type": "application/json"}, timeout=30)
+        assert error_of(raw, 400)["field" if depth == 10_000 else "reason"] in ("input", "BadRequest"), raw.text
+    big = b'{"input": {"n": 1, "x": "' + b"x" * (3 << 20) + b'"}}'
+    for body in (big, iter([big[i:i + 65536] for i in range(0, len(big), 65536)])):  # with a length, chunked
+        raw = requests.post(f"{setup['base']}/api/v1{path}", data=body,
+                            headers={**api.headers(), "Content-Type": "application/json"}, timeout=30)
+        assert error_of(raw, 413)["reason"] == "RequestEntityTooLarge"
     error_of(api("GET", "/nowhere"), 404)
     error_of(api("DELETE", f"/namespaces/{ns}/executions"), 405)
     assert trigger(api, ns, "typed", {"input": {"n": 1}, "name": "typed-by-name"})["name"] == "typed-by-name"
@@ -350,6 +361,35 @@ def test_logs_follow_until_the_run_ends(setup: dict[str, Any], kubectl: Kubectl)
     only = list(api.stream(f"/namespaces/{ns}/executions/{name}/logs", follow="true", task="nap")
                 .iter_lines(decode_unicode=True))
     assert only and all(line.split()[2] == "nap[1]" for line in only), only
+
+
+def test_a_client_that_goes_away_leaves_no_consumer(setup: dict[str, Any], devenv: DevEnvironment,
+                                                    kubectl: Kubectl) -> None:
+    """Followers of a run disconnect while it goes on: the consumers of their streams (push
+    consumers on the run's subjects) are removed at once, not when the run ends."""
+    ns, api = setup["namespace"], setup["api"]
+    name = trigger(api, ns, "long")["name"]
+
+    async def consumers() -> list[str]:
+        nc = await nats.connect(devenv.nats.url, token=devenv.nats.token)
+        try:
+            js = nc.jetstream()
+            return [c.config.filter_subject or "" for stream in ("COMPOZY_LOGS", "COMPOZY_STATE")
+                    for c in await js.consumers_info(stream)
+                    if c.config.deliver_subject and f".{name}." in (c.config.filter_subject or "")]
+        finally:
+            await nc.close()
+
+    logs = api.stream(f"/namespaces/{ns}/executions/{name}/logs", follow="true")
+    events = api.stream(f"/namespaces/{ns}/executions/{name}/events")
+    assert logs.status_code == 200 and events.status_code == 200
+    wait_for(lambda: len(asyncio.run(consumers())) == 2 or None, 10, "the streams' consumers")
+    logs.close()
+    events.close()
+    wait_for(lambda: asyncio.run(consumers()) == [] or None, 10, "the consumers to be removed")
+    phase = execution_status(kubectl, ns, name).get("phase") or "Pending"
+    assert phase in ("Pending", "Running"), f"the run must outlast this ({phase})"
+    assert api("POST", f"/namespaces/{ns}/executions/{name}/cancel").status_code == 202
 
 
 def test_health_metrics_and_openapi(setup: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ validation (FastAPI's 422) becomes a 400 naming the field, unknown routes and me
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -44,6 +44,19 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code i
 bearer = HTTPBearer(auto_error=False, description="A Kubernetes bearer token (checked with a TokenReview)")
 
 
+class Stream(StreamingResponse):
+    """A streamed answer that notices its client going away while it sends nothing (ASGI 2.4
+    servers such as uvicorn report a disconnect only on the next write; a quiet ``follow`` would
+    hold its NATS consumer until the run ends), and always closes its iterator (Starlette leaves an
+    abandoned one suspended, its consumer with it, until garbage collection)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:  # Starlette listens for the disconnect itself below ASGI 2.4
+            await super().__call__({**scope, "asgi": {**scope.get("asgi", {}), "spec_version": "2.3"}}, receive, send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
 def error_response(e: ApiError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
     return JSONResponse(e.body(), status_code=e.status, headers=headers)
@@ -55,7 +68,62 @@ def validation_field(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "body"
 
 
-def create_app(ctx: "Context") -> FastAPI:
+class Observe:
+    """ASGI middleware around every request: the body size cap (checked before anything reads the
+    body: FastAPI reads it whole, before authentication), the metrics, and the request's log line.
+    Plain ASGI, not Starlette's BaseHTTPMiddleware: streamed answers pass through untouched, and a
+    client's disconnect reaches the stream, which then unsubscribes."""
+
+    def __init__(self, app: Any, ctx: "Context", max_body: int) -> None:
+        self.app, self.ctx, self.max_body = app, ctx, max_body
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.monotonic()
+        length = dict(scope.get("headers") or ()).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_body:
+            REQUESTS.labels("unmatched", "413").inc()
+            too_large = ApiError(413, "RequestEntityTooLarge", f"the body may be at most {self.max_body} bytes")
+            return await error_response(too_large)(scope, receive, send)
+        received = 0
+
+        async def capped_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body") or b"")
+            if received > self.max_body:  # a chunked body that said no length
+                raise HTTPException(413, f"the body may be at most {self.max_body} bytes")
+            return message
+
+        answered = False
+
+        async def observed_send(message: dict[str, Any]) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = True
+                self.observe(scope, message["status"], started)
+            await send(message)
+
+        try:
+            await self.app(scope, capped_receive, observed_send)
+        except Exception:
+            if not answered:  # the 500 the outermost handler answers
+                self.observe(scope, 500, started)
+            raise
+
+    def observe(self, scope: dict[str, Any], status: int, started: float) -> None:
+        route = getattr(scope.get("route"), "path", "unmatched")
+        REQUESTS.labels(route, str(status)).inc()
+        REQUEST_SECONDS.labels(route).observe(time.monotonic() - started)
+        state, params = scope.get("state") or {}, scope.get("path_params") or {}
+        user: User | None = state.get("user")
+        if user is not None and params.get("namespace") and route.startswith(PREFIX):
+            self.ctx.request_log(params["namespace"], state.get("execution") or params.get("name"),
+                                 f"{user.name} {scope['method']} {scope['path']} -> {status}", status)
+
+
+def create_app(ctx: "Context", max_body: int) -> FastAPI:
     app = FastAPI(title="Compozy api.Service", version=__version__, openapi_url="/openapi.json", docs_url=None,
                   redoc_url=None, description="Start, follow and control WorkflowExecutions (ARCHITECTURE.md §8).")
     ops: Operations = ctx.operations
@@ -81,32 +149,14 @@ def create_app(ctx: "Context") -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, e: HTTPException) -> JSONResponse:
-        reason = {404: "NotFound", 405: "MethodNotAllowed"}.get(e.status_code, "BadRequest")
+        reason = {404: "NotFound", 405: "MethodNotAllowed", 413: "RequestEntityTooLarge"}.get(e.status_code,
+                                                                                           "BadRequest")
         return error_response(ApiError(e.status_code, reason, str(e.detail)))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, e: Exception) -> JSONResponse:
         log.exception("api.Service: unexpected error")
         return JSONResponse({"error": {"reason": "InternalError", "message": f"{type(e).__name__}"}}, status_code=500)
-
-    @app.middleware("http")
-    async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.monotonic()
-        try:
-            response = await call_next(request)
-        except Exception:  # noqa: BLE001 - counted as the 500 it becomes, then raised on
-            REQUESTS.labels("unmatched", "500").inc()
-            raise
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        REQUESTS.labels(route, str(response.status_code)).inc()
-        REQUEST_SECONDS.labels(route).observe(time.monotonic() - started)
-        user: User | None = getattr(request.state, "user", None)
-        namespace = request.path_params.get("namespace")
-        if user is not None and namespace and route.startswith(PREFIX):
-            execution = getattr(request.state, "execution", None) or request.path_params.get("name")
-            ctx.request_log(namespace, execution, f"{user.name} {request.method} {request.url.path} "
-                            f"-> {response.status_code}", response.status_code)
-        return response
 
     @app.post(PREFIX + "/namespaces/{namespace}/workflows/{workflow}/executions", status_code=201,
               response_model=Created, responses=ERRORS, tags=["executions"])
@@ -174,7 +224,7 @@ def create_app(ctx: "Context") -> FastAPI:
         run = await ops.read(user, namespace, name)
         stream = await _subscribed(ctx.streams.events(namespace, name, run["metadata"]["uid"],
                                                       ctx.run_state(namespace, name), last_event_id))
-        return StreamingResponse(stream, media_type="text/event-stream",
+        return Stream(stream, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get(PREFIX + "/namespaces/{namespace}/executions/{name}/logs", responses={
@@ -190,7 +240,7 @@ def create_app(ctx: "Context") -> FastAPI:
         stream = await _subscribed(ctx.streams.logs(namespace, name, run["metadata"]["uid"], created,
                                                     ctx.run_state(namespace, name), task=task, attempt=attempt,
                                                     follow=follow))
-        return StreamingResponse(stream, media_type="text/plain; charset=utf-8",
+        return Stream(stream, media_type="text/plain; charset=utf-8",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/healthz", response_class=PlainTextResponse, include_in_schema=False)
@@ -219,6 +269,7 @@ def create_app(ctx: "Context") -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(Observe, ctx=ctx, max_body=max_body)
     return app
 
 

@@ -69,7 +69,7 @@ class Context:
         """One LogEmitted line about a request (fire and forget, as every component's)."""
         level = "info" if status < 400 else "warning"
         task = asyncio.ensure_future(self.bus.emit_log(namespace, execution or NO_RUN, "api", level, message))
-        task.add_done_callback(lambda t: t.exception())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 class _Server(uvicorn.Server):
@@ -86,7 +86,8 @@ class ApiService:
         authorizer = Authorizer(kube)
         self.ctx = Context(Operations(kube, authorizer, validate, max_input_bytes), authorizer, Streams(bus), bus,
                            ready)
-        self.app = create_app(self.ctx)
+        # the largest input, escaped and pretty-printed, and the other fields
+        self.app = create_app(self.ctx, max_body=2 * max_input_bytes + (1 << 16))
         self.host, self.port = host, port
 
     async def run(self) -> None:

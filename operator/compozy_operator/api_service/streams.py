@@ -10,7 +10,9 @@ names it (task, attempt, component), as the state manager believes state subject
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -24,10 +26,12 @@ from ..bus import Bus
 from ..events import LOG_STREAM, STATE_STREAM, EventType, InvalidEvent, parse_state_event, token, untask_token
 from ..resources.models import TERMINAL_PHASES
 
+log = logging.getLogger(__name__)
 TERMINAL_EVENTS = frozenset({EventType.WORKFLOW_SUCCESS, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_TIMED_OUT,
                              EventType.WORKFLOW_CANCELLED})
 KEEPALIVE_SECONDS = 15.0  # an SSE comment after this much silence (proxies close idle connections)
 CHECK_SECONDS = 5.0  # how often a quiet stream asks whether its run has ended (or been deleted)
+INACTIVE_SECONDS = 30.0  # a consumer left behind (its reader gone with its process) is removed after this
 SETTLE_SECONDS = 0.5  # after the terminal event: how often until the status says so too
 MAX_MESSAGE = 16_000  # characters of one log message shown
 
@@ -93,11 +97,32 @@ def sse(sequence: int, etype: str, data: str) -> str:
 class Streams:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def _subscribe(self, stream: str, subject: str, config: ConsumerConfig) -> Any:
         if self.bus.js is None:
             raise ConnectionError("NATS is not connected")
+        config.inactive_threshold = INACTIVE_SECONDS
         return await self.bus.js.subscribe(subject, stream=stream, ordered_consumer=True, config=config)
+
+    def _close(self, stream: str, sub: Any) -> None:
+        """Unsubscribe and delete the consumer, in a task of its own: a stream whose client went
+        away is closed from a cancelled scope, where any await would be cancelled again (and the
+        subscription, kept alive by its heartbeats, would outlive it)."""
+        task = asyncio.get_running_loop().create_task(self._unsubscribe(stream, sub))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _unsubscribe(self, stream: str, sub: Any) -> None:
+        """Deleting the consumer at once, not leaving it to the server's inactivity timer, keeps a
+        burst of short reads from piling them up."""
+        try:
+            name = (await sub.consumer_info()).name
+            await sub.unsubscribe()
+            if self.bus.js is not None:
+                await self.bus.js.delete_consumer(stream, name)
+        except Exception as e:  # noqa: BLE001 - NATS away: the inactivity timer removes it
+            log.debug("closing a %s consumer: %s", stream, e)
 
     async def events(self, namespace: str, name: str, uid: str, state: RunState,
                      after: int | None = None) -> AsyncIterator[str]:
@@ -140,7 +165,7 @@ class Streams:
                     ended = event.type in TERMINAL_EVENTS
                 yield sse(msg.metadata.sequence.stream, event.type, event.model_dump_json())
         finally:
-            await sub.unsubscribe()
+            self._close(STATE_STREAM, sub)
 
     async def logs(self, namespace: str, name: str, uid: str, created: datetime, state: RunState, *,
                    task: str | None, attempt: int | None, follow: bool) -> AsyncIterator[str]:
@@ -154,7 +179,7 @@ class Streams:
             info = await sub.consumer_info()
             stored = info.num_pending + (info.delivered.consumer_seq if info.delivered else 0)
         except BaseException:
-            await sub.unsubscribe()
+            self._close(LOG_STREAM, sub)
             raise
         return self._logs(sub, uid, state, task, attempt, follow, stored)
 
@@ -186,4 +211,4 @@ class Streams:
                     if run is None or run[0] != uid:
                         return
         finally:
-            await sub.unsubscribe()
+            self._close(LOG_STREAM, sub)
