@@ -35,6 +35,7 @@ from .streams import RunState, Streams
 log = logging.getLogger(__name__)
 TRIGGER_SUBJECT = "compozy.api.*.workflow.trigger"  # <ns> is the third token
 TRIGGER_QUEUE = "compozy-api"  # several operator processes share the requests
+TRIGGER_CONCURRENCY = 16  # NATS trigger requests answered at once (each waits on the API server)
 STATUS_HEADER = "Compozy-Status"  # the HTTP status code the same request would have got
 NATS_TRIGGER_ROUTE = "nats:" + TRIGGER_SUBJECT
 NO_RUN = "-"
@@ -89,6 +90,8 @@ class ApiService:
         # the largest input, escaped and pretty-printed, and the other fields
         self.app = create_app(self.ctx, max_body=2 * max_input_bytes + (1 << 16))
         self.host, self.port = host, port
+        self._limit = asyncio.Semaphore(TRIGGER_CONCURRENCY)
+        self._answering: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         """Serve HTTP and the NATS trigger until cancelled."""
@@ -108,7 +111,15 @@ class ApiService:
                 await sub.unsubscribe()
 
     async def _on_trigger(self, msg: Msg) -> None:
-        status, body = await self.trigger(msg.subject, msg.data, (msg.headers or {}).get("Authorization"))
+        """nats-py awaits a subscription's callback before it delivers the next message: answer
+        each request in a task of its own, at most TRIGGER_CONCURRENCY at once."""
+        task = asyncio.create_task(self._answer(msg))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _answer(self, msg: Msg) -> None:
+        async with self._limit:
+            status, body = await self.trigger(msg.subject, msg.data, (msg.headers or {}).get("Authorization"))
         REQUESTS.labels(NATS_TRIGGER_ROUTE, str(status)).inc()
         if msg.reply and self.ctx.bus.nc is not None:
             try:
@@ -134,6 +145,9 @@ class ApiService:
             status, body, execution = 201, created.model_dump(), created.name
         except ApiError as e:
             status, body, execution = e.status, e.body(), None
+        except Exception as e:  # noqa: BLE001 - a bug: answered as HTTP would answer it, never left unanswered
+            log.exception("api.Service: unexpected error in a NATS trigger")
+            status, body, execution = 500, {"error": {"reason": "InternalError", "message": type(e).__name__}}, None
         if user is not None:
             self.ctx.request_log(namespace, execution, f"{user.name} NATS {subject} -> {status}", status)
         return status, body
