@@ -105,17 +105,18 @@ class Authorizer:
 
     def __init__(self, kube: Kube, ttl: float = 10, size: int = 4096) -> None:
         self.kube = kube
-        self.users: TtlCache[str, User | None] = TtlCache(ttl, size)
+        self.users: TtlCache[str, tuple[User | None]] = TtlCache(ttl, size)  # (None,): refused
         self.decisions: TtlCache[tuple[User, str, str, str], tuple[bool, str]] = TtlCache(ttl, size)
 
     async def authenticate(self, token: str) -> User:
         key = hashlib.sha256(token.encode()).hexdigest()
-        user = self.users.get(key)
-        if user is None:
+        cached = self.users.get(key)
+        if cached is None:
             body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
             status = (await self._post("tokenreviews", "authentication.k8s.io", body)).get("status") or {}
-            user = reviewed_user(status)
-            self.users.put(key, user)
+            cached = (reviewed_user(status),)
+            self.users.put(key, cached)
+        user = cached[0]
         if user is None:
             raise ApiError(401, "Unauthorized", "the bearer token is not valid (expired, revoked, or not a "
                            "Kubernetes token), or anonymous")
