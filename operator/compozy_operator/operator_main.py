@@ -167,7 +167,9 @@ class Operator:
         self.callout: CalloutService | None = None  # while the callout loop runs
         if settings.api_enabled:
             api = ApiService(self.kube, self.bus, self.evaluate, self.readiness, host=settings.api_host,
-                             port=settings.api_port, max_input_bytes=settings.max_input_bytes)
+                             port=settings.api_port, max_input_bytes=settings.max_input_bytes,
+                             tls=(settings.api_cert_file, settings.api_key_file)
+                             if settings.api_cert_file and settings.api_key_file else None)
             self.loops.append(Supervised("api.Service", api.run))
         self.nats_ready = False
 

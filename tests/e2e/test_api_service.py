@@ -24,6 +24,7 @@ from compozy_operator.execution_requests import LABEL_RESUBMITTED_FROM, LABEL_WO
 from compozy_operator.kube import Kube
 from compozy_operator.testenv import DevEnvironment
 from compozy_operator.testenv.operator_process import OperatorProcess
+from compozy_operator.testenv.pki import write_loopback_tls
 from tests.helpers import Kubectl, wait_for
 
 from .conftest import execution_status, wait_finished
@@ -390,6 +391,27 @@ def test_a_client_that_goes_away_leaves_no_consumer(setup: dict[str, Any], deven
     phase = execution_status(kubectl, ns, name).get("phase") or "Pending"
     assert phase in ("Pending", "Running"), f"the run must outlast this ({phase})"
     assert api("POST", f"/namespaces/{ns}/executions/{name}/cancel").status_code == 202
+
+
+def test_served_over_https(devenv: DevEnvironment, kubectl: Kubectl, kube: Kube, namespace: str) -> None:
+    """COMPOZY_API_CERT_FILE/KEY_FILE: HTTPS only, with that certificate (an operator of its own,
+    serving one namespace nobody runs anything in)."""
+    tls = write_loopback_tls(devenv.workdir / f"api-tls-{namespace}", "compozy-api")
+    op = OperatorProcess(devenv, log_path=devenv.workdir / "logs" / f"operator-{namespace}.log", extra_env={
+        "COMPOZY_NAMESPACES": namespace, "COMPOZY_API_CERT_FILE": str(tls.cert),
+        "COMPOZY_API_KEY_FILE": str(tls.key)})
+    op.start()
+    try:
+        token = service_account_token(kube, namespace, "alice", ALL_VERBS)
+        url = f"https://127.0.0.1:{op.api_port}/api/v1/namespaces/{namespace}/executions"
+        resp = requests.get(url, headers={"Authorization": f"Bearer {token}"}, verify=str(tls.ca_cert), timeout=30)
+        assert resp.status_code == 200 and resp.json() == {"items": []}, resp.text
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)  # not the system's CA
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(url.replace("https:", "http:"), timeout=30)
+    finally:
+        op.stop()
 
 
 def test_health_metrics_and_openapi(setup: dict[str, Any]) -> None:

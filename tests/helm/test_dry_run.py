@@ -111,3 +111,11 @@ def test_the_check_catches_a_non_restricted_pod_template(helm: Helm, kubectl: Ku
     manifests = template(helm, "loose", restricted, *sets(*EXTERNAL, "operator.securityContext.allowPrivilegeEscalation=true"))
     out = server_dry_run(kubectl, manifests)
     assert 'would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false' in out.stderr, out.stderr
+
+
+def test_api_over_https_with_a_tls_secret(helm: Helm, kubectl: Kubectl, restricted: str) -> None:
+    manifests = template(helm, "apitls", restricted, *sets(*EXTERNAL, "api.tls.secretName=api-cert"))
+    assert "name: COMPOZY_API_CERT_FILE\n              value: /etc/compozy/api-tls/tls.crt" in manifests
+    assert "secretName: api-cert" in manifests and "mountPath: /etc/compozy/api-tls" in manifests
+    _accepted(kubectl, manifests)
+    assert "api-tls" not in template(helm, "apiplain", restricted, *sets(*EXTERNAL))

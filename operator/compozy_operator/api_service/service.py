@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
+import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +37,7 @@ from .streams import RunState, Streams
 log = logging.getLogger(__name__)
 TRIGGER_SUBJECT = "compozy.api.*.workflow.trigger"  # <ns> is the third token
 TRIGGER_QUEUE = "compozy-api"  # several operator processes share the requests
+CERT_CHECK_SECONDS = 30.0  # how often the serving certificate's file is checked for a renewal
 TRIGGER_CONCURRENCY = 16  # NATS trigger requests answered at once (each waits on the API server)
 STATUS_HEADER = "Compozy-Status"  # the HTTP status code the same request would have got
 NATS_TRIGGER_ROUTE = "nats:" + TRIGGER_SUBJECT
@@ -83,13 +86,14 @@ class _Server(uvicorn.Server):
 
 class ApiService:
     def __init__(self, kube: Kube, bus: Bus, validate: Any, ready: Callable[[], tuple[bool, str]], *,
-                 host: str, port: int, max_input_bytes: int) -> None:
+                 host: str, port: int, max_input_bytes: int, tls: tuple[str, str] | None = None) -> None:
+        """``tls``: (certificate file, key file) to serve HTTPS with; None: plain HTTP."""
         authorizer = Authorizer(kube)
         self.ctx = Context(Operations(kube, authorizer, validate, max_input_bytes), authorizer, Streams(bus), bus,
                            ready)
         # the largest input, escaped and pretty-printed, and the other fields
         self.app = create_app(self.ctx, max_body=2 * max_input_bytes + (1 << 16))
-        self.host, self.port = host, port
+        self.host, self.port, self.tls = host, port, tls
         self._limit = asyncio.Semaphore(TRIGGER_CONCURRENCY)
         self._answering: set[asyncio.Task[None]] = set()
 
@@ -97,18 +101,41 @@ class ApiService:
         """Serve HTTP and the NATS trigger until cancelled."""
         assert self.ctx.bus.nc is not None
         sub = await self.ctx.bus.nc.subscribe(TRIGGER_SUBJECT, queue=TRIGGER_QUEUE, cb=self._on_trigger)
+        cert, key = self.tls or (None, None)
         server = _Server(uvicorn.Config(self.app, host=self.host, port=self.port, log_config=None, access_log=False,
-                                        lifespan="off", proxy_headers=False, server_header=False))
-        log.info("api.Service on %s:%d and NATS %s", self.host, self.port, TRIGGER_SUBJECT)
+                                        lifespan="off", proxy_headers=False, server_header=False,
+                                        ssl_certfile=cert, ssl_keyfile=key))
+        log.info("api.Service on %s://%s:%d and NATS %s", "https" if cert else "http", self.host, self.port,
+                 TRIGGER_SUBJECT)
+        renewals = asyncio.create_task(self._reload_certificate(server)) if cert else None
         try:
             await server.serve()
         except SystemExit:  # uvicorn's way of saying it could not listen
             raise OSError(f"api.Service could not listen on {self.host}:{self.port}") from None
         finally:
+            if renewals is not None:
+                renewals.cancel()
             for s in server.servers:
                 s.close()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _reload_certificate(self, server: uvicorn.Server) -> None:
+        """Renewed certificate files (cert-manager) are loaded into the serving context as they
+        change; connections made from then on get the new certificate."""
+        assert self.tls is not None
+        cert, key = self.tls
+        seen = os.stat(cert).st_mtime_ns
+        while True:
+            await asyncio.sleep(CERT_CHECK_SECONDS)
+            try:
+                changed = os.stat(cert).st_mtime_ns
+                if changed != seen and server.config.ssl is not None:
+                    server.config.ssl.load_cert_chain(cert, key)
+                    seen = changed
+                    log.info("api.Service: serving certificate reloaded from %s", cert)
+            except (OSError, ssl.SSLError) as e:  # half-written files: tried again at the next check
+                log.warning("api.Service: cannot reload the serving certificate: %s", e)
 
     async def _on_trigger(self, msg: Msg) -> None:
         """nats-py awaits a subscription's callback before it delivers the next message: answer
