@@ -303,6 +303,7 @@ def test_cancel_retry_resubmit_signal(setup: dict[str, Any], kubectl: Kubectl) -
     error = error_of(api("POST", f"/namespaces/{ns}/executions/{first}/resubmit", {"input": {"n": "x"}}), 400)
     assert error["field"] == "input.n"
 
+    assert error_of(api("POST", f"/namespaces/{ns}/executions/{first}/retry"), 409)["reason"] == "NothingToRetry"
     error = error_of(api("POST", f"/namespaces/{ns}/executions/{first}/signals/approve", {"data": {"ok": True}}), 409)
     assert error["reason"] == "NoWaitingTask"
     error_of(api("POST", f"/namespaces/{ns}/executions/nope/signals/approve", {}), 404)

@@ -162,6 +162,9 @@ class Operations:
         if phase not in TERMINAL_PHASES:
             raise ApiError(409, "NotEnded", f"WorkflowExecution {namespace}/{name} is {phase}; only an ended run "
                            "can be retried")
+        if phase == "Succeeded":
+            raise ApiError(409, "NothingToRetry", f"WorkflowExecution {namespace}/{name} Succeeded; only a Failed, "
+                           "TimedOut or Cancelled run can be retried (resubmit runs it again)")
         try:
             await self._kube(f"WorkflowExecution {namespace}/{name}", "PATCH", executions_path(namespace, name),
                              requests.retry_patch(run), content_type="application/merge-patch+json")
