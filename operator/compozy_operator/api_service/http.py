@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from .. import __version__
 from .auth import User, bearer_token
 from .models import (NAME_PATTERN, NAMESPACE_PATTERN, Accepted, ApiError, Created, ErrorBody, ExecutionList,
-                     ResubmitRequest, SignalRequest, TriggerRequest)
+                     ResubmitRequest, SignalRequest, TriggerRequest, WorkflowExecution)
 from .operations import PHASES, Operations
 
 if TYPE_CHECKING:
@@ -167,23 +167,23 @@ def create_app(ctx: "Context", max_body: int) -> FastAPI:
         request.state.execution = created.name
         return created
 
-    @app.get(PREFIX + "/namespaces/{namespace}/executions", response_model=ExecutionList,
-             response_model_by_alias=True, response_model_exclude_none=True,
-             responses={**ERRORS, 410: {"model": ErrorBody}}, tags=["executions"])
+    @app.get(PREFIX + "/namespaces/{namespace}/executions", response_class=JSONResponse,
+             responses={**ERRORS, 200: {"model": ExecutionList}, 410: {"model": ErrorBody}}, tags=["executions"])
     async def list_executions(
             namespace: Namespace, user: Caller,
             workflow: Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=253)] = None,
             phase: Annotated[Literal[PHASES] | None, Query()] = None,  # type: ignore[valid-type]
             label_selector: Annotated[str | None, Query(alias="labelSelector", max_length=4096)] = None,
             limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
-            continue_: Annotated[str | None, Query(alias="continue", max_length=8192)] = None) -> ExecutionList:
+            continue_: Annotated[str | None, Query(alias="continue", max_length=8192)] = None) -> JSONResponse:
         """Runs in the namespace (list workflowexecutions); `phase` filters each page."""
-        return await ops.list(user, namespace, workflow, phase, label_selector, limit, continue_)
+        return JSONResponse(await ops.list(user, namespace, workflow, phase, label_selector, limit, continue_))
 
-    @app.get(PREFIX + "/namespaces/{namespace}/executions/{name}", responses=ERRORS, tags=["executions"])
-    async def get_execution(namespace: Namespace, name: Name, user: Caller) -> dict[str, Any]:
+    @app.get(PREFIX + "/namespaces/{namespace}/executions/{name}", response_class=JSONResponse,
+             responses={**ERRORS, 200: {"model": WorkflowExecution}}, tags=["executions"])
+    async def get_execution(namespace: Namespace, name: Name, user: Caller) -> JSONResponse:
         """The run as `kubectl get -o json` shows it (get workflowexecutions)."""
-        return await ops.read(user, namespace, name)
+        return JSONResponse(await ops.read(user, namespace, name))
 
     @app.post(PREFIX + "/namespaces/{namespace}/executions/{name}/cancel", status_code=202, response_model=Accepted,
               responses=ERRORS, tags=["executions"])

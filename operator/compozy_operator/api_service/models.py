@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..resources.models import WorkflowExecutionSpec
+from ..resources.models import WorkflowExecutionSpec, WorkflowExecutionStatus
 
 _SPEC = WorkflowExecutionSpec.model_fields
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"  # a DNS subdomain
@@ -61,11 +61,22 @@ class Accepted(BaseModel):
     message: str
 
 
-class ExecutionList(BaseModel):
-    items: list[dict[str, Any]] = Field(description="WorkflowExecutions as `kubectl get -o json` shows them.")
-    continue_: str | None = Field(None, alias="continue", description="Pass as `continue` for the next page.")
+class WorkflowExecution(BaseModel):
+    """A WorkflowExecution as `kubectl get -o json` shows it: the CRD's own spec and status models.
+    For the document only: answers are the API server's objects as they are, never re-serialized."""
 
-    model_config = ConfigDict(populate_by_name=True)
+    apiVersion: str
+    kind: str
+    metadata: dict[str, Any]
+    spec: WorkflowExecutionSpec
+    status: WorkflowExecutionStatus | None = None
+
+
+class ExecutionList(BaseModel):
+    """A page of runs (for the document only, as :class:`WorkflowExecution`)."""
+
+    items: list[WorkflowExecution]
+    continue_: str | None = Field(None, alias="continue", description="Pass as `continue` for the next page.")
 
 
 class ErrorDetail(BaseModel):

@@ -22,7 +22,7 @@ from ..resources.models import GROUP, TERMINAL_PHASES, VERSION
 from ..sandbox import EvaluationError
 from ..validation import name_problems
 from .auth import Authorizer, User
-from .models import Accepted, ApiError, Created, ExecutionList, ResubmitRequest, SignalRequest, TriggerRequest
+from .models import Accepted, ApiError, Created, ResubmitRequest, SignalRequest, TriggerRequest
 
 PHASES = ("Pending", "Running", *sorted(TERMINAL_PHASES))
 # where a problem's path (as validation and the API server name it) is in the request body
@@ -133,7 +133,7 @@ class Operations:
                        phase=(created.get("status") or {}).get("phase") or "Pending")
 
     async def list(self, user: User, namespace: str, workflow: str | None, phase: str | None,
-                   label_selector: str | None, limit: int | None, continue_: str | None) -> ExecutionList:
+                   label_selector: str | None, limit: int | None, continue_: str | None) -> dict[str, Any]:
         """A page of runs. ``workflow`` is a label selector term; ``phase`` filters each page (status
         fields are not selectable on a custom resource), so a page may hold fewer than ``limit``."""
         await self.authorizer.authorize(user, "list", namespace)
@@ -143,7 +143,8 @@ class Operations:
                                        "continue": continue_ or None})
         items = [dict(i, apiVersion=f"{GROUP}/{VERSION}", kind=requests.KIND) for i in page.get("items") or []
                  if phase is None or (i.get("status") or {}).get("phase", "Pending") == phase]
-        return ExecutionList(items=items, continue_=(page.get("metadata") or {}).get("continue") or None)
+        more = (page.get("metadata") or {}).get("continue")
+        return {"items": items, **({"continue": more} if more else {})}
 
     async def cancel(self, user: User, namespace: str, name: str) -> Accepted:
         await self.authorizer.authorize(user, "patch", namespace, name)
