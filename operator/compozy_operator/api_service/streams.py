@@ -90,6 +90,17 @@ def wanted(line: LogLine, task: str | None, attempt: int | None) -> bool:
     return attempt is None or line.attempt == attempt
 
 
+async def over(state: RunState, uid: str, *, ended: bool) -> bool:
+    """Whether a stream of the run ``uid`` is done: the run is deleted or re-created, or (with
+    ``ended``) has ended. An API server that does not answer now is no reason to stop."""
+    try:
+        run = await state()
+    except Exception as e:  # noqa: BLE001 - asked again at the next check
+        log.debug("cannot read the run's state: %s", e)
+        return False
+    return run is None or run[0] != uid or (ended and run[1] in TERMINAL_PHASES)
+
+
 def sse(sequence: int, etype: str, data: str) -> str:
     return f"id: {sequence}\nevent: {etype}\ndata: {data}\n\n"
 
@@ -147,8 +158,7 @@ class Streams:
                     now = time.monotonic()
                     if now - checked >= (SETTLE_SECONDS if ended else CHECK_SECONDS):
                         checked = now
-                        run = await state()
-                        if run is None or run[0] != uid or run[1] in TERMINAL_PHASES:
+                        if await over(state, uid, ended=True):
                             return
                     if now - quiet >= KEEPALIVE_SECONDS:
                         quiet = now
@@ -196,8 +206,7 @@ class Streams:
                     if not follow:
                         return
                     checked = time.monotonic()
-                    run = await state()
-                    if run is None or run[0] != uid or run[1] in TERMINAL_PHASES:
+                    if await over(state, uid, ended=True):
                         return
                     continue
                 line = log_line(msg.subject, msg.data)
@@ -207,8 +216,7 @@ class Streams:
                     return
                 if follow and time.monotonic() - checked >= CHECK_SECONDS:
                     checked = time.monotonic()
-                    run = await state()
-                    if run is None or run[0] != uid:
+                    if await over(state, uid, ended=False):
                         return
         finally:
             self._close(LOG_STREAM, sub)
