@@ -168,6 +168,7 @@ class Operator:
         if settings.api_enabled:
             api = ApiService(self.kube, self.bus, self.evaluate, self.readiness, host=settings.api_host,
                              port=settings.api_port, max_input_bytes=settings.max_input_bytes,
+                             max_streams=settings.api_max_streams,
                              tls=(settings.api_cert_file, settings.api_key_file)
                              if settings.api_cert_file and settings.api_key_file else None)
             self.loops.append(Supervised("api.Service", api.run))

@@ -83,6 +83,8 @@ class Settings:
     api_enabled: bool = field(default_factory=lambda: _env("COMPOZY_API_ENABLED", "true").lower() == "true")
     api_host: str = field(default_factory=lambda: _env("COMPOZY_API_HOST", "0.0.0.0"))  # noqa: S104
     api_port: int = field(default_factory=lambda: int(_env("COMPOZY_API_PORT", "8090")))
+    # most event and log streams open at once (each holds a JetStream consumer); beyond it, 429
+    api_max_streams: int = field(default_factory=lambda: int(_env("COMPOZY_API_MAX_STREAMS", "1000")))
     # serve it over HTTPS with this certificate and key (both set), else plain HTTP
     api_cert_file: str = field(default_factory=lambda: _env("COMPOZY_API_CERT_FILE"))
     api_key_file: str = field(default_factory=lambda: _env("COMPOZY_API_KEY_FILE"))

@@ -394,25 +394,45 @@ def test_a_client_that_goes_away_leaves_no_consumer(setup: dict[str, Any], deven
     assert api("POST", f"/namespaces/{ns}/executions/{name}/cancel").status_code == 202
 
 
-def test_served_over_https(devenv: DevEnvironment, kubectl: Kubectl, kube: Kube, namespace: str) -> None:
-    """COMPOZY_API_CERT_FILE/KEY_FILE: HTTPS only, with that certificate (an operator of its own,
-    serving one namespace nobody runs anything in)."""
-    tls = write_loopback_tls(devenv.workdir / f"api-tls-{namespace}", "compozy-api")
-    op = OperatorProcess(devenv, log_path=devenv.workdir / "logs" / f"operator-{namespace}.log", extra_env={
-        "COMPOZY_NAMESPACES": namespace, "COMPOZY_API_CERT_FILE": str(tls.cert),
-        "COMPOZY_API_KEY_FILE": str(tls.key)})
+def test_https_and_the_stream_limit(setup: dict[str, Any], devenv: DevEnvironment, kube: Kube) -> None:
+    """An operator of its own (watching an empty namespace: the session operator runs the runs) with
+    COMPOZY_API_CERT_FILE/KEY_FILE, serving HTTPS only, and COMPOZY_API_MAX_STREAMS=1: a second
+    stream is refused with 429 until the first one's client goes away."""
+    ns, alice = setup["namespace"], setup["api"]
+    empty = f"empty-{uuid.uuid4().hex[:5]}"
+    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": empty}})
+    tls = write_loopback_tls(devenv.workdir / f"api-tls-{empty}", "compozy-api")
+    op = OperatorProcess(devenv, log_path=devenv.workdir / "logs" / f"operator-{empty}.log", extra_env={
+        "COMPOZY_NAMESPACES": empty, "COMPOZY_API_CERT_FILE": str(tls.cert), "COMPOZY_API_KEY_FILE": str(tls.key),
+        "COMPOZY_API_MAX_STREAMS": "1"})
     op.start()
     try:
-        token = service_account_token(kube, namespace, "alice", ALL_VERBS)
-        url = f"https://127.0.0.1:{op.api_port}/api/v1/namespaces/{namespace}/executions"
-        resp = requests.get(url, headers={"Authorization": f"Bearer {token}"}, verify=str(tls.ca_cert), timeout=30)
-        assert resp.status_code == 200 and resp.json() == {"items": []}, resp.text
-        with pytest.raises(requests.exceptions.SSLError):
-            requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)  # not the system's CA
-        with pytest.raises(requests.exceptions.ConnectionError):
-            requests.get(url.replace("https:", "http:"), timeout=30)
+        https = Api(f"https://127.0.0.1:{op.api_port}", alice.token)
+        resp = requests.get(f"{https.base}/api/v1/namespaces/{ns}/executions", headers=https.headers(),
+                            verify=str(tls.ca_cert), timeout=30)
+        assert resp.status_code == 200, resp.text
+        with pytest.raises(requests.exceptions.SSLError):  # its CA is not the system's
+            requests.get(f"{https.base}/api/v1/namespaces/{ns}/executions", headers=https.headers(), timeout=30)
+        with pytest.raises(requests.exceptions.ConnectionError):  # no plain HTTP
+            requests.get(f"http://127.0.0.1:{op.api_port}/healthz", timeout=30)
+
+        name = trigger(alice, ns, "long")["name"]
+        logs = f"{https.base}/api/v1/namespaces/{ns}/executions/{name}/logs"
+
+        def follow() -> requests.Response:
+            return requests.get(logs, params={"follow": "true"}, headers=https.headers(), stream=True,
+                                verify=str(tls.ca_cert), timeout=60)
+
+        first = follow()
+        assert first.status_code == 200, first.text
+        assert error_of(follow(), 429)["reason"] == "TooManyStreams"
+        first.close()
+        again = wait_for(lambda: (r := follow()).status_code == 200 and r, 10, "a stream once the first is gone")
+        again.close()
+        assert alice("POST", f"/namespaces/{ns}/executions/{name}/cancel").status_code == 202
     finally:
         op.stop()
+        kube.delete(f"/api/v1/namespaces/{empty}")
 
 
 def test_health_metrics_and_openapi(setup: dict[str, Any]) -> None:

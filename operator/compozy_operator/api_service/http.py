@@ -41,6 +41,7 @@ Name = Annotated[str, Path(pattern=NAME_PATTERN, max_length=253, description="Th
 WorkflowName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=253, description="The Workflow.")]
 SignalName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=253, description="The signal.")]
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 503)}
+STREAM_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 429: {"model": ErrorBody}}
 bearer = HTTPBearer(auto_error=False, description="A Kubernetes bearer token (checked with a TokenReview)")
 
 
@@ -214,7 +215,7 @@ def create_app(ctx: "Context", max_body: int) -> FastAPI:
         return await ops.signal(user, namespace, name, signal, body or SignalRequest())
 
     @app.get(PREFIX + "/namespaces/{namespace}/executions/{name}/events", responses={
-        **ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "The run's state events"}},
+        **STREAM_ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "The run's state events"}},
         response_class=StreamingResponse, tags=["executions"])
     async def events(namespace: Namespace, name: Name, user: Caller,
                      last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0,
@@ -228,7 +229,7 @@ def create_app(ctx: "Context", max_body: int) -> FastAPI:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get(PREFIX + "/namespaces/{namespace}/executions/{name}/logs", responses={
-        **ERRORS, 200: {"content": {"text/plain": {}}, "description": "One line per LogEmitted"}},
+        **STREAM_ERRORS, 200: {"content": {"text/plain": {}}, "description": "One line per LogEmitted"}},
         response_class=StreamingResponse, tags=["executions"])
     async def logs(namespace: Namespace, name: Name, user: Caller,
                    task: Annotated[str | None, Query(max_length=300)] = None,
@@ -277,5 +278,7 @@ async def _subscribed(opening: Awaitable[AsyncIterator[str]]) -> AsyncIterator[s
     """The stream, once subscribed; NATS unavailable is a 503 with an error body."""
     try:
         return await opening
+    except ApiError:
+        raise
     except Exception as e:  # noqa: BLE001 - not connected, no JetStream, timeout: all say "try again"
         raise ApiError(503, "ServiceUnavailable", f"NATS is not available ({type(e).__name__}); try again") from None

@@ -86,11 +86,12 @@ class _Server(uvicorn.Server):
 
 class ApiService:
     def __init__(self, kube: Kube, bus: Bus, validate: Any, ready: Callable[[], tuple[bool, str]], *,
-                 host: str, port: int, max_input_bytes: int, tls: tuple[str, str] | None = None) -> None:
+                 host: str, port: int, max_input_bytes: int, max_streams: int,
+                 tls: tuple[str, str] | None = None) -> None:
         """``tls``: (certificate file, key file) to serve HTTPS with; None: plain HTTP."""
         authorizer = Authorizer(kube)
-        self.ctx = Context(Operations(kube, authorizer, validate, max_input_bytes), authorizer, Streams(bus), bus,
-                           ready)
+        self.ctx = Context(Operations(kube, authorizer, validate, max_input_bytes), authorizer,
+                           Streams(bus, max_streams), bus, ready)
         # the largest input, escaped and pretty-printed, and the other fields
         self.app = create_app(self.ctx, max_body=2 * max_input_bytes + (1 << 16))
         self.host, self.port, self.tls = host, port, tls

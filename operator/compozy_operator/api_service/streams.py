@@ -25,6 +25,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from ..bus import Bus
 from ..events import LOG_STREAM, STATE_STREAM, EventType, InvalidEvent, parse_state_event, token, untask_token
 from ..resources.models import TERMINAL_PHASES
+from .models import ApiError
 
 log = logging.getLogger(__name__)
 TERMINAL_EVENTS = frozenset({EventType.WORKFLOW_SUCCESS, EventType.WORKFLOW_FAILED, EventType.WORKFLOW_TIMED_OUT,
@@ -106,20 +107,31 @@ def sse(sequence: int, etype: str, data: str) -> str:
 
 
 class Streams:
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
+    def __init__(self, bus: Bus, limit: int) -> None:
+        """``limit``: most streams open at once (each holds a JetStream consumer); beyond it, 429."""
+        self.bus, self.limit = bus, limit
+        self.open = 0
         self._closing: set[asyncio.Task[None]] = set()
 
     async def _subscribe(self, stream: str, subject: str, config: ConsumerConfig) -> Any:
+        if self.open >= self.limit:
+            raise ApiError(429, "TooManyStreams", f"this api.Service serves at most {self.limit} event and log "
+                           "streams at once; try again later")
         if self.bus.js is None:
             raise ConnectionError("NATS is not connected")
         config.inactive_threshold = INACTIVE_SECONDS
-        return await self.bus.js.subscribe(subject, stream=stream, ordered_consumer=True, config=config)
+        self.open += 1
+        try:
+            return await self.bus.js.subscribe(subject, stream=stream, ordered_consumer=True, config=config)
+        except BaseException:
+            self.open -= 1
+            raise
 
     def _close(self, stream: str, sub: Any) -> None:
         """Unsubscribe and delete the consumer, in a task of its own: a stream whose client went
         away is closed from a cancelled scope, where any await would be cancelled again (and the
         subscription, kept alive by its heartbeats, would outlive it)."""
+        self.open -= 1
         task = asyncio.get_running_loop().create_task(self._unsubscribe(stream, sub))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
