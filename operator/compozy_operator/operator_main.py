@@ -25,6 +25,7 @@ import kopf
 
 from . import admission
 from .resources.models import GROUP, VERSION
+from .api_service.service import ApiService
 from .bus import Bus, stream_configs, with_credentials, without_credentials
 from .kube import Kube
 from .monitoring import JETSTREAM_REPAIRS, LOOP_RESTARTS, HttpServer
@@ -165,6 +166,13 @@ class Operator:
         if self.callout_config is not None:
             self.loops.append(Supervised("NATS auth callout", self._callout))
         self.callout: CalloutService | None = None  # while the callout loop runs
+        if settings.api_enabled:
+            api = ApiService(self.kube, self.bus, self.evaluate, self.readiness, host=settings.api_host,
+                             port=settings.api_port, max_input_bytes=settings.max_input_bytes,
+                             max_streams=settings.api_max_streams,
+                             tls=(settings.api_cert_file, settings.api_key_file)
+                             if settings.api_cert_file and settings.api_key_file else None)
+            self.loops.append(Supervised("api.Service", api.run))
         self.nats_ready = False
 
     def _callout_keys(self, settings: Settings) -> CalloutKeys:

@@ -84,6 +84,15 @@ class Settings:
     # a run's lines are removed with it sooner (chart: logs.maxAge, logs.maxBytes)
     log_max_age: float = field(default_factory=lambda: float(_env("COMPOZY_LOG_MAX_AGE_SECONDS", str(LOG_MAX_AGE))))
     log_max_bytes: int = field(default_factory=lambda: int(_env("COMPOZY_LOG_MAX_BYTES", str(LOG_MAX_BYTES))))
+    # api.Service (api_service/, docs/api.md): the HTTP API on its own port, and the NATS trigger
+    api_enabled: bool = field(default_factory=lambda: _env("COMPOZY_API_ENABLED", "true").lower() == "true")
+    api_host: str = field(default_factory=lambda: _env("COMPOZY_API_HOST", "0.0.0.0"))  # noqa: S104
+    api_port: int = field(default_factory=lambda: int(_env("COMPOZY_API_PORT", "8090")))
+    # most event and log streams open at once (each holds a JetStream consumer); beyond it, 429
+    api_max_streams: int = field(default_factory=lambda: int(_env("COMPOZY_API_MAX_STREAMS", "1000")))
+    # serve it over HTTPS with this certificate and key (both set), else plain HTTP
+    api_cert_file: str = field(default_factory=lambda: _env("COMPOZY_API_CERT_FILE"))
+    api_key_file: str = field(default_factory=lambda: _env("COMPOZY_API_KEY_FILE"))
     # an execution's spec.input larger than this (bytes of compact JSON) is refused at apply
     max_input_bytes: int = field(default_factory=lambda: int(_env("COMPOZY_MAX_INPUT_BYTES", str(1 << 20))))
 

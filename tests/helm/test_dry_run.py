@@ -82,15 +82,21 @@ def test_namespaced_mode(helm: Helm, kubectl: Kubectl, restricted: str, other_na
     assert f'value: "{restricted},{other_namespace}"' in manifests  # COMPOZY_NAMESPACES
     assert out.count("role.rbac.authorization.k8s.io/nsd-compozy-operator created") == 2
     assert out.count("rolebinding.rbac.authorization.k8s.io/nsd-compozy-operator created") == 2
-    # the only cluster-wide grant left: read Nodes (lost-node detection)
+    # the only cluster-wide grants left: read Nodes (lost-node detection), api.Service's reviews
     cluster_role = manifests.split("kind: ClusterRole\n", 1)[1].split("---", 1)[0]
     assert "resources: [nodes]" in cluster_role and "pods" not in cluster_role and "secrets" not in cluster_role
 
 
 def test_namespaced_mode_without_node_watch_is_namespace_only(helm: Helm, kubectl: Kubectl, restricted: str) -> None:
-    manifests = template(helm, "nsonly", restricted, *sets(*EXTERNAL, "watch.mode=namespaced", "watch.nodes=false"))
+    manifests = template(helm, "nsonly", restricted, *sets(*EXTERNAL, "watch.mode=namespaced", "watch.nodes=false",
+                                                           "api.enabled=false"))
     assert "ClusterRole" not in manifests and 'name: COMPOZY_WATCH_NODES\n              value: "false"' in manifests
     _accepted(kubectl, manifests)
+    # api.Service adds the two cluster-scoped questions it asks the API server, and nothing else
+    with_api = template(helm, "nsapi", restricted, *sets(*EXTERNAL, "watch.mode=namespaced", "watch.nodes=false"))
+    cluster_role = with_api.split("kind: ClusterRole\n", 1)[1].split("---", 1)[0]
+    assert [line.strip() for line in cluster_role.splitlines() if "resources:" in line or "verbs:" in line] == [
+        "resources: [tokenreviews]", "verbs: [create]", "resources: [subjectaccessreviews]", "verbs: [create]"]
 
 
 def test_cluster_wide_mode(helm: Helm, kubectl: Kubectl, restricted: str) -> None:
@@ -105,3 +111,11 @@ def test_the_check_catches_a_non_restricted_pod_template(helm: Helm, kubectl: Ku
     manifests = template(helm, "loose", restricted, *sets(*EXTERNAL, "operator.securityContext.allowPrivilegeEscalation=true"))
     out = server_dry_run(kubectl, manifests)
     assert 'would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false' in out.stderr, out.stderr
+
+
+def test_api_over_https_with_a_tls_secret(helm: Helm, kubectl: Kubectl, restricted: str) -> None:
+    manifests = template(helm, "apitls", restricted, *sets(*EXTERNAL, "api.tls.secretName=api-cert"))
+    assert "name: COMPOZY_API_CERT_FILE\n              value: /etc/compozy/api-tls/tls.crt" in manifests
+    assert "secretName: api-cert" in manifests and "mountPath: /etc/compozy/api-tls" in manifests
+    _accepted(kubectl, manifests)
+    assert "api-tls" not in template(helm, "apiplain", restricted, *sets(*EXTERNAL))

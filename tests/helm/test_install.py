@@ -45,6 +45,7 @@ class Installed:
     kubectl: Kubectl
     port: int
     install_seconds: float
+    api_port: int
 
     def operator_log(self) -> str:
         logs = self.env.workdir / "nodes"
@@ -59,11 +60,13 @@ def release() -> Iterator[Installed]:
         for ns in (SYSTEM, APPS):
             kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                                "metadata": {"name": ns, "labels": RESTRICTED}})
-        helm, port = Helm(env), free_port()
+        helm, port, api_port = Helm(env), free_port(), free_port()
         started = time.monotonic()
         install(env, helm, RELEASE, SYSTEM, *sets("fullnameOverride=" + FULLNAME, "watch.mode=namespaced",
-                                                  f"watch.namespaces={{{APPS}}}", f"operator.httpPort={port}"))
-        yield Installed(env, helm, kube, Kubectl(env.bindir, env.kubeconfig), port, time.monotonic() - started)
+                                                  f"watch.namespaces={{{APPS}}}", f"operator.httpPort={port}",
+                                                  f"api.port={api_port}"))
+        yield Installed(env, helm, kube, Kubectl(env.bindir, env.kubeconfig), port, time.monotonic() - started,
+                        api_port)
     finally:
         kube.close()
         env.stop()
@@ -107,6 +110,27 @@ def test_restricted_pod_security_admits_operator_and_task_pods(release: Installe
     assert out.returncode != 0 and 'violates PodSecurity "restricted:latest"' in out.stderr, out.stderr
 
 
+def test_the_charts_operator_serves_the_api(release: Installed) -> None:
+    """api.Service with the chart's RBAC (namespaced mode): TokenReview, SubjectAccessReview and the
+    create all succeed for a caller allowed to create runs in the watched namespace."""
+    release.kubectl.ok("create", "serviceaccount", "ci", "-n", APPS)
+    release.kubectl.ok("create", "role", "ci", "-n", APPS, "--verb=create,get",
+                       "--resource=workflowexecutions.compozy.dev")
+    release.kubectl.ok("create", "rolebinding", "ci", "-n", APPS, "--role=ci", f"--serviceaccount={APPS}:ci")
+    token = release.kubectl.ok("create", "token", "ci", "-n", APPS).strip()
+    body = json.dumps({"input": {"name": "api", "text": "one two"}, "name": "via-api"}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{release.api_port}/api/v1/namespaces/{APPS}/workflows/hello/"
+                                     "executions", data=body, method="POST", headers={
+                                         "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as r:  # noqa: S310
+        assert r.status == 201 and json.loads(r.read())["name"] == "via-api"
+    status = wait_for(lambda: (s := release.kube.get(f"/apis/compozy.dev/v1alpha1/namespaces/{APPS}/workflowexecutions/"
+                                                     "via-api").get("status") or {}).get("phase") == "Succeeded" and s,
+                      60, "the run started through the API to succeed")
+    assert status["output"]["words"] == 2
+    assert "Forbidden" not in release.operator_log()
+
+
 def _readyz(port: int) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:  # noqa: S310
@@ -148,7 +172,8 @@ def test_an_operator_with_a_wrong_token_is_not_ready(release: Installed) -> None
     release.helm.ok("install", "wrong", CHART,
                     "-n", ns, *sets("image.repository=compozy/compozy-operator", "image.tag=dev", "nats.mode=external",
                                     f"nats.external.url={release.env.nats.url}", "nats.auth.existingSecret=bad-token",
-                                    "watch.mode=namespaced", f"operator.httpPort={port}"))
+                                    "watch.mode=namespaced", f"operator.httpPort={port}",
+                                    f"api.port={free_port()}"))
     try:
         _, why = wait_for(lambda: (r := _readyz(port))[0] == 503 and "Authorization" in r[1] and r, 60,
                           "the operator to report the refused token")
@@ -180,5 +205,6 @@ def test_uninstall_removes_the_operator_and_keeps_crds_and_user_resources(releas
     assert k("get", f"clusterrole/{SYSTEM}-{FULLNAME}").returncode != 0
     k.ok("get", "crd", "workflows.compozy.dev", "workflowexecutions.compozy.dev")
     names = k.ok("get", "wfx", "-n", APPS, "-o", "name").split()
-    assert names == ["workflowexecution.compozy.dev/hello-1", "workflowexecution.compozy.dev/hello-2"]
+    assert names == ["workflowexecution.compozy.dev/hello-1", "workflowexecution.compozy.dev/hello-2",
+                     "workflowexecution.compozy.dev/via-api"]
     k.ok("get", "czwf", "hello", "-n", APPS)

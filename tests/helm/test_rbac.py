@@ -25,11 +25,16 @@ NAMESPACED_NEEDS = [
     ("patch", "workflows.compozy.dev", "status"),
     ("create", "pods"), ("delete", "pods"), ("get", "pods"), ("list", "pods"), ("watch", "pods"),
     ("create", "secrets"), ("create", "events"),
+    # api.Service (api.enabled, the default): runs started, cancelled and retried for authorized callers
+    ("create", "workflowexecutions.compozy.dev"), ("patch", "workflowexecutions.compozy.dev"),
 ]
+API_ONLY = [("create", "workflowexecutions.compozy.dev"), ("patch", "workflowexecutions.compozy.dev")]
+# api.Service's questions to the API server: who is calling, and may they (cluster-scoped, ask-only)
+REVIEWS = [("create", "tokenreviews.authentication.k8s.io"), ("create", "subjectaccessreviews.authorization.k8s.io")]
 NEVER = [
     ("get", "secrets"), ("list", "secrets"), ("watch", "secrets"), ("update", "secrets"), ("delete", "secrets"),
     ("create", "pods", "exec"), ("create", "pods", "portforward"), ("patch", "pods"), ("update", "pods"),
-    ("update", "workflowexecutions.compozy.dev"), ("patch", "workflowexecutions.compozy.dev"),
+    ("update", "workflowexecutions.compozy.dev"), ("update", "workflowexecutions.compozy.dev", "status"),
     ("delete", "workflowexecutions.compozy.dev"), ("create", "workflows.compozy.dev"),
     ("delete", "workflows.compozy.dev"), ("patch", "workflows.compozy.dev"), ("update", "workflows.compozy.dev"),
     ("create", "deployments.apps"), ("create", "serviceaccounts", "token"),
@@ -75,10 +80,12 @@ def _allowed(kubectl: Kubectl, sa: str, checks: list[tuple[str, ...]], namespace
 def releases(devenv: DevEnvironment, helm: Helm, kube: Kube) -> Iterator[dict[str, str]]:
     """Two releases: cluster-wide in one namespace, namespaced (watching itself) in another."""
     suffix = uuid.uuid4().hex[:5]
-    made = {"cluster": f"rbac-cluster-{suffix}", "namespaced": f"rbac-ns-{suffix}"}
+    made = {"cluster": f"rbac-cluster-{suffix}", "namespaced": f"rbac-ns-{suffix}", "noapi": f"rbac-noapi-{suffix}"}
     try:
         install(devenv, helm, "rbac", made["cluster"], *sets("replicaCount=0"), ready=False)
         install(devenv, helm, "rbac", made["namespaced"], *sets("replicaCount=0", "watch.mode=namespaced"), ready=False)
+        install(devenv, helm, "rbac", made["noapi"], *sets("replicaCount=0", "watch.mode=namespaced", "api.enabled=false"),
+                ready=False)
         yield {mode: f"system:serviceaccount:{ns}:rbac-compozy-operator" for mode, ns in made.items()} | {
             f"{mode}-ns": ns for mode, ns in made.items()}
     finally:
@@ -90,7 +97,7 @@ def releases(devenv: DevEnvironment, helm: Helm, kube: Kube) -> Iterator[dict[st
 def test_cluster_wide_operator_may_do_what_it_needs_everywhere(kubectl: Kubectl, releases: dict[str, str]) -> None:
     sa = releases["cluster"]
     missing = [m for ns in (None, "default", releases["namespaced-ns"]) for m in _matrix(kubectl, sa, NAMESPACED_NEEDS, ns)]
-    missing += _matrix(kubectl, sa, [("list", "nodes"), ("watch", "nodes"), ("get", "nodes"),
+    missing += _matrix(kubectl, sa, [*REVIEWS, ("list", "nodes"), ("watch", "nodes"), ("get", "nodes"),
                                      ("list", "customresourcedefinitions.apiextensions.k8s.io"),
                                      ("watch", "customresourcedefinitions.apiextensions.k8s.io")], None)
     assert not missing, f"denied but needed: {missing}"
@@ -107,7 +114,15 @@ def test_namespaced_operator_works_only_in_its_namespaces(kubectl: Kubectl, rele
     assert not _matrix(kubectl, sa, NAMESPACED_NEEDS, own), "denied in its own namespace"
     outside = _allowed(kubectl, sa, NAMESPACED_NEEDS, "default") + _allowed(kubectl, sa, NAMESPACED_NEEDS, None)
     assert not outside, f"allowed outside its namespace: {outside}"
-    assert not _matrix(kubectl, sa, [("list", "nodes"), ("watch", "nodes"), ("get", "nodes")], None)
+    assert not _matrix(kubectl, sa, [*REVIEWS, ("list", "nodes"), ("watch", "nodes"), ("get", "nodes")], None)
     extra = _allowed(kubectl, sa, NEVER, own) + _allowed(kubectl, sa, NEVER_CLUSTER, None)
     extra += _allowed(kubectl, sa, [("list", "customresourcedefinitions.apiextensions.k8s.io"), ("list", "namespaces")], None)
     assert not extra, f"allowed but never needed: {extra}"
+
+
+def test_without_the_api_the_operator_starts_no_runs_and_reviews_nothing(kubectl: Kubectl,
+                                                                        releases: dict[str, str]) -> None:
+    sa, own = releases["noapi"], releases["noapi-ns"]
+    assert not _matrix(kubectl, sa, [n for n in NAMESPACED_NEEDS if n not in API_ONLY], own)
+    extra = _allowed(kubectl, sa, API_ONLY, own) + _allowed(kubectl, sa, REVIEWS, None)
+    assert not extra, f"allowed with api.enabled=false: {extra}"

@@ -89,6 +89,12 @@ Least privilege, derived from what the operator calls (see docs/install.md, "RBA
 - apiGroups: [compozy.dev]
   resources: [workflowexecutions]
   verbs: [get, list, watch]
+{{- if .Values.api.enabled }}
+# api.Service starts, cancels and retries runs for callers RBAC allowed (a SubjectAccessReview each)
+- apiGroups: [compozy.dev]
+  resources: [workflowexecutions]
+  verbs: [create, patch]
+{{- end }}
 - apiGroups: [compozy.dev]
   resources: [workflowexecutions/status]
   verbs: [patch]

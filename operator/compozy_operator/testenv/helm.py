@@ -56,7 +56,7 @@ def local_values(env: DevEnvironment, secret: str = TOKEN_SECRET, tag: str = "de
     the process node's image, a free port."""
     values = {"image.repository": env.images[0], "image.tag": tag, "nats.mode": "external",
               "nats.external.url": env.nats.url, "nats.auth.mode": "token", "nats.auth.existingSecret": secret,
-              "operator.httpPort": str(free_port()),
+              "operator.httpPort": str(free_port()), "api.port": str(free_port()),
               # The process node's pods all have IP 127.0.0.1, which Endpoints refuse, and there is no
               # kube-proxy: the API server cannot reach a webhook behind a Service here. The e2e tests
               # run the webhook for real with the operator as a host process (testenv/admission.py).

@@ -24,6 +24,7 @@ from .workdir import free_port
 class OperatorProcess:
     devenv: DevEnvironment
     port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)  # api.Service (COMPOZY_API_PORT)
     log_path: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: ManagedProcess | None = None
@@ -34,13 +35,18 @@ class OperatorProcess:
     webhook_tls: TlsFiles | None = None
 
     @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
     def webhook_name(self) -> str:
         return f"compozy-local-{self.webhook_port}"
 
     def env(self) -> dict[str, str]:
         env = {**os.environ, "KUBECONFIG": str(self.devenv.kubeconfig), "COMPOZY_NATS_URL": self.devenv.nats.url,
                "COMPOZY_NATS_TOKEN": self.devenv.nats.token,
-               "COMPOZY_TASK_IMAGE": f"{self.devenv.images[0]}:dev", "COMPOZY_HTTP_PORT": str(self.port)}
+               "COMPOZY_TASK_IMAGE": f"{self.devenv.images[0]}:dev", "COMPOZY_HTTP_PORT": str(self.port),
+               "COMPOZY_API_HOST": "127.0.0.1", "COMPOZY_API_PORT": str(self.api_port)}
         if self.webhook:
             if self.webhook_tls is None:
                 self.webhook_tls = write_loopback_tls(self.devenv.workdir / f"webhook-{self.webhook_port}",

@@ -1,0 +1,283 @@
+"""The HTTP API (ARCHITECTURE.md §8) as a FastAPI application; docs/api.md describes it.
+
+Every answer that is not a success is ``{"error": {"reason", "message", "field"?}}``: request
+validation (FastAPI's 422) becomes a 400 naming the field, unknown routes and methods keep their
+404/405, and anything unexpected a 500 with the same shape (the fuzz test asserts it never happens).
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.exceptions import HTTPException
+
+from .. import __version__
+from .auth import User, bearer_token
+from .models import (NAME_PATTERN, NAMESPACE_PATTERN, Accepted, ApiError, Created, ErrorBody, ExecutionList,
+                     ResubmitRequest, SignalRequest, TriggerRequest, WorkflowExecution)
+from .operations import PHASES, Operations
+
+if TYPE_CHECKING:
+    from .service import Context
+
+log = logging.getLogger(__name__)
+PREFIX = "/api/v1"
+REQUESTS = Counter("compozy_api_requests_total", "Requests api.Service answered, by route and status code",
+                   ["route", "code"])
+REQUEST_SECONDS = Histogram("compozy_api_request_duration_seconds", "Time to the first byte of an answer, by route",
+                            ["route"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
+Namespace = Annotated[str, Path(pattern=NAMESPACE_PATTERN, max_length=63, description="The namespace.")]
+Name = Annotated[str, Path(pattern=NAME_PATTERN, max_length=253, description="The WorkflowExecution.")]
+WorkflowName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=253, description="The Workflow.")]
+SignalName = Annotated[str, Path(pattern=NAME_PATTERN, max_length=253, description="The signal.")]
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 503)}
+STREAM_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 429: {"model": ErrorBody}}
+bearer = HTTPBearer(auto_error=False, description="A Kubernetes bearer token (checked with a TokenReview)")
+
+
+class Stream(StreamingResponse):
+    """A streamed answer that notices its client going away while it sends nothing (ASGI 2.4
+    servers such as uvicorn report a disconnect only on the next write; a quiet ``follow`` would
+    hold its NATS consumer until the run ends), and always closes its iterator (Starlette leaves an
+    abandoned one suspended, its consumer with it, until garbage collection)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:  # Starlette listens for the disconnect itself below ASGI 2.4
+            await super().__call__({**scope, "asgi": {**scope.get("asgi", {}), "spec_version": "2.3"}}, receive, send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
+def error_response(e: ApiError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+
+def validation_field(loc: tuple[Any, ...] | list[Any]) -> str:
+    """``("body", "labels", "a")`` is ``labels.a``; ``("query", "limit")`` is ``limit``."""
+    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path", "header") else list(map(str, loc))
+    return ".".join(parts) or "body"
+
+
+class Observe:
+    """ASGI middleware around every request: the body size cap (checked before anything reads the
+    body: FastAPI reads it whole, before authentication), the metrics, and the request's log line.
+    Plain ASGI, not Starlette's BaseHTTPMiddleware: streamed answers pass through untouched, and a
+    client's disconnect reaches the stream, which then unsubscribes."""
+
+    def __init__(self, app: Any, ctx: "Context", max_body: int) -> None:
+        self.app, self.ctx, self.max_body = app, ctx, max_body
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.monotonic()
+        length = dict(scope.get("headers") or ()).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_body:
+            REQUESTS.labels("unmatched", "413").inc()
+            too_large = ApiError(413, "RequestEntityTooLarge", f"the body may be at most {self.max_body} bytes")
+            return await error_response(too_large)(scope, receive, send)
+        received = 0
+
+        async def capped_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body") or b"")
+            if received > self.max_body:  # a chunked body that said no length
+                raise HTTPException(413, f"the body may be at most {self.max_body} bytes")
+            return message
+
+        answered = False
+
+        async def observed_send(message: dict[str, Any]) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = True
+                self.observe(scope, message["status"], started)
+            await send(message)
+
+        try:
+            await self.app(scope, capped_receive, observed_send)
+        except Exception:
+            if not answered:  # the 500 the outermost handler answers
+                self.observe(scope, 500, started)
+            raise
+
+    def observe(self, scope: dict[str, Any], status: int, started: float) -> None:
+        route = getattr(scope.get("route"), "path", "unmatched")
+        REQUESTS.labels(route, str(status)).inc()
+        REQUEST_SECONDS.labels(route).observe(time.monotonic() - started)
+        state, params = scope.get("state") or {}, scope.get("path_params") or {}
+        user: User | None = state.get("user")
+        if user is not None and params.get("namespace") and route.startswith(PREFIX):
+            self.ctx.request_log(params["namespace"], state.get("execution") or params.get("name"),
+                                 f"{user.name} {scope['method']} {scope['path']} -> {status}", status,
+                                 uid=state.get("uid"))
+
+
+def create_app(ctx: "Context", max_body: int) -> FastAPI:
+    app = FastAPI(title="Compozy api.Service", version=__version__, openapi_url="/openapi.json", docs_url=None,
+                  redoc_url=None, description="Start, follow and control WorkflowExecutions (ARCHITECTURE.md §8).")
+    ops: Operations = ctx.operations
+
+    async def caller(request: Request,
+                     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
+        token = bearer_token(f"Bearer {credentials.credentials}" if credentials else None)
+        user = await ctx.authorizer.authenticate(token)
+        request.state.user = user
+        return user
+
+    Caller = Annotated[User, Depends(caller)]
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+        return error_response(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        err = e.errors()[0] if e.errors() else {"loc": ("body",), "msg": "invalid request"}
+        field = "body" if err.get("type") == "json_invalid" else validation_field(err.get("loc") or ())
+        return error_response(ApiError(400, "Invalid", f"{field}: {err.get('msg')}", field))
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, e: HTTPException) -> JSONResponse:
+        reason = {404: "NotFound", 405: "MethodNotAllowed", 413: "RequestEntityTooLarge"}.get(e.status_code,
+                                                                                           "BadRequest")
+        return error_response(ApiError(e.status_code, reason, str(e.detail)))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, e: Exception) -> JSONResponse:
+        log.exception("api.Service: unexpected error")
+        return JSONResponse({"error": {"reason": "InternalError", "message": f"{type(e).__name__}"}}, status_code=500)
+
+    @app.post(PREFIX + "/namespaces/{namespace}/workflows/{workflow}/executions", status_code=201,
+              response_model=Created, responses=ERRORS, tags=["executions"])
+    async def trigger(request: Request, namespace: Namespace, workflow: WorkflowName, body: TriggerRequest,
+                      user: Caller) -> Created:
+        """Start a run of a Workflow; answers at once, before the run starts (create workflowexecutions)."""
+        created = await ops.trigger(user, namespace, workflow, body)
+        request.state.execution, request.state.uid = created.name, created.uid
+        return created
+
+    @app.get(PREFIX + "/namespaces/{namespace}/executions", response_class=JSONResponse,
+             responses={**ERRORS, 200: {"model": ExecutionList}, 410: {"model": ErrorBody}}, tags=["executions"])
+    async def list_executions(
+            namespace: Namespace, user: Caller,
+            workflow: Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=253)] = None,
+            phase: Annotated[Literal[PHASES] | None, Query()] = None,  # type: ignore[valid-type]
+            label_selector: Annotated[str | None, Query(alias="labelSelector", max_length=4096)] = None,
+            limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+            continue_: Annotated[str | None, Query(alias="continue", max_length=8192)] = None) -> JSONResponse:
+        """Runs in the namespace (list workflowexecutions); `phase` filters each page."""
+        return JSONResponse(await ops.list(user, namespace, workflow, phase, label_selector, limit, continue_))
+
+    @app.get(PREFIX + "/namespaces/{namespace}/executions/{name}", response_class=JSONResponse,
+             responses={**ERRORS, 200: {"model": WorkflowExecution}}, tags=["executions"])
+    async def get_execution(namespace: Namespace, name: Name, user: Caller) -> JSONResponse:
+        """The run as `kubectl get -o json` shows it (get workflowexecutions)."""
+        return JSONResponse(await ops.read(user, namespace, name))
+
+    @app.post(PREFIX + "/namespaces/{namespace}/executions/{name}/cancel", status_code=202, response_model=Accepted,
+              responses=ERRORS, tags=["executions"])
+    async def cancel(namespace: Namespace, name: Name, user: Caller) -> Accepted:
+        """Cancel a run; it ends Cancelled (patch workflowexecutions)."""
+        return await ops.cancel(user, namespace, name)
+
+    @app.post(PREFIX + "/namespaces/{namespace}/executions/{name}/retry", status_code=202, response_model=Accepted,
+              responses=ERRORS, tags=["executions"])
+    async def retry(namespace: Namespace, name: Name, user: Caller) -> Accepted:
+        """Continue an ended run from its failed tasks; succeeded tasks are not run again (patch)."""
+        return await ops.retry(user, namespace, name)
+
+    @app.post(PREFIX + "/namespaces/{namespace}/executions/{name}/resubmit", status_code=201,
+              response_model=Created, responses=ERRORS, tags=["executions"])
+    async def resubmit(request: Request, namespace: Namespace, name: Name, user: Caller,
+                       body: ResubmitRequest | None = None) -> Created:
+        """A new run of what this one ran, with its input or a new one (get, create)."""
+        created = await ops.resubmit(user, namespace, name, body or ResubmitRequest())
+        request.state.execution, request.state.uid = created.name, created.uid
+        return created
+
+    @app.post(PREFIX + "/namespaces/{namespace}/executions/{name}/signals/{signal}", status_code=202,
+              response_model=Accepted, responses=ERRORS, tags=["executions"])
+    async def send_signal(namespace: Namespace, name: Name, signal: SignalName, user: Caller,
+                          body: SignalRequest | None = None) -> Accepted:
+        """Deliver a signal to a run's `wait` tasks (patch). No task type waits yet: always 409."""
+        return await ops.signal(user, namespace, name, signal, body or SignalRequest())
+
+    @app.get(PREFIX + "/namespaces/{namespace}/executions/{name}/events", responses={
+        **STREAM_ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "The run's state events"}},
+        response_class=StreamingResponse, tags=["executions"])
+    async def events(namespace: Namespace, name: Name, user: Caller,
+                     last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0,
+                                                                 le=2 ** 63 - 1)] = None) -> StreamingResponse:
+        """Every state event of the run, replayed from the first (or after `Last-Event-ID`), then live;
+        closed after the terminal one (get)."""
+        run = await ops.read(user, namespace, name)
+        stream = await _subscribed(ctx.streams.events(namespace, name, run["metadata"]["uid"],
+                                                      ctx.run_state(namespace, name), last_event_id))
+        return Stream(stream, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get(PREFIX + "/namespaces/{namespace}/executions/{name}/logs", responses={
+        **STREAM_ERRORS, 200: {"content": {"text/plain": {}}, "description": "One line per LogEmitted"}},
+        response_class=StreamingResponse, tags=["executions"])
+    async def logs(namespace: Namespace, name: Name, user: Caller,
+                   task: Annotated[str | None, Query(max_length=300)] = None,
+                   attempt: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
+                   follow: bool = False) -> StreamingResponse:
+        """The run's log lines: `<time> <component> <task>[<attempt>] <level> <message>` (get)."""
+        run = await ops.read(user, namespace, name)
+        stream = await _subscribed(ctx.streams.logs(namespace, name, run["metadata"]["uid"],
+                                                    ctx.run_state(namespace, name), task=task, attempt=attempt,
+                                                    follow=follow))
+        return Stream(stream, media_type="text/plain; charset=utf-8",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get("/healthz", response_class=PlainTextResponse, include_in_schema=False)
+    async def healthz() -> str:
+        return "ok"
+
+    @app.get("/readyz", response_class=PlainTextResponse, include_in_schema=False)
+    async def readyz() -> PlainTextResponse:
+        ok, why = ctx.ready()
+        return PlainTextResponse(why, status_code=200 if ok else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(await asyncio.to_thread(generate_latest), media_type=CONTENT_TYPE_LATEST)
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, without its 422 answers: a bad request is a 400 here."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            for path in schema["paths"].values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(Observe, ctx=ctx, max_body=max_body)
+    return app
+
+
+async def _subscribed(opening: Awaitable[AsyncIterator[str]]) -> AsyncIterator[str]:
+    """The stream, once subscribed; NATS unavailable is a 503 with an error body."""
+    try:
+        return await opening
+    except ApiError:
+        raise
+    except Exception as e:  # noqa: BLE001 - not connected, no JetStream, timeout: all say "try again"
+        raise ApiError(503, "ServiceUnavailable", f"NATS is not available ({type(e).__name__}); try again") from None

@@ -1,0 +1,103 @@
+"""The API's request and response bodies (pydantic: FastAPI derives the OpenAPI document from them).
+
+Field descriptions come from the CRD models (resources/models.py), so the API and ``kubectl explain``
+say the same thing about a run's input and timeout."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..resources.models import WorkflowExecutionSpec, WorkflowExecutionStatus
+
+_SPEC = WorkflowExecutionSpec.model_fields
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"  # a DNS subdomain
+NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # a DNS label
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TriggerRequest(Body):
+    """A new run of a Workflow (``POST .../workflows/{workflow}/executions``)."""
+
+    input: Any = Field(None, description=_SPEC["input"].description)
+    name: str | None = Field(None, max_length=253, description="The run's name (default: `<workflow>-xxxxx`).")
+    labels: dict[str, str] | None = Field(None, description="Labels of the run, besides `compozy.dev/workflow`.")
+    timeout: str | None = Field(None, max_length=64, description=_SPEC["timeout"].description)
+
+
+class NatsTriggerRequest(TriggerRequest):
+    """The NATS trigger's body: the POST's, plus the Workflow (the subject names the namespace)."""
+
+    workflow: str = Field(max_length=253, pattern=NAME_PATTERN, description="The Workflow to run.")
+
+
+class ResubmitRequest(Body):
+    input: Any = Field(None, description="The new run's input (default: the old run's).")
+
+
+class SignalRequest(Body):
+    data: dict[str, Any] | None = Field(None, description="What the waiting task receives.")
+
+
+class Created(BaseModel):
+    """The new run (the seed's WorkflowTrigger acknowledgement): answered before it starts."""
+
+    name: str
+    namespace: str
+    uid: str
+    phase: str = Field(description="`Pending` until the operator starts it.")
+
+
+class Accepted(BaseModel):
+    """An asynchronous request taken: the run's status shows its effect."""
+
+    name: str
+    namespace: str
+    uid: str
+    message: str
+
+
+class WorkflowExecution(BaseModel):
+    """A WorkflowExecution as `kubectl get -o json` shows it: the CRD's own spec and status models.
+    For the document only: answers are the API server's objects as they are, never re-serialized."""
+
+    apiVersion: str
+    kind: str
+    metadata: dict[str, Any]
+    spec: WorkflowExecutionSpec
+    status: WorkflowExecutionStatus | None = None
+
+
+class ExecutionList(BaseModel):
+    """A page of runs (for the document only, as :class:`WorkflowExecution`)."""
+
+    items: list[WorkflowExecution]
+    continue_: str | None = Field(None, alias="continue", description="Pass as `continue` for the next page.")
+
+
+class ErrorDetail(BaseModel):
+    reason: str = Field(description="Machine-readable: Unauthorized, Forbidden, NotFound, Invalid, Conflict, ...")
+    message: str
+    field: str | None = Field(None, description="The request field (body, path or query) at fault.")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class ApiError(Exception):
+    """A refusal, answered as :class:`ErrorBody` with ``status`` (HTTP) or in a NATS reply."""
+
+    def __init__(self, status: int, reason: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message, self.field = status, reason, message, field
+
+    def body(self) -> dict[str, Any]:
+        detail: dict[str, Any] = {"reason": self.reason, "message": self.message}
+        if self.field:
+            detail["field"] = self.field
+        return {"error": detail}

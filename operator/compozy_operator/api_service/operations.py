@@ -1,0 +1,184 @@
+"""What each API call does, whatever carries it (HTTP or the NATS trigger): authorize, check, act.
+
+Every call is authorized with a SubjectAccessReview of the verb kubectl would need for the same
+effect, then done with the operator's own client. Created objects and patches come from
+:mod:`..execution_requests` (the CLI and the UI build the same ones); a new run's input is checked
+with the admission webhook's own checks (:func:`..admission.review_execution_create`), so the
+caller gets a 400 naming the field instead of the API server's 422 text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .. import execution_requests as requests
+from ..admission import Validate, review_execution_create
+from ..kube import ApiException, Kube
+from ..resources.models import GROUP, TERMINAL_PHASES, VERSION
+from ..sandbox import EvaluationError
+from ..validation import name_problems
+from .auth import Authorizer, User
+from .models import Accepted, ApiError, Created, ResubmitRequest, SignalRequest, TriggerRequest
+
+PHASES = ("Pending", "Running", *sorted(TERMINAL_PHASES))
+# where a problem's path (as validation and the API server name it) is in the request body
+_FIELDS = (("spec.input", "input"), ("spec.timeout", "timeout"), ("metadata.name", "name"),
+           ("metadata.labels", "labels"), ("metadata.generateName", "name"), ("workflow.spec", "workflow"))
+_PATH = re.compile(r"([A-Za-z][\w.\[\]-]*)(?::|\s)")
+_WEBHOOK = "denied the request: "  # the API server's prefix of a webhook's refusal
+
+
+def executions_path(namespace: str, name: str | None = None) -> str:
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/workflowexecutions"
+    return f"{base}/{name}" if name else base
+
+
+def request_field(problem: str) -> str | None:
+    """The request field a problem names (``spec.input.n: ...`` is ``input.n``), or None."""
+    match = _PATH.match(problem.split(_WEBHOOK, 1)[-1])
+    if not match:
+        return None
+    path = match.group(1)
+    for prefix, field in _FIELDS:
+        if path == prefix or path.startswith(prefix + ".") or path.startswith(prefix + "["):
+            # the referenced Workflow's own problems are not in the request: its path param is at fault
+            return field if field == "workflow" else field + path[len(prefix):]
+    return None
+
+
+def kube_error(e: ApiException, what: str) -> ApiError:
+    """The API server's refusal of the operator's request on the caller's behalf, as the caller's error."""
+    try:
+        status = json.loads(e.body or "{}")
+    except (TypeError, ValueError):
+        status = {}
+    message = str(status.get("message") or e.reason or "no message")[:4000]
+    causes = (status.get("details") or {}).get("causes") or []
+    field = request_field(f"{causes[0].get('field')}: " if causes and causes[0].get("field") else message)
+    if e.status == 404:
+        return ApiError(404, "NotFound", f"{what} not found")
+    if e.status == 409:
+        return ApiError(409, str(status.get("reason") or "Conflict"), message, field)
+    if e.status == 410:  # a list's continue token the API server no longer knows
+        return ApiError(410, "Expired", message, "continue")
+    if e.status in (400, 422):
+        return ApiError(400, "Invalid", message, field)
+    if e.status == 403:
+        return ApiError(403, "Forbidden", f"the API service may not do this here (the operator's RBAC does not "
+                        f"cover it): {message}")
+    return ApiError(503, "ServiceUnavailable", f"the Kubernetes API server answered {e.status}: {message}")
+
+
+class Operations:
+    def __init__(self, kube: Kube, authorizer: Authorizer, validate: Callable[[], Validate],
+                 max_input_bytes: int) -> None:
+        self.kube = kube
+        self.authorizer = authorizer
+        self.validate = validate
+        self.max_input_bytes = max_input_bytes
+
+    async def _kube(self, what: str, method: str, path: str, body: Any = None, **kw: Any) -> dict[str, Any]:
+        try:
+            return await asyncio.to_thread(self.kube.request, method, path, body, **kw)
+        except ApiException as e:
+            raise kube_error(e, what) from None
+        except Exception as e:  # noqa: BLE001 - the API server unreachable: the caller may retry
+            raise ApiError(503, "ServiceUnavailable", f"the Kubernetes API server is unreachable "
+                           f"({type(e).__name__})") from None
+
+    async def execution(self, namespace: str, name: str) -> dict[str, Any]:
+        return await self._kube(f"WorkflowExecution {namespace}/{name}", "GET", executions_path(namespace, name))
+
+    async def read(self, user: User, namespace: str, name: str) -> dict[str, Any]:
+        """GET: the run as ``kubectl get -o json`` shows it."""
+        await self.authorizer.authorize(user, "get", namespace, name)
+        return await self.execution(namespace, name)
+
+    async def trigger(self, user: User, namespace: str, workflow: str, req: TriggerRequest) -> Created:
+        await self.authorizer.authorize(user, "create", namespace)
+        wf = await self._kube(f"Workflow {namespace}/{workflow}", "GET",
+                              f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/workflows/{workflow}")
+        obj = requests.new_execution(workflow, req.input, name=req.name, labels=req.labels, timeout=req.timeout)
+        return await self._create(namespace, obj, wf)
+
+    async def resubmit(self, user: User, namespace: str, name: str, req: ResubmitRequest) -> Created:
+        await self.authorizer.authorize(user, "get", namespace, name)
+        await self.authorizer.authorize(user, "create", namespace)
+        old = await self.execution(namespace, name)
+        obj = (requests.resubmission(old, req.input) if "input" in req.model_fields_set
+               else requests.resubmission(old))
+        ref = (obj["spec"].get("workflowRef") or {}).get("name")
+        wf = await self._kube(f"Workflow {namespace}/{ref}", "GET",
+                              f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/workflows/{ref}") if ref else None
+        return await self._create(namespace, obj, wf)
+
+    async def _create(self, namespace: str, obj: dict[str, Any], workflow: dict[str, Any] | None) -> Created:
+        obj["metadata"]["namespace"] = namespace
+        problems = name_problems(obj["metadata"])
+        if not problems:
+            try:
+                problems = await review_execution_create(obj, workflow, self.max_input_bytes, self.validate())
+            except EvaluationError as e:
+                raise ApiError(400, "Invalid", f"could not check the run: {e}") from None
+        if problems:
+            field = request_field(problems[0])
+            raise ApiError(400, "Invalid", "; ".join(problems)[:4000], field)
+        created = await self._kube("WorkflowExecution", "POST", executions_path(namespace), obj)
+        meta = created["metadata"]
+        return Created(name=meta["name"], namespace=namespace, uid=meta["uid"],
+                       phase=(created.get("status") or {}).get("phase") or "Pending")
+
+    async def list(self, user: User, namespace: str, workflow: str | None, phase: str | None,
+                   label_selector: str | None, limit: int | None, continue_: str | None) -> dict[str, Any]:
+        """A page of runs. ``workflow`` is a label selector term; ``phase`` filters each page (status
+        fields are not selectable on a custom resource), so a page may hold fewer than ``limit``."""
+        await self.authorizer.authorize(user, "list", namespace)
+        terms = [t for t in (label_selector, f"{requests.LABEL_WORKFLOW}={workflow}" if workflow else None) if t]
+        page = await self._kube("WorkflowExecutions", "GET", executions_path(namespace),
+                                query={"labelSelector": ",".join(terms) or None, "limit": limit,
+                                       "continue": continue_ or None})
+        items = [dict(i, apiVersion=f"{GROUP}/{VERSION}", kind=requests.KIND) for i in page.get("items") or []
+                 if phase is None or (i.get("status") or {}).get("phase", "Pending") == phase]
+        more = (page.get("metadata") or {}).get("continue")
+        return {"items": items, **({"continue": more} if more else {})}
+
+    async def cancel(self, user: User, namespace: str, name: str) -> Accepted:
+        await self.authorizer.authorize(user, "patch", namespace, name)
+        run = await self.execution(namespace, name)
+        if (phase := (run.get("status") or {}).get("phase")) in TERMINAL_PHASES:
+            raise ApiError(409, "AlreadyEnded", f"WorkflowExecution {namespace}/{name} has already ended ({phase})")
+        await self._kube(f"WorkflowExecution {namespace}/{name}", "PATCH", executions_path(namespace, name),
+                         requests.cancel_patch(), content_type="application/merge-patch+json")
+        return Accepted(name=name, namespace=namespace, uid=run["metadata"]["uid"],
+                        message="cancel requested; the run ends Cancelled")
+
+    async def retry(self, user: User, namespace: str, name: str) -> Accepted:
+        await self.authorizer.authorize(user, "patch", namespace, name)
+        run = await self.execution(namespace, name)
+        phase = (run.get("status") or {}).get("phase") or "Pending"
+        if phase not in TERMINAL_PHASES:
+            raise ApiError(409, "NotEnded", f"WorkflowExecution {namespace}/{name} is {phase}; only an ended run "
+                           "can be retried")
+        if phase == "Succeeded":
+            raise ApiError(409, "NothingToRetry", f"WorkflowExecution {namespace}/{name} Succeeded; only a Failed, "
+                           "TimedOut or Cancelled run can be retried (resubmit runs it again)")
+        try:
+            await self._kube(f"WorkflowExecution {namespace}/{name}", "PATCH", executions_path(namespace, name),
+                             requests.retry_patch(run), content_type="application/merge-patch+json")
+        except ApiError as e:
+            if e.status == 400:  # nothing in the (empty) request was wrong: the cluster refuses retries
+                raise ApiError(409, "RetryRefused", e.message) from None
+            raise
+        return Accepted(name=name, namespace=namespace, uid=run["metadata"]["uid"],
+                        message="retry requested; the run continues from its failed tasks")
+
+    async def signal(self, user: User, namespace: str, name: str, signal: str, req: SignalRequest) -> Accepted:
+        """Signals go to ``wait`` tasks; no such task type exists yet, so no run can take one."""
+        await self.authorizer.authorize(user, "patch", namespace, name)
+        await self.execution(namespace, name)
+        raise ApiError(409, "NoWaitingTask", f"WorkflowExecution {namespace}/{name} has no task waiting for signal "
+                       f"{signal!r}: wait tasks are not supported yet", "signal")

@@ -1,0 +1,133 @@
+"""api.Service's pure parts: tokens and reviews, error mapping, log lines (the e2e tests call it whole)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compozy_operator.api_service.auth import TtlCache, User, access_review, bearer_token, reviewed_user
+from compozy_operator.api_service.http import validation_field
+from compozy_operator.api_service.models import ApiError
+from compozy_operator.api_service.operations import kube_error, request_field
+from compozy_operator.api_service.service import trigger_subject
+from compozy_operator.api_service.streams import LogLine, log_line, sse, wanted
+from compozy_operator.kube import ApiException
+from compozy_operator.nats_auth.permissions import attempt_permissions
+
+
+@pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer   ", "Basic abc", "token abc"])
+def test_no_bearer_token_is_a_401(header: str | None) -> None:
+    with pytest.raises(ApiError) as e:
+        bearer_token(header)
+    assert e.value.status == 401 and e.value.reason == "Unauthorized"
+
+
+def test_bearer_token() -> None:
+    assert bearer_token("Bearer abc.def") == "abc.def"
+    assert bearer_token("bearer  abc ") == "abc"
+
+
+def test_reviewed_user_refuses_unauthenticated_and_anonymous() -> None:
+    assert reviewed_user({}) is None
+    assert reviewed_user({"authenticated": False, "user": {"username": "x"}}) is None
+    assert reviewed_user({"authenticated": True, "user": {"username": "system:anonymous"}}) is None
+    assert reviewed_user({"authenticated": True, "user": {}}) is None
+    user = reviewed_user({"authenticated": True, "user": {"username": "alice", "uid": "u1", "groups": ["g"],
+                                                           "extra": {"scopes": ["a", "b"]}}})
+    assert user == User("alice", "u1", ("g",), (("scopes", ("a", "b")),))
+
+
+def test_access_review_is_of_the_user_as_authenticated() -> None:
+    user = User("alice", "u1", ("g1", "g2"), (("k", ("v",)),))
+    review = access_review(user, "create", "ns")
+    assert review["spec"] == {"user": "alice", "groups": ["g1", "g2"], "uid": "u1", "extra": {"k": ["v"]},
+                              "resourceAttributes": {"namespace": "ns", "verb": "create", "group": "compozy.dev",
+                                                     "resource": "workflowexecutions"}}
+    assert access_review(user, "get", "ns", "run-1")["spec"]["resourceAttributes"]["name"] == "run-1"
+
+
+def test_ttl_cache_is_bounded_and_expires() -> None:
+    cache: TtlCache[str, int] = TtlCache(ttl=60, size=2)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1  # a is now the most recently used
+    cache.put("c", 3)
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (1, None, 3)
+    stale: TtlCache[str, int] = TtlCache(ttl=-1, size=2)
+    stale.put("a", 1)
+    assert stale.get("a") is None
+
+
+@pytest.mark.parametrize("problem, field", [
+    ("spec.input.n: 'three' is not of type 'integer'", "input.n"),
+    ("spec.input: nested 100 levels deep", "input"),
+    ("spec.timeout: 'soon' is not a duration", "timeout"),
+    ("metadata.name: 'X' is not a valid name", "name"),
+    ("metadata.labels: Invalid value", "labels"),
+    ('admission webhook "x" denied the request: spec.input.a[0]: bad', "input.a[0]"),
+    ("workflow.spec.tasks[0].tool: unknown tool", "workflow"),
+    ("something else entirely", None),
+])
+def test_request_field(problem: str, field: str | None) -> None:
+    assert request_field(problem) == field
+
+
+def _api_exception(status: int, body: dict) -> ApiException:
+    e = ApiException(status=status, reason="Reason")
+    e.body = json.dumps(body)
+    return e
+
+
+def test_kube_errors_become_the_callers_4xx() -> None:
+    assert kube_error(_api_exception(404, {}), "Workflow ns/x").status == 404
+    conflict = kube_error(_api_exception(409, {"reason": "AlreadyExists", "message": "exists"}), "x")
+    assert (conflict.status, conflict.reason) == (409, "AlreadyExists")
+    invalid = kube_error(_api_exception(422, {"message": "bad", "details": {"causes": [
+        {"field": "metadata.labels"}]}}), "x")
+    assert (invalid.status, invalid.field) == (400, "labels")
+    assert kube_error(_api_exception(500, {}), "x").status == 503
+    assert kube_error(_api_exception(410, {"message": "too old"}), "x").field == "continue"
+
+
+def test_validation_field() -> None:
+    assert validation_field(("body", "labels", "a")) == "labels.a"
+    assert validation_field(("query", "limit")) == "limit"
+    assert validation_field(("body",)) == "body"
+
+
+def _log(**data: object) -> bytes:
+    return json.dumps({"time": "2026-01-01T00:00:00.000Z", "data": data}).encode()
+
+
+def test_an_attempts_log_line_is_what_its_subject_says() -> None:
+    line = log_line("compozy.log.ns.run.uid-1.task.each_5b2_5d.3.runtime",
+                    _log(task="other", attempt=9, level="warning", message="one\ntwo"))
+    assert line == LogLine("2026-01-01T00:00:00.000Z", "runtime", "each[2]", 3, "warning", "one\ntwo")
+    assert line.text() == "2026-01-01T00:00:00.000Z runtime each[2][3] warning one\\ntwo\n"
+    operator = log_line("compozy.log.ns.run.uid-1.orchestrator", _log(task="a", attempt=1, level="info", message="hi"))
+    assert operator is not None and operator.text().split(" ", 2)[2] == "a[1] info hi\n"
+    plain = log_line("compozy.log.ns.run.uid-1.orchestrator", _log(level="info", message="started"))
+    assert plain is not None and plain.text() == "2026-01-01T00:00:00.000Z orchestrator - info started\n"
+    for subject, body in (("compozy.log.ns.run.uid-1.orchestrator", b"not json"), ("compozy.log.ns.run.uid-1.orchestrator", b"[]"),
+                          ("compozy.log.ns.run.uid-1.task.x.y.runtime", _log()), ("compozy.log.a", _log())):
+        assert log_line(subject, body) is None
+
+
+def test_task_and_attempt_filters() -> None:
+    child = LogLine("t", "runtime", "each[2]", 1, "info", "m")
+    assert wanted(child, "each", None) and wanted(child, "each[2]", 1) and not wanted(child, "each", 2)
+    assert not wanted(child, "eac", None) and wanted(child, None, None)
+    assert not wanted(LogLine("t", "orchestrator", None, None, "info", "m"), "each", None)
+
+
+def test_sse_frame() -> None:
+    assert sse(7, "TaskDispatched", '{"a": 1}') == 'id: 7\nevent: TaskDispatched\ndata: {"a": 1}\n\n'
+
+
+def test_no_task_attempt_may_publish_a_trigger() -> None:
+    """Triggers come from in-cluster services with a Kubernetes token, never from a task pod's NATS
+    identity (callout mode): its allow list does not reach ``compozy.api.>``."""
+    permissions = attempt_permissions("ns", "run", "uid-1", "task", 1)
+    assert not permissions.may_publish(trigger_subject("ns"))
+    assert not permissions.may_publish(trigger_subject("other"))
