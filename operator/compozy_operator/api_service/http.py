@@ -182,9 +182,11 @@ def create_app(ctx: "Context", max_body: int) -> FastAPI:
 
     @app.get(PREFIX + "/namespaces/{namespace}/executions/{name}", response_class=JSONResponse,
              responses={**ERRORS, 200: {"model": WorkflowExecution}}, tags=["executions"])
-    async def get_execution(namespace: Namespace, name: Name, user: Caller) -> JSONResponse:
+    async def get_execution(request: Request, namespace: Namespace, name: Name, user: Caller) -> JSONResponse:
         """The run as `kubectl get -o json` shows it (get workflowexecutions)."""
-        return JSONResponse(await ops.read(user, namespace, name))
+        run = await ops.read(user, namespace, name)
+        request.state.uid = run["metadata"]["uid"]  # this request's log line goes to the run's log
+        return JSONResponse(run)
 
     @app.post(PREFIX + "/namespaces/{namespace}/executions/{name}/cancel", status_code=202, response_model=Accepted,
               responses=ERRORS, tags=["executions"])
@@ -217,12 +219,13 @@ def create_app(ctx: "Context", max_body: int) -> FastAPI:
     @app.get(PREFIX + "/namespaces/{namespace}/executions/{name}/events", responses={
         **STREAM_ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "The run's state events"}},
         response_class=StreamingResponse, tags=["executions"])
-    async def events(namespace: Namespace, name: Name, user: Caller,
+    async def events(request: Request, namespace: Namespace, name: Name, user: Caller,
                      last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0,
                                                                  le=2 ** 63 - 1)] = None) -> StreamingResponse:
         """Every state event of the run, replayed from the first (or after `Last-Event-ID`), then live;
         closed after the terminal one (get)."""
         run = await ops.read(user, namespace, name)
+        request.state.uid = run["metadata"]["uid"]
         stream = await _subscribed(ctx.streams.events(namespace, name, run["metadata"]["uid"],
                                                       ctx.run_state(namespace, name), last_event_id))
         return Stream(stream, media_type="text/event-stream",
@@ -231,12 +234,13 @@ def create_app(ctx: "Context", max_body: int) -> FastAPI:
     @app.get(PREFIX + "/namespaces/{namespace}/executions/{name}/logs", responses={
         **STREAM_ERRORS, 200: {"content": {"text/plain": {}}, "description": "One line per LogEmitted"}},
         response_class=StreamingResponse, tags=["executions"])
-    async def logs(namespace: Namespace, name: Name, user: Caller,
+    async def logs(request: Request, namespace: Namespace, name: Name, user: Caller,
                    task: Annotated[str | None, Query(max_length=300)] = None,
                    attempt: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
                    follow: bool = False) -> StreamingResponse:
         """The run's log lines: `<time> <component> <task>[<attempt>] <level> <message>` (get)."""
         run = await ops.read(user, namespace, name)
+        request.state.uid = run["metadata"]["uid"]
         stream = await _subscribed(ctx.streams.logs(namespace, name, run["metadata"]["uid"],
                                                     ctx.run_state(namespace, name), task=task, attempt=attempt,
                                                     follow=follow))
