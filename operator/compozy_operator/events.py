@@ -36,6 +36,7 @@ from .resources.models import OutputRef, TokenUsage
 STATE_STREAM = "COMPOZY_STATE"
 STATE_CONSUMER = "compozy-state-manager"  # the state manager's durable consumer
 LOG_STREAM = "COMPOZY_LOGS"
+API_TRIGGER_SUBJECTS = "compozy.api.*.workflow.trigger"  # api.Service's NATS trigger; <ns> is the third token
 LOG_MAX_AGE = 7 * 24 * 3600  # default retention of log lines, seconds (COMPOZY_LOG_MAX_AGE_SECONDS)
 LOG_MAX_BYTES = 1024 ** 3  # default size bound of the log stream (COMPOZY_LOG_MAX_BYTES); the oldest lines go first
 COMMAND_STREAM = "COMPOZY_COMMANDS"

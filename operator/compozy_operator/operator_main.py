@@ -31,9 +31,9 @@ from .kube import Kube
 from .monitoring import JETSTREAM_REPAIRS, LOOP_RESTARTS, HttpServer
 from .nats_auth.callout import CalloutConfig, CalloutService
 from .nats_auth.decision import DEFAULT_MAX_TTL, ENDED_PHASES
-from .nats_auth.keys import ACCOUNT, CALLOUT_USER, OPERATOR_USER, STATE_USER, SYSTEM_USER, CalloutKeys, \
+from .nats_auth.keys import ACCOUNT, API_USER, CALLOUT_USER, OPERATOR_USER, STATE_USER, SYSTEM_USER, CalloutKeys, \
     load_or_create
-from .nats_auth.permissions import STATE_INBOX
+from .nats_auth.permissions import API_INBOX, STATE_INBOX
 from .orchestrator import Orchestrator
 from .pods import LABEL_MANAGED, MANAGER
 from .settings import Settings
@@ -146,6 +146,8 @@ class Operator:
                                            nats_url=with_credentials(url, OPERATOR_USER, keys.operator_password))
             self.state_bus = Bus(with_credentials(url, STATE_USER, keys.state_password), None, "compozy-state", ca,
                                  inbox_prefix=STATE_INBOX)
+            self.api_bus = Bus(with_credentials(url, API_USER, keys.api_password), None, "compozy-api", ca,
+                               inbox_prefix=API_INBOX)
             self.callout_config = CalloutConfig(url, keys.issuer_seed, ACCOUNT, user=CALLOUT_USER,
                                                 password=keys.callout_password, ca=ca, system_user=SYSTEM_USER,
                                                 system_password=keys.system_password,
@@ -155,7 +157,7 @@ class Operator:
         self.bus = Bus(settings.nats_url, settings.nats_token, "compozy-operator", ca,
                        streams=stream_configs(settings.log_max_age, settings.log_max_bytes))
         if self.callout_config is None:
-            self.state_bus = self.bus  # token mode: one identity for all
+            self.state_bus = self.api_bus = self.bus  # token mode: one identity for all
         self.orchestrator = Orchestrator(settings, self.kube, self.bus)
         self.state = StateManager(self.state_bus, self.kube, self.orchestrator.reconcile, settings.state_batch,
                                   settings.status_defer)
@@ -167,13 +169,18 @@ class Operator:
             self.loops.append(Supervised("NATS auth callout", self._callout))
         self.callout: CalloutService | None = None  # while the callout loop runs
         if settings.api_enabled:
-            api = ApiService(self.kube, self.bus, self.evaluate, self.readiness, host=settings.api_host,
+            api = ApiService(self.kube, self.api_bus, self.evaluate, self.readiness, host=settings.api_host,
                              port=settings.api_port, max_input_bytes=settings.max_input_bytes,
                              max_streams=settings.api_max_streams,
                              tls=(settings.api_cert_file, settings.api_key_file)
                              if settings.api_cert_file and settings.api_key_file else None)
             self.loops.append(Supervised("api.Service", api.run))
         self.nats_ready = False
+
+    def own_buses(self) -> list[Bus]:
+        """The connections of the parts with NATS users of their own (callout mode), besides the
+        orchestrator's."""
+        return [bus for bus in (self.state_bus, self.api_bus) if bus is not self.bus]
 
     def _callout_keys(self, settings: Settings) -> CalloutKeys:
         """The callout Secret's keys (the Secret made now when absent)."""
@@ -209,7 +216,7 @@ class Operator:
     def readiness(self) -> tuple[bool, str]:
         if not self.nats_ready:
             return False, self.bus.last_error or "connecting to NATS"
-        for bus in {self.bus, self.state_bus}:
+        for bus in (self.bus, *self.own_buses()):
             if not bus.connected:
                 return False, f"NATS disconnected ({bus.name}): {bus.last_error or 'reconnecting'}"
         problems = [p for p in (*(loop.problem() for loop in self.loops), self.state.problem(), self.jetstream.problem)
@@ -222,8 +229,8 @@ class Operator:
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
         await self.bus.connect()  # retries with back-off, logging each failure, until NATS answers
         await self.bus.ensure_streams()
-        if self.state_bus is not self.bus:
-            await self.state_bus.connect()
+        for bus in self.own_buses():
+            await bus.connect()
         self.nats_ready = True
         for loop in self.loops:
             loop.start()
@@ -235,8 +242,8 @@ class Operator:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.orchestrator.close()
-        if self.state_bus is not self.bus:
-            await self.state_bus.close()
+        for bus in self.own_buses():
+            await bus.close()
         await self.bus.close()
         await self.http.stop()
 

@@ -38,7 +38,7 @@ from compozy_operator.events import (COMMAND_STREAM, STATE_CONSUMER, STATE_STREA
 from compozy_operator.kube import ApiException, Kube
 from compozy_operator.nats_auth.callout import CalloutConfig, CalloutService
 from compozy_operator.nats_auth.keys import SYSTEM_USER, load_or_create
-from compozy_operator.nats_auth.permissions import STATE_INBOX
+from compozy_operator.nats_auth.permissions import API_INBOX, STATE_INBOX
 from compozy_operator.state_manager import consumer_config
 from compozy_operator.pods import task_pod
 from compozy_operator.settings import Settings
@@ -476,7 +476,7 @@ def test_the_operator_makes_the_callout_secret_once(kube: Kube, namespace: str) 
     assert e.value.status == 404
     kube.create(f"/api/v1/namespaces/{namespace}/secrets", {
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "broken"}, "stringData": {"issuer-seed": "x"}})
-    with pytest.raises(ValueError, match=f"Secret {namespace}/broken lacks operator-password, state-password, callout-password"):
+    with pytest.raises(ValueError, match=f"Secret {namespace}/broken lacks operator-password, state-password, callout-password, system-password, api-password"):
         load_or_create(kube, namespace, "broken")
 
 
@@ -555,3 +555,70 @@ def test_a_pods_connections_are_closed_when_it_ends(callout_nats: NatsServer, ku
     closed, other_up, forgotten, kicked = asyncio.run(scenario())
     assert closed, "the ended pod's connection is still open"
     assert other_up and forgotten and kicked == 1
+
+
+def test_api_services_user_reads_streams_and_answers_triggers_only(callout_nats: NatsServer) -> None:
+    """api.Service's own NATS user (docs/security.md): its real Streams replay a run's state events
+    and log lines through ephemeral consumers, it writes its request lines and answers the NATS
+    trigger; it cannot publish an event or a command, read a command, touch the state manager's
+    consumer (read, change or delete it), delete a stream or subscribe to events."""
+    from compozy_operator.api_service.streams import Streams
+    auth = callout_nats.callout
+    assert auth is not None
+    url = callout_nats.url_for(auth.api_user, auth.keys.api_password)
+    ns, run, uid = "ns-p", "run-p", "uid-p"
+    command = command_subject(ns, run, TASK, 1)
+
+    async def state() -> tuple[str, str]:
+        return uid, "Succeeded"
+
+    async def scenario() -> tuple[list[str], list[str], bytes, dict[str, bool]]:
+        op = await _operator(callout_nats)
+        for etype in (EventType.WORKFLOW_STARTED, EventType.WORKFLOW_SUCCESS):
+            await op.publish_event(make_event(etype, "operator", ns, run, uid))
+        await op.emit_log(ns, run, uid, "orchestrator", "info", "started")
+        api = Bus(url, None, "api", inbox_prefix=API_INBOX)
+        await api.connect(attempts=3)
+        await api.emit_log(ns, run, uid, "api", "info", "a request")
+        streams = Streams(api, 10)
+        events = [e async for e in await streams.events(ns, run, uid, state)]
+        await asyncio.sleep(0.5)  # the api line is stored
+        lines = [line async for line in await streams.logs(ns, run, uid, state, task=None, attempt=None, follow=False)]
+        assert api.nc is not None
+
+        async def answer(msg: Any) -> None:
+            await msg.respond(b'{"name": "x"}')
+
+        await api.nc.subscribe(f"compozy.api.{ns}.workflow.trigger", queue="compozy-api", cb=answer)
+        await api.nc.flush()
+        assert op.nc is not None
+        reply = (await op.nc.request(f"compozy.api.{ns}.workflow.trigger", b"{}", timeout=5)).data
+        await api.close()
+
+        probe = await Probe().connect(url, None, API_INBOX)
+        assert probe.nc is not None
+        refused = {}
+        for what in (state_subject(ns, run, EventType.WORKFLOW_FAILED), command):
+            await probe.nc.publish(what, b"{}")
+            refused[f"publish {what}"] = await probe.refused(what)
+        await probe.nc.subscribe("compozy.>")
+        refused["subscribe compozy.>"] = await probe.refused("compozy.>")
+        for api_subject in (f"$JS.API.CONSUMER.MSG.NEXT.{STATE_STREAM}.{STATE_CONSUMER}",
+                            f"$JS.API.CONSUMER.CREATE.{STATE_STREAM}.{STATE_CONSUMER}",
+                            f"$JS.API.CONSUMER.DELETE.{STATE_STREAM}.{STATE_CONSUMER}",
+                            f"$JS.API.STREAM.DELETE.{STATE_STREAM}", f"$JS.API.DIRECT.GET.{COMMAND_STREAM}.{command}"):
+            try:
+                await probe.nc.request(api_subject, b"{}", timeout=1)
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                pass
+            refused[api_subject] = await probe.refused(api_subject)
+        await probe.nc.close()
+        await op.close()
+        return events, lines, reply, refused
+
+    events, lines, reply, refused = asyncio.run(scenario())
+    assert [e.split("\n")[1] for e in events if e.startswith("id:")] == \
+        ["event: WorkflowExecutionStarted", "event: WorkflowExecutionSuccess"]
+    assert [line.split(" ", 1)[1] for line in lines] == ["orchestrator - info started\n", "api - info a request\n"]
+    assert reply == b'{"name": "x"}'
+    assert all(refused.values()), refused

@@ -14,7 +14,8 @@ def test_generated_keys_round_trip_through_secret_data():
     assert CalloutKeys.from_secret_data(data) == keys
     assert CalloutKeys() != keys
     # passwords nats.conf reads from the environment as plain strings: a letter, then hex
-    for password in (keys.operator_password, keys.state_password, keys.callout_password):
+    for password in (keys.operator_password, keys.state_password, keys.api_password, keys.callout_password,
+                     keys.system_password):
         assert password[0].isalpha() and all(c in "0123456789abcdef" for c in password[1:]) and len(password) > 32
 
 
@@ -56,4 +57,4 @@ def test_the_server_conf_names_every_secret_as_a_variable_or_its_value():
         assert f"${env}" in template and f"${env}" not in filled
     for value in keys.server_env().values():
         assert f'"{value}"' in filled and value not in template
-    assert "auth_users: [compozy-operator, compozy-state, compozy-callout, compozy-system]" in template
+    assert "auth_users: [compozy-operator, compozy-state, compozy-api, compozy-callout, compozy-system]" in template

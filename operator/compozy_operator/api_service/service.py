@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from ..bus import Bus
-from ..events import token
+from ..events import API_TRIGGER_SUBJECTS, token
 from ..kube import Kube
 from .auth import Authorizer, bearer_token
 from .http import REQUESTS, create_app
@@ -35,7 +35,7 @@ from .operations import Operations
 from .streams import RunState, Streams
 
 log = logging.getLogger(__name__)
-TRIGGER_SUBJECT = "compozy.api.*.workflow.trigger"  # <ns> is the third token
+TRIGGER_SUBJECT = API_TRIGGER_SUBJECTS
 TRIGGER_QUEUE = "compozy-api"  # several operator processes share the requests
 CERT_CHECK_SECONDS = 30.0  # how often the serving certificate's file is checked for a renewal
 TRIGGER_CONCURRENCY = 16  # NATS trigger requests answered at once (each waits on the API server)

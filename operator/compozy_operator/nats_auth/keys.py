@@ -24,7 +24,7 @@ import nkeys
 
 from ..kube import ApiException, Kube
 from .jwt import new_seed, public_key
-from .permissions import state_manager_permissions
+from .permissions import Permissions, api_service_permissions, state_manager_permissions
 
 AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"  # where the server asks the callout
 KICK_SUBJECT = "$SYS.REQ.SERVER.*.KICK"  # where a server takes {"cid": N} and closes that connection
@@ -32,6 +32,7 @@ ACCOUNT = "COMPOZY"  # the application's account: the operator, JetStream, and e
 CALLOUT_ACCOUNT = "AUTH"  # the callout service's own (no data, no JetStream)
 OPERATOR_USER = "compozy-operator"  # the orchestrator: commands, its events, outputs, stream administration
 STATE_USER = "compozy-state"  # the state manager: reads the state stream through its consumer, nothing else
+API_USER = "compozy-api"  # api.Service: reads state and log streams, answers the NATS trigger
 CALLOUT_USER = "compozy-callout"
 SYSTEM_USER = "compozy-system"  # the system account's: may only ask a server to close a connection (KICK)
 KICK_INBOX = "_INBOX_KICK"
@@ -40,10 +41,12 @@ ISSUER_SEED_KEY = "issuer-seed"
 ISSUER_KEY = "issuer"
 OPERATOR_PASSWORD_KEY = "operator-password"
 STATE_PASSWORD_KEY = "state-password"
+API_PASSWORD_KEY = "api-password"
 CALLOUT_PASSWORD_KEY = "callout-password"
 SYSTEM_PASSWORD_KEY = "system-password"
 # the server's environment variable for each Secret key (nats.conf refers to them: server_conf)
 SERVER_ENV = {"OPERATOR_PASSWORD": OPERATOR_PASSWORD_KEY, "STATE_PASSWORD": STATE_PASSWORD_KEY,
+              "API_PASSWORD": API_PASSWORD_KEY,
               "CALLOUT_PASSWORD": CALLOUT_PASSWORD_KEY, "SYSTEM_PASSWORD": SYSTEM_PASSWORD_KEY,
               "CALLOUT_ISSUER": ISSUER_KEY}
 
@@ -65,6 +68,7 @@ class CalloutKeys:
     state_password: str = field(default_factory=_password)
     callout_password: str = field(default_factory=_password)
     system_password: str = field(default_factory=_password)
+    api_password: str = field(default_factory=_password)
 
     @property
     def issuer(self) -> str:
@@ -74,7 +78,7 @@ class CalloutKeys:
     def secret_data(self) -> dict[str, str]:
         return {ISSUER_SEED_KEY: self.issuer_seed, ISSUER_KEY: self.issuer, OPERATOR_PASSWORD_KEY: self.operator_password,
                 STATE_PASSWORD_KEY: self.state_password, CALLOUT_PASSWORD_KEY: self.callout_password,
-                SYSTEM_PASSWORD_KEY: self.system_password}
+                SYSTEM_PASSWORD_KEY: self.system_password, API_PASSWORD_KEY: self.api_password}
 
     def server_env(self) -> dict[str, str]:
         """The environment a server running :func:`server_conf` needs."""
@@ -85,12 +89,12 @@ class CalloutKeys:
     def from_secret_data(cls, data: dict[str, str], where: str = "the Secret") -> CalloutKeys:
         """The keys from a Secret's decoded data; a missing or broken key is named."""
         missing = [k for k in (ISSUER_SEED_KEY, OPERATOR_PASSWORD_KEY, STATE_PASSWORD_KEY, CALLOUT_PASSWORD_KEY,
-                               SYSTEM_PASSWORD_KEY) if not data.get(k)]
+                               SYSTEM_PASSWORD_KEY, API_PASSWORD_KEY) if not data.get(k)]
         if missing:
             raise ValueError(f"{where} lacks {', '.join(missing)}")
         keys = cls(data[ISSUER_SEED_KEY].strip(), data[OPERATOR_PASSWORD_KEY].strip(),
                    data[STATE_PASSWORD_KEY].strip(), data[CALLOUT_PASSWORD_KEY].strip(),
-                   data[SYSTEM_PASSWORD_KEY].strip())
+                   data[SYSTEM_PASSWORD_KEY].strip(), data[API_PASSWORD_KEY].strip())
         try:
             issuer = keys.issuer
         except Exception as e:  # noqa: BLE001 - nkeys raises several kinds for a bad seed
@@ -112,9 +116,12 @@ def server_conf(values: dict[str, str] | None = None) -> str:
     def secret(name: str) -> str:
         return json.dumps(values[name]) if values is not None else f"${name}"
 
-    state = state_manager_permissions()
-    state_perms = (f"{{publish: {{allow: {json.dumps(list(state.publish))}}}, "
-                   f"subscribe: {{allow: {json.dumps(list(state.subscribe))}}}}}")
+    def perms(p: Permissions, responses: bool = False) -> str:
+        extra = ", allow_responses: true" if responses else ""
+        return (f"{{publish: {{allow: {json.dumps(list(p.publish))}}}, "
+                f"subscribe: {{allow: {json.dumps(list(p.subscribe))}}}{extra}}}")
+
+    state_perms, api_perms = perms(state_manager_permissions()), perms(api_service_permissions(), responses=True)
     # the callout service: receives the server's requests and answers them (replies only)
     callout_perms = f'{{publish: {{deny: [">"]}}, subscribe: {{allow: ["{AUTH_SUBJECT}"]}}, allow_responses: true}}'
     # the operator's system user: close a task pod's connections when the pod ends (callout.py)
@@ -132,6 +139,8 @@ def server_conf(values: dict[str, str] | None = None) -> str:
       {{user: {OPERATOR_USER}, password: {secret("OPERATOR_PASSWORD")}}}
       {{user: {STATE_USER}, password: {secret("STATE_PASSWORD")},
        permissions: {state_perms}}}
+      {{user: {API_USER}, password: {secret("API_PASSWORD")},
+       permissions: {api_perms}}}
     ]
   }}
   {CALLOUT_ACCOUNT}: {{
@@ -146,7 +155,7 @@ authorization {{
   auth_callout {{
     issuer: {secret("CALLOUT_ISSUER")}
     account: {CALLOUT_ACCOUNT}
-    auth_users: [{OPERATOR_USER}, {STATE_USER}, {CALLOUT_USER}, {SYSTEM_USER}]
+    auth_users: [{OPERATOR_USER}, {STATE_USER}, {API_USER}, {CALLOUT_USER}, {SYSTEM_USER}]
   }}
 }}
 """

@@ -76,6 +76,22 @@ def state_manager_permissions() -> Permissions:
         subscribe=(f"{STATE_INBOX}.>",))
 
 
+API_INBOX = "_INBOX_API"  # api.Service's reply and delivery subjects
+
+
+def api_service_permissions() -> Permissions:
+    """api.Service's NATS user: read the state and log streams through ephemeral (ordered) consumers,
+    answer the NATS trigger (replies only: ``allow_responses``), and write its own request lines.
+    No named or durable consumer (it cannot change or read the state manager's), no delete (its
+    consumers go away when idle), no event, command or output: it changes runs only through the API
+    server, under each caller's RBAC."""
+    publish: list[str] = [f"$JS.API.CONSUMER.CREATE.{stream}" for stream in (events.STATE_STREAM, events.LOG_STREAM)]
+    for stream in (events.STATE_STREAM, events.LOG_STREAM):
+        publish += [f"$JS.API.CONSUMER.INFO.{stream}.*", f"$JS.FC.{stream}.>"]
+    return Permissions(publish=(*publish, "compozy.log.*.*.*.api"),
+                       subscribe=(events.API_TRIGGER_SUBJECTS, f"{API_INBOX}.>"))
+
+
 def bounded(subject: str) -> str:
     """``subject``, refused unless every token but a final ``*`` or ``>`` is literal: a wildcard or a
     blank that came from a name would widen the grant beyond its attempt."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..nats_auth.keys import CALLOUT_USER, OPERATOR_USER, STATE_USER, CalloutKeys, server_conf
+from ..nats_auth.keys import API_USER, CALLOUT_USER, OPERATOR_USER, STATE_USER, CalloutKeys, server_conf
 from .pki import TlsFiles, write_loopback_tls
 from .process import ComponentError, ManagedProcess
 from .workdir import free_port, which
@@ -37,6 +37,7 @@ class CalloutAuth:
     callout_account: str = "AUTH"  # the callout service's own (no data, no JetStream)
     operator_user: str = OPERATOR_USER
     state_user: str = STATE_USER
+    api_user: str = API_USER
     callout_user: str = CALLOUT_USER
     keys: CalloutKeys = field(default_factory=CalloutKeys)
 
