@@ -205,9 +205,10 @@ def command_subject(namespace: str, execution: str, task: str, attempt: int) -> 
     return f"compozy.cmd.{token(namespace)}.{token(execution)}.task.execute.{task_token(task)}.{attempt}"
 
 
-def claim_subject(namespace: str, execution: str, task: str, attempt: int) -> str:
-    """Where a task attempt's claim is kept (see :meth:`.bus.Bus.claim`)."""
-    return f"compozy.cmd.{token(namespace)}.{token(execution)}.task.claim.{task_token(task)}.{attempt}"
+def claim_subject(namespace: str, execution: str, uid: str, task: str, attempt: int) -> str:
+    """Where a task attempt's claim is kept (see :meth:`.bus.Bus.claim`). The run's uid is in it: a
+    run deleted and created again under the same name claims its attempts afresh."""
+    return f"compozy.cmd.{token(namespace)}.{token(execution)}.task.claim.{token(uid)}.{task_token(task)}.{attempt}"
 
 
 def cancel_subject(namespace: str, execution: str) -> str:
@@ -247,7 +248,7 @@ def attempt_permissions(namespace: str, execution: str, uid: str, task: str, att
     publishes), and two Direct Gets (its command, its claim) whose API subject names the subject
     read. ``subscribe``: its execution's cancel and its own reply subjects."""
     command = command_subject(namespace, execution, task, attempt)
-    claim = claim_subject(namespace, execution, task, attempt)
+    claim = claim_subject(namespace, execution, uid, task, attempt)
     key = output_key(namespace, execution, uid, task, attempt)
     return {
         "publish": [

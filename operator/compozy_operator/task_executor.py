@@ -141,6 +141,9 @@ class TaskRunner:
         refused: str | None = None  # why the command seen last was not this attempt's
         for _ in range(int(COMMAND_WAIT_SECONDS / COMMAND_POLL_SECONDS)):
             got = await self.nats(lambda: self.bus.get_command(subject), "fetching the TaskExecute command")
+            if got is not None and isinstance(got[1], dict) and got[1].get("uid") != self.a.uid \
+                    and got[1].get("execution") == self.a.execution:
+                got = None  # a deleted run's of the same name: this run's command is not stored yet
             if got is not None:
                 if (problem := command_problem(self.a, subject, *got)) is None:
                     return got[1]
@@ -166,7 +169,7 @@ class TaskRunner:
     async def claim(self) -> bool:
         """Claim the attempt; False (after reporting it) when another pod has run or runs it."""
         a = self.a
-        subject = claim_subject(a.namespace, a.execution, a.task, a.attempt)
+        subject = claim_subject(a.namespace, a.execution, a.uid, a.task, a.attempt)
         held = await self.nats(lambda: self.bus.claim(subject, a.claimant, pod=a.pod), "claiming the attempt")
         if held is None:
             return True

@@ -329,3 +329,18 @@ def test_unreachable_nats_is_retried_and_reported(operator: OperatorProcess, dev
         wait_for(lambda: "retrying in" in other.log_path.read_text(), 20, "a retry message in the log")
     finally:
         other.stop()
+
+
+def test_a_run_deleted_and_created_again_under_its_name_runs_afresh(operator: OperatorProcess, kubectl: Kubectl,
+                                                                    namespace: str) -> None:
+    """Claims and commands are the old run's until the new one's are stored: the new run's attempts
+    are claimed afresh (its uid is in the claim subject) and its pods wait for their own command."""
+    apply(kubectl, namespace, workflow("again", [{"id": "a", "tool": "echo", "with": {"n": "{{ workflow.input.n }}"}}],
+                                      tools=[{"id": "echo", "python": PY_OK}], output={"a": "{{ tasks.a.output }}"}),
+          execution("same-name", "again", {"n": 1}))
+    assert wait_finished(kubectl, namespace, "same-name")["phase"] == "Succeeded"
+    kubectl.ok("delete", "wfx", "same-name", "-n", namespace, "--wait")
+    apply(kubectl, namespace, execution("same-name", "again", {"n": 2}))
+    status = wait_finished(kubectl, namespace, "same-name")
+    assert status["phase"] == "Succeeded", status
+    assert status["output"] == {"a": {"echo": {"n": 2}}} and status["tasks"]["a"]["attempt"] == 1

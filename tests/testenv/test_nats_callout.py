@@ -221,7 +221,7 @@ def test_a_task_pod_gets_exactly_its_attempts_subjects(callout_nats: NatsServer,
             bus = Bus(callout_nats.url, token, "task-run-a-probe-1", inbox_prefix=prefix)
             await bus.connect(attempts=1)
             out["command"] = await bus.get_command(own_command)
-            out["claim"] = await bus.claim(claim_subject(namespace, "run-a", TASK, 1), pod["metadata"]["uid"])
+            out["claim"] = await bus.claim(claim_subject(namespace, "run-a", uid, TASK, 1), pod["metadata"]["uid"])
             event = make_event(EventType.TASK_STARTED, "compozy/task-executor", namespace, "run-a", uid, TASK, 1,
                                publisher=Publisher.ATTEMPT, podName=pod["metadata"]["name"])
             out["event_seq"] = await bus.publish_event(event)

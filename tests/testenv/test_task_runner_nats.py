@@ -108,12 +108,12 @@ def runs_of(file: Path) -> Counter[str]:
 def test_an_attempt_is_claimed_once(server: NatsServer) -> None:
     async def scenario() -> tuple[Any, ...]:
         bus = await _bus(server)
-        subject = claim_subject(NS, RUN, "a", 1)
+        subject = claim_subject(NS, RUN, UID, "a", 1)
         first = await bus.claim(subject, "uid-a", pod="pod-a")
         again = await bus.claim(subject, "uid-a", pod="pod-a")  # a retry whose first ack was lost
         other = await bus.claim(subject, "uid-b", pod="pod-b")
-        racers = await asyncio.gather(*(bus.claim(claim_subject(NS, RUN, "b", 1), f"uid-{i}") for i in range(8)))
-        next_attempt = await bus.claim(claim_subject(NS, RUN, "a", 2), "uid-b")
+        racers = await asyncio.gather(*(bus.claim(claim_subject(NS, RUN, UID, "b", 1), f"uid-{i}") for i in range(8)))
+        next_attempt = await bus.claim(claim_subject(NS, RUN, UID, "a", 2), "uid-b")
         await bus.close()
         return first, again, other, racers, next_attempt
 

@@ -40,7 +40,7 @@ def test_subjects() -> None:
     assert state_subject("ns", "r", EventType.TASK_FAILED, "t", 2) == "compozy.state.ns.r.operator.t.2.TaskExecutionFailed"
     assert state_subject("ns", "r.v2", None) == "compozy.state.ns.r_v2.>"
     assert command_subject("ns", "r", "count", 2) == "compozy.cmd.ns.r.task.execute.count.2"
-    assert claim_subject("ns", "r", "each[0]", 1) == "compozy.cmd.ns.r.task.claim.each_5b0_5d.1"
+    assert claim_subject("ns", "r", "u-1", "each[0]", 1) == "compozy.cmd.ns.r.task.claim.u-1.each_5b0_5d.1"
     assert cancel_subject("ns", "r.v2") == "compozy.cmd.ns.r_v2.workflow.cancel"
     assert log_subject("ns", "r", "u-1", "orchestrator") == "compozy.log.ns.r.u-1.orchestrator"
     assert log_subject("ns", "r", "u-1", "runtime", "t", 3) == "compozy.log.ns.r.u-1.task.t.3.runtime"

@@ -32,7 +32,7 @@ def direct_get_subject(stream: str, subject: str) -> str:
 
 
 CMD = command_subject(NS, EXEC, TASK, ATTEMPT)
-CLAIM = claim_subject(NS, EXEC, TASK, ATTEMPT)
+CLAIM = claim_subject(NS, EXEC, UID, TASK, ATTEMPT)
 KEY = output_key(NS, EXEC, UID, TASK, ATTEMPT)
 OUT_CHUNK = f"$O.COMPOZY_OUTPUTS.C.{output_chunk_token(KEY)}.c0ffee"
 INBOX = inbox_prefix(NS, EXEC, TASK, ATTEMPT)
@@ -75,7 +75,8 @@ TABLE = [
      False),
     ("another attempt's command", "pub",
      direct_get_subject("COMPOZY_COMMANDS", command_subject(NS, EXEC, TASK, ATTEMPT + 1)), False),
-    ("another attempt's claim", "pub", claim_subject(NS, EXEC, TASK, ATTEMPT + 1), False),
+    ("another attempt's claim", "pub", claim_subject(NS, EXEC, UID, TASK, ATTEMPT + 1), False),
+    ("a same-name run's claim", "pub", claim_subject(NS, EXEC, "another-uid", TASK, ATTEMPT), False),
     ("another attempt's output", "pub", output_meta_subject(output_key(NS, EXEC, UID, TASK, ATTEMPT + 1)), False),
     ("read its execution's state", "sub", state_subject(NS, EXEC, None), False),
     ("read its own command", "sub", CMD, False),
