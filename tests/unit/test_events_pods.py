@@ -80,9 +80,9 @@ def test_an_attempts_permissions_name_only_its_own_subjects() -> None:
         "publish": [
             "compozy.state.ns.run.task.each_5b3_5d.2.*",
             "compozy.log.ns.run.uid-1.task.each_5b3_5d.2.*",
-            "compozy.cmd.ns.run.task.claim.each_5b3_5d.2",
+            "compozy.cmd.ns.run.task.claim.uid-1.each_5b3_5d.2",
             "$JS.API.DIRECT.GET.COMPOZY_COMMANDS.compozy.cmd.ns.run.task.execute.each_5b3_5d.2",
-            "$JS.API.DIRECT.GET.COMPOZY_COMMANDS.compozy.cmd.ns.run.task.claim.each_5b3_5d.2",
+            "$JS.API.DIRECT.GET.COMPOZY_COMMANDS.compozy.cmd.ns.run.task.claim.uid-1.each_5b3_5d.2",
             f"$O.COMPOZY_OUTPUTS.C.{output_chunk_token('ns/run/uid-1/each[3]/2')}.*",
             output_meta_subject("ns/run/uid-1/each[3]/2"),
         ],

@@ -129,9 +129,9 @@ def test_exact_lists() -> None:
     assert p.publish == (
         "compozy.state.team-a.run_1.task.each-url_5b3_5d.2.*",
         "compozy.log.team-a.run_1.uid-1.task.each-url_5b3_5d.2.*",
-        "compozy.cmd.team-a.run_1.task.claim.each-url_5b3_5d.2",
+        "compozy.cmd.team-a.run_1.task.claim.uid-1.each-url_5b3_5d.2",
         "$JS.API.DIRECT.GET.COMPOZY_COMMANDS.compozy.cmd.team-a.run_1.task.execute.each-url_5b3_5d.2",
-        "$JS.API.DIRECT.GET.COMPOZY_COMMANDS.compozy.cmd.team-a.run_1.task.claim.each-url_5b3_5d.2",
+        "$JS.API.DIRECT.GET.COMPOZY_COMMANDS.compozy.cmd.team-a.run_1.task.claim.uid-1.each-url_5b3_5d.2",
         f"$O.COMPOZY_OUTPUTS.C.{output_chunk_token('team-a/run.1/uid-1/each-url[3]/2')}.*",
         "$O.COMPOZY_OUTPUTS.M.dGVhbS1hL3J1bi4xL3VpZC0xL2VhY2gtdXJsWzNdLzI=",
     )
