@@ -16,24 +16,21 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import nats
 import pytest
-import yaml
 
 from compozy_operator.testenv import DevEnvironment, Kube
 from compozy_operator.testenv.helm import Helm, install, operator_pods, put_token_secret, wait_operator_ready
 from compozy_operator.testenv.workdir import free_port
 from tests.helpers import Kubectl, wait_for
 
-from .conftest import CHART, sets
+from .conftest import CHART, operator_log, run_example, sets
 
 RELEASE = "compozy"
 SYSTEM = "compozy-system"   # the operator's namespace
 APPS = "apps"               # the namespace it watches (namespaced mode)
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello-workflow.yaml"
 FULLNAME = f"{RELEASE}-operator"  # the chart's <release>-compozy-operator, shortened since the name contains it
 
 
@@ -48,8 +45,7 @@ class Installed:
     api_port: int
 
     def operator_log(self) -> str:
-        logs = self.env.workdir / "nodes"
-        return "\n".join(p.read_text(errors="replace") for p in logs.glob("*/pods/*/logs/operator.log"))
+        return operator_log(self.env)
 
 
 @pytest.fixture(scope="module")
@@ -72,16 +68,8 @@ def release() -> Iterator[Installed]:
         env.stop()
 
 
-def _run(inst: Installed, name: str, timeout: float = 60) -> dict:
-    docs = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]
-    docs[1]["metadata"]["name"] = name
-    inst.kubectl.ok("apply", "-n", APPS, "-f", "-", stdin="\n---\n".join(json.dumps(d) for d in docs))
-
-    def finished() -> dict | None:
-        status = inst.kube.get(f"/apis/compozy.dev/v1alpha1/namespaces/{APPS}/workflowexecutions/{name}").get("status") or {}
-        return status if status.get("phase") in ("Succeeded", "Failed", "TimedOut", "Cancelled") else None
-
-    return wait_for(finished, timeout, f"execution {name} to finish", interval=0.2)
+def _run(inst: Installed, name: str) -> dict:
+    return run_example(inst.kubectl, inst.kube, APPS, name)
 
 
 def test_install_then_the_example_workflow_succeeds(release: Installed) -> None:

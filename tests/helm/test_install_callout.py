@@ -11,32 +11,28 @@ in with its own ServiceAccount token. A cluster of its own, like test_install.py
 from __future__ import annotations
 
 import base64
-import json
 import re
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-import yaml
 
 from compozy_operator.nats_auth.keys import secret_manifest
 from compozy_operator.testenv import DevEnvironment, Kube
 from compozy_operator.testenv.helm import Helm, install, local_values, operator_pods
 from compozy_operator.testenv.natsserver import NatsServer
 from compozy_operator.testenv.workdir import free_port
-from tests.helpers import Kubectl, wait_for
+from tests.helpers import Kubectl
 
-from .conftest import sets
+from .conftest import operator_log, run_example, sets
 from .test_rbac import can_i
 
 RELEASE = "callout"
 SYSTEM = "compozy-system"
 APPS = "apps"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello-workflow.yaml"
 SECRET = "callout-keys"
 SA = f"system:serviceaccount:{SYSTEM}:{RELEASE}-compozy-operator"
 
@@ -50,8 +46,7 @@ class Installed:
     port: int
 
     def operator_log(self) -> str:
-        logs = self.env.workdir / "nodes"
-        return "\n".join(p.read_text(errors="replace") for p in logs.glob("*/pods/*/logs/operator.log"))
+        return operator_log(self.env)
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +72,8 @@ def release() -> Iterator[Installed]:
         env.stop()
 
 
-def _run(inst: Installed, name: str, timeout: float = 90) -> dict:
-    docs = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]
-    docs[1]["metadata"]["name"] = name
-    inst.kubectl.ok("apply", "-n", APPS, "-f", "-", stdin="\n---\n".join(json.dumps(d) for d in docs))
-
-    def finished() -> dict | None:
-        status = inst.kube.get(f"/apis/compozy.dev/v1alpha1/namespaces/{APPS}/workflowexecutions/{name}").get("status") or {}
-        return status if status.get("phase") in ("Succeeded", "Failed", "TimedOut", "Cancelled") else None
-
-    return wait_for(finished, timeout, f"execution {name} to finish", interval=0.2)
+def _run(inst: Installed, name: str) -> dict:
+    return run_example(inst.kubectl, inst.kube, APPS, name, 90)
 
 
 def _metric(port: int, name: str, labels: str) -> float:

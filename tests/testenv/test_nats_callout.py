@@ -167,6 +167,18 @@ class Probe:
                                      connect_timeout=5, error_cb=on_error)
         return self
 
+    async def requests_refused(self, *subjects: str) -> dict[str, bool]:
+        """Whether the server refused a request on each of ``subjects`` (and nothing answered it)."""
+        assert self.nc is not None
+        out = {}
+        for subject in subjects:
+            try:
+                await self.nc.request(subject, b"{}", timeout=1)
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                pass
+            out[subject] = await self.refused(subject)
+        return out
+
     async def refused(self, what: str) -> bool:
         """Whether the server has reported a permissions violation naming ``what``."""
         assert self.nc is not None
@@ -513,14 +525,10 @@ def test_the_state_managers_user_may_only_read_through_its_consumer(callout_nats
             refused[f"publish {what}"] = await probe.refused(what)
         await probe.nc.subscribe("compozy.>")
         refused["subscribe compozy.>"] = await probe.refused("compozy.>")
-        for api in (f"$JS.API.STREAM.DELETE.{STATE_STREAM}", f"$JS.API.STREAM.PURGE.{STATE_STREAM}",
-                    f"$JS.API.DIRECT.GET.{COMMAND_STREAM}.{command}", f"$JS.API.CONSUMER.CREATE.{STATE_STREAM}.spy",
-                    f"$JS.API.STREAM.MSG.GET.{STATE_STREAM}", f"$JS.API.CONSUMER.DELETE.{STATE_STREAM}.{STATE_CONSUMER}"):
-            try:
-                await probe.nc.request(api, b"{}", timeout=1)
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                pass
-            refused[api] = await probe.refused(api)
+        refused.update(await probe.requests_refused(
+            f"$JS.API.STREAM.DELETE.{STATE_STREAM}", f"$JS.API.STREAM.PURGE.{STATE_STREAM}",
+            f"$JS.API.DIRECT.GET.{COMMAND_STREAM}.{command}", f"$JS.API.CONSUMER.CREATE.{STATE_STREAM}.spy",
+            f"$JS.API.STREAM.MSG.GET.{STATE_STREAM}", f"$JS.API.CONSUMER.DELETE.{STATE_STREAM}.{STATE_CONSUMER}"))
         await probe.nc.close()
         await op.close()
         return seen, refused
@@ -603,15 +611,11 @@ def test_api_services_user_reads_streams_and_answers_triggers_only(callout_nats:
             refused[f"publish {what}"] = await probe.refused(what)
         await probe.nc.subscribe("compozy.>")
         refused["subscribe compozy.>"] = await probe.refused("compozy.>")
-        for api_subject in (f"$JS.API.CONSUMER.MSG.NEXT.{STATE_STREAM}.{STATE_CONSUMER}",
-                            f"$JS.API.CONSUMER.CREATE.{STATE_STREAM}.{STATE_CONSUMER}",
-                            f"$JS.API.CONSUMER.DELETE.{STATE_STREAM}.{STATE_CONSUMER}",
-                            f"$JS.API.STREAM.DELETE.{STATE_STREAM}", f"$JS.API.DIRECT.GET.{COMMAND_STREAM}.{command}"):
-            try:
-                await probe.nc.request(api_subject, b"{}", timeout=1)
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                pass
-            refused[api_subject] = await probe.refused(api_subject)
+        refused.update(await probe.requests_refused(
+            f"$JS.API.CONSUMER.MSG.NEXT.{STATE_STREAM}.{STATE_CONSUMER}",
+            f"$JS.API.CONSUMER.CREATE.{STATE_STREAM}.{STATE_CONSUMER}",
+            f"$JS.API.CONSUMER.DELETE.{STATE_STREAM}.{STATE_CONSUMER}",
+            f"$JS.API.STREAM.DELETE.{STATE_STREAM}", f"$JS.API.DIRECT.GET.{COMMAND_STREAM}.{command}"))
         await probe.nc.close()
         await op.close()
         return events, lines, reply, refused
