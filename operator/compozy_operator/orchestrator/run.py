@@ -34,6 +34,7 @@ class Run:
     facts: dict[str, tuple[Event, float]] = field(default_factory=dict)
     loaded: bool = False
     cancel: bool = False  # spec.cancel was seen (sticky: a stale copy of the object cannot undo it)
+    wanted: int = 0  # the highest spec.retry seen: the retry round asked for
     obj: dict[str, Any] = field(default_factory=dict)  # the latest object seen, for timers
     generation: int | None = None  # the highest metadata.generation seen: the spec acted on
     outputs: dict[str, Any] = field(default_factory=dict)  # object-store values already fetched
