@@ -21,6 +21,7 @@ from ..resources.models import (GROUP, VERSION, OutputRef, Snapshot, WorkflowExe
                           WorkflowSpec, parse_duration)
 from ..bus import Bus, PayloadTooLarge
 from ..events import EventType, make_event, output_prefix, state_subject
+from ..execution_requests import LABEL_WORKFLOW
 from ..executor import RunContext
 from ..kube import ApiException, Kube
 from ..pods import ANNOTATION_TASK, LABEL_ATTEMPT, LABEL_EXECUTION, LABEL_TASK, label_value
@@ -45,6 +46,7 @@ class Starter:
         """Resolve and validate the workflow; publish Started, or Failed naming the field. The run's
         input is ``spec.input`` with the defaults of the workflow's input schema filled in."""
         problems: list[str] = []
+        await self._label(obj)
         try:
             wf_name, wf, spec = await self._resolve(obj)
             value = apply_defaults(wf.input, spec.input)
@@ -66,7 +68,7 @@ class Starter:
                     **_renamed(await self.bus.output_fields(f"{prefix}_snapshot/input", value, inline), "input")}
         started = make_event(EventType.WORKFLOW_STARTED, SOURCE, run.namespace, run.name, run.uid,
                              workflow=wf_name, taskCount=len(wf.tasks), timeoutSeconds=timeout_s,
-                             generation=run.generation, **snapshot)
+                             generation=run.generation, **({"retry": spec.retry} if spec.retry else {}), **snapshot)
         try:
             await run.publish(self.bus, started)
         except PayloadTooLarge as e:  # e.g. a huge workflow name; everything large is stored apart
@@ -76,6 +78,25 @@ class Starter:
         run.context = RunContext(execution=run.name, input=value, timeout=timeout_s)
         await self.bus.emit_log(run.namespace, run.name, run.uid, "orchestrator", "info",
                                 f"started workflow {wf_name} ({len(wf.tasks)} tasks)")
+
+    async def _label(self, obj: dict[str, Any]) -> None:
+        """Label a run with its Workflow (``kubectl get wfx -l compozy.dev/workflow=NAME``) when whoever
+        created it did not (``kubectl apply``): one metadata patch per run at most, none for runs
+        created by api.Service or the CLI (execution_requests labels them). Inline-workflow runs
+        have no Workflow to name and get no label."""
+        meta = obj["metadata"]
+        name = ((obj.get("spec") or {}).get("workflowRef") or {}).get("name")
+        if not isinstance(name, str) or not name:
+            return
+        value = label_value(name)
+        if (meta.get("labels") or {}).get(LABEL_WORKFLOW) == value:
+            return
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{meta['namespace']}/workflowexecutions/{meta['name']}"
+        try:
+            await asyncio.to_thread(self.kube.merge_patch, path, {"metadata": {"labels": {LABEL_WORKFLOW: value}}})
+        except ApiException as e:
+            if e.status != 404:  # deleted meanwhile: nothing to label
+                raise
 
     async def _refuse(self, run: Run, reason: str, message: str) -> None:
         await run.publish(self.bus, make_event(EventType.WORKFLOW_FAILED, SOURCE, run.namespace, run.name, run.uid,
