@@ -260,6 +260,7 @@ class Orchestrator:
         """Begin retry round ``run.wanted`` of an ended run: one event, whose fold (reducer) makes the
         run Running again and resets the tasks :func:`retry_plan` names; the walk does the rest."""
         assert run.spec is not None
+        self.pods.run_resumed(run.uid)
         r, plan = run.wanted, retry_plan(run.spec, status)
         await run.publish(self.bus, make_event(EventType.WORKFLOW_RETRIED, SOURCE, run.namespace, run.name, run.uid,
                                                id_extra=round_id(r), round=r, tasks=plan, generation=run.generation))
