@@ -17,6 +17,8 @@ so a per-attempt NATS identity can be scoped by subject alone:
 
 Event ids are deterministic per (execution uid, task, attempt, type), so a re-publish after a
 crash is dropped by JetStream's de-duplication (``Nats-Msg-Id``) and by the status reducer.
+Workflow-level events of a retry round add the round (:func:`round_id`): each round starts and
+ends once.
 """
 
 from __future__ import annotations
@@ -393,8 +395,9 @@ def data_problem(event: Event) -> str | None:
     for key, minimum in (("attempt", 1), ("taskCount", 0), ("generation", 1), ("round", 0), ("retry", 0)):
         if d.get(key) is not None and not (_is_int(d[key]) and d[key] >= minimum):
             return f"data.{key} must be an integer >= {minimum}, not {_shown(d[key])}"
-    if d.get("tasks") is not None and not (isinstance(d["tasks"], list) and all(isinstance(t, str) for t in d["tasks"])):
-        return "data.tasks must be a list of task keys (strings)"
+    if d.get("tasks") is not None and not (isinstance(d["tasks"], dict) and all(
+            _is_int(n) and n >= 1 for n in d["tasks"].values())):
+        return "data.tasks must map task keys to attempts (integers >= 1)"
     if d.get("spec") is not None and not isinstance(d["spec"], dict):
         return f"data.spec must be an object, not {_shown(d['spec'])}"
     if d.get("timeoutSeconds") is not None and not _is_number(d["timeoutSeconds"]):

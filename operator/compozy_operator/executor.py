@@ -54,6 +54,12 @@ fails for good (retries exhausted, or not retryable). Strategies of a parallel t
 * ``race``: the first success cancels the others; output ``{"winner": id, "output": ...}``
   (the earliest ``finishedAt`` among successes, ties by declaration order). The task fails only
   when every child has failed.
+
+Retry rounds (``spec.retry``, docs/retry.md). :func:`retry_plan` names what a round resets; the
+reducer shows a reset task as ``Skipped`` (reducer.RESET), and the walk treats it as not yet run
+in this round: it starts with :func:`next_attempt` (attempt numbers never repeat in a run), and a
+composite's own entry ends with its next attempt too. ``retry.limit`` counts the attempts of the
+round (:func:`in_round`), and the run's deadline counts from ``retriedAt``.
 """
 
 from __future__ import annotations
@@ -564,15 +570,17 @@ def retry_due(status: WorkflowExecutionStatus, wanted: int) -> bool:
     return status.phase in RETRYABLE_PHASES and wanted > (status.retries or 0)
 
 
-def retry_plan(wf: WorkflowSpec, status: WorkflowExecutionStatus) -> list[str]:
-    """The status keys a retry round resets: everything but what the run can keep.
+def retry_plan(wf: WorkflowSpec, status: WorkflowExecutionStatus) -> dict[str, int]:
+    """The status keys a retry round resets, with the attempt each is reset from: everything but
+    what the run can keep.
 
     Kept: the tasks that succeeded along the path the ended run took, from ``tasks[0]`` up to the
     first task on it that did not succeed (the walk of :func:`decide`), with their children; and of
     that first task, if it is a parallel task or collection, the children that succeeded. Every
     other entry (the failed, cancelled or timed-out tasks and children, and whatever ran after them,
     e.g. an ``onError`` handler) is reset and runs again, with its next attempt, when the new
-    round's walk reaches it."""
+    round's walk reaches it. (The attempts make the reset safe in any fold order: an entry that
+    has moved on to a later attempt by the time the reset is folded is not reset again.)"""
     by_id = {t.id: t for t in wf.tasks}
     kept: set[str] = set()
     task: Task | None = wf.tasks[0]
@@ -588,7 +596,7 @@ def retry_plan(wf: WorkflowSpec, status: WorkflowExecutionStatus) -> list[str]:
         else:
             nxt = None if task.final or not task.on_success else task.on_success.next
         task = by_id.get(nxt) if isinstance(nxt, str) else None
-    return [key for key in status.tasks if key not in kept]
+    return {key: st.attempt for key, st in status.tasks.items() if key not in kept}
 
 
 def _child_of(task: Task, key: str) -> bool:

@@ -261,18 +261,28 @@ def _round(event: Event) -> int:
 
 def _retry(s: WorkflowExecutionStatus, event: Event) -> None:
     """Retry round ``round`` begins: the run is Running again, with a fresh deadline; the tasks the
-    event names (decided by executor.retry_plan) are reset, their attempts kept in the history."""
+    event names (decided by executor.retry_plan) are reset, their attempts kept in the history.
+
+    Any order: a task whose later attempt was folded first (this round's news, ahead of its
+    Retried after a redelivery) is not reset again, and if the ended round had swept that attempt
+    to Cancelled, it is in flight again."""
     r = _round(event)
     if r <= (s.retries or 0):
         return  # this round (or a later one) began already
-    s.retries, s.retried_at, s.phase = r, event.time, "Running"
+    # a run that never started (refused at its start: no snapshot) is started again
+    s.retries, s.retried_at, s.phase = r, event.time, "Running" if s.snapshot is not None else "Pending"
     s.finished_at = s.duration = s.output = s.output_ref = s.error = None
-    reset = [key for key in event.data.get("tasks") or [] if key in s.tasks]
-    for key in reset:
-        _reset(s.tasks[key], r, event.time)
+    reset = []
+    for key, attempt in (event.data.get("tasks") or {}).items():
+        t = s.tasks.get(key)
+        if t is not None and t.attempt == attempt:
+            _reset(t, r, event.time)
+            reset.append(key)
+        elif t is not None and t.attempt > attempt and t.phase == "Cancelled" and t.error is None:
+            t.phase, t.finished_at = "Running", None  # swept by the ended round it does not belong to
     s.progress = _progress(s)
     where = f"; {len(reset)} task(s) run again from {reset[0]}" if reset else ""
-    s.message = f"retry {r}: running again{where}"
+    s.message = f"retry {r}: running again{where}" if s.phase == "Running" else f"retry {r}: starting again"
     s.conditions = [_condition("Unknown", "Retried", f"retry {r} of the run (spec.retry){where}", event.time)]
 
 

@@ -229,3 +229,18 @@ def test_an_inline_workflow_run_gets_no_workflow_label(operator: OperatorProcess
     apply(kubectl, namespace, inline)
     assert wait_finished(kubectl, namespace, "inl", 60)["phase"] == "Succeeded"
     assert LABEL_WORKFLOW not in (kube.get(path(namespace, "inl"))["metadata"].get("labels") or {})
+
+
+def test_a_run_refused_at_its_start_is_started_again_by_a_retry(operator: OperatorProcess, kubectl: Kubectl,
+                                                                kube: Kube, namespace: str, workdir: Path) -> None:
+    """Its Workflow did not exist: the run failed before it started. Once the Workflow is there, a
+    retry starts it (round 1)."""
+    apply(kubectl, namespace, execution("early-1", "early", {"dir": str(workdir)}))
+    refused = wait_finished(kubectl, namespace, "early-1", 60)
+    assert refused["phase"] == "Failed" and "not found" in refused["error"]["message"], json.dumps(refused)
+    apply(kubectl, namespace, workflow("early", [{"id": "a", "tool": "flaky", "with": {"dir": DIR, "v": 5}}],
+                                       tools=TOOLS, output={"v": "{{ tasks.a.output.v }}"}))
+    retry(kube, namespace, "early-1")
+    status = round_end(kubectl, namespace, "early-1")
+    assert status["phase"] == "Succeeded" and status["output"] == {"v": 5}, json.dumps(status, indent=1)
+    assert tool_runs(workdir, "early-1") == Counter({("a", 1): 1})

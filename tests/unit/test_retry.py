@@ -5,6 +5,7 @@ from __future__ import annotations
 from compozy_operator.events import EventType, make_event, round_id
 from compozy_operator.executor import (CompleteTask, Dispatch, FailTask, Finish, RunContext, ScheduleRetry, WakeAt,
                                        decide, epoch, retry_due, retry_plan)
+from compozy_operator.monitoring import observe
 from compozy_operator.reducer import fold_all, shows
 from compozy_operator.resources.models import WorkflowExecutionStatus, WorkflowSpec
 
@@ -67,7 +68,7 @@ def test_retry_is_due_only_for_an_ended_unsuccessful_run_and_a_new_round() -> No
 
 def test_the_failed_task_runs_again_with_its_next_attempt_and_the_kept_one_does_not() -> None:
     s = failed_linear()
-    assert retry_plan(LINEAR, s) == ["b"]
+    assert retry_plan(LINEAR, s) == {"b": 2}
     s = retried(s, LINEAR)
     assert (s.phase, s.retries, s.retried_at, s.error, s.finished_at) == ("Running", 1, T.format(10), None, None)
     assert s.conditions[0].reason == "Retried" and s.message == "retry 1: running again; 1 task(s) run again from b"
@@ -105,7 +106,7 @@ def test_each_round_ends_once_and_an_earlier_rounds_end_changes_nothing() -> Non
     assert end.id != old_end.id and not shows(s, end)
     done = fold(s, end)
     assert (done.phase, done.output, done.finished_at) == ("Succeeded", {"b": 8}, T.format(20))
-    again = ev(EventType.WORKFLOW_RETRIED, second=10, id_extra=round_id(1), round=1, tasks=["b"])
+    again = ev(EventType.WORKFLOW_RETRIED, second=10, id_extra=round_id(1), round=1, tasks={"b": 2})
     assert shows(done, again) and fold(done, again).phase == "Succeeded"  # a redelivered Retried reopens nothing
 
 
@@ -115,7 +116,7 @@ def test_a_rounds_end_folded_before_its_retried_event_is_kept() -> None:
     end = ev(EventType.WORKFLOW_FAILED, second=20, id_extra=round_id(1), round=1, error={"reason": "Again"})
     s = fold(s, end)
     assert (s.phase, s.retries, s.error.reason) == ("Failed", 1, "Again")
-    s = fold(s, ev(EventType.WORKFLOW_RETRIED, second=10, id_extra=round_id(1), round=1, tasks=["b"]))
+    s = fold(s, ev(EventType.WORKFLOW_RETRIED, second=10, id_extra=round_id(1), round=1, tasks={"b": 1}))
     assert (s.phase, s.retries, s.error.reason) == ("Failed", 1, "Again")
 
 
@@ -130,7 +131,7 @@ def test_what_ran_after_the_failure_runs_again_and_unreached_tasks_stay_skipped(
     spec = wf({"id": "a", "tool": "t", "onError": {"next": "h"}}, {"id": "h", "tool": "t"})
     s = fold(WorkflowExecutionStatus(), ev(EventType.WORKFLOW_STARTED, second=0, taskCount=2),
              *ran("a", 1, False, 1), *ran("h", 1, False, 2), ev(EventType.WORKFLOW_FAILED, second=3))
-    assert retry_plan(spec, s) == ["a", "h"]
+    assert retry_plan(spec, s) == {"a": 1, "h": 1}
     s = retried(s, spec)
     (action, _) = decide(spec, s, RUN, NOW)
     assert (action.task, action.attempt) == ("a", 2)
@@ -151,7 +152,7 @@ def test_a_collection_runs_only_its_failed_children_again() -> None:
              *ran("each[0]", 1, True, 1, x=1), *ran("each[1]", 1, False, 1), *ran("each[2]", 1, True, 1, x=3),
              ev(EventType.TASK_FAILED, "each", 1, 2, error={"reason": "ChildFailed", "message": "each[1] failed"}),
              ev(EventType.WORKFLOW_FAILED, second=3))
-    assert sorted(retry_plan(COLLECTION, s)) == ["each", "each[1]"]
+    assert retry_plan(COLLECTION, s) == {"each[1]": 1, "each": 1}
     s = retried(s, COLLECTION)
     (action,) = [a for a in decide(COLLECTION, s, RUN, NOW) if not isinstance(a, WakeAt)]
     assert isinstance(action, Dispatch) and (action.task, action.attempt, action.input) == ("each[1]", 2, {"x": 2})
@@ -170,7 +171,7 @@ def test_a_parallel_task_runs_its_failed_and_cancelled_children_again() -> None:
              ev(EventType.TASK_FAILED, "r", 1, 2, error={"reason": "Cancelled", "message": "failFast"}),
              ev(EventType.TASK_FAILED, "fan", 1, 2, error={"reason": "ChildFailed", "message": "q failed"}),
              ev(EventType.WORKFLOW_FAILED, second=3))
-    assert sorted(retry_plan(PARALLEL, s)) == ["fan", "q", "r"]
+    assert retry_plan(PARALLEL, s) == {"q": 1, "r": 1, "fan": 1}
     s = retried(s, PARALLEL)
     actions = [a for a in decide(PARALLEL, s, RUN, NOW) if not isinstance(a, WakeAt)]
     assert sorted((a.task, a.attempt) for a in actions) == [("q", 2), ("r", 2)]
@@ -192,3 +193,32 @@ def test_a_failed_router_is_decided_again_in_its_next_attempt() -> None:
     run = RunContext(execution="run", input={"k": "x"})
     (done,) = decide(spec, s, run, NOW)
     assert done == CompleteTask("pick", {"route": "x", "next": "x"}, 2)
+
+
+def test_a_reset_folded_after_the_rounds_own_news_does_not_undo_it() -> None:
+    """Round 1's b attempt 2 was folded before round 1's Retried (a redelivery after a crash): the
+    ended round swept it to Cancelled, the late reset brings it back in flight instead of resetting it."""
+    s = failed_linear()
+    plan = retry_plan(LINEAR, s)
+    s = fold(s, ev(EventType.TASK_DISPATCHED, "b", 3, 11, podName="run-b-3"))
+    assert s.tasks["b"].phase == "Cancelled"  # news of a later attempt on an ended run (so far)
+    s = fold(s, ev(EventType.WORKFLOW_RETRIED, second=10, id_extra=round_id(1), round=1, tasks=plan))
+    assert (s.tasks["b"].phase, s.tasks["b"].attempt) == ("Running", 3)
+    s = fold(s, *ran("b", 3, True, 12, v=8)[1:])
+    assert (s.tasks["b"].phase, s.tasks["b"].output) == ("Succeeded", {"v": 8})
+
+
+def test_a_round_is_told_as_retried_and_a_reset_is_no_ended_task() -> None:
+    ended = failed_linear()
+    events = observe(ended, retried(ended, LINEAR))
+    assert events == [("Normal", "Retried", "retry 1: running again; 1 task(s) run again from b")]
+
+
+def test_a_run_refused_at_its_start_is_started_again() -> None:
+    refused = fold(WorkflowExecutionStatus(), ev(EventType.WORKFLOW_FAILED, second=1,
+                                                 error={"reason": "InvalidSpec", "message": "no Workflow"}))
+    assert retry_due(refused, 1) and refused.snapshot is None
+    s = fold(refused, ev(EventType.WORKFLOW_RETRIED, second=10, id_extra=round_id(1), round=1, tasks={}))
+    assert (s.phase, s.retries, s.message) == ("Pending", 1, "retry 1: starting again")
+    s = fold(s, ev(EventType.WORKFLOW_STARTED, second=11, id_extra=round_id(1), taskCount=3))
+    assert s.phase == "Running"

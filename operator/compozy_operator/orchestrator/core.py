@@ -158,16 +158,23 @@ class Orchestrator:
         if not run.loaded:
             await self.starter.load(run, status)
             run.loaded = True
-        if run.spec is None and run.virtual(status).phase == "Pending":
-            await self.starter.start(run, obj)
         virtual = run.virtual(status)
+        if retry_due(virtual, run.wanted):
+            await self._retry(run, virtual)
+            virtual = run.virtual(status)
+        if run.retrying():
+            # The round began in our view only: nothing of it is done before the state manager has
+            # folded its Retried (its status comes back here), so every event of the round is folded
+            # after the reset, never under it (after a crash: within the consumer's ack wait).
+            self.timers.set(run.uid, "wake", await run.republish(self.bus, time.time()))
+            return
+        if run.spec is None and virtual.phase == "Pending":
+            await self.starter.start(run, obj, virtual.retries or 0)
+            virtual = run.virtual(status)
         if run.spec is None:
             if virtual.phase == "Running":
                 raise SnapshotLost("the run's workflow snapshot is in neither its status nor the state stream")
             return  # could not start: the failure is published
-        if retry_due(virtual, run.wanted):
-            await self._retry(run, virtual)
-            virtual = run.virtual(status)
         virtual = await self._with_outputs(run, virtual)
         assert run.context is not None
         context = dataclasses.replace(run.context, cancel=run.cancel, pods=frozenset(run.pods))
@@ -259,12 +266,11 @@ class Orchestrator:
     async def _retry(self, run: Run, status: WorkflowExecutionStatus) -> None:
         """Begin retry round ``run.wanted`` of an ended run: one event, whose fold (reducer) makes the
         run Running again and resets the tasks :func:`retry_plan` names; the walk does the rest."""
-        assert run.spec is not None
         self.pods.run_resumed(run.uid)
-        r, plan = run.wanted, retry_plan(run.spec, status)
+        r, plan = run.wanted, retry_plan(run.spec, status) if run.spec else {}  # never started: start again
         await run.publish(self.bus, make_event(EventType.WORKFLOW_RETRIED, SOURCE, run.namespace, run.name, run.uid,
                                                id_extra=round_id(r), round=r, tasks=plan, generation=run.generation))
-        shown = ", ".join(plan[:10]) + (f" and {len(plan) - 10} more" if len(plan) > 10 else "")
+        shown = ", ".join(list(plan)[:10]) + (f" and {len(plan) - 10} more" if len(plan) > 10 else "")
         await self._log(run, "info", f"retry {r}: the run continues; tasks to run again: {shown or 'none'}")
 
     @staticmethod

@@ -60,6 +60,11 @@ class Run:
             return status
         return fold_all(status, [(ev, seq) for seq, ev in [*self.history, *self.overlay]])
 
+    def retrying(self) -> bool:
+        """Is a retry round's WorkflowExecutionRetried decided from but not in the status yet? (Call
+        after :meth:`virtual`, which drops what the status shows.)"""
+        return any(ev.type == EventType.WORKFLOW_RETRIED for _, ev in [*self.history, *self.overlay])
+
     async def publish(self, bus: Bus, event: Event) -> int:
         """Publish one of this run's state events and decide from it at once (the overlay).
 

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from ..resources.models import (GROUP, VERSION, OutputRef, Snapshot, WorkflowExecutionSpec, WorkflowExecutionStatus,
                           WorkflowSpec, parse_duration)
 from ..bus import Bus, PayloadTooLarge
-from ..events import EventType, make_event, output_prefix, state_subject
+from ..events import EventType, make_event, output_prefix, round_id, state_subject
 from ..execution_requests import LABEL_WORKFLOW
 from ..executor import RunContext
 from ..kube import ApiException, Kube
@@ -42,9 +42,10 @@ class Starter:
     def __init__(self, settings: Settings, kube: Kube, bus: Bus, pool: EvalPool) -> None:
         self.settings, self.kube, self.bus, self.pool = settings, kube, bus, pool
 
-    async def start(self, run: Run, obj: dict[str, Any]) -> None:
+    async def start(self, run: Run, obj: dict[str, Any], round: int = 0) -> None:
         """Resolve and validate the workflow; publish Started, or Failed naming the field. The run's
-        input is ``spec.input`` with the defaults of the workflow's input schema filled in."""
+        input is ``spec.input`` with the defaults of the workflow's input schema filled in.
+        ``round``: a run that never started is started again by a retry (docs/retry.md)."""
         problems: list[str] = []
         await self._label(obj)
         try:
@@ -58,7 +59,7 @@ class Starter:
         except EvaluationError as e:  # the checks killed their worker: the run cannot start
             problems, reason = [str(e)], e.reason
         if problems:
-            await self._refuse(run, reason, "; ".join(problems))
+            await self._refuse(run, reason, "; ".join(problems), round)
             return
         timeout = spec.timeout or wf.timeout
         timeout_s = parse_duration(timeout) if timeout else None
@@ -67,12 +68,12 @@ class Starter:
         snapshot = {**_renamed(await self.bus.output_fields(f"{prefix}_snapshot/spec", wf.dump(), inline), "spec"),
                     **_renamed(await self.bus.output_fields(f"{prefix}_snapshot/input", value, inline), "input")}
         started = make_event(EventType.WORKFLOW_STARTED, SOURCE, run.namespace, run.name, run.uid,
-                             workflow=wf_name, taskCount=len(wf.tasks), timeoutSeconds=timeout_s,
+                             id_extra=round_id(round), workflow=wf_name, taskCount=len(wf.tasks), timeoutSeconds=timeout_s,
                              generation=run.generation, **({"retry": spec.retry} if spec.retry else {}), **snapshot)
         try:
             await run.publish(self.bus, started)
         except PayloadTooLarge as e:  # e.g. a huge workflow name; everything large is stored apart
-            await self._refuse(run, "PayloadTooLarge", str(e))
+            await self._refuse(run, "PayloadTooLarge", str(e), round)
             return
         run.spec = wf
         run.context = RunContext(execution=run.name, input=value, timeout=timeout_s)
@@ -98,10 +99,13 @@ class Starter:
             if e.status != 404:  # deleted meanwhile: nothing to label
                 raise
 
-    async def _refuse(self, run: Run, reason: str, message: str) -> None:
+    async def _refuse(self, run: Run, reason: str, message: str, round: int) -> None:
         await run.publish(self.bus, make_event(EventType.WORKFLOW_FAILED, SOURCE, run.namespace, run.name, run.uid,
-                                               error={"reason": reason, "message": message[:4000]}))
-        await self.bus.emit_log(run.namespace, run.name, run.uid, "orchestrator", "error", f"not started: {message[:4000]}")
+                                               id_extra=round_id(round), error={"reason": reason,
+                                                                                "message": message[:4000]},
+                                               **({"round": round} if round else {})))
+        await self.bus.emit_log(run.namespace, run.name, run.uid, "orchestrator", "error",
+                                f"not started: {message[:4000]}")
 
     async def _resolve(self, obj: dict[str, Any]) -> tuple[str, WorkflowSpec, WorkflowExecutionSpec]:
         raw = obj.get("spec") or {}
