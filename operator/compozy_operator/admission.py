@@ -28,6 +28,7 @@ import aiohttp.web
 import kopf
 from pydantic import ValidationError
 
+from .execution_requests import requested_retries
 from .resources.crd import CANCEL_FINAL_MESSAGE, IMMUTABLE_MESSAGE, RETRY_CANCEL_MESSAGE, RETRY_UP_MESSAGE
 from .resources.models import GROUP, VERSION, WorkflowExecutionSpec, WorkflowSpec
 from .kube import ApiException, Kube
@@ -99,7 +100,7 @@ def review_execution_update(old: JSON, new: JSON) -> list[str]:
     if {k: v for k, v in old_spec.items() if k not in mutable} != {k: v for k, v in new_spec.items()
                                                                    if k not in mutable}:
         problems.append(IMMUTABLE)
-    old_retry, new_retry = _count(old_spec.get("retry")), _count(new_spec.get("retry"))
+    old_retry, new_retry = requested_retries(old_spec), requested_retries(new_spec)
     raised = new_retry > old_retry
     if not old_retry <= new_retry <= old_retry + 1:
         problems.append(RETRY_UP_MESSAGE)
@@ -108,11 +109,6 @@ def review_execution_update(old: JSON, new: JSON) -> list[str]:
     if raised and new_spec.get("cancel") is True:
         problems.append(RETRY_CANCEL_MESSAGE)
     return problems
-
-
-def _count(value: Any) -> int:
-    """spec.retry as a number (the CRD schema has checked its type; absent is 0)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def spec_changed(old: JSON | None, new: JSON | None) -> bool:

@@ -58,6 +58,12 @@ def resubmission(old: dict[str, Any], input: Any = _UNSET, *, name: str | None =
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": new_spec}
 
 
+def requested_retries(spec: dict[str, Any]) -> int:
+    """``spec.retry`` of a run: the retries asked for (absent, or not a count: 0)."""
+    value = spec.get("retry")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def cancel_patch() -> dict[str, Any]:
     """The merge patch that cancels a run (the seed's WorkflowCancel)."""
     return {"spec": {"cancel": True}}
@@ -69,7 +75,7 @@ def retry_patch(old: dict[str, Any]) -> dict[str, Any]:
     A cancelled run's ``spec.cancel`` is removed in the same patch (the CRD requires it: the
     retried round would be cancelled at once otherwise)."""
     meta, spec = old.get("metadata") or {}, old.get("spec") or {}
-    new_spec: dict[str, Any] = {"retry": int(spec.get("retry") or 0) + 1}
+    new_spec: dict[str, Any] = {"retry": requested_retries(spec) + 1}
     if spec.get("cancel"):
         new_spec["cancel"] = None
     return {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "spec": new_spec}

@@ -23,6 +23,7 @@ from nats.js.errors import NotFoundError
 from ..resources.models import TERMINAL_PHASES, ErrorInfo, WorkflowExecutionStatus
 from ..bus import Bus
 from ..events import Event, EventType, make_event, output_key, output_prefix, round_id
+from ..execution_requests import requested_retries
 from ..executor import CompleteTask, Dispatch, FailTask, Finish, ScheduleRetry, WakeAt, retry_due, retry_plan
 from ..kube import Kube
 from ..pods import pod_name
@@ -69,7 +70,7 @@ class Orchestrator:
             self.forget(meta["uid"])
             return
         status = WorkflowExecutionStatus.model_validate(obj.get("status") or {})
-        wanted = _retry_wanted(obj)
+        wanted = requested_retries(obj.get("spec") or {})
         known = self.runs.get(meta["uid"])
         # a copy older than the newest status seen (the watch can lag) cannot end a run that goes on
         current = known.newest if known and known.newest and known.newest.state_seq > status.state_seq else status
@@ -282,9 +283,3 @@ class Orchestrator:
             error = {**error, "message": error["message"][:MAX_MESSAGE]}
         return make_event(etype, SOURCE, run.namespace, run.name, run.uid, id_extra=round_id(r), error=error,
                           generation=run.generation, **({"round": r} if r else {}))
-
-
-def _retry_wanted(obj: dict[str, Any]) -> int:
-    """spec.retry: the retry round asked for (0: none)."""
-    value = (obj.get("spec") or {}).get("retry")
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
