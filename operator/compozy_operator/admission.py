@@ -28,6 +28,8 @@ import aiohttp.web
 import kopf
 from pydantic import ValidationError
 
+from .execution_requests import requested_retries
+from .resources.crd import CANCEL_FINAL_MESSAGE, IMMUTABLE_MESSAGE, RETRY_CANCEL_MESSAGE, RETRY_UP_MESSAGE
 from .resources.models import GROUP, VERSION, WorkflowExecutionSpec, WorkflowSpec
 from .kube import ApiException, Kube
 from .sandbox import EvaluationError
@@ -39,11 +41,10 @@ log = logging.getLogger("compozy.admission")
 #: Kopf handler ids; Kopf serves each at ``https://<host>:<port>/<id>``.
 WORKFLOW_HOOK = "validate-workflow"
 EXECUTION_HOOK = "validate-workflowexecution"
-#: The same text as the CRD's CEL rule (crd.py), which covers the typed fields; the webhook also
+#: The same texts as the CRD's CEL rules (crd.py), which cover the typed fields; the webhook also
 #: covers ``spec.input`` (any JSON, which CEL cannot see).
-IMMUTABLE = ("spec is immutable once the run is created; only spec.cancel may change — create a new "
-             "WorkflowExecution (or resubmit) to run again")
-CANCEL_FINAL = "spec.cancel: a cancelled run stays cancelled (cannot go from true back to false)"
+IMMUTABLE = IMMUTABLE_MESSAGE
+CANCEL_FINAL = CANCEL_FINAL_MESSAGE
 MESSAGE_LIMIT = 4000
 REQUEST_LIMIT = 16 * 1024 * 1024  # bytes of an AdmissionReview the server reads (the API server sends at most ~2x 3 MiB)  # characters of a refusal (the API server passes it to kubectl as is)
 
@@ -91,13 +92,22 @@ async def review_execution_create(obj: JSON, workflow: JSON | None, max_input_by
 
 
 def review_execution_update(old: JSON, new: JSON) -> list[str]:
-    """A run's spec may change only in ``cancel``, and only towards true."""
+    """A run's spec may change only in ``cancel`` (towards true, or cleared by the patch that retries
+    it) and ``retry`` (up by one; docs/retry.md)."""
     old_spec, new_spec = (old or {}).get("spec") or {}, (new or {}).get("spec") or {}
     problems = []
-    if {k: v for k, v in old_spec.items() if k != "cancel"} != {k: v for k, v in new_spec.items() if k != "cancel"}:
+    mutable = ("cancel", "retry")
+    if {k: v for k, v in old_spec.items() if k not in mutable} != {k: v for k, v in new_spec.items()
+                                                                   if k not in mutable}:
         problems.append(IMMUTABLE)
-    if old_spec.get("cancel") is True and new_spec.get("cancel") is not True:
+    old_retry, new_retry = requested_retries(old_spec), requested_retries(new_spec)
+    raised = new_retry > old_retry
+    if not old_retry <= new_retry <= old_retry + 1:
+        problems.append(RETRY_UP_MESSAGE)
+    if old_spec.get("cancel") is True and new_spec.get("cancel") is not True and not raised:
         problems.append(CANCEL_FINAL)
+    if raised and new_spec.get("cancel") is True:
+        problems.append(RETRY_CANCEL_MESSAGE)
     return problems
 
 

@@ -17,6 +17,8 @@ so a per-attempt NATS identity can be scoped by subject alone:
 
 Event ids are deterministic per (execution uid, task, attempt, type), so a re-publish after a
 crash is dropped by JetStream's de-duplication (``Nats-Msg-Id``) and by the status reducer.
+Workflow-level events of a retry round add the round (:func:`round_id`): each round starts and
+ends once.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class EventType(StrEnum):
     WORKFLOW_FAILED = "WorkflowExecutionFailed"
     WORKFLOW_TIMED_OUT = "WorkflowExecutionTimedOut"
     WORKFLOW_CANCELLED = "WorkflowExecutionCancelled"
+    WORKFLOW_RETRIED = "WorkflowExecutionRetried"  # an ended run continues (spec.retry raised; not in the seed)
     TASK_DISPATCHED = "TaskDispatched"
     TASK_STARTED = "TaskExecutionStarted"
     TASK_SUCCESS = "TaskExecutionSuccess"
@@ -273,6 +276,12 @@ def event_id(uid: str, task: str | None, attempt: int | None, etype: EventType |
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
+def round_id(round: int | None) -> str:
+    """The ``id_extra`` of a workflow-level event of retry round ``round``: each round starts and
+    ends once, so its events need ids of their own (round 0 keeps the ids it always had)."""
+    return f"retry-{round}" if round else ""
+
+
 def utcnow() -> str:
     """RFC 3339 with milliseconds (status holds thousands of these; microseconds add nothing)."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -383,9 +392,12 @@ def data_problem(event: Event) -> str | None:
             return f"data.{key} must be a string, not {_shown(d[key])}"
     if not _RFC3339.fullmatch(event.time) or _time(event.time) is None:
         return f"time must be an RFC 3339 timestamp, not {_shown(event.time)}"
-    for key, minimum in (("attempt", 1), ("taskCount", 0), ("generation", 1)):
+    for key, minimum in (("attempt", 1), ("taskCount", 0), ("generation", 1), ("round", 0), ("retry", 0)):
         if d.get(key) is not None and not (_is_int(d[key]) and d[key] >= minimum):
             return f"data.{key} must be an integer >= {minimum}, not {_shown(d[key])}"
+    if d.get("tasks") is not None and not (isinstance(d["tasks"], dict) and all(
+            _is_int(n) and n >= 1 for n in d["tasks"].values())):
+        return "data.tasks must map task keys to attempts (integers >= 1)"
     if d.get("spec") is not None and not isinstance(d["spec"], dict):
         return f"data.spec must be an object, not {_shown(d['spec'])}"
     if d.get("timeoutSeconds") is not None and not _is_number(d["timeoutSeconds"]):

@@ -58,6 +58,12 @@ def resubmission(old: dict[str, Any], input: Any = _UNSET, *, name: str | None =
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": new_spec}
 
 
+def requested_retries(spec: dict[str, Any]) -> int:
+    """``spec.retry`` of a run: the retries asked for (absent, or not a count: 0)."""
+    value = spec.get("retry")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def cancel_patch() -> dict[str, Any]:
     """The merge patch that cancels a run (the seed's WorkflowCancel)."""
     return {"spec": {"cancel": True}}
@@ -65,7 +71,11 @@ def cancel_patch() -> dict[str, Any]:
 
 def retry_patch(old: dict[str, Any]) -> dict[str, Any]:
     """The merge patch that asks for one more retry of an ended run: ``spec.retry`` raised by one,
-    guarded by ``old``'s resourceVersion so two concurrent retries make one (the second gets 409)."""
+    guarded by ``old``'s resourceVersion so two concurrent retries make one (the second gets 409).
+    A cancelled run's ``spec.cancel`` is removed in the same patch (the CRD requires it: the
+    retried round would be cancelled at once otherwise)."""
     meta, spec = old.get("metadata") or {}, old.get("spec") or {}
-    return {"metadata": {"resourceVersion": meta.get("resourceVersion")},
-            "spec": {"retry": int(spec.get("retry") or 0) + 1}}
+    new_spec: dict[str, Any] = {"retry": requested_retries(spec) + 1}
+    if spec.get("cancel"):
+        new_spec["cancel"] = None
+    return {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "spec": new_spec}

@@ -54,6 +54,12 @@ fails for good (retries exhausted, or not retryable). Strategies of a parallel t
 * ``race``: the first success cancels the others; output ``{"winner": id, "output": ...}``
   (the earliest ``finishedAt`` among successes, ties by declaration order). The task fails only
   when every child has failed.
+
+Retry rounds (``spec.retry``, docs/retry.md). :func:`retry_plan` names what a round resets; the
+reducer shows a reset task as ``Skipped`` (reducer.RESET), and the walk treats it as not yet run
+in this round: it starts with :func:`next_attempt` (attempt numbers never repeat in a run), and a
+composite's own entry ends with its next attempt too. ``retry.limit`` counts the attempts of the
+round (:func:`in_round`), and the run's deadline counts from ``retriedAt``.
 """
 
 from __future__ import annotations
@@ -68,7 +74,7 @@ from .resources.models import (
     parse_duration,
 )
 from .agents.providers import API_KEY_ENV
-from .reducer import TASK_TERMINAL
+from .reducer import RESET, TASK_TERMINAL
 from .templates import LIMITS, TaskFacts, TemplateError, render
 
 # Failures that would fail the same way again: never retried. (Agents: a 401/403 or a 400 from
@@ -162,10 +168,12 @@ class FailTask:
 
 @dataclass(frozen=True)
 class CompleteTask:
-    """A task that runs no pod of its own (router, parallel, collection) succeeded with ``output``."""
+    """A task that runs no pod of its own (router, parallel, collection) succeeded with ``output``
+    (``attempt``: 1, or the next one after a retry round reset it)."""
 
     task: str
     output: Any
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -223,6 +231,17 @@ def epoch(ts: str) -> float:
 
 def rfc3339(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def next_attempt(st: TaskStatus | None) -> int:
+    """The attempt a task not yet run in this round starts with: 1, or the one after its last (a
+    retry round reset it), so every attempt of a run has its own pod name and event ids."""
+    return 1 if st is None else st.attempt + 1 if st.phase == RESET else st.attempt
+
+
+def in_round(st: TaskStatus) -> int:
+    """The current attempt counted from the task's first attempt of this retry round (1-based)."""
+    return st.attempt - (st.prior_attempts or 0)
 
 
 def backoff_delay(task: Task, failed_attempt: int) -> float:
@@ -324,10 +343,10 @@ def _failed(task: Task, key: str, st: TaskStatus) -> ScheduleRetry | None:
     """The retry to schedule after a failed attempt, if the policy allows one."""
     reason = st.error.reason if st.error else None
     limit = task.retry.limit if task.retry else 0
-    if st.phase != "Failed" or reason in NON_RETRYABLE or st.attempt > limit:
+    if st.phase != "Failed" or reason in NON_RETRYABLE or in_round(st) > limit:
         return None
     # a service that said when to come back (429 Retry-After) is not asked again sooner
-    delay = max(backoff_delay(task, st.attempt), (st.error.retry_after or 0.0) if st.error else 0.0)
+    delay = max(backoff_delay(task, in_round(st)), (st.error.retry_after or 0.0) if st.error else 0.0)
     failed_at = epoch(st.finished_at) if st.finished_at else 0.0
     return ScheduleRetry(key, st.attempt + 1, delay, rfc3339(failed_at + delay))
 
@@ -335,8 +354,8 @@ def _failed(task: Task, key: str, st: TaskStatus) -> ScheduleRetry | None:
 def _advance(wf: WorkflowSpec, task: Task, key: str, st: TaskStatus | None, context: dict[str, Any],
              run: RunContext, now: float) -> list[Action] | None:
     """What moves a pod-running task (basic, or a child) on; None once it has ended for good."""
-    if st is None:
-        return [_start(wf, task, key, 1, context)]
+    if st is None or st.phase == RESET:
+        return [_start(wf, task, key, next_attempt(st), context)]
     if st.phase == "Waiting":
         if st.not_before and now < epoch(st.not_before):
             return [WakeAt(epoch(st.not_before))]
@@ -348,31 +367,33 @@ def _advance(wf: WorkflowSpec, task: Task, key: str, st: TaskStatus | None, cont
 
 
 def _run_timeout(status: WorkflowExecutionStatus, run: RunContext, now: float) -> list[Action]:
-    if run.timeout is None or not status.started_at:
+    since = status.retried_at or status.started_at  # a retry round has a deadline of its own
+    if run.timeout is None or not since:
         return []
-    deadline = epoch(status.started_at) + run.timeout
+    deadline = epoch(since) + run.timeout
     if now >= deadline:
         return [Finish("TimedOut", error=ErrorInfo(reason="Timeout",
                                                    message=f"the workflow exceeded its timeout of {run.timeout:g}s"))]
     return [WakeAt(deadline)]
 
 
-def _route(task: Task, context: dict[str, Any]) -> Action:
+def _route(task: Task, attempt: int, context: dict[str, Any]) -> Action:
     try:
         value = render(task.condition or "", context, f"tasks.{task.id}.condition")
     except TemplateError as e:
-        return FailTask(task.id, 1, e.reason, str(e))
+        return FailTask(task.id, attempt, e.reason, str(e))
     route = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     target = (task.routes or {}).get(route, task.default)
     if target is None:
         known = ", ".join(sorted(task.routes or {}))
-        return FailTask(task.id, 1, "NoRoute", f"router {task.id}: condition gave {route!r}; known routes: {known}")
-    return CompleteTask(task.id, {"route": route, "next": target})
+        return FailTask(task.id, attempt, "NoRoute",
+                        f"router {task.id}: condition gave {route!r}; known routes: {known}")
+    return CompleteTask(task.id, {"route": route, "next": target}, attempt)
 
 
 def _child_state(child: _Child, st: TaskStatus | None) -> str:
     """new | running | retrying (failed, a retry to schedule) | succeeded | failed (for good)."""
-    if st is None:
+    if st is None or st.phase == RESET:
         return "new"
     if st.phase in IN_FLIGHT:
         return "running"
@@ -400,7 +421,7 @@ def _run_children(wf: WorkflowSpec, parent: Task, children: list[_Child], strate
         why = f"{of['succeeded'][0].key} won the race of {parent.id}"
     if why is not None:  # a child with a retry still to schedule counts as failed: the retry never comes
         cancels: list[Action] = [_cancel(c, st, why) for c in of["running"] if (st := sts[c.key])]
-        return cancels or [_end(parent, strategy, children, sts)]
+        return cancels or [_end(parent, strategy, children, sts, status)]
     actions: list[Action] = []
     for c in of["running"] + of["retrying"]:
         actions += _advance(wf, c.task, c.key, sts[c.key], c.context, run, now) or []
@@ -408,29 +429,33 @@ def _run_children(wf: WorkflowSpec, parent: Task, children: list[_Child], strate
     stop = strategy == "waitAll" and bool(of["failed"])  # no new child once the outcome is failure
     if not stop:
         slots = len(of["new"]) if limit is None else max(0, limit - busy)
-        actions += [_start(wf, c.task, c.key, 1, c.context) for c in of["new"][:slots]]
+        actions += [_start(wf, c.task, c.key, next_attempt(sts[c.key]), c.context) for c in of["new"][:slots]]
     if not busy and (stop or not of["new"]):
-        return [_end(parent, strategy, children, sts)]
+        return [_end(parent, strategy, children, sts, status)]
     return actions
 
 
-def _end(parent: Task, strategy: str, children: list[_Child], sts: dict[str, TaskStatus | None]) -> Action:
+def _end(parent: Task, strategy: str, children: list[_Child], sts: dict[str, TaskStatus | None],
+         status: WorkflowExecutionStatus) -> Action:
     """The outcome of a parent whose children have all ended (or will never start)."""
-    ended = [(c.key, st) for c in children if (st := sts[c.key]) is not None]
+    attempt = next_attempt(status.tasks.get(parent.id))
+    ended = [(c.key, st) for c in children if (st := sts[c.key]) is not None and st.phase != RESET]
     wins = [(key, st) for key, st in ended if st.phase == "Succeeded"]
     losses = [(key, st) for key, st in ended if st.phase != "Succeeded"]
     if strategy == "bestEffort":
         return CompleteTask(parent.id, {key: {"output": st.output} if st.phase == "Succeeded"
-                                        else {"error": (st.error or ErrorInfo()).dump()} for key, st in ended})
+                                        else {"error": (st.error or ErrorInfo()).dump()} for key, st in ended},
+                            attempt)
     if strategy == "race" and wins:
         key, st = min(wins, key=lambda w: epoch(w[1].finished_at) if w[1].finished_at else float("inf"))
-        return CompleteTask(parent.id, {"winner": key, "output": st.output})
+        return CompleteTask(parent.id, {"winner": key, "output": st.output}, attempt)
     if losses:
         causes = [(key, st) for key, st in losses if st.phase != "Cancelled"] or losses
-        return FailTask(parent.id, 1, "ChildFailed", "; ".join(_failure("child", key, st) for key, st in causes))
+        return FailTask(parent.id, attempt, "ChildFailed",
+                        "; ".join(_failure("child", key, st) for key, st in causes))
     if parent.type == "collection":
-        return CompleteTask(parent.id, [st.output for _, st in ended])
-    return CompleteTask(parent.id, {key: st.output for key, st in ended})
+        return CompleteTask(parent.id, [st.output for _, st in ended], attempt)
+    return CompleteTask(parent.id, {key: st.output for key, st in ended}, attempt)
 
 
 def _truthy(value: Any) -> bool:
@@ -449,27 +474,29 @@ def _json_type(value: Any) -> str:
 
 def _collection(wf: WorkflowSpec, task: Task, status: WorkflowExecutionStatus, context: dict[str, Any],
                 run: RunContext, now: float) -> list[Action]:
+    attempt = next_attempt(status.tasks.get(task.id))
     try:
         items = render(task.items, context, f"tasks.{task.id}.items")
     except TemplateError as e:
-        return [FailTask(task.id, 1, e.reason, str(e))]
+        return [FailTask(task.id, attempt, e.reason, str(e))]
     if not isinstance(items, list):
-        return [FailTask(task.id, 1, "InvalidItems",
+        return [FailTask(task.id, attempt, "InvalidItems",
                          f"tasks.{task.id}.items: expected a list, got {_json_type(items)}")]
     if len(items) > LIMITS.collection_items:
-        return [FailTask(task.id, 1, "TemplateLimit",
+        return [FailTask(task.id, attempt, "TemplateLimit",
                          f"tasks.{task.id}.items: {len(items)} items, the limit is {LIMITS.collection_items}")]
     assert task.task is not None  # validation requires it
     children = []
     for index, item in enumerate(items):
         key = f"{task.id}[{index}]"
         scope = {**context, "item": item, "index": index}
-        if task.filter is not None and key not in status.tasks:  # a child that has a status passed it
+        child = status.tasks.get(key)
+        if task.filter is not None and (child is None or child.phase == RESET):  # one with a status passed it
             try:
                 if not _truthy(render(task.filter, scope, f"tasks.{key}.filter")):
                     continue
             except TemplateError as e:
-                return [FailTask(task.id, 1, e.reason, str(e))]
+                return [FailTask(task.id, attempt, e.reason, str(e))]
         children.append(_Child(key, task.task, scope))
     limit = 1 if task.mode == "sequential" else task.max_workers
     return _run_children(wf, task, children, "waitAll", limit, status, run, now)
@@ -481,10 +508,10 @@ def _step(wf: WorkflowSpec, task: Task, status: WorkflowExecutionStatus, context
     st = status.tasks.get(task.id)
     if task.type == "basic":
         return _advance(wf, task, task.id, st, context, run, now)
-    if st is not None and st.phase in TASK_TERMINAL:
+    if st is not None and st.phase in TASK_TERMINAL and st.phase != RESET:
         return None
     if task.type == "router":
-        return [_route(task, context)]
+        return [_route(task, next_attempt(st), context)]
     if task.type == "parallel":
         children = [_Child(c.id, c, context) for c in task.tasks or []]
         return _run_children(wf, task, children, task.strategy or "waitAll", task.max_workers, status, run, now)
@@ -531,3 +558,48 @@ def decide(wf: WorkflowSpec, status: WorkflowExecutionStatus, run: RunContext, n
             return [Finish("Failed", error=ErrorInfo(task=task.id, reason="InvalidTransition",
                                                      message=f"task {task.id}: no task with id {nxt!r} to go to"))]
         task = by_id[nxt]
+
+
+RETRYABLE_PHASES = ("Failed", "TimedOut", "Cancelled")  # what spec.retry may continue (not Succeeded)
+
+
+def retry_due(status: WorkflowExecutionStatus, wanted: int) -> bool:
+    """Should retry round ``wanted`` (spec.retry) begin? Only once the run has ended without success:
+    a raise while the run still goes on (refused at apply by the CRD's rule, unless that was
+    bypassed) waits for its end; a Succeeded run is never retried."""
+    return status.phase in RETRYABLE_PHASES and wanted > (status.retries or 0)
+
+
+def retry_plan(wf: WorkflowSpec, status: WorkflowExecutionStatus) -> dict[str, int]:
+    """The status keys a retry round resets, with the attempt each is reset from: everything but
+    what the run can keep.
+
+    Kept: the tasks that succeeded along the path the ended run took, from ``tasks[0]`` up to the
+    first task on it that did not succeed (the walk of :func:`decide`), with their children; and of
+    that first task, if it is a parallel task or collection, the children that succeeded. Every
+    other entry (the failed, cancelled or timed-out tasks and children, and whatever ran after them,
+    e.g. an ``onError`` handler) is reset and runs again, with its next attempt, when the new
+    round's walk reaches it. (The attempts make the reset safe in any fold order: an entry that
+    has moved on to a later attempt by the time the reset is folded is not reset again.)"""
+    by_id = {t.id: t for t in wf.tasks}
+    kept: set[str] = set()
+    task: Task | None = wf.tasks[0]
+    while task is not None and task.id not in kept:
+        st = status.tasks.get(task.id)
+        children = [k for k in status.tasks if _child_of(task, k)]
+        if st is None or st.phase != "Succeeded":
+            kept.update(k for k in children if status.tasks[k].phase == "Succeeded")
+            break
+        kept.update([task.id, *children])
+        if task.type == "router":
+            nxt = st.output.get("next") if isinstance(st.output, dict) else None
+        else:
+            nxt = None if task.final or not task.on_success else task.on_success.next
+        task = by_id.get(nxt) if isinstance(nxt, str) else None
+    return {key: st.attempt for key, st in status.tasks.items() if key not in kept}
+
+
+def _child_of(task: Task, key: str) -> bool:
+    if task.type == "parallel":
+        return any(c.id == key for c in task.tasks or [])
+    return task.type == "collection" and key.startswith(f"{task.id}[")

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 from .resources.models import API_VERSION, TERMINAL_PHASES, WorkflowExecutionStatus
 from .events import Event, EventType
 from .kube import ApiException, Kube
-from .reducer import TASK_TERMINAL
+from .reducer import RESET, TASK_TERMINAL
 
 log = logging.getLogger(__name__)
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -81,7 +81,10 @@ def observe(before: WorkflowExecutionStatus, after: WorkflowExecutionStatus) -> 
         EXECUTIONS.labels(after.phase).inc()
         if after.phase == "Running":
             EXECUTIONS_ACTIVE.inc()
-            events.append(("Normal", "Started", f"workflow {after.workflow} started"))
+            if before.phase in TERMINAL_PHASES:  # a retry round (docs/retry.md)
+                events.append(("Normal", "Retried", after.message or f"retry {after.retries}"))
+            else:
+                events.append(("Normal", "Started", f"workflow {after.workflow} started"))
         elif after.phase in TERMINAL_PHASES:
             if before.phase == "Running":
                 EXECUTIONS_ACTIVE.dec()
@@ -91,7 +94,8 @@ def observe(before: WorkflowExecutionStatus, after: WorkflowExecutionStatus) -> 
             events.append((kind, after.phase, after.message or after.phase))
     for tid, task in after.tasks.items():
         old = before.tasks.get(tid)
-        if task.phase in TASK_TERMINAL and (old is None or old.phase != task.phase or old.attempt != task.attempt):
+        if task.phase in TASK_TERMINAL - {RESET} and (old is None or old.phase != task.phase
+                                                      or old.attempt != task.attempt):
             TASKS.labels(task.phase).inc()
             if (secs := _seconds(task.started_at, task.finished_at)) is not None:
                 TASK_SECONDS.labels(task.phase).observe(secs)

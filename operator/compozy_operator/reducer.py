@@ -15,6 +15,9 @@ from .resources.models import (AttemptRecord, Condition, ErrorInfo, OutputRef, S
 from .events import Event, EventType
 
 TASK_TERMINAL = frozenset({"Succeeded", "Failed", "Skipped", "Cancelled"})
+# A task a retry round reset: it runs again (its next attempt) when the walk reaches it, and stays
+# Skipped if the round ends without reaching it (docs/retry.md). Not counted as done in progress.
+RESET = "Skipped"
 _WORKFLOW_END = {
     EventType.WORKFLOW_SUCCESS: ("Succeeded", "True", "Succeeded"),
     EventType.WORKFLOW_FAILED: ("Failed", "False", "Failed"),
@@ -36,7 +39,7 @@ def format_duration(seconds: float) -> str:
 
 
 def _progress(status: WorkflowExecutionStatus, total: int | None = None) -> str:
-    done = sum(1 for t in status.tasks.values() if t.phase in TASK_TERMINAL)
+    done = sum(1 for t in status.tasks.values() if t.phase in TASK_TERMINAL and t.phase != RESET)
     if total is None:
         known = status.progress.split("/")[1] if status.progress and "/" in status.progress else "0"
         total = max(int(known), len(status.tasks))
@@ -92,8 +95,10 @@ def shows(s: WorkflowExecutionStatus, event: Event) -> bool:
         return True
     if etype == EventType.WORKFLOW_STARTED:
         return s.phase != "Pending"
+    if etype == EventType.WORKFLOW_RETRIED:
+        return (s.retries or 0) >= _round(event)
     if etype in _WORKFLOW_END:
-        return s.phase in TERMINAL_PHASES
+        return (s.retries or 0) > _round(event) or ((s.retries or 0) == _round(event) and s.phase in TERMINAL_PHASES)
     target = _TASK_TARGET.get(etype)
     if etype == EventType.TASK_FAILED and (event.data.get("error") or {}).get("reason") == CANCELLED_REASON:
         target = "Cancelled"
@@ -114,11 +119,14 @@ def _apply(s: WorkflowExecutionStatus, event: Event, seq: int) -> WorkflowExecut
     except ValueError:
         return s
     data = event.data
-    if etype in (EventType.WORKFLOW_STARTED, *_WORKFLOW_END) and isinstance(data.get("generation"), int):
+    if etype in (EventType.WORKFLOW_STARTED, EventType.WORKFLOW_RETRIED, *_WORKFLOW_END) \
+            and isinstance(data.get("generation"), int):
         s.observed_generation = max(s.observed_generation or 0, data["generation"])  # the spec acted on
     if etype == EventType.WORKFLOW_STARTED:
         s.workflow = s.workflow or data.get("workflow")
         s.started_at = s.started_at or event.time
+        if data.get("retry"):  # created with spec.retry set: rounds count from there
+            s.retries = max(s.retries or 0, data["retry"])
         if s.snapshot is None:
             s.snapshot = Snapshot(spec=data.get("spec"), spec_ref=data.get("specRef"), input=data.get("input"),
                                   input_ref=data.get("inputRef"), timeout_seconds=data.get("timeoutSeconds"))
@@ -128,9 +136,13 @@ def _apply(s: WorkflowExecutionStatus, event: Event, seq: int) -> WorkflowExecut
             s.message = "running"
             s.conditions = [_condition("Unknown", "Running", "the workflow is running", event.time)]
         return s
+    if etype == EventType.WORKFLOW_RETRIED:
+        _retry(s, event)
+        return s
     if etype in _WORKFLOW_END:
-        if s.phase in TERMINAL_PHASES:
-            return s
+        if _round(event) < (s.retries or 0) or (_round(event) == (s.retries or 0) and s.phase in TERMINAL_PHASES):
+            return s  # an earlier round's end (redelivered), or this round's again
+        s.retries = max(s.retries or 0, _round(event)) or None  # the round's Retried may come later
         phase, cond, reason = _WORKFLOW_END[etype]
         s.phase = phase  # type: ignore[assignment]
         s.finished_at = event.time
@@ -189,7 +201,8 @@ def _fold_task(s: WorkflowExecutionStatus, etype: EventType, event: Event) -> Wo
         return s
     if current is None or attempt > current.attempt:
         history = (current.attempts or None) if current else None
-        current = s.tasks[name] = TaskStatus(phase="Waiting", attempt=attempt, attempts=history)
+        prior = current.prior_attempts if current else None
+        current = s.tasks[name] = TaskStatus(phase="Waiting", attempt=attempt, attempts=history, prior_attempts=prior)
     current.pod_name = current.pod_name or data.get("podName")
     if etype == EventType.TASK_RETRY_SCHEDULED:
         current.not_before = current.not_before or data.get("notBefore")
@@ -238,6 +251,52 @@ def _fold_task(s: WorkflowExecutionStatus, etype: EventType, event: Event) -> Wo
     if s.phase == "Succeeded" and current.phase == "Failed":  # a failure's event folded after the end
         _show_handled(s, event.time)
     return s
+
+
+def _round(event: Event) -> int:
+    """The retry round a workflow-level event belongs to (0: the run's first)."""
+    value = event.data.get("round")
+    return value if isinstance(value, int) else 0
+
+
+def _retry(s: WorkflowExecutionStatus, event: Event) -> None:
+    """Retry round ``round`` begins: the run is Running again, with a fresh deadline; the tasks the
+    event names (decided by executor.retry_plan) are reset, their attempts kept in the history.
+
+    Any order: a task whose later attempt was folded first (this round's news, ahead of its
+    Retried after a redelivery) is not reset again, and if the ended round had swept that attempt
+    to Cancelled, it is in flight again."""
+    r = _round(event)
+    if r <= (s.retries or 0):
+        return  # this round (or a later one) began already
+    # a run that never started (refused at its start: no snapshot) is started again
+    s.retries, s.retried_at, s.phase = r, event.time, "Running" if s.snapshot is not None else "Pending"
+    s.finished_at = s.duration = s.output = s.output_ref = s.error = None
+    reset = []
+    for key, attempt in (event.data.get("tasks") or {}).items():
+        t = s.tasks.get(key)
+        if t is not None and t.attempt == attempt:
+            _reset(t, r, event.time)
+            reset.append(key)
+        elif t is not None and t.attempt > attempt and t.phase == "Cancelled" and t.error is None:
+            t.phase, t.finished_at = "Running", None  # swept by the ended round it does not belong to
+    s.progress = _progress(s)
+    where = f"; {len(reset)} task(s) run again from {reset[0]}" if reset else ""
+    s.message = f"retry {r}: running again{where}" if s.phase == "Running" else f"retry {r}: starting again"
+    s.conditions = [_condition("Unknown", "Retried", f"retry {r} of the run (spec.retry){where}", event.time)]
+
+
+def _reset(t: TaskStatus, r: int, at: str) -> None:
+    """A task of an earlier round: its attempt goes to the history, and it runs again with the next."""
+    if not any(rec.attempt == t.attempt for rec in t.attempts or []):
+        phase = t.phase if _rank(t.phase) == 2 else "Cancelled"
+        t.attempts = [*(t.attempts or []), AttemptRecord(
+            attempt=t.attempt, pod_name=t.pod_name, phase=phase, error=t.error, started_at=t.started_at,
+            finished_at=t.finished_at or (at if phase == "Cancelled" else None), usage=t.usage)]
+    t.phase, t.prior_attempts = RESET, t.attempt  # type: ignore[assignment]
+    t.pod_name = t.not_before = t.dispatched_at = t.started_at = t.finished_at = None
+    t.output = t.output_ref = t.error = t.usage = None
+    t.message = f"retry {r}: runs again (attempt {t.attempt + 1}) when the run reaches it"
 
 
 HANDLED = "FailuresHandled"  # condition of a Succeeded run in which some task failed (e.g. onError)

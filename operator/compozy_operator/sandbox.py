@@ -105,7 +105,7 @@ def encode_action(a: Action) -> dict[str, Any]:
         return {"type": "FailTask", "task": a.task, "attempt": a.attempt, "reason": a.reason, "message": a.message,
                 "stop_pod": a.stop_pod}
     if isinstance(a, CompleteTask):
-        return {"type": "CompleteTask", "task": a.task, "output": a.output}
+        return {"type": "CompleteTask", "task": a.task, "output": a.output, "attempt": a.attempt}
     if isinstance(a, ScheduleRetry):
         return {"type": "ScheduleRetry", "task": a.task, "attempt": a.attempt, "delay": a.delay,
                 "not_before": a.not_before}
@@ -163,7 +163,7 @@ def decode_action(d: Any, wf: WorkflowSpec) -> Action:
         return FailTask(_get(d, "task", str), _get(d, "attempt", int), _get(d, "reason", str),
                         _get(d, "message", str), bool(_get(d, "stop_pod", bool)))
     if kind == "CompleteTask":
-        return CompleteTask(_get(d, "task", str), d.get("output"))
+        return CompleteTask(_get(d, "task", str), d.get("output"), _get(d, "attempt", int))
     if kind == "ScheduleRetry":
         return ScheduleRetry(_get(d, "task", str), _get(d, "attempt", int), float(_get(d, "delay", (int, float))),
                              _get(d, "not_before", str))

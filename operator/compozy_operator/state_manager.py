@@ -121,6 +121,7 @@ URGENT = frozenset({
     EventType.TASK_SUCCESS, EventType.TASK_FAILED, EventType.TASK_RETRY_SCHEDULED, EventType.WORKFLOW_SUCCESS,
     EventType.WORKFLOW_FAILED, EventType.WORKFLOW_TIMED_OUT, EventType.WORKFLOW_CANCELLED,
     EventType.TASK_POD_WAITING,  # rare, and the user is waiting to read why
+    EventType.WORKFLOW_RETRIED,  # the round waits for it (orchestrator.core)
 })
 
 

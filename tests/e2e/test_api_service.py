@@ -309,8 +309,6 @@ def test_cancel_retry_resubmit_signal(setup: dict[str, Any], kubectl: Kubectl) -
     error_of(api("POST", f"/namespaces/{ns}/executions/nope/signals/approve", {}), 404)
 
 
-@pytest.mark.xfail(strict=True, reason="spec.retry (branch h/retry) is not in the CRD yet: the API server prunes "
-                                       "it, so the retry request is taken but the run does not continue")
 def test_retry_continues_a_failed_run(setup: dict[str, Any], kubectl: Kubectl) -> None:
     ns, api = setup["namespace"], setup["api"]
     name = trigger(api, ns, "fails")["name"]

@@ -151,8 +151,6 @@ def test_resubmit_overrides_input_and_labels_the_origin(operator: OperatorProces
     assert obj["metadata"]["labels"][LABEL_WORKFLOW] == "echo" and obj["metadata"]["name"].startswith("echo-")
 
 
-@pytest.mark.xfail(strict=True, reason="spec.retry (branch h/retry) is not in the CRD yet: the CLI refuses to "
-                   "pretend a retry happened; remove this mark once it lands")
 def test_retry_continues_a_failed_run(operator: OperatorProcess, kubectl: Kubectl, cli, namespace: str) -> None:
     apply(kubectl, namespace, workflow("flaky", [{"id": "ok", "tool": "ok", "with": {}, "onSuccess": {"next": "f"}},
                                                  {"id": "f", "tool": "flaky", "with": {}}],

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from compozy_operator.execution_requests import LABEL_WORKFLOW, retry_patch
 from compozy_operator.kube import Kube
 from compozy_operator.testenv import DevEnvironment
 from compozy_operator.testenv.operator_process import OperatorProcess
@@ -209,3 +210,62 @@ def test_a_crash_while_writing_a_workflows_status(when: str, operators: Callable
         return next((c for c in conds if c["type"] == "Ready" and c["status"] == "True"), None)
 
     assert wait_for(ready, 30, "the Workflow's Ready status")["reason"] == "Valid"
+
+
+# A retried run: round 0 fails at b (a flag file), round 1 runs b again and c. The writes of the retry
+# transition (its event, the status write and ack that fold it) and of the round that follows.
+FLAKY = ("import os\n"
+         "def run(input, ctx):\n"
+         "    with open(os.path.join(input['dir'], 'runs.log'), 'a') as f:\n"
+         "        f.write(f'{ctx.execution} {ctx.task} {ctx.attempt}\\n')\n"
+         "    if os.path.exists(os.path.join(input['dir'], 'fail-' + ctx.task)):\n"
+         "        raise RuntimeError('fails on purpose')\n"
+         "    return {'attempt': ctx.attempt, 'v': input.get('v')}\n")
+RETRIED = [
+    {"id": "a", "tool": "flaky", "with": {"dir": DIR, "v": 1}, "onSuccess": {"next": "b"}},
+    {"id": "b", "tool": "flaky", "with": {"dir": DIR, "v": "{{ tasks.a.output.v + 1 }}"}, "onSuccess": {"next": "c"}},
+    {"id": "c", "tool": "flaky", "with": {"dir": DIR, "v": "{{ tasks.b.output.v + 1 }}"}},
+]
+RETRY_POINTS = ["publish.WorkflowExecutionRetried", "kube.patch.workflowexecutions.status", "ack.state",
+                "publish.TaskDispatched", "kube.create.pods", "publish.WorkflowExecutionSuccess"]
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("write", RETRY_POINTS)
+def test_a_crash_while_a_run_is_retried(write: str, when: str, operators: Callable[[str | None], OperatorProcess],
+                                        kubectl: Kubectl, kube: Kube, namespace: str, tmp_path: Path) -> None:
+    """Round 0 fails under a clean operator; the retry is asked of an operator armed at one write of
+    round 1, which dies there; a clean one finishes: the run ends once more, Succeeded, b and c run
+    once in round 1, a never again."""
+    workdir = tmp_path / "runs"
+    workdir.mkdir()
+    (workdir / "fail-b").touch()
+    first = operators(None)
+    apply(kubectl, namespace, workflow("rt", RETRIED, tools=[{"id": "flaky", "python": FLAKY}],
+                                       output={"b": "{{ tasks.b.output.attempt }}", "c": "{{ tasks.c.output.v }}"}),
+          execution("rt-1", "rt", {"dir": str(workdir)}))
+    assert wait_finished(kubectl, namespace, "rt-1", 90)["phase"] == "Failed"
+    first.stop()
+    (workdir / "fail-b").unlink()
+    path = f"/apis/compozy.dev/v1alpha1/namespaces/{namespace}/workflowexecutions/rt-1"
+    crash_and_recover(operators, f"{write}:{when}", lambda: kube.merge_patch(path, retry_patch(kube.get(path))))
+    status = settled(kubectl, namespace, "rt-1", lambda s: s.get("retries") == 1 and s["phase"] == "Succeeded")
+    assert status["output"] == {"b": 2, "c": 3}, json.dumps(status, indent=1)
+    assert [(r["attempt"], r["phase"]) for r in status["tasks"]["b"]["attempts"]] == [(1, "Failed")]
+    assert tool_runs(workdir, "rt-1") == Counter({("a", 1): 1, ("b", 1): 1, ("b", 2): 1, ("c", 1): 1})
+    wait_for(lambda: no_task_pods(kube, namespace), 30, "every task pod to be removed")
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_crash_while_labelling_a_run(when: str, operators: Callable[[str | None], OperatorProcess],
+                                       kubectl: Kubectl, kube: Kube, namespace: str, tmp_path: Path) -> None:
+    """The label patch at a run's start (kubectl apply without it): the run still runs once, labelled."""
+    workdir = tmp_path / "runs"
+    workdir.mkdir()
+    crash_and_recover(operators, f"kube.patch.workflowexecutions:{when}", lambda: apply(
+        kubectl, namespace, workflow("lbl", [{"id": "a", "tool": "counted", "with": {"dir": DIR}}], tools=TOOLS),
+        execution("lbl-1", "lbl", {"dir": str(workdir)})))
+    assert wait_finished(kubectl, namespace, "lbl-1", 90)["phase"] == "Succeeded"
+    labels = kube.get(f"/apis/compozy.dev/v1alpha1/namespaces/{namespace}/workflowexecutions/lbl-1")["metadata"]
+    assert labels["labels"][LABEL_WORKFLOW] == "lbl"
+    assert tool_runs(workdir, "lbl-1") == Counter({("a", 1): 1})

@@ -21,14 +21,16 @@ from .conftest import sets
 NAMESPACED_NEEDS = [
     ("get", "workflowexecutions.compozy.dev"), ("list", "workflowexecutions.compozy.dev"),
     ("watch", "workflowexecutions.compozy.dev"), ("patch", "workflowexecutions.compozy.dev", "status"),
+    ("patch", "workflowexecutions.compozy.dev"),  # the compozy.dev/workflow label (starter.py)
     ("get", "workflows.compozy.dev"), ("list", "workflows.compozy.dev"), ("watch", "workflows.compozy.dev"),
     ("patch", "workflows.compozy.dev", "status"),
     ("create", "pods"), ("delete", "pods"), ("get", "pods"), ("list", "pods"), ("watch", "pods"),
     ("create", "secrets"), ("create", "events"),
-    # api.Service (api.enabled, the default): runs started, cancelled and retried for authorized callers
-    ("create", "workflowexecutions.compozy.dev"), ("patch", "workflowexecutions.compozy.dev"),
+    # api.Service (api.enabled, the default): runs started for authorized callers (cancelled and
+    # retried with the patch above)
+    ("create", "workflowexecutions.compozy.dev"),
 ]
-API_ONLY = [("create", "workflowexecutions.compozy.dev"), ("patch", "workflowexecutions.compozy.dev")]
+API_ONLY = [("create", "workflowexecutions.compozy.dev")]
 # api.Service's questions to the API server: who is calling, and may they (cluster-scoped, ask-only)
 REVIEWS = [("create", "tokenreviews.authentication.k8s.io"), ("create", "subjectaccessreviews.authorization.k8s.io")]
 NEVER = [

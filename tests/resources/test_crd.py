@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -424,3 +425,47 @@ def test_execution_spec_is_immutable_but_cancel(kubectl: Kubectl, kube: Kube, na
     assert out.returncode != 0 and "a cancelled run stays cancelled" in out.stderr, out.stderr
     got = kube.get(f"{PREFIX}/namespaces/{namespace}/workflowexecutions/{name}")
     assert got["spec"]["cancel"] is True and got["spec"]["workflowRef"] == obj["spec"]["workflowRef"]
+
+
+def test_retry_only_of_an_ended_run_one_at_a_time(kubectl: Kubectl, kube: Kube, namespace: str) -> None:
+    """The CRD's retry rules (no webhook, no operator here; the status is written by hand, as the
+    operator would): spec.retry goes up by one, only on a run that ended without success and whose
+    previous retry has begun; a cancelled run is retried with its cancel removed in the same patch."""
+    obj = _mutated_execution(lambda s: None)
+    assert kubectl.apply(namespace, obj).returncode == 0
+    name = obj["metadata"]["name"]
+    path = f"{PREFIX}/namespaces/{namespace}/workflowexecutions/{name}"
+
+    def retry(spec: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return kubectl("patch", "wfx", name, "-n", namespace, "--type=merge", "-p", json.dumps({"spec": spec}))
+
+    def status(**fields: Any) -> None:
+        kube.merge_patch(path + "/status", {"status": fields})
+
+    out = retry({"retry": 1})
+    assert out.returncode != 0 and "only a run that ended Failed, TimedOut or Cancelled can be retried; this one " \
+        "is Pending" in out.stderr, out.stderr
+    for phase in ("Running", "Succeeded"):
+        status(phase=phase)
+        out = retry({"retry": 1})
+        assert out.returncode != 0 and f"this one is {phase}" in out.stderr, out.stderr
+    status(phase="Failed")
+    assert retry({"retry": 1}).returncode == 0
+    out = retry({"retry": 2})  # the operator has not begun retry 1 yet
+    assert out.returncode != 0 and "the previous retry has not begun yet" in out.stderr, out.stderr
+    status(retries=1)
+    for bad in (3, 0):
+        out = retry({"retry": bad})
+        assert out.returncode != 0 and crd.RETRY_UP_MESSAGE in out.stderr, out.stderr
+    assert retry({"retry": 2}).returncode == 0
+    # a cancelled run: cancel stays unless the same patch retries it; a retry must clear it
+    status(phase="Running", retries=2)
+    assert retry({"cancel": True}).returncode == 0
+    status(phase="Cancelled")
+    out = retry({"cancel": False})
+    assert out.returncode != 0 and "a cancelled run stays cancelled" in out.stderr, out.stderr
+    out = retry({"retry": 3})
+    assert out.returncode != 0 and crd.RETRY_CANCEL_MESSAGE in out.stderr, out.stderr
+    assert retry({"retry": 3, "cancel": None}).returncode == 0
+    got = kube.get(path)
+    assert got["spec"]["retry"] == 3 and "cancel" not in got["spec"], got["spec"]

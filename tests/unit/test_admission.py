@@ -75,6 +75,19 @@ def test_run_spec_is_immutable_except_cancel() -> None:
     assert admission.IMMUTABLE == crd.IMMUTABLE_MESSAGE  # CEL and the webhook say the same
 
 
+def test_retry_goes_up_by_one_and_clears_cancel_with_it() -> None:
+    old = _exec(workflowRef={"name": "w"}, input={"n": 1}, retry=1)
+    review = admission.review_execution_update
+    assert review(old, _exec(workflowRef={"name": "w"}, input={"n": 1}, retry=2)) == []
+    for bad in (0, 3):
+        assert review(old, _exec(workflowRef={"name": "w"}, input={"n": 1}, retry=bad)) == [crd.RETRY_UP_MESSAGE]
+    assert review(old, _exec(workflowRef={"name": "w"}, input={"n": 2}, retry=2)) == [admission.IMMUTABLE]
+    cancelled = _exec(workflowRef={"name": "w"}, input={"n": 1}, retry=1, cancel=True)
+    assert review(cancelled, _exec(workflowRef={"name": "w"}, input={"n": 1}, retry=2)) == []
+    assert review(cancelled, _exec(workflowRef={"name": "w"}, input={"n": 1}, retry=2, cancel=True)) == [
+        crd.RETRY_CANCEL_MESSAGE]
+
+
 def test_too_deep_to_parse_gets_a_refusal_with_the_request_uid() -> None:
     text = ('{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"abc-1",'
             '"object":{"spec":{"input":{"v":' + "[" * 3000 + "]" * 3000 + ',"s":"[[[{"}}}}}')

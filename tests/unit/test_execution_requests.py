@@ -35,3 +35,5 @@ def test_retry_and_cancel_patches():
     assert retry_patch({"metadata": {"resourceVersion": "9"}, "spec": {}}) == \
         {"metadata": {"resourceVersion": "9"}, "spec": {"retry": 1}}
     assert retry_patch({"metadata": {"resourceVersion": "10"}, "spec": {"retry": 2}})["spec"] == {"retry": 3}
+    # a cancelled run is retried with its cancel removed (the CRD refuses a retry that keeps it)
+    assert retry_patch({"metadata": {}, "spec": {"retry": 1, "cancel": True}})["spec"] == {"retry": 2, "cancel": None}

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from compozy_operator.resources.models import TERMINAL_PHASES, WorkflowExecutionStatus, WorkflowSpec
 from compozy_operator.events import EventType, make_event
 from compozy_operator.executor import (IN_FLIGHT, Action, CompleteTask, Dispatch, FailTask, Finish, RunContext,
-                                       ScheduleRetry, WakeAt, decide, rfc3339)
-from compozy_operator.reducer import TASK_TERMINAL, fold
+                                       ScheduleRetry, WakeAt, decide, retry_due, retry_plan, rfc3339)
+from compozy_operator.reducer import RESET, TASK_TERMINAL, fold
 from compozy_operator.validation import check_workflow, parse_workflow
 
 T0 = 1_800_000_000.0
@@ -72,6 +72,8 @@ class Sim:
         current = self.status.tasks.get(a.task) if isinstance(a, (Dispatch, FailTask, CompleteTask)) else None
         if isinstance(a, Dispatch):
             assert (a.task, a.attempt) not in self.dispatched, f"{a.task} attempt {a.attempt} dispatched twice"
+            earlier = [n for k, n in self.dispatched if k == a.task]
+            assert a.attempt > max(earlier, default=0), f"{a.task} attempt {a.attempt} after attempts {earlier}"
             self.dispatched.add((a.task, a.attempt))
             self.emit(EventType.TASK_DISPATCHED, a.task, a.attempt, podName=f"{a.task}-{a.attempt}")
             self.emit(EventType.TASK_STARTED, a.task, a.attempt)
@@ -85,12 +87,15 @@ class Sim:
                 self.stopped.append((a.task, a.attempt))
             self.emit(EventType.TASK_FAILED, a.task, a.attempt, error={"reason": a.reason, "message": a.message})
         elif isinstance(a, CompleteTask):
-            assert current is None, f"{a} for a task that already has a status: {current}"
-            self.emit(EventType.TASK_SUCCESS, a.task, 1, output=a.output)
+            assert current is None or current.phase == RESET, f"{a} for a task that already has a status: {current}"
+            assert a.attempt == (1 if current is None else current.attempt + 1), f"{a} after {current}"
+            self.emit(EventType.TASK_SUCCESS, a.task, a.attempt, output=a.output)
         elif isinstance(a, ScheduleRetry):
             self.emit(EventType.TASK_RETRY_SCHEDULED, a.task, a.attempt, delay=a.delay, notBefore=a.not_before)
         elif isinstance(a, Finish):
-            self.emit(_FINISH[a.phase], output=a.output, error=a.error.dump() if a.error else None)
+            r = self.status.retries or 0
+            self.emit(_FINISH[a.phase], output=a.output, error=a.error.dump() if a.error else None,
+                      **({"round": r} if r else {}))
         else:
             assert a.at > self.now, f"{a} is not in the future (now {self.now})"
 
@@ -227,3 +232,78 @@ def test_attempts_never_exceed_the_retry_limit(wf: WorkflowSpec, run: RunContext
         task = tasks[key.split("[")[0]]
         task = task.task if task.type == "collection" and task.task else task
         assert attempt <= (task.retry.limit if task.retry else 0) + 1, f"{key} attempt {attempt}"
+
+
+def succeeded_path(wf: WorkflowSpec, status: WorkflowExecutionStatus) -> list[str]:
+    """The top-level tasks the run went through, from tasks[0], while they succeeded."""
+    by_id, path = {t.id: t for t in wf.tasks}, []
+    task = wf.tasks[0]
+    while task is not None and task.id not in path:
+        st = status.tasks.get(task.id)
+        if st is None or st.phase != "Succeeded":
+            break
+        path.append(task.id)
+        nxt = (st.output or {}).get("next") if task.type == "router" else \
+            None if task.final or not task.on_success else task.on_success.next
+        task = by_id.get(nxt) if nxt else None
+    return path
+
+
+def _parent(wf: WorkflowSpec, status: WorkflowExecutionStatus, key: str) -> str | None:
+    return next((p for p, (_, keys) in children_of(wf, status).items() if key in keys), None)
+
+
+def _reached(wf: WorkflowSpec, status: WorkflowExecutionStatus, key: str, path: list[str]) -> bool:
+    """Is ``key`` the task the run stopped at (the one after its succeeded path)?"""
+    if not path:
+        return wf.tasks[0].id == key
+    last = next(t for t in wf.tasks if t.id == path[-1])
+    st = status.tasks[last.id]
+    nxt = (st.output or {}).get("next") if last.type == "router" else \
+        None if last.final or not last.on_success else last.on_success.next
+    return nxt == key
+
+
+@SETTINGS
+@given(wf=workflows(), run=runs(), data=st.data())
+def test_a_retried_run_keeps_what_succeeded_and_ends_once_per_round(wf: WorkflowSpec, run: RunContext,
+                                                                      data: st.DataObject) -> None:
+    """``argo retry``: rounds of the same run. What a round keeps (its succeeded prefix) is never
+    dispatched again and stays as it was; everything else runs again with attempts above every
+    earlier one (checked on each Dispatch); each round ends once; an earlier round's end, folded
+    again, changes nothing."""
+    sim = Sim(wf, run)
+    drive(sim, data)
+    for r in range(1, 4):
+        ended = sim.status
+        if not retry_due(ended, r):
+            assert ended.phase == "Succeeded"
+            break
+        assert not retry_due(ended, r - 1), "a round already acted on is due again"
+        plan = retry_plan(wf, ended)
+        kept = {k: t for k, t in ended.tasks.items() if k not in plan}
+        for key, task in kept.items():  # kept: what succeeded, or a child of a composite that did
+            parent = _parent(wf, ended, key)
+            assert task.phase == "Succeeded" or (parent and ended.tasks[parent].phase == "Succeeded"), (key, task)
+        path = succeeded_path(wf, ended)
+        assert set(path) <= set(kept), f"tasks that succeeded on the way run again: {sorted(set(path) - set(kept))}"
+        for key, (_, children) in children_of(wf, ended).items():
+            if key in path or _reached(wf, ended, key, path):
+                assert {c for c in children if c in ended.tasks and ended.tasks[c].phase == "Succeeded"} <= set(kept), key
+        before = set(sim.dispatched)
+        sim.now += 1
+        sim.emit(EventType.WORKFLOW_RETRIED, round=r, tasks=plan)
+        assert (sim.status.phase, sim.status.retries) == ("Running", r)
+        assert all(sim.status.tasks[k].phase == RESET for k in plan)
+        end = next(e for e in _FINISH.values() if _FINISH[ended.phase] == e)
+        again = sim.status
+        sim.emit(end, **({"round": r - 1} if r > 1 else {}))  # the last round's end, redelivered
+        assert sim.status.model_copy(update={"state_seq": again.state_seq}) == again
+        drive(sim, data)
+        rerun = {key for key, _ in sim.dispatched - before}
+        assert not rerun & set(kept), f"kept tasks ran again: {sorted(rerun & set(kept))}"
+        assert all(sim.status.tasks[k] == t for k, t in kept.items()), "a kept task's status changed"
+        assert decide(wf, sim.status, run, sim.now) == []
+        for key, task in sim.status.tasks.items():  # every attempt of earlier rounds is in the history
+            if task.prior_attempts:
+                assert {a.attempt for a in task.attempts or []} >= set(range(1, task.prior_attempts + 1)), (key, task)

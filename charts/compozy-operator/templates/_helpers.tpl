@@ -78,6 +78,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/*
 Least privilege, derived from what the operator calls (see docs/install.md, "RBAC"):
 - workflowexecutions get/list/watch: Kopf's watch and the state manager's re-read
+- workflowexecutions patch: the compozy.dev/workflow label of a run created without it (metadata only; docs/retry.md)
 - workflowexecutions/status patch: the state manager is the only writer of status
 - workflows get/list/watch: resolve spec.workflowRef (also in the admission webhook), watch Workflows for their status
 - workflows/status patch: the Ready condition of a Workflow (workflow_status.py)
@@ -88,12 +89,13 @@ Least privilege, derived from what the operator calls (see docs/install.md, "RBA
 {{- define "compozy.namespacedRules" -}}
 - apiGroups: [compozy.dev]
   resources: [workflowexecutions]
-  verbs: [get, list, watch]
+  verbs: [get, list, watch, patch]
 {{- if .Values.api.enabled }}
-# api.Service starts, cancels and retries runs for callers RBAC allowed (a SubjectAccessReview each)
+# api.Service starts runs for callers RBAC allowed (a SubjectAccessReview each); its cancels and
+# retries are patches, which the operator may make anyway (the workflow label)
 - apiGroups: [compozy.dev]
   resources: [workflowexecutions]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end }}
 - apiGroups: [compozy.dev]
   resources: [workflowexecutions/status]

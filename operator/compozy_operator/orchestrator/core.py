@@ -22,8 +22,9 @@ from nats.js.errors import NotFoundError
 
 from ..resources.models import TERMINAL_PHASES, ErrorInfo, WorkflowExecutionStatus
 from ..bus import Bus
-from ..events import Event, EventType, make_event, output_key, output_prefix
-from ..executor import CompleteTask, Dispatch, FailTask, Finish, ScheduleRetry, WakeAt
+from ..events import Event, EventType, make_event, output_key, output_prefix, round_id
+from ..execution_requests import requested_retries
+from ..executor import CompleteTask, Dispatch, FailTask, Finish, ScheduleRetry, WakeAt, retry_due, retry_plan
 from ..kube import Kube
 from ..pods import pod_name
 from ..sandbox import EvalPool, EvaluationError
@@ -69,7 +70,11 @@ class Orchestrator:
             self.forget(meta["uid"])
             return
         status = WorkflowExecutionStatus.model_validate(obj.get("status") or {})
-        if status.phase in TERMINAL_PHASES:
+        wanted = requested_retries(obj.get("spec") or {})
+        known = self.runs.get(meta["uid"])
+        # a copy older than the newest status seen (the watch can lag) cannot end a run that goes on
+        current = known.newest if known and known.newest and known.newest.state_seq > status.state_seq else status
+        if current.phase in TERMINAL_PHASES and not retry_due(current, max(wanted, known.wanted if known else 0)):
             self.forget(meta["uid"])
             return
         self.pool.start()
@@ -77,7 +82,11 @@ class Orchestrator:
         run.obj = obj
         if isinstance(meta.get("generation"), int):  # a handed-over copy may be older than the watch's
             run.generation = max(run.generation or 0, meta["generation"])
-        run.cancel = run.cancel or bool((obj.get("spec") or {}).get("cancel"))
+        if wanted >= run.wanted:  # (a copy from before the latest retry: its cancel was of an earlier round)
+            if wanted > run.wanted:
+                run.cancel = False  # a new round: the cancel of an earlier one is not its own
+            run.wanted = wanted
+            run.cancel = run.cancel or bool((obj.get("spec") or {}).get("cancel"))
         async with run.lock:
             if facts is None:
                 run.confirm(status)
@@ -150,9 +159,19 @@ class Orchestrator:
         if not run.loaded:
             await self.starter.load(run, status)
             run.loaded = True
-        if run.spec is None and run.virtual(status).phase == "Pending":
-            await self.starter.start(run, obj)
         virtual = run.virtual(status)
+        if retry_due(virtual, run.wanted):
+            await self._retry(run, virtual)
+            virtual = run.virtual(status)
+        if run.retrying():
+            # The round began in our view only: nothing of it is done before the state manager has
+            # folded its Retried (its status comes back here), so every event of the round is folded
+            # after the reset, never under it (after a crash: within the consumer's ack wait).
+            self.timers.set(run.uid, "wake", await run.republish(self.bus, time.time()))
+            return
+        if run.spec is None and virtual.phase == "Pending":
+            await self.starter.start(run, obj, virtual.retries or 0)
+            virtual = run.virtual(status)
         if run.spec is None:
             if virtual.phase == "Running":
                 raise SnapshotLost("the run's workflow snapshot is in neither its status nor the state stream")
@@ -167,11 +186,12 @@ class Orchestrator:
             elif isinstance(action, FailTask):
                 await self._fail_task(run, action)
             elif isinstance(action, CompleteTask):
-                await run.once(("complete", action.task, 1), lambda a=action: self._complete_task(run, a))
+                await run.once(("complete", action.task, action.attempt), lambda a=action: self._complete_task(run, a))
             elif isinstance(action, ScheduleRetry):
                 await run.once(("retry", action.task, action.attempt), lambda a=action: self._schedule_retry(run, a))
             elif isinstance(action, Finish):
-                await run.once(("finish", action.phase, 0), lambda a=action: self._finish(run, a, virtual))
+                await run.once((f"finish {action.phase}", "", virtual.retries or 0),
+                               lambda a=action: self._finish(run, a, virtual))
             elif isinstance(action, WakeAt):
                 wake.append(action.at)
         if (again := await run.republish(self.bus, time.time())) is not None:
@@ -214,10 +234,10 @@ class Orchestrator:
 
     async def _complete_task(self, run: Run, c: CompleteTask) -> None:
         # e.g. a large collection's list of outputs goes to the object store like any large output
-        result = await self.bus.output_fields(output_key(run.namespace, run.name, run.uid, c.task, 1), c.output,
-                                              self.settings.output_inline_limit)
+        result = await self.bus.output_fields(output_key(run.namespace, run.name, run.uid, c.task, c.attempt),
+                                              c.output, self.settings.output_inline_limit)
         await run.publish(self.bus, make_event(EventType.TASK_SUCCESS, SOURCE, run.namespace, run.name, run.uid,
-                                               c.task, 1, **result))
+                                               c.task, c.attempt, **result))
 
     async def _schedule_retry(self, run: Run, r: ScheduleRetry) -> None:
         await run.publish(self.bus, make_event(EventType.TASK_RETRY_SCHEDULED, SOURCE, run.namespace, run.name,
@@ -231,22 +251,35 @@ class Orchestrator:
         run was decided from goes into the stream again first if the status does not show it yet
         (see Run.republish): the end must not outlive the facts it rests on."""
         await run.republish(self.bus, time.time(), everything=True)
+        r = status.retries or 0  # each retry round ends once: its end has an id (and output key) of its own
+        rounds = {"round": r} if r else {}
         if f.phase == "Succeeded":
-            key = f"{output_prefix(run.namespace, run.name, run.uid)}_workflow/output"
+            key = f"{output_prefix(run.namespace, run.name, run.uid)}_workflow/output" + (f"-{r}" if r else "")
             result = await self.bus.output_fields(key, f.output, self.settings.output_inline_limit)
             event = make_event(EventType.WORKFLOW_SUCCESS, SOURCE, run.namespace, run.name, run.uid,
-                               generation=run.generation, **result)
+                               id_extra=round_id(r), generation=run.generation, **rounds, **result)
         else:
             await self.cleanup.stop_in_flight(run, status)
-            event = self._end_event(run, f)
+            event = self._end_event(run, f, r)
         await run.publish(self.bus, event)
-        await self._log(run, "info", f"workflow {f.phase.lower()}")
+        await self._log(run, "info", f"workflow {f.phase.lower()}" + (f" (retry {r})" if r else ""))
+
+    async def _retry(self, run: Run, status: WorkflowExecutionStatus) -> None:
+        """Begin retry round ``run.wanted`` of an ended run: one event, whose fold (reducer) makes the
+        run Running again and resets the tasks :func:`retry_plan` names; the walk does the rest."""
+        self.pods.run_resumed(run.uid)
+        r, plan = run.wanted, retry_plan(run.spec, status) if run.spec else {}  # never started: start again
+        await run.publish(self.bus, make_event(EventType.WORKFLOW_RETRIED, SOURCE, run.namespace, run.name, run.uid,
+                                               id_extra=round_id(r), round=r, tasks=plan, generation=run.generation))
+        shown = ", ".join(list(plan)[:10]) + (f" and {len(plan) - 10} more" if len(plan) > 10 else "")
+        await self._log(run, "info", f"retry {r}: the run continues; tasks to run again: {shown or 'none'}")
 
     @staticmethod
-    def _end_event(run: Run, f: Finish) -> Event:
+    def _end_event(run: Run, f: Finish, r: int) -> Event:
         etype = {"Failed": EventType.WORKFLOW_FAILED, "TimedOut": EventType.WORKFLOW_TIMED_OUT,
                  "Cancelled": EventType.WORKFLOW_CANCELLED}[f.phase]
         error = f.error.dump() if f.error else {}
         if error.get("message"):
             error = {**error, "message": error["message"][:MAX_MESSAGE]}
-        return make_event(etype, SOURCE, run.namespace, run.name, run.uid, error=error, generation=run.generation)
+        return make_event(etype, SOURCE, run.namespace, run.name, run.uid, id_extra=round_id(r), error=error,
+                          generation=run.generation, **({"round": r} if r else {}))

@@ -130,6 +130,10 @@ class PodWatch:
         while len(self.finished) > FINISHED_MEMORY:
             self.finished.popitem(last=False)
 
+    def run_resumed(self, uid: str) -> None:
+        """A retry round of an ended run began: its pods matter again."""
+        self.finished.pop(uid, None)
+
     def _result_lost(self, pod: dict[str, Any], known: str) -> tuple[str, str] | None:
         """A pod that exited 0 has stored its result before it exited; a result still not folded
         long after was lost with the state stream (deleted under it). None: wait and look again."""

@@ -34,6 +34,7 @@ class Run:
     facts: dict[str, tuple[Event, float]] = field(default_factory=dict)
     loaded: bool = False
     cancel: bool = False  # spec.cancel was seen (sticky: a stale copy of the object cannot undo it)
+    wanted: int = 0  # the highest spec.retry seen: the retry round asked for
     obj: dict[str, Any] = field(default_factory=dict)  # the latest object seen, for timers
     generation: int | None = None  # the highest metadata.generation seen: the spec acted on
     outputs: dict[str, Any] = field(default_factory=dict)  # object-store values already fetched
@@ -58,6 +59,11 @@ class Run:
         if not self.history and not self.overlay:
             return status
         return fold_all(status, [(ev, seq) for seq, ev in [*self.history, *self.overlay]])
+
+    def retrying(self) -> bool:
+        """Is a retry round's WorkflowExecutionRetried decided from but not in the status yet? (Call
+        after :meth:`virtual`, which drops what the status shows.)"""
+        return any(ev.type == EventType.WORKFLOW_RETRIED for _, ev in [*self.history, *self.overlay])
 
     async def publish(self, bus: Bus, event: Event) -> int:
         """Publish one of this run's state events and decide from it at once (the overlay).

@@ -20,7 +20,8 @@ from pydantic import ValidationError
 from ..resources.models import (GROUP, VERSION, OutputRef, Snapshot, WorkflowExecutionSpec, WorkflowExecutionStatus,
                           WorkflowSpec, parse_duration)
 from ..bus import Bus, PayloadTooLarge
-from ..events import EventType, make_event, output_prefix, state_subject
+from ..events import EventType, make_event, output_prefix, round_id, state_subject
+from ..execution_requests import LABEL_WORKFLOW
 from ..executor import RunContext
 from ..kube import ApiException, Kube
 from ..pods import ANNOTATION_TASK, LABEL_ATTEMPT, LABEL_EXECUTION, LABEL_TASK, label_value
@@ -41,10 +42,12 @@ class Starter:
     def __init__(self, settings: Settings, kube: Kube, bus: Bus, pool: EvalPool) -> None:
         self.settings, self.kube, self.bus, self.pool = settings, kube, bus, pool
 
-    async def start(self, run: Run, obj: dict[str, Any]) -> None:
+    async def start(self, run: Run, obj: dict[str, Any], round: int = 0) -> None:
         """Resolve and validate the workflow; publish Started, or Failed naming the field. The run's
-        input is ``spec.input`` with the defaults of the workflow's input schema filled in."""
+        input is ``spec.input`` with the defaults of the workflow's input schema filled in.
+        ``round``: a run that never started is started again by a retry (docs/retry.md)."""
         problems: list[str] = []
+        await self._label(obj)
         try:
             wf_name, wf, spec = await self._resolve(obj)
             value = apply_defaults(wf.input, spec.input)
@@ -56,7 +59,7 @@ class Starter:
         except EvaluationError as e:  # the checks killed their worker: the run cannot start
             problems, reason = [str(e)], e.reason
         if problems:
-            await self._refuse(run, reason, "; ".join(problems))
+            await self._refuse(run, reason, "; ".join(problems), round)
             return
         timeout = spec.timeout or wf.timeout
         timeout_s = parse_duration(timeout) if timeout else None
@@ -65,22 +68,44 @@ class Starter:
         snapshot = {**_renamed(await self.bus.output_fields(f"{prefix}_snapshot/spec", wf.dump(), inline), "spec"),
                     **_renamed(await self.bus.output_fields(f"{prefix}_snapshot/input", value, inline), "input")}
         started = make_event(EventType.WORKFLOW_STARTED, SOURCE, run.namespace, run.name, run.uid,
-                             workflow=wf_name, taskCount=len(wf.tasks), timeoutSeconds=timeout_s,
-                             generation=run.generation, **snapshot)
+                             id_extra=round_id(round), workflow=wf_name, taskCount=len(wf.tasks), timeoutSeconds=timeout_s,
+                             generation=run.generation, **({"retry": spec.retry} if spec.retry else {}), **snapshot)
         try:
             await run.publish(self.bus, started)
         except PayloadTooLarge as e:  # e.g. a huge workflow name; everything large is stored apart
-            await self._refuse(run, "PayloadTooLarge", str(e))
+            await self._refuse(run, "PayloadTooLarge", str(e), round)
             return
         run.spec = wf
         run.context = RunContext(execution=run.name, input=value, timeout=timeout_s)
         await self.bus.emit_log(run.namespace, run.name, run.uid, "orchestrator", "info",
                                 f"started workflow {wf_name} ({len(wf.tasks)} tasks)")
 
-    async def _refuse(self, run: Run, reason: str, message: str) -> None:
+    async def _label(self, obj: dict[str, Any]) -> None:
+        """Label a run with its Workflow (``kubectl get wfx -l compozy.dev/workflow=NAME``) when whoever
+        created it did not (``kubectl apply``): one metadata patch per run at most, none for runs
+        created by api.Service or the CLI (execution_requests labels them). Inline-workflow runs
+        have no Workflow to name and get no label."""
+        meta = obj["metadata"]
+        name = ((obj.get("spec") or {}).get("workflowRef") or {}).get("name")
+        if not isinstance(name, str) or not name:
+            return
+        value = label_value(name)
+        if (meta.get("labels") or {}).get(LABEL_WORKFLOW) == value:
+            return
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{meta['namespace']}/workflowexecutions/{meta['name']}"
+        try:
+            await asyncio.to_thread(self.kube.merge_patch, path, {"metadata": {"labels": {LABEL_WORKFLOW: value}}})
+        except ApiException as e:
+            if e.status != 404:  # deleted meanwhile: nothing to label
+                raise
+
+    async def _refuse(self, run: Run, reason: str, message: str, round: int) -> None:
         await run.publish(self.bus, make_event(EventType.WORKFLOW_FAILED, SOURCE, run.namespace, run.name, run.uid,
-                                               error={"reason": reason, "message": message[:4000]}))
-        await self.bus.emit_log(run.namespace, run.name, run.uid, "orchestrator", "error", f"not started: {message[:4000]}")
+                                               id_extra=round_id(round), error={"reason": reason,
+                                                                                "message": message[:4000]},
+                                               **({"round": round} if round else {})))
+        await self.bus.emit_log(run.namespace, run.name, run.uid, "orchestrator", "error",
+                                f"not started: {message[:4000]}")
 
     async def _resolve(self, obj: dict[str, Any]) -> tuple[str, WorkflowSpec, WorkflowExecutionSpec]:
         raw = obj.get("spec") or {}

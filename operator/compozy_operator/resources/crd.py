@@ -113,15 +113,46 @@ def _same(field: str) -> str:
 
 #: The text of the admission webhook's refusal too (admission.IMMUTABLE): CEL compares the typed
 #: fields, the webhook the whole spec (``input`` is any JSON, which CEL cannot see).
-IMMUTABLE_MESSAGE = ("spec is immutable once the run is created; only spec.cancel may change — create a new "
-                     "WorkflowExecution (or resubmit) to run again")
+IMMUTABLE_MESSAGE = ("spec is immutable once the run is created; only spec.cancel and spec.retry may change — "
+                     "create a new WorkflowExecution (or resubmit) to run again")
+#: The texts of the retry rules, shared with the admission webhook (admission.py).
+RETRY_UP_MESSAGE = "spec.retry can only go up, by one at a time (each raise asks for one more retry)"
+CANCEL_FINAL_MESSAGE = ("spec.cancel: a cancelled run stays cancelled (cannot go from true back to false), except "
+                        "in the patch that retries it (spec.retry raised)")
+RETRY_CANCEL_MESSAGE = ("spec.cancel: remove it (or set it false) in the patch that raises spec.retry, or the "
+                        "retried run would be cancelled at once")
+
+
+def _retry_of(obj: str) -> str:
+    return f"(has({obj}.retry) ? {obj}.retry : 0)"
+
+
+_RAISED = f"{_retry_of('self')} > {_retry_of('oldSelf')}"
 
 EXECUTION_SPEC_RULES = [
     _rule("has(self.workflowRef) != has(self.workflow)",
           "exactly one of spec.workflowRef or spec.workflow must be set"),
     _rule(" && ".join(_same(f) for f in ("workflowRef", "workflow", "timeout")), IMMUTABLE_MESSAGE),
-    _rule("!has(oldSelf.cancel) || !oldSelf.cancel || (has(self.cancel) && self.cancel)",
-          "spec.cancel: a cancelled run stays cancelled (cannot go from true back to false)", ".cancel"),
+    _rule(f"!has(oldSelf.cancel) || !oldSelf.cancel || (has(self.cancel) && self.cancel) || {_RAISED}",
+          CANCEL_FINAL_MESSAGE, ".cancel"),
+    _rule(f"{_retry_of('self')} >= {_retry_of('oldSelf')} && {_retry_of('self')} <= {_retry_of('oldSelf')} + 1",
+          RETRY_UP_MESSAGE, ".retry"),
+    _rule(f"!({_RAISED}) || !has(self.cancel) || !self.cancel", RETRY_CANCEL_MESSAGE, ".cancel"),
+]
+
+_PHASE = "(has(self.status) && has(self.status.phase) ? self.status.phase : 'Pending')"
+#: On the whole object, so that they see the status (which an update of the object cannot change):
+#: only a run that ended without success is retried, and only once its previous retry has begun.
+EXECUTION_RULES = [
+    {**_rule(f"!({_retry_of('self.spec')} > {_retry_of('oldSelf.spec')}) || "
+             f"{_PHASE} in ['Failed', 'TimedOut', 'Cancelled']",
+             "spec.retry: only a run that ended Failed, TimedOut or Cancelled can be retried", ".spec.retry"),
+     "messageExpression": "'spec.retry: only a run that ended Failed, TimedOut or Cancelled can be retried; this "
+                          f"one is ' + {_PHASE}"},
+    _rule(f"!({_retry_of('self.spec')} > {_retry_of('oldSelf.spec')}) || "
+          f"(has(self.status) && has(self.status.retries) ? self.status.retries : 0) >= {_retry_of('oldSelf.spec')}",
+          "spec.retry: the previous retry has not begun yet (status.retries is below it); raise it once it has",
+          ".spec.retry"),
 ]
 
 #: Written by the operator (workflow_status.py): is the Workflow valid, for which generation.
@@ -369,6 +400,7 @@ def workflow_execution_crd() -> JSON:
         workflow_execution_spec_schema(),
         workflow_execution_status_schema(),
     )
+    schema[VALIDATIONS] = EXECUTION_RULES
     columns = [
         _column("Workflow", ".status.workflow"),
         _column("Phase", ".status.phase"),

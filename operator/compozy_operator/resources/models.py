@@ -227,6 +227,9 @@ class WorkflowExecutionSpec(Model):
     input: Any = Field(None, description="Input, validated against the Workflow's input schema.")
     timeout: str | None = Field(None, pattern=DURATION_PATTERN, description="Overrides the Workflow's timeout.")
     cancel: bool | None = Field(None, description="Set true to cancel the run.")
+    retry: int | None = Field(
+        None, ge=0, le=1000, description="Raise by one to retry an ended run (Failed, TimedOut, Cancelled) from "
+        "where it failed: succeeded tasks are kept, the others run again with their next attempt (docs/retry.md).")
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -295,6 +298,8 @@ class TaskStatus(Model):
                                 "(e.g. a missing Secret, an image pull, no node fits).")
     usage: TokenUsage | None = Field(None, description="Agent tasks: tokens and model calls of the current attempt.")
     attempts: list[AttemptRecord] | None = Field(None, description="Earlier attempts.")
+    prior_attempts: int | None = Field(None, description="Attempts made in earlier retry rounds of the run (the "
+                                       "task's retry.limit counts the attempts after them).")
 
 
 class Condition(Model):
@@ -325,4 +330,7 @@ class WorkflowExecutionStatus(Model):
     conditions: list[Condition] = Field(default_factory=list, description="Standard conditions (type Succeeded).")
     observed_generation: int | None = None
     snapshot: Snapshot | None = Field(None, description="The workflow spec and input the run started with.")
+    retries: int | None = Field(None, description="The spec.retry acted on: the run's current retry round (0: never retried).")
+    retried_at: str | None = Field(None, description="When the current retry round began (its timeout counts from "
+                                   "here).")
     state_seq: int = Field(0, description="JetStream sequence of the last state event folded into this status.")
