@@ -15,6 +15,9 @@ from compozy_operator.testenv import Kube
 from compozy_operator.testenv.node import DEFAULT_IMAGES
 
 T = TypeVar("T")
+# The operator processes the session keeps running (the e2e tests' cluster-wide one): tests that need
+# the cluster to themselves (tests/resources: what the API server alone stores) stop them meanwhile.
+SESSION_OPERATORS: list[Any] = []
 IMAGE = f"{DEFAULT_IMAGES[0]}:test"
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from compozy_operator.testenv import DevEnvironment
 from compozy_operator.testenv.operator_process import OperatorProcess
-from tests.helpers import Kubectl, apply_crds, wait_for
+from tests.helpers import SESSION_OPERATORS, Kubectl, apply_crds, wait_for
 
 TASK_IMAGE = "compozy/compozy-operator:test"
 # the session operator's settings (tests that run an operator of their own use them too)
@@ -27,7 +27,9 @@ def kubectl(devenv: DevEnvironment) -> Kubectl:
 def operator(devenv: DevEnvironment, kubectl: Kubectl) -> Iterator[OperatorProcess]:
     op = OperatorProcess(devenv, extra_env=OPERATOR_ENV, webhook=True)  # admission webhook registered (by URL)
     op.start()
+    SESSION_OPERATORS.append(op)
     yield op
+    SESSION_OPERATORS.remove(op)
     op.stop()
 
 
