@@ -4,7 +4,6 @@ operator on the local cluster."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,8 +22,6 @@ from .conftest import execution_status, wait_finished
 from .test_workflows import apply, workflow
 
 COMPOZY = Path(sys.executable).with_name("compozy")
-API_SERVICE = importlib.util.find_spec("compozy_operator.api_service") is not None
-needs_api = pytest.mark.skipif(not API_SERVICE, reason="api.Service (compozy_operator.api_service) is not merged yet")
 
 PY_FLAKY = ("def run(input, ctx):\n    import os\n    marker = '/tmp/compozy-cli-flaky-' + ctx.namespace\n"
             "    if not os.path.exists(marker):\n        open(marker, 'w').close()\n"
@@ -189,7 +186,6 @@ def _reader_token(kubectl: Kubectl, namespace: str) -> str:
     return kubectl.ok("create", "token", "reader", "-n", namespace).strip()
 
 
-@needs_api
 def test_logs_of_a_finished_run_through_api_service(operator: OperatorProcess, kubectl: Kubectl, workflows: None,
                                                      cli, namespace: str) -> None:
     port = operator.env().get("COMPOZY_API_PORT", "8090")
