@@ -173,7 +173,8 @@ class Operator:
                              port=settings.api_port, max_input_bytes=settings.max_input_bytes,
                              max_streams=settings.api_max_streams,
                              tls=(settings.api_cert_file, settings.api_key_file)
-                             if settings.api_cert_file and settings.api_key_file else None)
+                             if settings.api_cert_file and settings.api_key_file else None,
+                             client_ca=settings.api_client_ca)
             self.loops.append(Supervised("api.Service", api.run))
         self.nats_ready = False
 

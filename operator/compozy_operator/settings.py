@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
+from .container_paths import host_path
 from .events import LOG_MAX_AGE, LOG_MAX_BYTES
 
 
@@ -14,8 +15,14 @@ def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 
 
+def _file(name: str, default: str = "") -> str:
+    """A file setting: the path, as the process sees it (see container_paths)."""
+    path = _env(name, default)
+    return host_path(path) if path else path
+
+
 def _token() -> str | None:
-    if path := _env("COMPOZY_NATS_TOKEN_FILE"):
+    if path := _file("COMPOZY_NATS_TOKEN_FILE"):
         return Path(path).read_text().strip()
     return _env("COMPOZY_NATS_TOKEN") or None
 
@@ -39,7 +46,7 @@ class Settings:
     # Secret (keys `url`, `token`) the task pods read their NATS credentials from; the operator
     # keeps one with this name in every namespace it runs tasks in.
     # PEM file of the CA of a TLS NATS server with a private CA; task pods get it through nats_secret
-    nats_ca_file: str | None = field(default_factory=lambda: _env("COMPOZY_NATS_CA_FILE") or None)
+    nats_ca_file: str | None = field(default_factory=lambda: _file("COMPOZY_NATS_CA_FILE") or None)
     nats_secret: str = field(default_factory=lambda: _env("COMPOZY_NATS_SECRET", "compozy-nats"))
     task_image: str = field(default_factory=lambda: _env("COMPOZY_TASK_IMAGE", f"compozy/compozy-operator:{__version__}"))
     namespaces: tuple[str, ...] = field(
@@ -78,8 +85,8 @@ class Settings:
     webhook_enabled: bool = field(default_factory=lambda: _env("COMPOZY_WEBHOOK_ENABLED", "false").lower() == "true")
     webhook_host: str = field(default_factory=lambda: _env("COMPOZY_WEBHOOK_HOST", "0.0.0.0"))  # noqa: S104
     webhook_port: int = field(default_factory=lambda: int(_env("COMPOZY_WEBHOOK_PORT", "9443")))
-    webhook_cert_file: str = field(default_factory=lambda: _env("COMPOZY_WEBHOOK_CERT_FILE", "/etc/compozy/webhook/tls.crt"))
-    webhook_key_file: str = field(default_factory=lambda: _env("COMPOZY_WEBHOOK_KEY_FILE", "/etc/compozy/webhook/tls.key"))
+    webhook_cert_file: str = field(default_factory=lambda: _file("COMPOZY_WEBHOOK_CERT_FILE", "/etc/compozy/webhook/tls.crt"))
+    webhook_key_file: str = field(default_factory=lambda: _file("COMPOZY_WEBHOOK_KEY_FILE", "/etc/compozy/webhook/tls.key"))
     # Retention of runs' log lines (the COMPOZY_LOGS stream): the oldest go first past either bound;
     # a run's lines are removed with it sooner (chart: logs.maxAge, logs.maxBytes)
     log_max_age: float = field(default_factory=lambda: float(_env("COMPOZY_LOG_MAX_AGE_SECONDS", str(LOG_MAX_AGE))))
@@ -91,8 +98,11 @@ class Settings:
     # most event and log streams open at once (each holds a JetStream consumer); beyond it, 429
     api_max_streams: int = field(default_factory=lambda: int(_env("COMPOZY_API_MAX_STREAMS", "1000")))
     # serve it over HTTPS with this certificate and key (both set), else plain HTTP
-    api_cert_file: str = field(default_factory=lambda: _env("COMPOZY_API_CERT_FILE"))
-    api_key_file: str = field(default_factory=lambda: _env("COMPOZY_API_KEY_FILE"))
+    api_cert_file: str = field(default_factory=lambda: _file("COMPOZY_API_CERT_FILE"))
+    api_key_file: str = field(default_factory=lambda: _file("COMPOZY_API_KEY_FILE"))
+    # HTTPS only: also accept client certificates signed by this CA (a PEM file, or `cluster`: the
+    # CA the API server trusts for users, so a client-certificate kubeconfig works as it does with kubectl)
+    api_client_ca: str = field(default_factory=lambda: _file("COMPOZY_API_CLIENT_CA"))
     # an execution's spec.input larger than this (bytes of compact JSON) is refused at apply
     max_input_bytes: int = field(default_factory=lambda: int(_env("COMPOZY_MAX_INPUT_BYTES", str(1 << 20))))
 

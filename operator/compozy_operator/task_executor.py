@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from nats.errors import MaxPayloadError
 
 from .bus import Bus, PayloadTooLarge
+from .container_paths import host_path
 from .events import (COMMAND_NONCE_ENV, EventType, Publisher, cancel_subject, claim_subject, command_subject,
                      inbox_prefix, make_event, output_key)
 from .runtime import TaskFailure, ToolContext, run_tool
@@ -370,20 +371,6 @@ def _termination_message(text: str) -> None:
         pass
 
 
-def _host_path(path: str) -> str:
-    """Where a container path is on the host: the local cluster's process node runs containers as
-    host processes and says where their mounts are (COMPOZY_PROCESS_NODE_MOUNTS: mountPath -> host
-    directory); in a real container the path is simply the path."""
-    try:
-        mounts = json.loads(os.environ.get("COMPOZY_PROCESS_NODE_MOUNTS") or "{}")
-    except ValueError:
-        return path
-    for mount in sorted(mounts, key=len, reverse=True):
-        if path == mount or path.startswith(mount.rstrip("/") + "/"):
-            return mounts[mount] + path[len(mount.rstrip("/")):]
-    return path
-
-
 def nats_login() -> str | Callable[[], str] | None:
     """The attempt's NATS token. Callout mode (``COMPOZY_NATS_TOKEN_FILE``, the pod's projected
     ServiceAccount token): a callable that reads the file at every connect and reconnect (nats-py
@@ -393,7 +380,7 @@ def nats_login() -> str | Callable[[], str] | None:
     token_file = os.environ.pop(NATS_TOKEN_FILE_ENV, None)
     token = os.environ.pop("COMPOZY_NATS_TOKEN", None) if token_file else os.environ.get("COMPOZY_NATS_TOKEN")
     if token_file:
-        path = _host_path(token_file)
+        path = host_path(token_file)
 
         def read() -> str:
             with open(path) as f:

@@ -4,18 +4,23 @@ operator on the local cluster."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
+import uuid
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from compozy_operator.cli.logs import API_EXTENSION
 from compozy_operator.execution_requests import LABEL_RESUBMITTED_FROM, LABEL_WORKFLOW
+from compozy_operator.kube import Kube, set_context_extension, write_kubeconfig
 from compozy_operator.testenv import DevEnvironment
 from compozy_operator.testenv.operator_process import OperatorProcess
+from compozy_operator.testenv.pki import write_client_certificate, write_loopback_tls
 from tests.helpers import Kubectl, wait_for
 
 from .conftest import execution_status, wait_finished
@@ -165,10 +170,68 @@ def test_signal_is_refused_as_usage(cli) -> None:
     assert out.returncode == 2 and "no task type waits for signals yet" in out.stderr
 
 
-def test_logs_with_a_client_certificate_kubeconfig_says_how_to_get_a_token(cli) -> None:
+def test_logs_with_a_client_certificate_over_plain_http_says_what_to_do(cli) -> None:
     out = cli("logs", "any", "--api-url", "http://127.0.0.1:9")
     assert out.returncode == 1
-    assert "client certificate" in out.stderr and "kubectl create token" in out.stderr
+    assert "client certificate" in out.stderr and "only over HTTPS" in out.stderr
+    assert "kubectl create token" in out.stderr
+
+
+def _user_kubeconfig(devenv: DevEnvironment, path: Path, cert: tuple[Path, Path], api: str, ca: Path) -> Path:
+    """A kubeconfig of the local cluster for the user of ``cert``, telling where api.Service is (and its CA)."""
+    write_kubeconfig(path, devenv.cluster.server, devenv.cluster.pki.ca_cert,
+                     user={"client-certificate": str(cert[0]), "client-key": str(cert[1])})
+    set_context_extension(path, API_EXTENSION, {"url": api,
+                                                "certificate-authority-data": base64.b64encode(ca.read_bytes()).decode()})
+    return path
+
+
+def test_logs_with_nothing_but_a_client_certificate_kubeconfig(operator: OperatorProcess, kubectl: Kubectl,
+                                                               workflows: None, cli, devenv: DevEnvironment,
+                                                               kube: Kube, namespace: str, tmp_path: Path) -> None:
+    """api.Service over HTTPS trusting the cluster's client CA (COMPOZY_API_CLIENT_CA=cluster, read from
+    kube-system/extension-apiserver-authentication): `compozy logs` signs in with the kubeconfig's client
+    certificate, as kubectl does; RBAC decides for the certificate's user; a certificate of another CA
+    is refused in the handshake. An operator of its own serves it (it watches an empty namespace)."""
+    empty = f"empty-{uuid.uuid4().hex[:5]}"
+    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": empty}})
+    tls = write_loopback_tls(tmp_path / "api-tls", "compozy-api")
+    op = OperatorProcess(devenv, log_path=devenv.workdir / "logs" / f"operator-{empty}.log", extra_env={
+        "COMPOZY_NAMESPACES": empty, "COMPOZY_API_CERT_FILE": str(tls.cert), "COMPOZY_API_KEY_FILE": str(tls.key),
+        "COMPOZY_API_CLIENT_CA": "cluster"})
+    op.start()
+    try:
+        api = f"https://127.0.0.1:{op.api_port}"
+        assert cli("submit", "echo", "--name", "echo-c", "-p", "x=1", "--wait").returncode == 0
+        pki = devenv.cluster.pki
+        admin = _user_kubeconfig(devenv, tmp_path / "kubeconfig-admin", (pki.admin_cert, pki.admin_key), api, tls.ca_cert)
+        def logs_as(kubeconfig: Path) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([str(COMPOZY), "logs", "echo-c", "--kubeconfig", str(kubeconfig), "-n", namespace],
+                                  capture_output=True, text=True, timeout=60)
+
+        out = logs_as(admin)
+        assert out.returncode == 0, out.stderr
+        assert any(" echo[1] info got {'value': {'x': 1}}" in line for line in out.stdout.splitlines()), out.stdout
+
+        nobody = write_client_certificate(tmp_path / "certs", "nobody", "some-team", ca=(pki.ca_cert, pki.ca_key))
+        refused = logs_as(_user_kubeconfig(devenv, tmp_path / "kubeconfig-nobody", nobody, api, tls.ca_cert))
+        assert refused.returncode == 1
+        assert 'User "nobody" cannot get resource "workflowexecutions"' in refused.stderr, refused.stderr
+        assert "(HTTP 403)" in refused.stderr
+        kubectl.ok("create", "role", "team-reads", "-n", namespace, "--verb=get",
+                   "--resource=workflowexecutions.compozy.dev")
+        kubectl.ok("create", "rolebinding", "team-reads", "-n", namespace, "--role=team-reads", "--group=some-team")
+        allowed = wait_for(lambda: (r := logs_as(tmp_path / "kubeconfig-nobody")).returncode == 0 and r, 20,
+                           "the group's RoleBinding to count (decisions are cached 10 s)")
+        assert " echo[1] " in allowed.stdout
+
+        forged = write_client_certificate(tmp_path / "forged", "compozy-admin", "system:masters")  # self-signed
+        out = logs_as(_user_kubeconfig(devenv, tmp_path / "kubeconfig-forged", forged, api, tls.ca_cert))
+        assert out.returncode == 1 and "cannot reach api.Service" in out.stderr and "clusterClientCA" in out.stderr
+        assert not [line for line in out.stdout.splitlines() if " echo[1] " in line]
+    finally:
+        op.stop()
+        kube.delete(f"/api/v1/namespaces/{empty}")
 
 
 def test_logs_without_an_api_url_says_where_to_find_it(cli) -> None:

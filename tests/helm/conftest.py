@@ -15,7 +15,7 @@ from compozy_operator.testenv import Kube
 from tests.helpers import Kubectl, apply_crds, wait_for
 
 CHART = str(chart_dir())
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello-workflow.yaml"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +44,10 @@ def server_dry_run(kubectl: Kubectl, manifests: str) -> subprocess.CompletedProc
 
 
 def run_example(kubectl: Kubectl, kube: Kube, namespace: str, name: str, timeout: float = 60) -> dict:
-    """examples/hello-workflow.yaml applied with its run named ``name``; the run's status once ended."""
-    docs = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]
+    """examples/hello-workflow.yaml and hello-run.yaml applied, the run named ``name``; the run's status once
+    ended."""
+    docs = [d for f in ("hello-workflow.yaml", "hello-run.yaml") for d in yaml.safe_load_all((EXAMPLES / f).read_text())
+            if d]
     docs[1]["metadata"]["name"] = name
     kubectl.ok("apply", "-n", namespace, "-f", "-", stdin="\n---\n".join(json.dumps(d) for d in docs))
 

@@ -20,5 +20,9 @@ def test_demo_installs_with_helm_and_prints_the_result(devenv: DevEnvironment, t
     assert re.search(r"operator Ready [\d.]+s after helm install", out.stdout)
     assert re.search(r"compozy-operator-\S+\s+1/1\s+Running\s+0\s+\S+\s+127\.0\.0\.1\s+process-node-1", out.stdout)
     assert re.search(r"hello-1\s+hello\s+Succeeded\s+2/2", out.stdout)
+    # the compozy program with the kubeconfig alone: submit --watch, then logs (client certificate -> api.Service)
+    assert "$ compozy submit hello --name hello-1 -p name=world" in out.stdout
+    assert re.search(r"\d\d:\d\d:\d\d hello-1 Succeeded 2/2", out.stdout)
+    assert re.search(r"\$ compozy logs hello-1\n(.+\n)*\S+ runtime count\[1\] info counted 9 words \(attempt 1\)", out.stdout)
     assert '"greeting": "HELLO, WORLD: YOUR TEXT HAS 9 WORDS"' in out.stdout
     assert not list(tmp_path.glob("run-*")), "the demo stops everything and removes its run directory"

@@ -82,12 +82,15 @@ def _allowed(kubectl: Kubectl, sa: str, checks: list[tuple[str, ...]], namespace
 def releases(devenv: DevEnvironment, helm: Helm, kube: Kube) -> Iterator[dict[str, str]]:
     """Two releases: cluster-wide in one namespace, namespaced (watching itself) in another."""
     suffix = uuid.uuid4().hex[:5]
-    made = {"cluster": f"rbac-cluster-{suffix}", "namespaced": f"rbac-ns-{suffix}", "noapi": f"rbac-noapi-{suffix}"}
+    made = {"cluster": f"rbac-cluster-{suffix}", "namespaced": f"rbac-ns-{suffix}", "noapi": f"rbac-noapi-{suffix}",
+            "clientca": f"rbac-ca-{suffix}"}
     try:
         install(devenv, helm, "rbac", made["cluster"], *sets("replicaCount=0"), ready=False)
         install(devenv, helm, "rbac", made["namespaced"], *sets("replicaCount=0", "watch.mode=namespaced"), ready=False)
         install(devenv, helm, "rbac", made["noapi"], *sets("replicaCount=0", "watch.mode=namespaced", "api.enabled=false"),
                 ready=False)
+        install(devenv, helm, "rbac", made["clientca"], *sets("replicaCount=0", "watch.mode=namespaced",
+                                                              "api.tls.secretName=api-tls"), ready=False)
         yield {mode: f"system:serviceaccount:{ns}:rbac-compozy-operator" for mode, ns in made.items()} | {
             f"{mode}-ns": ns for mode, ns in made.items()}
     finally:
@@ -128,3 +131,16 @@ def test_without_the_api_the_operator_starts_no_runs_and_reviews_nothing(kubectl
     assert not _matrix(kubectl, sa, [n for n in NAMESPACED_NEEDS if n not in API_ONLY], own)
     extra = _allowed(kubectl, sa, API_ONLY, own) + _allowed(kubectl, sa, REVIEWS, None)
     assert not extra, f"allowed with api.enabled=false: {extra}"
+
+
+CLIENT_CA = "configmaps/extension-apiserver-authentication"
+
+
+def test_https_api_reads_the_cluster_client_ca_and_nothing_else_of_kube_system(kubectl: Kubectl,
+                                                                               releases: dict[str, str]) -> None:
+    """api.tls.secretName (clusterClientCA by default): get on the one ConfigMap the API server publishes
+    its client CA in; without HTTPS, not even that."""
+    assert can_i(kubectl, releases["clientca"], "get", CLIENT_CA, namespace="kube-system")
+    assert not _allowed(kubectl, releases["clientca"], [("list", "configmaps"), ("get", "configmaps/other"),
+                                                        ("watch", "configmaps"), ("update", CLIENT_CA)], "kube-system")
+    assert not can_i(kubectl, releases["cluster"], "get", CLIENT_CA, namespace="kube-system")

@@ -29,10 +29,13 @@ def test_dev_up_env_down(devenv: DevEnvironment, tmp_path: Path) -> None:
                                env={**env, "KUBECONFIG": exports["KUBECONFIG"]})
         assert "process-node-1   Ready" in nodes.stdout, nodes.stderr
 
-        # the kubeconfig says where api.Service of an operator run by hand would be (`compozy logs` goes there)
-        logs = subprocess.run([*compozy, "logs", "r", "--token", "t"], capture_output=True, text=True,
+        # the kubeconfig says where api.Service of an operator run by hand with these exports would be
+        # (`compozy logs` goes there, over HTTPS, with the kubeconfig's client certificate)
+        assert exports["COMPOZY_API_CLIENT_CA"] == "cluster"
+        assert Path(exports["COMPOZY_API_CERT_FILE"]).is_file() and Path(exports["COMPOZY_API_KEY_FILE"]).is_file()
+        logs = subprocess.run([*compozy, "logs", "r"], capture_output=True, text=True,
                               env={**env, "KUBECONFIG": exports["KUBECONFIG"]})
-        assert logs.returncode == 1 and f"cannot reach api.Service at http://127.0.0.1:{api_port}" in logs.stderr
+        assert logs.returncode == 1 and f"cannot reach api.Service at https://127.0.0.1:{api_port}" in logs.stderr
 
         printed = subprocess.run([*compozy, "dev", "env"], capture_output=True, text=True, env=env)
         assert f"export KUBECONFIG={exports['KUBECONFIG']}" in printed.stdout

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from compozy_operator.api_service.auth import TtlCache, User, access_review, bearer_token, reviewed_user
+from compozy_operator.api_service.auth import (TtlCache, User, access_review, bearer_token, certificate_user,
+                                               reviewed_user)
 from compozy_operator.api_service.http import validation_field
 from compozy_operator.api_service.models import ApiError
 from compozy_operator.api_service.operations import kube_error, request_field
@@ -36,6 +37,21 @@ def test_reviewed_user_refuses_unauthenticated_and_anonymous() -> None:
     user = reviewed_user({"authenticated": True, "user": {"username": "alice", "uid": "u1", "groups": ["g"],
                                                            "extra": {"scopes": ["a", "b"]}}})
     assert user == User("alice", "u1", ("g",), (("scopes", ("a", "b")),))
+
+
+def test_certificate_user_is_mapped_as_the_api_server_maps_it() -> None:
+    subject = ((("countryName", "DE"),), (("organizationName", "team-a"),), (("organizationName", "ops"),),
+               (("commonName", "jane"),))
+    assert certificate_user(subject) == User("jane", "", ("team-a", "ops", "system:authenticated"))
+    assert certificate_user(((("commonName", "kubelet"), ("organizationName", "system:nodes")),)) == \
+        User("kubelet", "", ("system:nodes", "system:authenticated"))  # a multi-valued RDN
+
+
+@pytest.mark.parametrize("subject", [None, (), ((("organizationName", "system:masters"),),),
+                                     ((("commonName", ""),),), ((("commonName", "system:anonymous"),),),
+                                     ((("commonName", "a"),), (("commonName", "b"),)), ((("commonName",),),)])
+def test_certificate_user_refuses_a_subject_without_one_user(subject: object) -> None:
+    assert certificate_user(subject) is None
 
 
 def test_access_review_is_of_the_user_as_authenticated() -> None:

@@ -1,6 +1,8 @@
-"""Who is calling, and may they: Kubernetes bearer tokens (TokenReview) and RBAC (SubjectAccessReview).
+"""Who is calling, and may they: Kubernetes bearer tokens (TokenReview), client certificates signed by
+the cluster's client CA, and RBAC (SubjectAccessReview).
 
-No user database: the API server authenticates the token and RBAC decides, so ``kubectl auth can-i
+No user database: the API server authenticates the token (or the TLS handshake verified the client
+certificate against the CA the API server itself trusts for users) and RBAC decides, so ``kubectl auth can-i
 create workflowexecutions -n NS --as USER`` answers whether USER may trigger a run in NS. Answers
 are cached briefly (as the API server's own webhook authenticator and authorizer do), in a bounded
 cache keyed by a hash of the token: a revoked token or role stays usable for at most ``ttl`` seconds.
@@ -25,6 +27,7 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 RESOURCE = "workflowexecutions"
 ANONYMOUS = "system:anonymous"
+AUTHENTICATED = "system:authenticated"
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,21 @@ def bearer_token(header: str | None) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "Unauthorized", "an Authorization: Bearer <Kubernetes token> header is required")
     return token.strip()
+
+
+def certificate_user(subject: Any) -> User | None:
+    """The user a verified client certificate names, mapped as the API server maps it: the subject's
+    common name is the user, its organizations the groups (plus ``system:authenticated``). None for
+    a certificate without a common name (the API server refuses those too) or an anonymous one.
+
+    ``subject``: the ``subject`` of :meth:`ssl.SSLSocket.getpeercert` (a tuple of RDNs, each a tuple
+    of (attribute, value) pairs)."""
+    pairs = [pair for rdn in subject or () for pair in rdn if isinstance(pair, tuple) and len(pair) == 2]
+    names = [str(v) for k, v in pairs if k == "commonName"]
+    if len(names) != 1 or not names[0] or names[0] == ANONYMOUS:
+        return None
+    groups = tuple(dict.fromkeys([*(str(v) for k, v in pairs if k == "organizationName"), AUTHENTICATED]))
+    return User(names[0], "", groups)
 
 
 def reviewed_user(status: dict[str, Any]) -> User | None:

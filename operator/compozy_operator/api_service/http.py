@@ -20,13 +20,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from .auth import User, bearer_token
+from .auth import User, bearer_token, certificate_user
 from .models import (NAME_PATTERN, NAMESPACE_PATTERN, Accepted, ApiError, Created, ErrorBody, ExecutionList,
                      ResubmitRequest, SignalRequest, TriggerRequest, WorkflowExecution)
 from .operations import PHASES, Operations
 
 if TYPE_CHECKING:
     from .service import Context
+
+PEER_SUBJECT = "client_cert_subject"  # in scope["extensions"]["tls"] (service._PeerCertificateProtocol)
 
 log = logging.getLogger(__name__)
 PREFIX = "/api/v1"
@@ -131,8 +133,14 @@ def create_app(ctx: "Context", max_body: int) -> FastAPI:
 
     async def caller(request: Request,
                      credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
-        token = bearer_token(f"Bearer {credentials.credentials}" if credentials else None)
-        user = await ctx.authorizer.authenticate(token)
+        subject = ((request.scope.get("extensions") or {}).get("tls") or {}).get(PEER_SUBJECT)
+        if subject and credentials is None:  # a client certificate the handshake verified
+            user = certificate_user(subject)
+            if user is None:
+                raise ApiError(401, "Unauthorized", "the client certificate names no user (no single common name)")
+        else:
+            user = await ctx.authorizer.authenticate(
+                bearer_token(f"Bearer {credentials.credentials}" if credentials else None))
         request.state.user = user
         return user
 

@@ -23,13 +23,14 @@ from typing import Any
 
 import uvicorn
 from nats.aio.msg import Msg
+from uvicorn.protocols.http.h11_impl import H11Protocol
 from pydantic import ValidationError
 
 from ..bus import Bus
 from ..events import API_TRIGGER_SUBJECTS, token
 from ..kube import Kube
 from .auth import Authorizer, bearer_token
-from .http import REQUESTS, create_app
+from .http import PEER_SUBJECT, REQUESTS, create_app
 from .models import NAMESPACE_PATTERN, ApiError, NatsTriggerRequest
 from .operations import Operations
 from .streams import RunState, Streams
@@ -87,11 +88,62 @@ class _Server(uvicorn.Server):
         yield
 
 
+CLUSTER_CLIENT_CA = "cluster"  # COMPOZY_API_CLIENT_CA: the CA the API server trusts for users' certificates
+# published by the API server for extension API servers (readable with the built-in Role
+# extension-apiserver-authentication-reader)
+CLIENT_CA_CONFIGMAP = "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication"
+
+
+def _accepting_clients(ca_pem: str) -> Callable[[uvicorn.Config, Callable[[], ssl.SSLContext]], ssl.SSLContext]:
+    """uvicorn's serving context, also asking for a client certificate (optional: token callers have
+    none) that must chain to ``ca_pem``: a certificate that does not is refused in the handshake."""
+    def factory(_: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        context = default()
+        context.verify_mode = ssl.CERT_OPTIONAL
+        context.load_verify_locations(cadata=ca_pem)
+        return context
+    return factory
+
+
+class _PeerCertificateProtocol(H11Protocol):
+    """HTTP/1.1 that hands the verified client certificate's subject to the application.
+
+    uvicorn does not fill in the ASGI TLS extension; this protocol (one instance per connection)
+    does, for the one field api.Service needs, after the handshake verified the chain."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        subject = (ssl_object.getpeercert() or {}).get("subject") if ssl_object is not None else None
+        if subject:
+            app = self.app
+
+            async def with_peer(scope: Any, receive: Any, send: Any) -> None:
+                scope.setdefault("extensions", {})["tls"] = {PEER_SUBJECT: subject}
+                await app(scope, receive, send)
+            self.app = with_peer
+
+
+def cluster_client_ca(kube: Kube) -> str:
+    """The PEM bundle of the cluster's client CA, as the API server publishes it."""
+    pem = ((kube.get(CLIENT_CA_CONFIGMAP) or {}).get("data") or {}).get("client-ca-file")
+    if not pem:
+        raise RuntimeError("COMPOZY_API_CLIENT_CA=cluster, but the API server publishes no client CA "
+                           "(kube-system/extension-apiserver-authentication has no client-ca-file)")
+    return str(pem)
+
+
 class ApiService:
     def __init__(self, kube: Kube, bus: Bus, validate: Any, ready: Callable[[], tuple[bool, str]], *,
                  host: str, port: int, max_input_bytes: int, max_streams: int,
-                 tls: tuple[str, str] | None = None) -> None:
-        """``tls``: (certificate file, key file) to serve HTTPS with; None: plain HTTP."""
+                 tls: tuple[str, str] | None = None, client_ca: str = "") -> None:
+        """``tls``: (certificate file, key file) to serve HTTPS with; None: plain HTTP. ``client_ca``
+        (HTTPS only): also accept client certificates signed by this CA (a PEM file, or ``cluster``:
+        the API server's own client CA); empty: bearer tokens only."""
+        if client_ca and tls is None:
+            raise ValueError("COMPOZY_API_CLIENT_CA: client certificates need HTTPS (set COMPOZY_API_CERT_FILE and "
+                             "COMPOZY_API_KEY_FILE)")
+        self.kube, self.client_ca = kube, client_ca
         authorizer = Authorizer(kube)
         self.ctx = Context(Operations(kube, authorizer, validate, max_input_bytes), authorizer,
                            Streams(bus, max_streams), bus, ready)
@@ -106,9 +158,11 @@ class ApiService:
         assert self.ctx.bus.nc is not None
         sub = await self.ctx.bus.nc.subscribe(TRIGGER_SUBJECT, queue=TRIGGER_QUEUE, cb=self._on_trigger)
         cert, key = self.tls or (None, None)
+        client_ca = await self._client_ca()
         server = _Server(uvicorn.Config(self.app, host=self.host, port=self.port, log_config=None, access_log=False,
                                         lifespan="off", proxy_headers=False, server_header=False,
-                                        ssl_certfile=cert, ssl_keyfile=key))
+                                        ssl_certfile=cert, ssl_keyfile=key, http=_PeerCertificateProtocol,
+                                        ssl_context_factory=_accepting_clients(client_ca) if client_ca else None))
         log.info("api.Service on %s://%s:%d and NATS %s", "https" if cert else "http", self.host, self.port,
                  TRIGGER_SUBJECT)
         renewals = asyncio.create_task(self._reload_certificate(server)) if cert else None
@@ -119,10 +173,18 @@ class ApiService:
         finally:
             if renewals is not None:
                 renewals.cancel()
-            for s in server.servers:
+            for s in getattr(server, "servers", ()):  # none if it failed before listening
                 s.close()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _client_ca(self) -> str | None:
+        """The PEM text of the client CA to verify certificates with, or None."""
+        if not self.client_ca:
+            return None
+        if self.client_ca == CLUSTER_CLIENT_CA:
+            return await asyncio.to_thread(cluster_client_ca, self.kube)
+        return await asyncio.to_thread(lambda: open(self.client_ca).read())
 
     async def _reload_certificate(self, server: uvicorn.Server) -> None:
         """Renewed certificate files (cert-manager) are loaded into the serving context as they

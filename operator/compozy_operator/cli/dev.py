@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import signal
@@ -58,21 +59,28 @@ def dev_up(args: argparse.Namespace) -> int:
     from ..testenv import ComponentError, DevEnvironment
 
     from ..kube import set_context_extension
+    from ..testenv.pki import write_loopback_tls
     from .logs import API_EXTENSION, API_PORT
 
     started = time.monotonic()
     env = DevEnvironment.start(nodes=args.nodes)
     try:
-        # where `compozy logs` finds api.Service: an operator run here by hand (`compozy operator`) serves it there
-        set_context_extension(env.kubeconfig, API_EXTENSION,
-                              {"url": f"http://127.0.0.1:{os.environ.get('COMPOZY_API_PORT') or API_PORT}"})
+        # an operator run here by hand (`compozy operator` with these exports) serves api.Service over
+        # HTTPS, trusting the cluster's client CA: `compozy logs` signs in with the kubeconfig's certificate
+        tls = write_loopback_tls(env.workdir / "api-tls", "compozy-api")
+        port = os.environ.get("COMPOZY_API_PORT") or str(API_PORT)
+        set_context_extension(env.kubeconfig, API_EXTENSION, {
+            "url": f"https://127.0.0.1:{port}",
+            "certificate-authority-data": base64.b64encode(tls.ca_cert.read_bytes()).decode()})
+        api = {"COMPOZY_API_CERT_FILE": str(tls.cert), "COMPOZY_API_KEY_FILE": str(tls.key),
+               "COMPOZY_API_CLIENT_CA": "cluster"}
         requests: list[str] = []
         for action, sig in NATS_SIGNALS.items():
             signal.signal(sig, lambda *_, action=action: requests.append(action))
-        env.write_state(natsRequests=0, natsError="")  # from now on `compozy dev nats` may signal us
+        env.write_state(natsRequests=0, natsError="", **api)  # from now on `compozy dev nats` may signal us
         print(f"# local cluster up in {time.monotonic() - started:.1f}s ({args.nodes} process node(s)); "
               f"Ctrl-C stops it. In another shell:", flush=True)
-        _print_exports(env.exports())
+        _print_exports(env.exports() | api)
         print(f"export PATH={env.bindir}:$PATH")
         print("kubectl get nodes", flush=True)
         signal.signal(signal.SIGTERM, _interrupt)

@@ -64,6 +64,35 @@ def local_values(env: DevEnvironment, secret: str = TOKEN_SECRET, tag: str = "de
     return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
 
 
+API_TLS_SECRET = "compozy-api-tls"
+
+
+def serve_api_over_https(env: DevEnvironment, namespace: str, values: list[str]) -> list[str]:
+    """``values`` plus api.Service over HTTPS (a loopback certificate in a Secret of ``namespace``,
+    accepting the cluster's client certificates), and the kubeconfig's current context told where it
+    is (its ``compozy.dev/api`` extension): ``compozy logs`` then works with the kubeconfig alone."""
+    from ..cli.logs import API_EXTENSION
+    from ..kube import set_context_extension
+    from .pki import write_loopback_tls
+
+    tls = write_loopback_tls(env.workdir / "api-tls", "compozy-api")
+    kube = env.kube()
+    try:
+        ensure_namespace(kube, namespace)
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                "metadata": {"name": API_TLS_SECRET, "namespace": namespace},
+                "data": {"tls.crt": base64.b64encode(tls.cert.read_bytes()).decode(),
+                         "tls.key": base64.b64encode(tls.key.read_bytes()).decode()}}
+        kube.create(f"/api/v1/namespaces/{namespace}/secrets", body)
+    finally:
+        kube.close()
+    port = dict(v.split("=", 1) for v in values[1::2])["api.port"]
+    set_context_extension(env.kubeconfig, API_EXTENSION, {
+        "url": f"https://127.0.0.1:{port}",
+        "certificate-authority-data": base64.b64encode(tls.ca_cert.read_bytes()).decode()})
+    return [*values, "--set", f"api.tls.secretName={API_TLS_SECRET}"]
+
+
 def ensure_namespace(kube: Kube, name: str, labels: dict[str, str] | None = None) -> None:
     try:
         kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",

@@ -152,3 +152,24 @@ def write_loopback_tls(directory: Path, cn: str) -> TlsFiles:
         path.write_bytes(data)
         path.chmod(0o600)
     return files
+
+
+def write_client_certificate(directory: Path, cn: str, org: str | None = None,
+                             ca: tuple[Path, Path] | None = None) -> tuple[Path, Path]:
+    """A user's client certificate (CN the user, O a group) signed by ``ca`` (its certificate and key
+    files, e.g. the cluster's), or self-signed without one; returns (certificate, key) files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    if ca is None:
+        issuer, issuer_key = _name(cn, org), key
+    else:
+        issuer_cert = x509.load_pem_x509_certificate(ca[0].read_bytes())
+        loaded = serialization.load_pem_private_key(ca[1].read_bytes(), password=None)
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+        issuer, issuer_key = issuer_cert.subject, loaded
+    cert = _cert(_name(cn, org), key, issuer, issuer_key, usage=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    files = (directory / f"{cn}.crt", directory / f"{cn}.key")
+    files[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files[1].write_bytes(_key_pem(key))
+    files[1].chmod(0o600)
+    return files
