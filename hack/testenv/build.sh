@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the pinned binaries of the local test cluster from the Go module proxy.
 #
-# Each subdirectory (kubernetes, etcd, helm, nats) is a Go module whose go.mod/go.sum pin one
+# Each subdirectory (kubernetes, etcd, helm, nats, prometheus) is a Go module whose go.mod/go.sum pin one
 # upstream release; its `tool` directives name the commands to build. Binaries go to a per-user
 # cache keyed by the pins, so a second run builds nothing. The last line printed on stdout is
 # the directory that holds all of them (progress goes to stderr).
@@ -22,11 +22,14 @@ declare -A binaries=(
   [etcd]="etcd"
   [helm]="helm"
   [nats]="nats-server"
+  [prometheus]="promtool"
 )
-components=(etcd nats kubernetes helm)
+components=(etcd nats kubernetes helm prometheus)
 declare -A hint=([kubernetes]="; the first build takes about 5 minutes on 2 cores")
 # `go build tool` names a binary after its package; these are renamed to what people type.
 declare -A rename=([etcd]="server:etcd")
+# build tags: promtool checks rules only, so no service discovery plugin (AWS, Azure, GCP, ...) is built
+declare -A tags=([prometheus]="remove_all_sd")
 
 pin() { # the version a module pins for $2, read from its go.mod
   awk -v m="$2" '$1 == "require" && $2 == m {print $3} $1 == m && $2 ~ /^v/ {print $2}' \
@@ -34,7 +37,10 @@ pin() { # the version a module pins for $2, read from its go.mod
 }
 
 # The cache key covers the pins and the link flags, so changing either rebuilds.
-key_of() { { cat "$here/$1/go.mod" "$here/$1/go.sum"; ldflags_of "$1"; } | sha256sum | cut -c1-12; }
+key_of() {
+  { cat "$here/$1/go.mod" "$here/$1/go.sum"; ldflags_of "$1"; [ -z "${tags[$1]:-}" ] || echo "tags=${tags[$1]}"; } |
+    sha256sum | cut -c1-12
+}
 
 ldflags_of() {
   case $1 in
@@ -91,7 +97,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     start=$(date +%s)
     rm -rf "$tmp"; mkdir -p "$tmp"
     (cd "$here/$c" && GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly \
-      go build -trimpath -ldflags "$(ldflags_of "$c")" -o "$tmp/" tool)
+      go build -trimpath -tags "${tags[$c]:-}" -ldflags "$(ldflags_of "$c")" -o "$tmp/" tool)
     if [ -n "${rename[$c]:-}" ]; then mv "$tmp/${rename[$c]%%:*}" "$tmp/${rename[$c]##*:}"; fi
     rm -rf "$out"; mv "$tmp" "$out"
     log "built $c in $(( $(date +%s) - start ))s"

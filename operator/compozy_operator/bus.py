@@ -99,6 +99,7 @@ class Bus:
         self.js: JetStreamContext | None = None
         self.last_error: str | None = None
         self._connect_error: Exception | None = None
+        self.disconnects = 0  # since start (compozy_nats_disconnects_total)
 
     @property
     def connected(self) -> bool:
@@ -148,6 +149,7 @@ class Bus:
             log.warning("NATS error: %s", e)
 
     async def _on_disconnect(self) -> None:
+        self.disconnects += 1
         log.warning("NATS disconnected; reconnecting")
 
     async def _on_reconnect(self) -> None:

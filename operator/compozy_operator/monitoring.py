@@ -5,28 +5,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections import Counter as TypedCounter
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .resources.models import API_VERSION, TERMINAL_PHASES, WorkflowExecutionStatus
+from .bus import Bus
 from .events import Event, EventType
 from .kube import ApiException, Kube
 from .reducer import RESET, TASK_TERMINAL
 
 log = logging.getLogger(__name__)
+OPEN_TASK_PHASES = ("Waiting", "Pending", "Running")
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
-EXECUTIONS = Counter("compozy_executions_total", "Executions that reached a phase", ["phase"])
-EXECUTIONS_ACTIVE = Gauge("compozy_executions_active", "Executions Running right now (as folded by this operator)")
-TASKS = Counter("compozy_tasks_total", "Task attempts that reached a phase", ["phase"])
-EXECUTION_SECONDS = Histogram("compozy_execution_duration_seconds", "Start to end of executions", ["phase"],
-                              buckets=_BUCKETS)
-TASK_SECONDS = Histogram("compozy_task_duration_seconds", "Start to end of task attempts", ["phase"],
+# namespace and workflow (status.workflow: the Workflow's name, `<inline>` for an inline spec) label the run metrics:
+# bounded by the Workflow objects, never by runs or tasks
+RUN_LABELS = ["namespace", "workflow"]
+EXECUTIONS = Counter("compozy_executions_total", "Executions that reached a phase", [*RUN_LABELS, "phase"])
+TASKS = Counter("compozy_tasks_total", "Task attempts that reached a phase", [*RUN_LABELS, "phase"])
+EXECUTION_SECONDS = Histogram("compozy_execution_duration_seconds", "Start to end of executions",
+                              [*RUN_LABELS, "phase"], buckets=_BUCKETS)
+TASK_SECONDS = Histogram("compozy_task_duration_seconds", "Start to end of task attempts", [*RUN_LABELS, "phase"],
                          buckets=_BUCKETS)
+RECONCILE_SECONDS = Histogram("compozy_reconcile_duration_seconds",
+                              "One orchestrator reconcile of an execution (decide and act)",
+                              buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
 EVENTS = Counter("compozy_state_events_total", "State events consumed by the state manager", ["type"])
 STATUS_PATCHES = Counter("compozy_status_patches_total", "Status PATCH requests sent by the state manager")
 REJECTED_EVENTS = Counter("compozy_state_events_rejected_total",
@@ -74,36 +83,85 @@ def _seconds(start: str | None, end: str | None) -> float | None:
     return (parse(end) - parse(start)).total_seconds()
 
 
-def observe(before: WorkflowExecutionStatus, after: WorkflowExecutionStatus) -> list[tuple[str, str, str]]:
+def run_labels(namespace: str, status: WorkflowExecutionStatus) -> tuple[str, str]:
+    return namespace, status.workflow or ""  # "" (no label) until the run started
+
+
+def observe(namespace: str, before: WorkflowExecutionStatus,
+            after: WorkflowExecutionStatus) -> list[tuple[str, str, str]]:
     """Update metrics for what changed; return the Kubernetes Events to post: (type, reason, message)."""
     events: list[tuple[str, str, str]] = []
+    labels = run_labels(namespace, after)
     if before.phase != after.phase:
-        EXECUTIONS.labels(after.phase).inc()
+        EXECUTIONS.labels(*labels, after.phase).inc()
         if after.phase == "Running":
-            EXECUTIONS_ACTIVE.inc()
             if before.phase in TERMINAL_PHASES:  # a retry round (docs/retry.md)
                 events.append(("Normal", "Retried", after.message or f"retry {after.retries}"))
             else:
                 events.append(("Normal", "Started", f"workflow {after.workflow} started"))
         elif after.phase in TERMINAL_PHASES:
-            if before.phase == "Running":
-                EXECUTIONS_ACTIVE.dec()
             if (secs := _seconds(after.started_at, after.finished_at)) is not None:
-                EXECUTION_SECONDS.labels(after.phase).observe(secs)
+                EXECUTION_SECONDS.labels(*labels, after.phase).observe(secs)
             kind = "Normal" if after.phase == "Succeeded" else "Warning"
             events.append((kind, after.phase, after.message or after.phase))
     for tid, task in after.tasks.items():
         old = before.tasks.get(tid)
         if task.phase in TASK_TERMINAL - {RESET} and (old is None or old.phase != task.phase
                                                       or old.attempt != task.attempt):
-            TASKS.labels(task.phase).inc()
+            TASKS.labels(*labels, task.phase).inc()
             if (secs := _seconds(task.started_at, task.finished_at)) is not None:
-                TASK_SECONDS.labels(task.phase).observe(secs)
+                TASK_SECONDS.labels(*labels, task.phase).observe(secs)
             if task.phase == "Failed":
                 reason = task.error.reason if task.error else "Failed"
                 message = task.error.message if task.error else ""
                 events.append(("Warning", "TaskFailed", f"task {tid} attempt {task.attempt}: {reason}: {message}"))
     return events
+
+
+class LiveState:
+    """Gauges read at scrape time from what the operator holds, so a restart never leaves them
+    counted wrong: the runs the orchestrator drives (by phase; their tasks not yet ended, by phase:
+    Waiting for a worker slot, Pending with their TaskExecute command published and not yet taken,
+    Running) and its NATS connections."""
+
+    def __init__(self, runs: Callable[[], Iterable[tuple[str, WorkflowExecutionStatus | None]]],
+                 buses: Callable[[], Iterable[Bus]]) -> None:
+        self.runs, self.buses = runs, buses
+
+    def collect(self) -> Iterator[Metric]:
+        active = GaugeMetricFamily("compozy_executions_active", "Executions not ended that this operator drives",
+                                   labels=[*RUN_LABELS, "phase"])
+        tasks = GaugeMetricFamily("compozy_tasks_active", "Task attempts not ended of the executions this operator "
+                                  "drives: Waiting (for a worker slot), Pending (command published, not yet taken), "
+                                  "Running", labels=[*RUN_LABELS, "phase"])
+        queued = GaugeMetricFamily("compozy_task_queue_depth", "Task attempts waiting to run (Waiting and Pending)",
+                                   labels=["namespace"])
+        runs: TypedCounter[tuple[str, str, str]] = TypedCounter()
+        open_tasks: TypedCounter[tuple[str, str, str]] = TypedCounter()
+        depth: TypedCounter[str] = TypedCounter()
+        for namespace, status in list(self.runs()):
+            if status is None or status.phase in TERMINAL_PHASES:
+                continue
+            labels = run_labels(namespace, status)
+            runs[(*labels, status.phase)] += 1
+            for task in status.tasks.values():
+                if task.phase in OPEN_TASK_PHASES:
+                    open_tasks[(*labels, task.phase)] += 1
+                    depth[namespace] += task.phase != "Running"
+        for key, n in runs.items():
+            active.add_metric(list(key), n)
+        for key, n in open_tasks.items():
+            tasks.add_metric(list(key), n)
+        for namespace, n in depth.items():
+            queued.add_metric([namespace], n)
+        connected = GaugeMetricFamily("compozy_nats_connected", "1 while this NATS connection is up",
+                                      labels=["connection"])
+        disconnects = CounterMetricFamily("compozy_nats_disconnects", "Times this NATS connection was lost "
+                                          "(the client then reconnects on its own)", labels=["connection"])
+        for bus in self.buses():
+            connected.add_metric([bus.name], 1 if bus.connected else 0)
+            disconnects.add_metric([bus.name], bus.disconnects)
+        yield from (active, tasks, queued, connected, disconnects)
 
 
 def post_event(kube: Kube, execution: dict[str, Any], etype: str, reason: str, message: str) -> None:

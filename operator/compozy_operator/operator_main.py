@@ -17,18 +17,19 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
+from prometheus_client import REGISTRY
 
 from . import admission
-from .resources.models import GROUP, VERSION
+from .resources.models import GROUP, VERSION, WorkflowExecutionStatus
 from .api_service.service import ApiService
 from .bus import Bus, stream_configs, with_credentials, without_credentials
 from .kube import Kube
-from .monitoring import JETSTREAM_REPAIRS, LOOP_RESTARTS, HttpServer
+from .monitoring import JETSTREAM_REPAIRS, LOOP_RESTARTS, HttpServer, LiveState
 from .nats_auth.callout import CalloutConfig, CalloutService
 from .nats_auth.decision import DEFAULT_MAX_TTL, ENDED_PHASES
 from .nats_auth.keys import ACCOUNT, API_USER, CALLOUT_USER, OPERATOR_USER, STATE_USER, SYSTEM_USER, CalloutKeys, \
@@ -177,6 +178,7 @@ class Operator:
                              client_ca=settings.api_client_ca)
             self.loops.append(Supervised("api.Service", api.run))
         self.nats_ready = False
+        self.live_state = LiveState(self.live_runs, lambda: [self.bus, *self.own_buses()])
 
     def own_buses(self) -> list[Bus]:
         """The connections of the parts with NATS users of their own (callout mode), besides the
@@ -224,7 +226,11 @@ class Operator:
                     if p]
         return (False, "; ".join(problems)) if problems else (True, "ready")
 
+    def live_runs(self) -> Iterator[tuple[str, WorkflowExecutionStatus | None]]:
+        return ((run.namespace, run.newest or run.status) for run in list(self.orchestrator.runs.values()))
+
     async def start(self) -> None:
+        REGISTRY.register(self.live_state)
         await self.http.start()
         # Kubernetes calls run in threads (the official client is synchronous).
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
@@ -247,6 +253,7 @@ class Operator:
             await bus.close()
         await self.bus.close()
         await self.http.stop()
+        REGISTRY.unregister(self.live_state)
 
 
 class NoDiffBase(kopf.DiffBaseStorage):

@@ -333,7 +333,7 @@ class StateManager:
         STATUS_PATCHES.inc()
         written = await asyncio.to_thread(self.kube.merge_patch, execution_path(*key) + "/status", {"status": patch})
         self.cache[key] = written
-        for etype, reason, message in observe(p.before, p.after):
+        for etype, reason, message in observe(key[0], p.before, p.after):
             asyncio.get_running_loop().run_in_executor(None, post_event, self.kube, written, etype, reason, message)
         return written
 

@@ -294,23 +294,35 @@ def test_a_deleted_task_pod_fails_the_task(operator: OperatorProcess, kubectl: K
     assert err["message"], err
 
 
+def metric(text: str, name: str, labels: str = "") -> float:
+    m = re.search(rf"^{name}{re.escape(labels)} ([0-9.e+]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
 def test_metrics_move_for_a_run(operator: OperatorProcess, kubectl: Kubectl, namespace: str) -> None:
-    def counter(text: str, name: str, labels: str = "") -> float:
-        m = re.search(rf"^{name}{re.escape(labels)} ([0-9.e+]+)$", text, re.M)
-        return float(m.group(1)) if m else 0.0
+    """Counters carry the run's namespace and workflow; the live gauges (read from what the operator
+    drives at scrape time) show the run and its task while they run, and nothing once it ended."""
+    def run(phase: str) -> str:  # the exposition sorts label names
+        return f'{{namespace="{namespace}",phase="{phase}",workflow="metered"}}'
 
     before = operator.metrics()
-    apply(kubectl, namespace, workflow("metered", [{"id": "a", "tool": "ok", "with": {}}]),
+    apply(kubectl, namespace, workflow("metered", [{"id": "a", "tool": "slow", "with": {"seconds": 8}}]),
           execution("metered-1", "metered"))
+    running = wait_for(lambda: (m := operator.metrics()) and metric(m, "compozy_tasks_active", run("Running"))
+                       == 1 and m, 30, "the task to show as running", interval=0.1)
+    assert metric(running, "compozy_executions_active", run("Running")) == 1
+    assert metric(running, "compozy_nats_connected", '{connection="compozy-operator"}') == 1
     assert wait_finished(kubectl, namespace, "metered-1")["phase"] == "Succeeded"
     after = operator.metrics()
-    for name, labels in [("compozy_executions_total", '{phase="Succeeded"}'),
-                         ("compozy_tasks_total", '{phase="Succeeded"}'),
+    for name, labels in [("compozy_executions_total", run("Succeeded")),
+                         ("compozy_tasks_total", run("Succeeded")),
                          ("compozy_task_pods_created_total", ""),
                          ("compozy_status_patches_total", ""),
+                         ("compozy_reconcile_duration_seconds_count", ""),
                          ("compozy_state_events_total", '{type="TaskExecutionSuccess"}'),
-                         ("compozy_execution_duration_seconds_count", '{phase="Succeeded"}')]:
-        assert counter(after, name, labels) > counter(before, name, labels), name
+                         ("compozy_execution_duration_seconds_count", run("Succeeded"))]:
+        assert metric(after, name, labels) > metric(before, name, labels), name
+    assert not re.search(f'^compozy_(executions|tasks)_active{{namespace="{namespace}"', after, re.M)
 
 
 def test_unreachable_nats_is_retried_and_reported(operator: OperatorProcess, devenv, tmp_path: Path) -> None:

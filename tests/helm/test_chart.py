@@ -19,7 +19,8 @@ EXTERNAL = sets("nats.mode=external", "nats.external.url=nats://nats.example:422
 
 
 @pytest.mark.parametrize("values", [[], EXTERNAL, sets("watch.mode=namespaced", "watch.namespaces={a,b}"),
-                                    sets("nats.tls.enabled=true", "nats.tls.secretName=tls", "serviceMonitor.enabled=true"),
+                                    sets("nats.tls.enabled=true", "nats.tls.secretName=tls", "serviceMonitor.enabled=true",
+                                         "prometheusRule.enabled=true", "grafanaDashboard.enabled=true"),
                                     sets("webhook.certManager.enabled=true", "webhook.failurePolicy=Ignore"),
                                     sets("webhook.enabled=false")],
                          ids=["default", "external", "namespaced", "tls-servicemonitor", "cert-manager", "no-webhook"])

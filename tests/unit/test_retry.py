@@ -210,7 +210,7 @@ def test_a_reset_folded_after_the_rounds_own_news_does_not_undo_it() -> None:
 
 def test_a_round_is_told_as_retried_and_a_reset_is_no_ended_task() -> None:
     ended = failed_linear()
-    events = observe(ended, retried(ended, LINEAR))
+    events = observe("ns", ended, retried(ended, LINEAR))
     assert events == [("Normal", "Retried", "retry 1: running again; 1 task(s) run again from b")]
 
 

@@ -26,6 +26,7 @@ from ..events import Event, EventType, make_event, output_key, output_prefix, ro
 from ..execution_requests import requested_retries
 from ..executor import CompleteTask, Dispatch, FailTask, Finish, ScheduleRetry, WakeAt, retry_due, retry_plan
 from ..kube import Kube
+from ..monitoring import RECONCILE_SECONDS
 from ..pods import pod_name
 from ..sandbox import EvalPool, EvaluationError
 from ..settings import Settings
@@ -98,7 +99,8 @@ class Orchestrator:
                 status = run.newest
             run.newest = status
             try:
-                await self._reconcile(run, obj, status)
+                with RECONCILE_SECONDS.time():
+                    await self._reconcile(run, obj, status)
                 run.failures = 0
                 self.timers.set(run.uid, "retry", None)
             except Exception as e:  # noqa: BLE001 - classified: retried, or the run ends with the message
