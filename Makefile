@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test chart cluster bench bench-collection bench-agents bench-hostile bench-testenv bench-nats-auth chaos binaries lock clean
+.PHONY: demo test chart cluster bench bench-collection bench-agents bench-hostile bench-testenv bench-nats-auth bench-failover chaos binaries lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench-testenv: $(STAMP) binaries
 
 bench-nats-auth: $(STAMP) binaries
 	$(PY) hack/bench/nats_auth.py
+
+bench-failover: $(STAMP) binaries
+	$(PY) hack/bench/failover.py
 
 # faults injected under a mixed load; prints lost/duplicated/stuck/wrong/pods left and recovery times
 chaos: $(STAMP) binaries

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +20,19 @@ T = TypeVar("T")
 # the cluster to themselves (tests/resources: what the API server alone stores) stop them meanwhile.
 SESSION_OPERATORS: list[Any] = []
 IMAGE = f"{DEFAULT_IMAGES[0]}:test"
+
+
+@contextlib.contextmanager
+def session_operators_stopped() -> Iterator[None]:
+    """The session's running operators stopped meanwhile, started again after."""
+    stopped = [op for op in SESSION_OPERATORS if op.proc is not None and op.proc.alive()]
+    for op in stopped:
+        op.stop()
+    try:
+        yield
+    finally:
+        for op in stopped:
+            op.start()
 
 
 def wait_for(fn: Callable[[], T | None], timeout: float = 30, what: str = "condition", interval: float = 0.1) -> T:

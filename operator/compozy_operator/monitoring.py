@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .resources.models import API_VERSION, TERMINAL_PHASES, WorkflowExecutionStatus
@@ -33,6 +33,7 @@ EXECUTION_SECONDS = Histogram("compozy_execution_duration_seconds", "Start to en
                               [*RUN_LABELS, "phase"], buckets=_BUCKETS)
 TASK_SECONDS = Histogram("compozy_task_duration_seconds", "Start to end of task attempts", [*RUN_LABELS, "phase"],
                          buckets=_BUCKETS)
+LEADER = Gauge("compozy_leader", "1 while this replica orchestrates (holds the leader Lease, or runs alone)")
 RECONCILE_SECONDS = Histogram("compozy_reconcile_duration_seconds",
                               "One orchestrator reconcile of an execution (decide and act)",
                               buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))

@@ -15,8 +15,10 @@ import asyncio
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -29,7 +31,8 @@ from .resources.models import GROUP, VERSION, WorkflowExecutionStatus
 from .api_service.service import ApiService
 from .bus import Bus, stream_configs, with_credentials, without_credentials
 from .kube import Kube
-from .monitoring import JETSTREAM_REPAIRS, LOOP_RESTARTS, HttpServer, LiveState
+from .leader_election import LeaderElector
+from .monitoring import JETSTREAM_REPAIRS, LEADER, LOOP_RESTARTS, HttpServer, LiveState
 from .nats_auth.callout import CalloutConfig, CalloutService
 from .nats_auth.decision import DEFAULT_MAX_TTL, ENDED_PHASES
 from .nats_auth.keys import ACCOUNT, API_USER, CALLOUT_USER, OPERATOR_USER, STATE_USER, SYSTEM_USER, CalloutKeys, \
@@ -49,6 +52,7 @@ CHECK_SECONDS = 3.0  # how often the JetStream check runs
 # of one here (Kopf's watch and lists, the Kubernetes client, the webhook) and every copy must
 # not raise RecursionError at Python's default limit of 1,000. Checks refuse such input at 64.
 RECURSION_LIMIT = 25_000
+KINDS = {"workflows": "Workflow", "workflowexecutions": "WorkflowExecution"}
 
 
 class Supervised:
@@ -165,7 +169,18 @@ class Operator:
         self.jetstream = JetStreamCheck(self.bus, self.state)
         self.workflow_status = WorkflowStatus(self.kube, self.evaluate)
         self.http = HttpServer(settings.http_port, self.readiness)
-        self.loops = [Supervised("state manager", self.state.run), Supervised("JetStream check", self.jetstream.run)]
+        # the leader's loops; the others (api.Service, the callout) run in every replica
+        self.leader_loops = [Supervised("state manager", self.state.run),
+                             Supervised("JetStream check", self.jetstream.run)]
+        self.loops: list[Supervised] = []
+        self.elector = LeaderElector(self.kube, settings.pod_namespace, settings.leader_lease,
+                                     f"{settings.leader_identity}_{uuid.uuid4().hex[:6]}",
+                                     duration=settings.leader_lease_seconds,
+                                     renew_deadline=settings.leader_renew_deadline,
+                                     retry=settings.leader_retry) if settings.leader_election else None
+        self.leading = False
+        self._election: asyncio.Task[None] | None = None
+        self._resync: asyncio.Task[None] | None = None
         if self.callout_config is not None:
             self.loops.append(Supervised("NATS auth callout", self._callout))
         self.callout: CalloutService | None = None  # while the callout loop runs
@@ -207,7 +222,8 @@ class Operator:
             await service.stop()
 
     async def on_task_pod(self, event: str, pod: dict[str, Any]) -> None:
-        await self.orchestrator.on_pod(event, pod)
+        if self.leading:
+            await self.orchestrator.on_pod(event, pod)
         if self.callout is not None and (event == "DELETED" or (pod.get("status") or {}).get("phase") in ENDED_PHASES):
             await self.callout.end_pod(pod["metadata"]["uid"])
 
@@ -222,9 +238,12 @@ class Operator:
         for bus in (self.bus, *self.own_buses()):
             if not bus.connected:
                 return False, f"NATS disconnected ({bus.name}): {bus.last_error or 'reconnecting'}"
-        problems = [p for p in (*(loop.problem() for loop in self.loops), self.state.problem(), self.jetstream.problem)
-                    if p]
-        return (False, "; ".join(problems)) if problems else (True, "ready")
+        leader = (*(loop.problem() for loop in self.leader_loops), self.state.problem(), self.jetstream.problem) \
+            if self.leading else ()
+        problems = [p for p in (*(loop.problem() for loop in self.loops), *leader) if p]
+        if problems:
+            return False, "; ".join(problems)
+        return True, "ready" if self.leading else "ready (standby: another replica holds the leader Lease)"
 
     def live_runs(self) -> Iterator[tuple[str, WorkflowExecutionStatus | None]]:
         return ((run.namespace, run.newest or run.status) for run in list(self.orchestrator.runs.values()))
@@ -241,10 +260,73 @@ class Operator:
         self.nats_ready = True
         for loop in self.loops:
             loop.start()
-        log.info("connected to NATS at %s; state manager running", without_credentials(self.settings.nats_url))
+        if self.elector is None:
+            await self.lead(resync=False)  # alone: Kopf's first listing brings every object
+        else:
+            self._election = asyncio.create_task(self.elector.run(lambda: self.lead(resync=True), self.lost))
+        log.info("connected to NATS at %s%s", without_credentials(self.settings.nats_url),
+                 "; state manager running" if self.leading else "; standing by for the leader Lease")
+
+    async def lead(self, resync: bool) -> None:
+        """This replica orchestrates from now on: the leader's loops start and, after an election,
+        every execution and Workflow is taken up (their watch events went by while standing by)."""
+        self.leading = True
+        LEADER.set(1)
+        for loop in self.leader_loops:
+            loop.start()
+        if resync:
+            self._resync = asyncio.create_task(self.take_up())
+
+    async def take_up(self) -> None:
+        """Reconcile every execution and sync every Workflow of the watched namespaces, as a first
+        listing would; a failure of one is logged, the others go on."""
+        started = time.monotonic()
+        count = 0
+        for resource in ("workflows", "workflowexecutions"):
+            for obj in await asyncio.to_thread(self._list, resource):
+                try:
+                    if resource == "workflows":
+                        await self.workflow_status.sync(obj)
+                    else:
+                        await self.orchestrator.reconcile(obj)
+                        count += 1
+                except Exception:  # noqa: BLE001 - the next watch event or timer reconciles it again
+                    log.exception("leader: could not take up %s %s/%s", resource, obj["metadata"].get("namespace"),
+                                  obj["metadata"]["name"])
+        log.info("leader: took up %d executions in %.2fs", count, time.monotonic() - started)
+
+    def _list(self, resource: str) -> list[dict[str, Any]]:
+        paths = [f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{resource}" for ns in self.settings.namespaces] or \
+            [f"/apis/{GROUP}/{VERSION}/{resource}"]
+        items: list[dict[str, Any]] = []
+        for path in paths:
+            token = None
+            while True:
+                page = self.kube.get(path, limit=500, **({"continue": token} if token else {}))
+                for item in page.get("items") or []:
+                    items.append({"apiVersion": f"{GROUP}/{VERSION}", "kind": KINDS[resource], **item})
+                token = (page.get("metadata") or {}).get("continue")
+                if not token:
+                    break
+        return items
+
+    def lost(self) -> None:
+        """The Lease could not be renewed: another replica may lead already. Stop acting at once
+        and exit (the pod restarts as a standby)."""
+        self.leading = False
+        LEADER.set(0)
+        for loop in self.leader_loops:
+            if loop.task is not None:
+                loop.task.cancel()
+        os.kill(os.getpid(), signal.SIGTERM)
 
     async def stop(self) -> None:
-        tasks = [loop.task for loop in self.loops if loop.task is not None]
+        for task in (self._election, self._resync):
+            if task is not None:
+                task.cancel()
+        if self.elector is not None:
+            await self.elector.release()
+        tasks = [loop.task for loop in (*self.loops, *self.leader_loops) if loop.task is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -303,6 +385,8 @@ def build_registry(op_ref: dict[str, Operator], app_settings: Settings) -> kopf.
     @kopf.on.event(GROUP, VERSION, "workflowexecutions", registry=registry)
     async def execution_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
         op = op_ref["op"]
+        if not op.leading:  # a standby: the leader acts (and a new leader takes every run up)
+            return
         if event["type"] == "DELETED":
             op.state.forget((body["metadata"]["namespace"], body["metadata"]["name"]))
             await op.orchestrator.on_deleted(_plain(body))
@@ -316,6 +400,8 @@ def build_registry(op_ref: dict[str, Operator], app_settings: Settings) -> kopf.
 
     @kopf.on.event(GROUP, VERSION, "workflows", registry=registry)
     async def workflow_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        if not op_ref["op"].leading:
+            return
         if event["type"] == "DELETED":
             op_ref["op"].workflow_status.forget(body["metadata"]["uid"])
         else:
@@ -327,6 +413,8 @@ def build_registry(op_ref: dict[str, Operator], app_settings: Settings) -> kopf.
     if app_settings.watch_nodes:
         @kopf.on.event("", "v1", "nodes", registry=registry)
         async def node_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+            if not op_ref["op"].leading:
+                return
             await op_ref["op"].orchestrator.on_node(_plain(body), deleted=event["type"] == "DELETED")
 
     return registry

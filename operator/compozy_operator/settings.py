@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,18 @@ class Settings:
     # watch Nodes to fail the attempts stranded on a lost node (needs cluster-wide read on nodes)
     watch_nodes: bool = field(default_factory=lambda: _env("COMPOZY_WATCH_NODES", "true").lower() == "true")
     http_port: int = field(default_factory=lambda: int(_env("COMPOZY_HTTP_PORT", "8080")))
+    # several replicas: the holder of this Lease (in pod_namespace) orchestrates, the others stand by
+    # (leader_election.py, docs/high-availability.md); off: this process always orchestrates
+    leader_election: bool = field(default_factory=lambda: _env("COMPOZY_LEADER_ELECTION", "false").lower() == "true")
+    leader_lease: str = field(default_factory=lambda: _env("COMPOZY_LEADER_LEASE", "compozy-operator"))
+    # this replica's name in the Lease (the chart: the pod's name)
+    leader_identity: str = field(default_factory=lambda: _env("COMPOZY_POD_NAME") or socket.gethostname())
+    # a standby takes the Lease when its holder has not renewed it for this long; a leader that
+    # could not renew for renew_deadline stops leading (exits); each replica tries every retry
+    leader_lease_seconds: float = field(default_factory=lambda: float(_env("COMPOZY_LEADER_LEASE_SECONDS", "15")))
+    leader_renew_deadline: float = field(
+        default_factory=lambda: float(_env("COMPOZY_LEADER_RENEW_DEADLINE_SECONDS", "10")))
+    leader_retry: float = field(default_factory=lambda: float(_env("COMPOZY_LEADER_RETRY_SECONDS", "2")))
     delete_finished_pods: bool = field(
         default_factory=lambda: _env("COMPOZY_DELETE_FINISHED_PODS", "true").lower() == "true")
     state_batch: int = field(default_factory=lambda: int(_env("COMPOZY_STATE_BATCH", "256")))

@@ -58,7 +58,8 @@ def test_every_value_is_documented() -> None:
 
 BAD_VALUES = {
     "negative-replicas": (sets("replicaCount=-1"), "at '/replicaCount': minimum: got -1, want 0"),
-    "two-active-operators": (sets("replicaCount=2"), "at '/replicaCount': maximum: got 2, want 1"),
+    "two-operators-without-election": (sets("replicaCount=2", "leaderElection.enabled=false"),
+                                       "at '/replicaCount': maximum: got 2, want 1"),
     "unknown-nats-mode": (sets("nats.mode=embedded"), "at '/nats/mode': value must be one of 'bundled', 'external'"),
     "external-without-url": (sets("nats.mode=external"), "at '/nats/external/url': minLength: got 0, want 1"),
     "unknown-watch-mode": (sets("watch.mode=all"), "at '/watch/mode': value must be one of 'cluster', 'namespaced'"),
@@ -96,7 +97,15 @@ def test_rendered_pods_meet_the_restricted_standard(helm: Helm) -> None:
             assert sc["capabilities"] == {"drop": ["ALL"]}
             assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
     deployment = next(d for d in workloads if d["kind"] == "Deployment")
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"} and deployment["spec"]["replicas"] == 1
+    # two replicas on a Lease: the new pod starts as a standby before the old one hands the Lease over
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert deployment["spec"]["replicas"] == 2
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["COMPOZY_LEADER_ELECTION"] == "true" and env["COMPOZY_LEADER_LEASE"] == deployment["metadata"]["name"]
+    spread = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert spread["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["topologyKey"] == \
+        "kubernetes.io/hostname"
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import yaml
 
 from compozy_operator.testenv import Kube
 from compozy_operator.testenv.helm import Helm
@@ -101,7 +102,9 @@ def test_namespaced_mode_without_node_watch_is_namespace_only(helm: Helm, kubect
 
 def test_cluster_wide_mode(helm: Helm, kubectl: Kubectl, restricted: str) -> None:
     manifests = template(helm, "cw", restricted, *sets(*EXTERNAL, "watch.mode=cluster"))
-    assert "COMPOZY_NAMESPACES" not in manifests and "kind: Role\n" not in manifests
+    assert "COMPOZY_NAMESPACES" not in manifests
+    roles = [d["metadata"]["name"] for d in yaml.safe_load_all(manifests) if d and d["kind"] == "Role"]
+    assert roles == ["cw-compozy-operator-leader"], "cluster-wide: no Role but the leader Lease's"
     out = _accepted(kubectl, manifests)
     assert f"clusterrolebinding.rbac.authorization.k8s.io/{restricted}-cw-compozy-operator created" in out
 

@@ -85,7 +85,7 @@ def releases(devenv: DevEnvironment, helm: Helm, kube: Kube) -> Iterator[dict[st
     made = {"cluster": f"rbac-cluster-{suffix}", "namespaced": f"rbac-ns-{suffix}", "noapi": f"rbac-noapi-{suffix}",
             "clientca": f"rbac-ca-{suffix}"}
     try:
-        install(devenv, helm, "rbac", made["cluster"], *sets("replicaCount=0"), ready=False)
+        install(devenv, helm, "rbac", made["cluster"], *sets("replicaCount=0", "leaderElection.enabled=true"), ready=False)
         install(devenv, helm, "rbac", made["namespaced"], *sets("replicaCount=0", "watch.mode=namespaced"), ready=False)
         install(devenv, helm, "rbac", made["noapi"], *sets("replicaCount=0", "watch.mode=namespaced", "api.enabled=false"),
                 ready=False)
@@ -144,3 +144,12 @@ def test_https_api_reads_the_cluster_client_ca_and_nothing_else_of_kube_system(k
     assert not _allowed(kubectl, releases["clientca"], [("list", "configmaps"), ("get", "configmaps/other"),
                                                         ("watch", "configmaps"), ("update", CLIENT_CA)], "kube-system")
     assert not can_i(kubectl, releases["cluster"], "get", CLIENT_CA, namespace="kube-system")
+
+
+def test_leader_election_touches_only_its_own_lease(kubectl: Kubectl, releases: dict[str, str]) -> None:
+    sa, ns = releases["cluster"], releases["cluster-ns"]
+    lease = "leases.coordination.k8s.io/rbac-compozy-operator"
+    assert not _matrix(kubectl, sa, [("get", lease), ("update", lease), ("create", "leases.coordination.k8s.io")], ns)
+    assert not _allowed(kubectl, sa, [("get", "leases.coordination.k8s.io/other"), ("delete", lease),
+                                      ("list", "leases.coordination.k8s.io")], ns)
+    assert not _allowed(kubectl, sa, [("get", lease), ("create", "leases.coordination.k8s.io")], "default")

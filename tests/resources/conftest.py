@@ -6,15 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import SESSION_OPERATORS
+from tests.helpers import session_operators_stopped
 
 
 @pytest.fixture(scope="module", autouse=True)
 def no_operator() -> Iterator[None]:
     """The session's running operators stopped for the module, started again after it."""
-    stopped = [op for op in SESSION_OPERATORS if op.proc is not None and op.proc.alive()]
-    for op in stopped:
-        op.stop()
-    yield
-    for op in stopped:
-        op.start()
+    with session_operators_stopped():
+        yield

@@ -57,6 +57,10 @@ def local_values(env: DevEnvironment, secret: str = TOKEN_SECRET, tag: str = "de
     values = {"image.repository": env.images[0], "image.tag": tag, "nats.mode": "external",
               "nats.external.url": env.nats.url, "nats.auth.mode": "token", "nats.auth.existingSecret": secret,
               "operator.httpPort": str(free_port()), "api.port": str(free_port()),
+              # one replica, Recreate: every pod of the process node listens on 127.0.0.1, so a standby
+              # or a surge pod would find its ports taken (tests/e2e/test_high_availability.py runs
+              # two replicas as processes with ports of their own)
+              "replicaCount": "1", "leaderElection.enabled": "false",
               # The process node's pods all have IP 127.0.0.1, which Endpoints refuse, and there is no
               # kube-proxy: the API server cannot reach a webhook behind a Service here. The e2e tests
               # run the webhook for real with the operator as a host process (testenv/admission.py).
