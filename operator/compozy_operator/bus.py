@@ -55,17 +55,19 @@ WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code when Nats-Expected-Last-Subj
 DAY = 24 * 3600
 
 
-def stream_configs(log_max_age: float = LOG_MAX_AGE, log_max_bytes: int = LOG_MAX_BYTES) -> tuple[StreamConfig, ...]:
-    """The streams, with the log stream's retention (how long a run's lines stay readable, at most)."""
+def stream_configs(log_max_age: float = LOG_MAX_AGE, log_max_bytes: int = LOG_MAX_BYTES,
+                   replicas: int = 1) -> tuple[StreamConfig, ...]:
+    """The streams, with the log stream's retention (how long a run's lines stay readable, at most)
+    and the copies each stream (and the outputs' object store) keeps on a JetStream cluster."""
     return (
         StreamConfig(name=STATE_STREAM, subjects=["compozy.state.>"], storage=StorageType.FILE,
-                     retention=RetentionPolicy.LIMITS, max_age=7 * DAY, duplicate_window=600),
+                     retention=RetentionPolicy.LIMITS, max_age=7 * DAY, duplicate_window=600, num_replicas=replicas),
         StreamConfig(name=COMMAND_STREAM, subjects=["compozy.cmd.>"], storage=StorageType.FILE,
                      retention=RetentionPolicy.LIMITS, max_age=DAY, max_msgs_per_subject=1,
-                     allow_direct=True, duplicate_window=600),
+                     allow_direct=True, duplicate_window=600, num_replicas=replicas),
         StreamConfig(name=LOG_STREAM, subjects=["compozy.log.>"], storage=StorageType.FILE,
                      retention=RetentionPolicy.LIMITS, max_age=log_max_age, max_bytes=log_max_bytes,
-                     discard=DiscardPolicy.OLD),
+                     discard=DiscardPolicy.OLD, num_replicas=replicas),
     )
 
 
@@ -164,7 +166,7 @@ class Bus:
                 await self.js.update_stream(config)
             except NotFoundError:
                 await self.js.add_stream(config)
-        await self.js.create_object_store(OUTPUT_BUCKET, ObjectStoreConfig(storage=StorageType.FILE))
+        await self.js.create_object_store(OUTPUT_BUCKET, self._output_store())
 
     async def recreate_missing_streams(self) -> list[str]:
         """Create the streams (and the outputs' object store) that are gone; return their names."""
@@ -175,9 +177,13 @@ class Bus:
                 await self.js.add_stream(config)
                 missing.append(config.name)
         if not await self._stream_exists(f"OBJ_{OUTPUT_BUCKET}"):
-            await self.js.create_object_store(OUTPUT_BUCKET, ObjectStoreConfig(storage=StorageType.FILE))
+            await self.js.create_object_store(OUTPUT_BUCKET, self._output_store())
             missing.append(OUTPUT_BUCKET)
         return missing
+
+    def _output_store(self) -> ObjectStoreConfig:
+        """The outputs' object store keeps as many copies as the streams."""
+        return ObjectStoreConfig(storage=StorageType.FILE, replicas=self.streams[0].num_replicas or 1)
 
     async def _stream_exists(self, name: str) -> bool:
         assert self.js is not None

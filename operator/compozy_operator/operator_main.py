@@ -160,7 +160,7 @@ class Operator:
                                                             DEFAULT_MAX_TTL))
         self.settings = settings
         self.bus = Bus(settings.nats_url, settings.nats_token, "compozy-operator", ca,
-                       streams=stream_configs(settings.log_max_age, settings.log_max_bytes))
+                       streams=stream_configs(settings.log_max_age, settings.log_max_bytes, settings.stream_replicas))
         if self.callout_config is None:
             self.state_bus = self.api_bus = self.bus  # token mode: one identity for all
         self.orchestrator = Orchestrator(settings, self.kube, self.bus)

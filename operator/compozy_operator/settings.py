@@ -103,6 +103,8 @@ class Settings:
     # Retention of runs' log lines (the COMPOZY_LOGS stream): the oldest go first past either bound;
     # a run's lines are removed with it sooner (chart: logs.maxAge, logs.maxBytes)
     log_max_age: float = field(default_factory=lambda: float(_env("COMPOZY_LOG_MAX_AGE_SECONDS", str(LOG_MAX_AGE))))
+    # copies of each JetStream stream on a NATS cluster (chart: nats.streams.replicas; 3 survives a node)
+    stream_replicas: int = field(default_factory=lambda: int(_env("COMPOZY_STREAM_REPLICAS", "1")))
     log_max_bytes: int = field(default_factory=lambda: int(_env("COMPOZY_LOG_MAX_BYTES", str(LOG_MAX_BYTES))))
     # api.Service (api_service/, docs/api.md): the HTTP API on its own port, and the NATS trigger
     api_enabled: bool = field(default_factory=lambda: _env("COMPOZY_API_ENABLED", "true").lower() == "true")

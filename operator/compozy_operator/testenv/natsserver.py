@@ -163,11 +163,18 @@ class NatsServer:
         return self.resume(timeout)
 
     def _launch(self, timeout: float) -> NatsServer:
+        self._spawn()
+        return self._wait_ready(timeout)
+
+    def _spawn(self) -> None:
         conf = self._write_config()
         self.proc = ManagedProcess(
             "nats-server", [which(self.bindir, "nats-server"), "-c", str(conf)], self.workdir / "nats-server.log",
             env=self._server_env(),
         ).start()
+
+    def _wait_ready(self, timeout: float) -> NatsServer:
+        assert self.proc is not None
         try:
             self.proc.wait_until(self._jetstream_ready, timeout, "ready with JetStream")
         except ComponentError:
@@ -192,3 +199,55 @@ class NatsServer:
         if self.proc:
             self.proc.stop(10)
             self.proc = None
+
+
+class NatsClusterNode(NatsServer):
+    """One server of a :class:`NatsCluster` (routes to the others, JetStream clustered)."""
+
+    def __init__(self, bindir: Path, workdir: Path, token: str, name: str, cluster_port: int,
+                 routes: list[str]) -> None:
+        super().__init__(bindir, workdir, token=token)
+        self.name, self.cluster_port, self.routes = name, cluster_port, routes
+        self.port, self.monitor_port = free_port(), free_port()
+
+    def _jetstream_ready(self) -> bool:
+        """Healthy as a cluster member: JetStream has a meta leader (a quorum of nodes is up)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/healthz", timeout=2) as resp:  # noqa: S310
+            return resp.status == 200
+
+    def _config(self) -> dict[str, Any]:
+        config = super()._config()
+        config["server_name"] = self.name
+        config["cluster"] = {"name": "compozy-test", "listen": f"127.0.0.1:{self.cluster_port}", "routes": self.routes}
+        return config
+
+
+class NatsCluster:
+    """A JetStream cluster of ``size`` nats-servers on loopback (one token), for tests of streams
+    with replicas and of a lost NATS node. ``url`` is the first node's; clients learn the others."""
+
+    def __init__(self, bindir: Path, workdir: Path, size: int = 3) -> None:
+        token = secrets.token_urlsafe(24)
+        cluster_ports = [free_port() for _ in range(size)]
+        routes = [f"nats-route://127.0.0.1:{p}" for p in cluster_ports]
+        self.nodes = [NatsClusterNode(bindir, workdir / f"n{i}", token, f"n{i}", port,
+                                      [r for r in routes if not r.endswith(f":{port}")])
+                      for i, port in enumerate(cluster_ports)]
+        self.token = token
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self, timeout: float = 60) -> NatsCluster:
+        """All nodes at once: JetStream is ready only once a quorum of them has formed."""
+        for node in self.nodes:
+            node.workdir.mkdir(parents=True, exist_ok=True)
+            node._spawn()
+        for node in self.nodes:
+            node._wait_ready(timeout)
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
