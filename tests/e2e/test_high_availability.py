@@ -19,8 +19,8 @@ from compozy_operator.testenv.natsserver import NatsServer
 from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl, session_operators_stopped, wait_for
 
-from .conftest import OPERATOR_ENV, execution_status, wait_finished
-from .test_workflows import apply, execution, workflow
+from .conftest import OPERATOR_ENV, wait_finished
+from .test_workflows import assert_relay_ran_once, relay_under_way
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -129,17 +129,9 @@ def test_the_standby_takes_over_a_killed_leader_and_the_run_ends_once(devenv: De
         wait_for(lambda: holder(kube, namespace, "operator").startswith("op-a_"), 30, "op-a to lead")
         ops["b"].start()
         assert "standby" in ops["b"].readyz()[1]
-        apply(kubectl, namespace,
-              workflow("relay", [{"id": "first", "tool": "slow", "with": {"seconds": 5}, "onSuccess": {"next": "second"}},
-                                 {"id": "second", "tool": "ok", "with": {"n": 2}}]),
-              execution("relay-1", "relay"))
-        wait_for(lambda: execution_status(kubectl, namespace, "relay-1").get("tasks", {}).get("first", {})
-                 .get("phase") == "Running", 60, "the first task to run")
+        run = relay_under_way(kubectl, namespace, "relay")
         ops["a"].kill()
-        status = wait_finished(kubectl, namespace, "relay-1", 120)
-        assert status["phase"] == "Succeeded", status
-        assert {t: (s["phase"], s["attempt"]) for t, s in status["tasks"].items()} == {
-            "first": ("Succeeded", 1), "second": ("Succeeded", 1)}
+        assert_relay_ran_once(wait_finished(kubectl, namespace, run, 120))
         assert holder(kube, namespace, "operator").startswith("op-b_")
         assert "compozy_leader 1.0" in ops["b"].metrics()
         assert "took up" in (tmp_path / "operator-b.log").read_text()

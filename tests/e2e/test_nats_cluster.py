@@ -19,10 +19,10 @@ from compozy_operator.events import COMMAND_STREAM, LOG_STREAM, OUTPUT_BUCKET, S
 from compozy_operator.testenv import DevEnvironment
 from compozy_operator.testenv.natsserver import NatsCluster
 from compozy_operator.testenv.operator_process import OperatorProcess
-from tests.helpers import Kubectl, session_operators_stopped, wait_for
+from tests.helpers import Kubectl, session_operators_stopped
 
-from .conftest import OPERATOR_ENV, execution_status, wait_finished
-from .test_workflows import apply, execution, workflow
+from .conftest import OPERATOR_ENV, wait_finished
+from .test_workflows import assert_relay_ran_once, relay_under_way
 
 STREAMS = (STATE_STREAM, COMMAND_STREAM, LOG_STREAM, f"OBJ_{OUTPUT_BUCKET}")
 
@@ -61,21 +61,13 @@ def test_a_lost_nats_node_loses_nothing_with_three_copies(devenv: DevEnvironment
         op.start()
         before = streams(cluster)
         assert all(replicas == 3 for replicas, _, _ in before.values()), before
-        apply(kubectl, namespace,
-              workflow("steady", [{"id": "first", "tool": "slow", "with": {"seconds": 4}, "onSuccess": {"next": "second"}},
-                                  {"id": "second", "tool": "ok", "with": {"n": 2}}]),
-              execution("steady-1", "steady"))
-        wait_for(lambda: execution_status(kubectl, namespace, "steady-1").get("tasks", {}).get("first", {})
-                 .get("phase") == "Running", 60, "the first task to run")
+        run = relay_under_way(kubectl, namespace, "steady", seconds=4)
         # the node leading the state stream, unless it is the one clients were given (new task pods
         # connect there); else another: a replica of every stream is lost either way
         leader = before[STATE_STREAM][1]
         victim = next(n for n in cluster.nodes[1:] if n.name == leader) if leader != "n0" else cluster.nodes[2]
         victim.stop()
-        status = wait_finished(kubectl, namespace, "steady-1", 120)
-        assert status["phase"] == "Succeeded", status
-        assert {t: (s["phase"], s["attempt"]) for t, s in status["tasks"].items()} == {
-            "first": ("Succeeded", 1), "second": ("Succeeded", 1)}
+        assert_relay_ran_once(wait_finished(kubectl, namespace, run, 120))
         after = streams(cluster)
         assert all(leader != victim.name for _, leader, _ in after.values()), after
         jsz = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{cluster.nodes[0].monitor_port}/jsz",  # noqa: S310

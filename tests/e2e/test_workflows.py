@@ -294,6 +294,24 @@ def test_a_deleted_task_pod_fails_the_task(operator: OperatorProcess, kubectl: K
     assert err["message"], err
 
 
+def relay_under_way(kubectl: Kubectl, namespace: str, name: str, seconds: float = 5) -> str:
+    """A run of `first` (a tool sleeping ``seconds``), then `second`, started; returns its name once
+    `first` runs (the moment the fault tests strike)."""
+    apply(kubectl, namespace,
+          workflow(name, [{"id": "first", "tool": "slow", "with": {"seconds": seconds}, "onSuccess": {"next": "second"}},
+                          {"id": "second", "tool": "ok", "with": {"n": 2}}]),
+          execution(f"{name}-1", name))
+    wait_for(lambda: execution_status(kubectl, namespace, f"{name}-1").get("tasks", {}).get("first", {})
+             .get("phase") == "Running", 60, "the first task to run")
+    return f"{name}-1"
+
+
+def assert_relay_ran_once(status: dict[str, Any]) -> None:
+    assert status["phase"] == "Succeeded", status
+    assert {t: (s["phase"], s["attempt"]) for t, s in status["tasks"].items()} == {
+        "first": ("Succeeded", 1), "second": ("Succeeded", 1)}, status["tasks"]
+
+
 def metric(text: str, name: str, labels: str = "") -> float:
     m = re.search(rf"^{name}{re.escape(labels)} ([0-9.e+]+)$", text, re.M)
     return float(m.group(1)) if m else 0.0
