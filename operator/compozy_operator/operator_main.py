@@ -28,6 +28,7 @@ from prometheus_client import REGISTRY
 
 from . import admission
 from .resources.models import GROUP, VERSION, WorkflowExecutionStatus
+from .api_service.auth import local_user
 from .api_service.service import ApiService
 from .bus import Bus, stream_configs, with_credentials, without_credentials
 from .kube import Kube
@@ -190,7 +191,10 @@ class Operator:
                              max_streams=settings.api_max_streams,
                              tls=(settings.api_cert_file, settings.api_key_file)
                              if settings.api_cert_file and settings.api_key_file else None,
-                             client_ca=settings.api_client_ca)
+                             client_ca=settings.api_client_ca,
+                             namespaces=settings.namespaces, ui_dir=settings.ui_dir or None,
+                             local_user=local_user(settings.api_local_user, settings.api_local_groups,
+                                                   settings.api_host))
             self.loops.append(Supervised("api.Service", api.run))
         self.nats_ready = False
         self.live_state = LiveState(self.live_runs, lambda: [self.bus, *self.own_buses()])

@@ -118,6 +118,13 @@ class Settings:
     # HTTPS only: also accept client certificates signed by this CA (a PEM file, or `cluster`: the
     # CA the API server trusts for users, so a client-certificate kubeconfig works as it does with kubectl)
     api_client_ca: str = field(default_factory=lambda: _file("COMPOZY_API_CLIENT_CA"))
+    # the web UI's built files (docs/ui.md); empty: those built into the package (make ui)
+    ui_dir: str = field(default_factory=lambda: _file("COMPOZY_UI_DIR"))
+    # local clusters only (`compozy dev`, docs/ui.md): a request with no token acts as this user (and
+    # these groups, comma-separated), still authorized by RBAC; refused unless api_host is loopback
+    api_local_user: str = field(default_factory=lambda: _env("COMPOZY_API_LOCAL_USER"))
+    api_local_groups: tuple[str, ...] = field(
+        default_factory=lambda: tuple(g for g in _env("COMPOZY_API_LOCAL_GROUPS").split(",") if g))
     # an execution's spec.input larger than this (bytes of compact JSON) is refused at apply
     max_input_bytes: int = field(default_factory=lambda: int(_env("COMPOZY_MAX_INPUT_BYTES", str(1 << 20))))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -26,6 +27,7 @@ from .models import ApiError
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 RESOURCE = "workflowexecutions"
+WORKFLOWS = "workflows"
 ANONYMOUS = "system:anonymous"
 AUTHENTICATED = "system:authenticated"
 
@@ -45,6 +47,25 @@ class User:
         if self.extra:
             spec["extra"] = {k: list(v) for k, v in self.extra}
         return spec
+
+
+def local_user(name: str, groups: tuple[str, ...], host: str) -> User | None:
+    """The user a request without a token acts as (``COMPOZY_API_LOCAL_USER``), or None (the
+    default: such a request is a 401). Only for an API listening on a loopback address, where the
+    caller is someone on the machine who has the cluster's kubeconfig anyway (``compozy dev``); an
+    API reachable from a network would grant that user to anyone who can connect."""
+    if not name:
+        return None
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise ValueError(f"COMPOZY_API_LOCAL_USER is set, but the API listens on {host!r}: a local user without "
+                         "sign-in is only allowed when COMPOZY_API_HOST is a loopback address (127.0.0.1)")
+    if name == ANONYMOUS:
+        raise ValueError(f"COMPOZY_API_LOCAL_USER may not be {ANONYMOUS}")
+    return User(name, "", groups)
 
 
 def bearer_token(header: str | None) -> str:
@@ -81,18 +102,20 @@ def reviewed_user(status: dict[str, Any]) -> User | None:
     return User(name, str(user.get("uid") or ""), tuple(map(str, user.get("groups") or ())), extra)
 
 
-def access_review(user: User, verb: str, namespace: str, name: str | None = None) -> dict[str, Any]:
-    """The SubjectAccessReview of ``verb`` on WorkflowExecutions (one, with ``name``) in ``namespace``."""
-    attributes = {"namespace": namespace, "verb": verb, "group": GROUP, "resource": RESOURCE}
+def access_review(user: User, verb: str, namespace: str, name: str | None = None,
+                  resource: str = RESOURCE) -> dict[str, Any]:
+    """The SubjectAccessReview of ``verb`` on ``resource`` (WorkflowExecutions by default; one, with
+    ``name``) in ``namespace`` (``""``: in every namespace, as ``kubectl --all-namespaces`` asks)."""
+    attributes = {"namespace": namespace, "verb": verb, "group": GROUP, "resource": resource}
     if name:
         attributes["name"] = name
     return {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
             "spec": {**user.review_spec(), "resourceAttributes": attributes}}
 
 
-def forbidden(user: User, verb: str, namespace: str, why: str = "") -> ApiError:
-    message = (f'User "{user.name}" cannot {verb} resource "{RESOURCE}" in API group "{GROUP}" '
-               f'in the namespace "{namespace}"')
+def forbidden(user: User, verb: str, namespace: str, why: str = "", resource: str = RESOURCE) -> ApiError:
+    where = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+    message = f'User "{user.name}" cannot {verb} resource "{resource}" in API group "{GROUP}" {where}'
     return ApiError(403, "Forbidden", f"{message}: {why}" if why else message)
 
 
@@ -124,7 +147,7 @@ class Authorizer:
     def __init__(self, kube: Kube, ttl: float = 10, size: int = 4096) -> None:
         self.kube = kube
         self.users: TtlCache[str, tuple[User | None]] = TtlCache(ttl, size)  # (None,): refused
-        self.decisions: TtlCache[tuple[User, str, str, str], tuple[bool, str]] = TtlCache(ttl, size)
+        self.decisions: TtlCache[tuple[User, str, str, str, str], tuple[bool, str]] = TtlCache(ttl, size)
 
     async def authenticate(self, token: str) -> User:
         key = hashlib.sha256(token.encode()).hexdigest()
@@ -140,17 +163,24 @@ class Authorizer:
                            "Kubernetes token), or anonymous")
         return user
 
-    async def authorize(self, user: User, verb: str, namespace: str, name: str | None = None) -> None:
-        key = (user, verb, namespace, name or "")
+    async def authorize(self, user: User, verb: str, namespace: str, name: str | None = None,
+                        resource: str = RESOURCE) -> None:
+        allowed, why = await self.decide(user, verb, namespace, name, resource)
+        if not allowed:
+            raise forbidden(user, verb, namespace, why, resource)
+
+    async def decide(self, user: User, verb: str, namespace: str, name: str | None = None,
+                     resource: str = RESOURCE) -> tuple[bool, str]:
+        """(allowed, the authorizer's reason): the SubjectAccessReview's answer, cached."""
+        key = (user, verb, namespace, name or "", resource)
         decision = self.decisions.get(key)
         if decision is None:
             status = (await self._post("subjectaccessreviews", "authorization.k8s.io",
-                                       access_review(user, verb, namespace, name))).get("status") or {}
+                                       access_review(user, verb, namespace, name, resource))).get("status") or {}
             decision = (status.get("allowed") is True and status.get("denied") is not True,
                         str(status.get("reason") or ""))
             self.decisions.put(key, decision)
-        if not decision[0]:
-            raise forbidden(user, verb, namespace, decision[1])
+        return decision
 
     async def _post(self, resource: str, group: str, body: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -16,14 +16,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from nats.js.errors import BucketNotFoundError, ObjectDeletedError, ObjectNotFoundError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException
 
 from .. import __version__
 from .auth import User, bearer_token, certificate_user
-from .models import (NAME_PATTERN, NAMESPACE_PATTERN, Accepted, ApiError, Created, ErrorBody, ExecutionList,
-                     ResubmitRequest, SignalRequest, TriggerRequest, WorkflowExecution)
-from .operations import PHASES, Operations
+from .models import (NAME_PATTERN, NAMESPACE_PATTERN, Accepted, Access, ApiError, Created, ErrorBody, ExecutionList,
+                     NamespaceList, ResubmitRequest, SignalRequest, TriggerRequest, Whoami, Workflow,
+                     WorkflowExecution, WorkflowList)
+from .operations import PHASES, Operations, stored_output_ref
+from .ui import mount_ui
 
 if TYPE_CHECKING:
     from .service import Context
@@ -126,7 +129,7 @@ class Observe:
                                  uid=state.get("uid"))
 
 
-def create_app(ctx: "Context", max_body: int) -> FastAPI:
+def create_app(ctx: "Context", max_body: int, ui_dir: str | None = None) -> FastAPI:
     app = FastAPI(title="Compozy api.Service", version=__version__, openapi_url="/openapi.json", docs_url=None,
                   redoc_url=None, description="Start, follow and control WorkflowExecutions (ARCHITECTURE.md §8).")
     ops: Operations = ctx.operations
@@ -138,9 +141,11 @@ def create_app(ctx: "Context", max_body: int) -> FastAPI:
             user = certificate_user(subject)
             if user is None:
                 raise ApiError(401, "Unauthorized", "the client certificate names no user (no single common name)")
+        elif credentials is None and request.headers.get("authorization") is None and ctx.local_user is not None:
+            user = ctx.local_user  # a local cluster's API on loopback (auth.local_user)
         else:
-            user = await ctx.authorizer.authenticate(
-                bearer_token(f"Bearer {credentials.credentials}" if credentials else None))
+            token = bearer_token(f"Bearer {credentials.credentials}" if credentials else None)
+            user = await ctx.authorizer.authenticate(token)
         request.state.user = user
         return user
 
@@ -176,17 +181,56 @@ def create_app(ctx: "Context", max_body: int) -> FastAPI:
         request.state.execution, request.state.uid = created.name, created.uid
         return created
 
-    @app.get(PREFIX + "/namespaces/{namespace}/executions", response_class=JSONResponse,
-             responses={**ERRORS, 200: {"model": ExecutionList}, 410: {"model": ErrorBody}}, tags=["executions"])
-    async def list_executions(
-            namespace: Namespace, user: Caller,
-            workflow: Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=253)] = None,
-            phase: Annotated[Literal[PHASES] | None, Query()] = None,  # type: ignore[valid-type]
-            label_selector: Annotated[str | None, Query(alias="labelSelector", max_length=4096)] = None,
-            limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
-            continue_: Annotated[str | None, Query(alias="continue", max_length=8192)] = None) -> JSONResponse:
+    Phase = Annotated[Literal[PHASES] | None, Query()]  # type: ignore[valid-type]
+    WorkflowFilter = Annotated[str | None, Query(pattern=NAME_PATTERN, max_length=253)]
+    LabelSelector = Annotated[str | None, Query(alias="labelSelector", max_length=4096)]
+    Limit = Annotated[int | None, Query(ge=1, le=1000)]
+    Continue = Annotated[str | None, Query(alias="continue", max_length=8192)]
+    LIST_ANSWERS: dict[int | str, dict[str, Any]] = {**ERRORS, 200: {"model": ExecutionList},
+                                                     410: {"model": ErrorBody}}
+
+    @app.get(PREFIX + "/namespaces/{namespace}/executions", response_class=JSONResponse, responses=LIST_ANSWERS,
+             tags=["executions"])
+    async def list_executions(namespace: Namespace, user: Caller, workflow: WorkflowFilter = None,
+                              phase: Phase = None, label_selector: LabelSelector = None, limit: Limit = None,
+                              continue_: Continue = None) -> JSONResponse:
         """Runs in the namespace (list workflowexecutions); `phase` filters each page."""
         return JSONResponse(await ops.list(user, namespace, workflow, phase, label_selector, limit, continue_))
+
+    @app.get(PREFIX + "/executions", response_class=JSONResponse, responses=LIST_ANSWERS, tags=["executions"])
+    async def list_all_executions(user: Caller, workflow: WorkflowFilter = None, phase: Phase = None,
+                                  label_selector: LabelSelector = None, limit: Limit = None,
+                                  continue_: Continue = None) -> JSONResponse:
+        """Runs of every namespace, as `kubectl get -A` (list workflowexecutions at the cluster scope)."""
+        return JSONResponse(await ops.list(user, None, workflow, phase, label_selector, limit, continue_))
+
+    @app.get(PREFIX + "/whoami", response_model=Whoami, responses=ERRORS, tags=["access"])
+    async def whoami(user: Caller) -> Whoami:
+        """The user the bearer token authenticates as (the UI's sign-in check)."""
+        return Whoami(user=user.name, groups=list(user.groups))
+
+    @app.get(PREFIX + "/namespaces", response_model=NamespaceList, responses=ERRORS, tags=["access"])
+    async def namespaces(user: Caller) -> dict[str, Any]:
+        """The namespaces (of those the operator serves) where the caller may list runs."""
+        return await ops.namespaces_of(user)
+
+    @app.get(PREFIX + "/namespaces/{namespace}/access", response_model=Access, responses=ERRORS, tags=["access"])
+    async def access(namespace: Namespace, user: Caller) -> dict[str, Any]:
+        """What the caller may do here (SubjectAccessReviews); every call is checked again anyway."""
+        return await ops.access(user, namespace)
+
+    @app.get(PREFIX + "/namespaces/{namespace}/workflows", response_class=JSONResponse,
+             responses={**ERRORS, 200: {"model": WorkflowList}, 410: {"model": ErrorBody}}, tags=["workflows"])
+    async def list_workflows(namespace: Namespace, user: Caller, limit: Limit = None,
+                             continue_: Continue = None) -> JSONResponse:
+        """The namespace's Workflows (list workflows)."""
+        return JSONResponse(await ops.workflows(user, namespace, limit, continue_))
+
+    @app.get(PREFIX + "/namespaces/{namespace}/workflows/{workflow}", response_class=JSONResponse,
+             responses={**ERRORS, 200: {"model": Workflow}}, tags=["workflows"])
+    async def get_workflow(namespace: Namespace, workflow: WorkflowName, user: Caller) -> JSONResponse:
+        """One Workflow, with its validation status (get workflows)."""
+        return JSONResponse(await ops.workflow(user, namespace, workflow))
 
     @app.get(PREFIX + "/namespaces/{namespace}/executions/{name}", response_class=JSONResponse,
              responses={**ERRORS, 200: {"model": WorkflowExecution}}, tags=["executions"])
@@ -195,6 +239,23 @@ def create_app(ctx: "Context", max_body: int) -> FastAPI:
         run = await ops.read(user, namespace, name)
         request.state.uid = run["metadata"]["uid"]  # this request's log line goes to the run's log
         return JSONResponse(run)
+
+    @app.get(PREFIX + "/namespaces/{namespace}/executions/{name}/output", response_class=JSONResponse,
+             responses={**ERRORS, 200: {"content": {"application/json": {}}, "description": "The stored output"}},
+             tags=["executions"])
+    async def stored_output(request: Request, namespace: Namespace, name: Name, user: Caller,
+                            task: Annotated[str | None, Query(max_length=300)] = None) -> JSONResponse:
+        """An output too large for the status (its `outputRef`), of the run or of `task` (get)."""
+        run = await ops.read(user, namespace, name)
+        request.state.uid = run["metadata"]["uid"]
+        ref = stored_output_ref(run, task)
+        try:
+            value = await ctx.bus.get_output(ref)
+        except (ObjectNotFoundError, ObjectDeletedError, BucketNotFoundError):
+            raise ApiError(404, "NotFound", "the stored output is gone (removed with the run's cleanup)") from None
+        except Exception as e:  # noqa: BLE001 - NATS away: try again
+            raise ApiError(503, "ServiceUnavailable", f"NATS is not available ({type(e).__name__}); try again") from None
+        return JSONResponse(value)
 
     @app.post(PREFIX + "/namespaces/{namespace}/executions/{name}/cancel", status_code=202, response_model=Accepted,
               responses=ERRORS, tags=["executions"])
@@ -281,6 +342,7 @@ def create_app(ctx: "Context", max_body: int) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    mount_ui(app, ui_dir)
     app.add_middleware(Observe, ctx=ctx, max_body=max_body)
     return app
 

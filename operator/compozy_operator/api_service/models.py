@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..resources.models import WorkflowExecutionSpec, WorkflowExecutionStatus
+from ..resources.models import WorkflowExecutionSpec, WorkflowExecutionStatus, WorkflowSpec
 
 _SPEC = WorkflowExecutionSpec.model_fields
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"  # a DNS subdomain
@@ -77,6 +77,47 @@ class ExecutionList(BaseModel):
 
     items: list[WorkflowExecution]
     continue_: str | None = Field(None, alias="continue", description="Pass as `continue` for the next page.")
+
+
+class Workflow(BaseModel):
+    """A Workflow as `kubectl get -o json` shows it (for the document only, as :class:`WorkflowExecution`)."""
+
+    apiVersion: str
+    kind: str
+    metadata: dict[str, Any]
+    spec: WorkflowSpec
+    status: dict[str, Any] | None = Field(None, description="`Ready` condition (valid or the problems), taskCount.")
+
+
+class WorkflowList(BaseModel):
+    items: list[Workflow]
+    continue_: str | None = Field(None, alias="continue", description="Pass as `continue` for the next page.")
+
+
+class NamespaceItem(BaseModel):
+    name: str
+
+
+class NamespaceList(BaseModel):
+    """The namespaces where the caller may list runs."""
+
+    items: list[NamespaceItem]
+    allNamespaces: bool = Field(description="The caller may list runs of every namespace at once "
+                                "(`GET /executions`).")
+
+
+class Access(BaseModel):
+    """What the caller may do in a namespace: ``resources.<resource>.<verb>``, as RBAC answers
+    SubjectAccessReviews for them (``kubectl auth can-i``)."""
+
+    namespace: str
+    user: str
+    resources: dict[str, dict[str, bool]]
+
+
+class Whoami(BaseModel):
+    user: str = Field(description="The user the bearer token authenticates as.")
+    groups: list[str]
 
 
 class ErrorDetail(BaseModel):

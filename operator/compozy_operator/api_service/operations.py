@@ -17,11 +17,12 @@ from typing import Any
 
 from .. import execution_requests as requests
 from ..admission import Validate, review_execution_create
+from ..events import OUTPUT_BUCKET, output_prefix
 from ..kube import ApiException, Kube
 from ..resources.models import GROUP, TERMINAL_PHASES, VERSION
 from ..sandbox import EvaluationError
 from ..validation import name_problems
-from .auth import Authorizer, User
+from .auth import RESOURCE, WORKFLOWS, Authorizer, User
 from .models import Accepted, ApiError, Created, ResubmitRequest, SignalRequest, TriggerRequest
 
 PHASES = ("Pending", "Running", *sorted(TERMINAL_PHASES))
@@ -32,9 +33,42 @@ _PATH = re.compile(r"([A-Za-z][\w.\[\]-]*)(?::|\s)")
 _WEBHOOK = "denied the request: "  # the API server's prefix of a webhook's refusal
 
 
-def executions_path(namespace: str, name: str | None = None) -> str:
-    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/workflowexecutions"
+def executions_path(namespace: str | None, name: str | None = None) -> str:
+    """A run's path, its namespace's collection, or (``namespace`` None) every namespace's."""
+    where = f"/namespaces/{namespace}" if namespace is not None else ""
+    base = f"/apis/{GROUP}/{VERSION}{where}/workflowexecutions"
     return f"{base}/{name}" if name else base
+
+
+def stored_output_ref(run: dict[str, Any], task: str | None) -> dict[str, Any]:
+    """Where the run's (``task`` None) or a task's offloaded output is stored. A ref whose key is not
+    under the run's own prefix is refused: the status took it from a task attempt's event, and an
+    attempt must not get another run's output shown through this run."""
+    meta, status = run["metadata"], run.get("status") or {}
+    where = "the run" if task is None else f"task {task!r}"
+    holder = status if task is None else (status.get("tasks") or {}).get(task)
+    if not isinstance(holder, dict):
+        raise ApiError(404, "NotFound", f"{where} has no status", "task")
+    ref = holder.get("outputRef")
+    if not isinstance(ref, dict) or not isinstance(ref.get("key"), str) or not isinstance(ref.get("bucket"), str):
+        raise ApiError(404, "NotFound", f"{where} has no stored output (a small output is in the status itself)",
+                       "task" if task is not None else None)
+    if ref["bucket"] != OUTPUT_BUCKET or not ref["key"].startswith(output_prefix(meta["namespace"], meta["name"],
+                                                                                 meta["uid"])):
+        raise ApiError(409, "ForeignOutput", f"the outputRef of {where} does not name this run's output",
+                       "task" if task is not None else None)
+    return ref
+
+
+def workflows_path(namespace: str, name: str | None = None) -> str:
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/workflows"
+    return f"{base}/{name}" if name else base
+
+
+# what the UI asks "may I" about in a namespace: (resource, verb) as RBAC names them
+ACCESS = ((RESOURCE, "get"), (RESOURCE, "list"), (RESOURCE, "create"), (RESOURCE, "patch"),
+          (WORKFLOWS, "get"), (WORKFLOWS, "list"))
+NAMESPACE_CHECKS = 16  # SubjectAccessReviews in flight at once while listing the caller's namespaces
 
 
 def request_field(problem: str) -> str | None:
@@ -75,8 +109,10 @@ def kube_error(e: ApiException, what: str) -> ApiError:
 
 class Operations:
     def __init__(self, kube: Kube, authorizer: Authorizer, validate: Callable[[], Validate],
-                 max_input_bytes: int) -> None:
+                 max_input_bytes: int, namespaces: tuple[str, ...] = ()) -> None:
+        """``namespaces``: those the operator serves (namespaced mode); empty: every namespace."""
         self.kube = kube
+        self.namespaces = namespaces
         self.authorizer = authorizer
         self.validate = validate
         self.max_input_bytes = max_input_bytes
@@ -100,8 +136,7 @@ class Operations:
 
     async def trigger(self, user: User, namespace: str, workflow: str, req: TriggerRequest) -> Created:
         await self.authorizer.authorize(user, "create", namespace)
-        wf = await self._kube(f"Workflow {namespace}/{workflow}", "GET",
-                              f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/workflows/{workflow}")
+        wf = await self._kube(f"Workflow {namespace}/{workflow}", "GET", workflows_path(namespace, workflow))
         obj = requests.new_execution(workflow, req.input, name=req.name, labels=req.labels, timeout=req.timeout)
         return await self._create(namespace, obj, wf)
 
@@ -112,8 +147,7 @@ class Operations:
         obj = (requests.resubmission(old, req.input) if "input" in req.model_fields_set
                else requests.resubmission(old))
         ref = (obj["spec"].get("workflowRef") or {}).get("name")
-        wf = await self._kube(f"Workflow {namespace}/{ref}", "GET",
-                              f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/workflows/{ref}") if ref else None
+        wf = await self._kube(f"Workflow {namespace}/{ref}", "GET", workflows_path(namespace, ref)) if ref else None
         return await self._create(namespace, obj, wf)
 
     async def _create(self, namespace: str, obj: dict[str, Any], workflow: dict[str, Any] | None) -> Created:
@@ -132,11 +166,12 @@ class Operations:
         return Created(name=meta["name"], namespace=namespace, uid=meta["uid"],
                        phase=(created.get("status") or {}).get("phase") or "Pending")
 
-    async def list(self, user: User, namespace: str, workflow: str | None, phase: str | None,
+    async def list(self, user: User, namespace: str | None, workflow: str | None, phase: str | None,
                    label_selector: str | None, limit: int | None, continue_: str | None) -> dict[str, Any]:
-        """A page of runs. ``workflow`` is a label selector term; ``phase`` filters each page (status
-        fields are not selectable on a custom resource), so a page may hold fewer than ``limit``."""
-        await self.authorizer.authorize(user, "list", namespace)
+        """A page of runs (``namespace`` None: of every namespace, for a caller who may list them all,
+        as ``kubectl get -A``). ``workflow`` is a label selector term; ``phase`` filters each page
+        (status fields are not selectable on a custom resource), so a page may hold fewer than ``limit``."""
+        await self.authorizer.authorize(user, "list", namespace or "")
         terms = [t for t in (label_selector, f"{requests.LABEL_WORKFLOW}={workflow}" if workflow else None) if t]
         page = await self._kube("WorkflowExecutions", "GET", executions_path(namespace),
                                 query={"labelSelector": ",".join(terms) or None, "limit": limit,
@@ -182,3 +217,46 @@ class Operations:
         await self.execution(namespace, name)
         raise ApiError(409, "NoWaitingTask", f"WorkflowExecution {namespace}/{name} has no task waiting for signal "
                        f"{signal!r}: wait tasks are not supported yet", "signal")
+
+    async def namespaces_of(self, user: User) -> dict[str, Any]:
+        """The namespaces (of those the operator serves) where the caller may list runs, and whether
+        they may list them in every namespace at once."""
+        everywhere, _ = await self.authorizer.decide(user, "list", "")
+        if self.namespaces:
+            names = sorted(self.namespaces)
+        else:
+            listed = await self._kube("Namespaces", "GET", "/api/v1/namespaces")
+            names = sorted(n["metadata"]["name"] for n in listed.get("items") or [])
+        if not everywhere:
+            limit = asyncio.Semaphore(NAMESPACE_CHECKS)
+
+            async def readable(ns: str) -> bool:
+                async with limit:
+                    return (await self.authorizer.decide(user, "list", ns))[0]
+
+            names = [n for n, ok in zip(names, await asyncio.gather(*map(readable, names))) if ok]
+        return {"items": [{"name": n} for n in names], "allNamespaces": everywhere and not self.namespaces}
+
+    async def access(self, user: User, namespace: str) -> dict[str, Any]:
+        """What the caller may do in ``namespace`` (SubjectAccessReviews of the verbs the API checks):
+        the UI shows only the actions the answer allows, and the API refuses the rest anyway."""
+        answers = await asyncio.gather(*(self.authorizer.decide(user, verb, namespace, resource=resource)
+                                         for resource, verb in ACCESS))
+        verbs: dict[str, dict[str, bool]] = {}
+        for (resource, verb), (allowed, _) in zip(ACCESS, answers):
+            verbs.setdefault(resource, {})[verb] = allowed
+        return {"namespace": namespace, "user": user.name, "resources": verbs}
+
+    async def workflows(self, user: User, namespace: str, limit: int | None, continue_: str | None) -> dict[str, Any]:
+        """A page of the namespace's Workflows (list workflows)."""
+        await self.authorizer.authorize(user, "list", namespace, resource=WORKFLOWS)
+        page = await self._kube("Workflows", "GET", workflows_path(namespace),
+                                query={"limit": limit, "continue": continue_ or None})
+        items = [dict(i, apiVersion=f"{GROUP}/{VERSION}", kind="Workflow") for i in page.get("items") or []]
+        more = (page.get("metadata") or {}).get("continue")
+        return {"items": items, **({"continue": more} if more else {})}
+
+    async def workflow(self, user: User, namespace: str, name: str) -> dict[str, Any]:
+        """One Workflow as ``kubectl get -o json`` shows it (get workflows)."""
+        await self.authorizer.authorize(user, "get", namespace, name, resource=WORKFLOWS)
+        return await self._kube(f"Workflow {namespace}/{name}", "GET", workflows_path(namespace, name))
