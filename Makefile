@@ -4,7 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test chart cluster bench bench-collection bench-agents bench-hostile bench-testenv bench-nats-auth bench-failover chaos binaries lock clean
+UI_DIST := operator/compozy_operator/api_service/ui_dist/index.html
+
+.PHONY: demo test ui browser screenshots bench-ui chart cluster bench bench-collection bench-agents bench-hostile bench-testenv bench-nats-auth bench-failover chaos binaries lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +30,25 @@ chart: $(STAMP) binaries
 cluster: $(STAMP) binaries
 	$(VENV)/bin/compozy dev up
 
-test: $(STAMP) binaries
+# the web UI (ui/, docs/ui.md): npm ci from the lock, its unit tests, then the build that api.Service serves
+ui: $(UI_DIST)
+
+$(UI_DIST): ui/package.json ui/package-lock.json ui/index.html ui/vite.config.ts ui/tsconfig.json $(wildcard ui/src/*)
+	cd ui && npm ci --no-audit --no-fund && npm test && npm run build
+
+# Debian's chromium and chromedriver for the browser tests (tests/ui/)
+browser:
+	hack/ui/browser.sh
+
+test: $(STAMP) binaries ui browser
 	$(PY) -m pytest
+
+# the README's and docs/ui.md's pictures of the main pages, taken on the local cluster
+screenshots: $(STAMP) binaries ui browser
+	$(PY) hack/ui/screenshots.py
+
+bench-ui: $(STAMP) binaries ui browser
+	$(PY) hack/bench/ui.py
 
 bench: $(STAMP) binaries
 	$(PY) hack/bench/workflows.py

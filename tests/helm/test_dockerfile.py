@@ -44,16 +44,17 @@ def _commands(stage: list[dict]) -> list[str]:
 
 
 def test_multi_stage_slim_base(stages: list[list[dict]]) -> None:
-    assert len(stages) == 2, "a build stage and a runtime stage"
-    build_from, final_from = (_all(s, "FROM")[0] for s in stages)
+    assert len(stages) == 3, "the UI's build stage, the wheels' build stage and a runtime stage"
+    ui_from, build_from, final_from = (_all(s, "FROM")[0] for s in stages)
+    assert ui_from == "${NODE_IMAGE} AS ui" and "npm ci --no-audit --no-fund" in _commands(stages[0])
     assert build_from.endswith(" AS build")
     assert final_from == "${PYTHON_IMAGE}"
     default_base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M)
     assert default_base and re.fullmatch(r"python:3\.\d+-slim(-\w+)?", default_base.group(1))
 
 
-def test_wheel_built_in_the_first_stage_installed_in_the_second(stages: list[list[dict]]) -> None:
-    build, final = stages
+def test_wheel_built_in_the_build_stage_installed_in_the_runtime_stage(stages: list[list[dict]]) -> None:
+    build, final = stages[1:]
     assert any(c.startswith("python -m pip wheel") for c in _commands(build))
     install = [c for c in _commands(final) if c.startswith("python -m pip install")]
     assert len(install) == 1 and "--no-index --find-links /wheels" in install[0]
@@ -66,33 +67,38 @@ def test_no_caches_and_no_build_tools(stages: list[list[dict]]) -> None:
         for cmd in _commands(stage):
             if cmd.startswith("python -m pip"):
                 assert "--no-cache-dir" in cmd, cmd
-    final = " ".join(_commands(stages[1]))
+    final = " ".join(_commands(stages[-1]))
     for tool in ("apt-get", "apk", "gcc", "build-essential", "make", "git"):
         assert not re.search(rf"\b{tool}\b", final), f"{tool} in the runtime stage"
-    assert "PIP_NO_CACHE_DIR=1" in _all(stages[1], "ENV")[0]
+    assert "PIP_NO_CACHE_DIR=1" in _all(stages[-1], "ENV")[0]
 
 
 def test_runs_as_a_numeric_non_root_user(stages: list[list[dict]]) -> None:
-    users = _all(stages[1], "USER")
+    users = _all(stages[-1], "USER")
     assert users and re.fullmatch(r"[1-9]\d*:[1-9]\d*", users[-1]), users
     assert users[-1].split(":")[0] == "65532", "the chart's runAsUser and the task pods' RUNNER_UID"
 
 
 def test_oci_labels_and_entrypoints(stages: list[list[dict]]) -> None:
-    labels = " ".join(_all(stages[1], "LABEL"))
+    labels = " ".join(_all(stages[-1], "LABEL"))
     for key in ("title", "description", "source", "licenses", "version", "revision"):
         assert f"org.opencontainers.image.{key}=" in labels, key
-    assert _all(stages[1], "ENTRYPOINT") == ['["compozy"]'] and _all(stages[1], "CMD") == ['["operator"]']
+    assert _all(stages[-1], "ENTRYPOINT") == ['["compozy"]'] and _all(stages[-1], "CMD") == ['["operator"]']
 
 
 def test_install_steps_replayed_into_a_fresh_venv(stages: list[list[dict]], tmp_path: Path) -> None:
     """COPY and RUN of the build stage, then the runtime stage's pip install, with /src, /wheels and
-    ``python`` mapped to temporary directories and a fresh venv (the pip cache is reused for speed)."""
-    build, final = stages
+    ``python`` mapped to temporary directories and a fresh venv (the pip cache is reused for speed).
+    The UI stage's output is the checkout's own build of it (make ui; `make test` builds it first)."""
+    build, final = stages[1:]
     src, wheels = tmp_path / "src", tmp_path / "wheels"
     src.mkdir()
     for copy in _all(build, "COPY"):
         *sources, dest = shlex.split(copy)
+        if sources[0] == "--from=ui":  # /src/<path> of the ui stage: the same path of the checkout
+            built = ROOT / Path(sources[1]).relative_to("/src")
+            shutil.copytree(built, src / dest, dirs_exist_ok=True)
+            continue
         for s in sources:
             target = src / dest / Path(s).name if dest.endswith("/") else src / dest
             (shutil.copytree if (ROOT / s).is_dir() else shutil.copy)(ROOT / s, target)
@@ -120,3 +126,8 @@ def test_install_steps_replayed_into_a_fresh_venv(stages: list[list[dict]], tmp_
     where = subprocess.run([venv_python, "-c", "import compozy_operator, kopf; print(compozy_operator.__file__)"],
                            capture_output=True, text=True, env=env, cwd=tmp_path)
     assert where.returncode == 0 and str(tmp_path / "venv") in where.stdout, where.stdout + where.stderr
+    # the UI's static files are in the wheel, where api.Service serves them from
+    ui = subprocess.run([venv_python, "-c", "from compozy_operator.api_service.ui import UI_DIR; "
+                         "print((UI_DIR / 'index.html').is_file(), len(list((UI_DIR / 'assets').iterdir())))"],
+                        capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert ui.returncode == 0 and ui.stdout.split()[0] == "True" and int(ui.stdout.split()[1]) >= 2, ui.stdout + ui.stderr

@@ -1,0 +1,107 @@
+import { useCallback, useEffect, useState } from 'react'
+import { ApiError, get, token } from './api'
+import { href, navigate, useRoute } from './route'
+import { RunsPage } from './RunsPage'
+import { RunPage } from './RunPage'
+import { WorkflowPage, WorkflowsPage } from './WorkflowsPage'
+
+export interface Session { user: string; namespaces: string[]; allNamespaces: boolean; local: boolean }
+export const ALL = '*' // the namespace selector's "all namespaces"
+
+type Theme = 'light' | 'dark'
+const initialTheme = (): Theme =>
+  (localStorage.getItem('compozy.theme') as Theme | null) ??
+  (matchMedia('(prefers-color-scheme: dark)').matches ? 'dark' : 'light')
+
+export function App() {
+  const [session, setSession] = useState<Session | null>(null)
+  const [problem, setProblem] = useState<string | null>(null)
+  const [checking, setChecking] = useState(true)
+  const [theme, setTheme] = useState<Theme>(initialTheme)
+  const route = useRoute()
+
+  useEffect(() => {
+    document.documentElement.dataset.theme = theme
+    localStorage.setItem('compozy.theme', theme)
+  }, [theme])
+
+  const signIn = useCallback(async () => {
+    setChecking(true)
+    try {
+      const me = await get('/whoami')
+      const ns = await get('/namespaces')
+      setSession({ user: me.user, namespaces: ns.items.map((n: { name: string }) => n.name),
+        allNamespaces: ns.allNamespaces, local: !token.get() })
+      setProblem(null)
+    } catch (e) {
+      setSession(null)
+      const unauthorized = e instanceof ApiError && e.status === 401
+      if (!unauthorized || token.get()) setProblem((e as Error).message)
+      if (unauthorized) token.clear()
+    } finally {
+      setChecking(false)
+    }
+  }, [])
+
+  useEffect(() => { void signIn() }, [signIn])
+
+  if (checking && !session) return <div className="center muted">Loading…</div>
+  if (!session) return <SignIn problem={problem} onToken={(t) => { token.set(t); void signIn() }} />
+
+  const [section, ns, name] = route.path
+  const namespace = route.params.get('ns') ?? (session.allNamespaces ? ALL : session.namespaces[0] ?? '')
+  const setNamespace = (n: string) => navigate([section ?? 'runs'], { ns: n }, true)
+
+  return (
+    <div className="app">
+      <header className="top">
+        <a className="brand" href={href(['runs'], { ns: namespace })}>Compozy</a>
+        <nav>
+          <a href={href(['runs'], { ns: namespace })} className={section !== 'workflows' ? 'active' : ''}>Runs</a>
+          <a href={href(['workflows'], { ns: namespace })} className={section === 'workflows' ? 'active' : ''}>Workflows</a>
+        </nav>
+        {!name && (
+          <label className="ns">
+            Namespace{' '}
+            <select aria-label="Namespace" value={namespace} onChange={(e) => setNamespace(e.target.value)}>
+              {session.allNamespaces && <option value={ALL}>All namespaces</option>}
+              {session.namespaces.map((n) => <option key={n} value={n}>{n}</option>)}
+            </select>
+          </label>
+        )}
+        <span className="spacer" />
+        <button className="ghost" onClick={() => setTheme(theme === 'dark' ? 'light' : 'dark')}
+          aria-label="Toggle dark mode">{theme === 'dark' ? 'Light' : 'Dark'}</button>
+        <span className="user" title="The identity every call acts as">{session.user}</span>
+        {!session.local && (
+          <button className="ghost" onClick={() => { token.clear(); setSession(null) }}>Sign out</button>
+        )}
+      </header>
+      <main>
+        {section === 'runs' && ns && name ? <RunPage key={`${ns}/${name}`} namespace={ns} name={name} route={route} />
+          : section === 'workflows' && ns && name ? <WorkflowPage key={`${ns}/${name}`} namespace={ns} name={name} />
+            : section === 'workflows' ? <WorkflowsPage namespace={namespace === ALL ? session.namespaces[0] ?? '' : namespace} />
+              : <RunsPage namespace={namespace} route={route} />}
+      </main>
+    </div>
+  )
+}
+
+function SignIn({ problem, onToken }: { problem: string | null; onToken: (t: string) => void }) {
+  const [value, setValue] = useState('')
+  return (
+    <div className="center">
+      <form className="card signin" onSubmit={(e) => { e.preventDefault(); if (value.trim()) onToken(value) }}>
+        <h1>Compozy</h1>
+        <p>Sign in with a Kubernetes bearer token: the UI acts as that identity, with its RBAC.</p>
+        <p className="muted">For a ServiceAccount: <code>kubectl create token NAME -n NAMESPACE</code>; an OIDC
+          ID token works where the cluster accepts OIDC.</p>
+        <label htmlFor="token">Token</label>
+        <textarea id="token" name="token" rows={4} value={value} autoFocus
+          onChange={(e) => setValue(e.target.value)} spellCheck={false} />
+        {problem && <p className="error" role="alert">{problem}</p>}
+        <button type="submit" className="primary">Sign in</button>
+      </form>
+    </div>
+  )
+}
