@@ -1,5 +1,6 @@
-import { memo, useMemo } from 'react'
-import { Background, Controls, Handle, MarkerType, MiniMap, Position, ReactFlow, type Edge, type Node, type NodeProps } from '@xyflow/react'
+import { memo, useEffect, useMemo } from 'react'
+import { Background, Controls, Handle, MarkerType, MiniMap, Position, ReactFlow, useNodesState, type Edge, type Node,
+  type NodeProps } from '@xyflow/react'
 import { buildGraph, layout, type GraphNode } from './graph'
 import type { Json } from './api'
 
@@ -39,10 +40,19 @@ export function GraphView({ spec, tasks, selected, onSelect }: {
   const shape = useMemo(() => buildGraph(spec), [spec])
   const positions = useMemo(() => layout(shape), [shape])
   const graph = useMemo(() => buildGraph(spec, tasks), [spec, tasks])
-  const nodes: Node<TaskNodeData>[] = useMemo(() => graph.nodes.map((n) => ({
-    id: n.id, type: 'task', position: positions.get(n.id) ?? { x: 0, y: 0 },
-    data: { node: n, selected: n.id === selected }, draggable: false, connectable: false,
-  })), [graph, positions, selected])
+  // React Flow measures each node once (its handles' places, which edges start from); a node
+  // object replaced by one without that measure is hidden until measured again, which a node of
+  // unchanged size never is. So nodes are updated in place, keeping what React Flow added.
+  const [nodes, setNodes, onNodesChange] = useNodesState<Node<TaskNodeData>>([])
+  useEffect(() => {
+    setNodes((previous) => {
+      const byId = new Map(previous.map((n) => [n.id, n]))
+      return graph.nodes.map((n) => ({
+        ...(byId.get(n.id) ?? { id: n.id, type: 'task', draggable: false, connectable: false }),
+        position: positions.get(n.id) ?? { x: 0, y: 0 }, data: { node: n, selected: n.id === selected },
+      }))
+    })
+  }, [graph, positions, selected, setNodes])
   const edges: Edge[] = useMemo(() => graph.edges.map((e) => ({
     id: e.id, source: e.source, target: e.target, label: e.label,
     className: `edge-${e.kind}${e.taken ? ' taken' : ''}`,
@@ -51,12 +61,12 @@ export function GraphView({ spec, tasks, selected, onSelect }: {
   const large = nodes.length > 200
   return (
     <div className="graph" data-testid="graph">
-      <ReactFlow nodes={nodes} edges={edges} nodeTypes={nodeTypes} fitView minZoom={0.05}
+      <ReactFlow nodes={nodes} edges={edges} nodeTypes={nodeTypes} onNodesChange={onNodesChange} fitView fitViewOptions={{ maxZoom: 1 }} minZoom={0.05}
         onlyRenderVisibleElements={large} nodesDraggable={false} nodesConnectable={false}
         onNodeClick={(_, node) => onSelect?.(node.id)}>
         <Background />
         <Controls showInteractive={false} />
-        {!large && <MiniMap pannable zoomable />}
+        {!large && <MiniMap pannable zoomable nodeColor={(n) => `var(--${(n.data as TaskNodeData).node.phase})`} />}
       </ReactFlow>
     </div>
   )

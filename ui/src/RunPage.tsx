@@ -11,6 +11,7 @@ const REFETCH_MS = 500 // after a state event, the status is read again at most 
 const MAX_LOG_LINES = 5000
 
 type Tab = 'graph' | 'timeline' | 'logs' | 'yaml'
+const TAB_NAMES: Record<Tab, string> = { graph: 'Graph', timeline: 'Timeline', logs: 'Logs', yaml: 'YAML' }
 
 /** The Workflow spec the run runs: its snapshot, the inline spec, or (a large snapshot is in the
  * object store) the Workflow it names as it is now. */
@@ -34,12 +35,10 @@ export function RunPage({ namespace, name, route }: { namespace: string; name: s
   const tab = (route.params.get('tab') as Tab | null) ?? 'graph'
   const selected = route.params.get('task')
   const spec = useSpec(namespace, run)
-  const seen = useRef(0)
 
   const load = useCallback(async () => {
     try {
       const r = await get(`/namespaces/${namespace}/executions/${name}`)
-      seen.current = Math.max(seen.current, r.status?.stateSeq ?? 0)
       setRun(r)
       setLive((l) => pruneLive(l, r.status?.tasks ?? {}))
       setError(null)
@@ -54,40 +53,41 @@ export function RunPage({ namespace, name, route }: { namespace: string; name: s
   }, [namespace])
 
   // The event stream: every state event colours its node at once, then the status is read again
-  // (throttled) for the rest. A stream that ends while the run goes on (a retry) is opened again
-  // after the last event seen.
-  const phase = run?.status?.phase
+  // (throttled) for the rest. The stream ends with the run; it is opened again after the last
+  // event seen when it breaks while the run goes on, or when a retry makes an ended run go on.
+  const statusTasks = useRef<Record<string, Json>>({})
+  statusTasks.current = run?.status?.tasks ?? {}
+  const lastEvent = useRef<number | undefined>(undefined)
+  const [round, setRound] = useState(0)
   useEffect(() => {
     const ctl = new AbortController()
     let timer: ReturnType<typeof setTimeout> | null = null
     const refetch = () => { timer ??= setTimeout(() => { timer = null; void load() }, REFETCH_MS) }
-    let last: number | undefined
     const follow = async () => {
-      for (let round = 0; !ctl.signal.aborted; round++) {
+      for (let attempt = 0; !ctl.signal.aborted; attempt++) {
         try {
-          for await (const ev of events(namespace, name, ctl.signal, last)) {
-            last = ev.id
+          for await (const ev of events(namespace, name, ctl.signal, lastEvent.current)) {
+            lastEvent.current = ev.id
             const task = ev.data?.task
             if (typeof task === 'string') {
               setLive((l) => {
-                const next = phaseAfter(l[task], ev.type, ev.data)
-                return next ? { ...l, [task]: { phase: next, attempt: Number(ev.data?.attempt ?? 1), seq: ev.id } } : l
+                const next = phaseAfter(l[task] ?? statusTasks.current[task], ev.type, ev.data)
+                return next ? { ...l, [task]: { phase: next, attempt: Number(ev.data?.attempt ?? 1) } } : l
               })
             }
             refetch()
           }
-        } catch (e) {
+          const r = await get(`/namespaces/${namespace}/executions/${name}`)
+          if (TERMINAL.has(r.status?.phase)) return // ended: the stream closed after its last event
+        } catch {
           if (ctl.signal.aborted) return
         }
-        await new Promise((r) => setTimeout(r, Math.min(10_000, 1000 * 2 ** Math.min(round, 3))))
-        const r = await get(`/namespaces/${namespace}/executions/${name}`).catch(() => null)
-        if (r) setRun(r)
-        if (!r || TERMINAL.has(r.status?.phase)) return
+        await new Promise((r) => setTimeout(r, Math.min(10_000, 1000 * 2 ** Math.min(attempt, 3))))
       }
     }
     void follow()
     return () => { ctl.abort(); if (timer) clearTimeout(timer) }
-  }, [namespace, name, load, phase !== undefined && TERMINAL.has(phase) ? 'ended' : 'going'])
+  }, [namespace, name, load, round])
 
   const tasks = useMemo(() => merged(run?.status?.tasks ?? {}, live), [run, live])
   const setParam = (k: string, v: string | null) => {
@@ -99,7 +99,7 @@ export function RunPage({ namespace, name, route }: { namespace: string; name: s
     try {
       const answer = await call('POST', `/namespaces/${namespace}/executions/${name}/${what}`, what === 'resubmit' ? {} : undefined)
       if (what === 'resubmit') navigate(['runs', namespace, answer.name])
-      else { setNotice(answer.message); void load() }
+      else { setNotice(answer.message); void load(); if (what === 'retry') setRound((r) => r + 1) }
     } catch (e) {
       setNotice((e as Error).message)
     }
@@ -138,7 +138,7 @@ export function RunPage({ namespace, name, route }: { namespace: string; name: s
       <div className="tabs" role="tablist">
         {(['graph', 'timeline', 'logs', 'yaml'] as Tab[]).map((t) => (
           <button key={t} role="tab" aria-selected={tab === t} className={tab === t ? 'active' : ''}
-            onClick={() => setParam('tab', t)}>{t[0].toUpperCase() + t.slice(1)}</button>
+            onClick={() => setParam('tab', t)}>{TAB_NAMES[t]}</button>
         ))}
       </div>
       <div className="run-body">
