@@ -31,7 +31,7 @@ from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl
 
 from .conftest import execution_status, wait_finished
-from .test_api_service import ALL_VERBS, SCHEMA, Api, service_account_token, trigger
+from .test_api_service import ALL_VERBS, Api, service_account_token, trigger
 from .test_workflows import PY_OK, PY_SLOW, apply, workflow
 
 ROOT = Path(__file__).resolve().parents[2]

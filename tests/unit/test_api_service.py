@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
+import uvicorn
 
 from compozy_operator.api_service.auth import (TtlCache, User, access_review, bearer_token, certificate_user,
-                                               reviewed_user)
-from compozy_operator.api_service.http import validation_field
+                                               local_user, reviewed_user)
+from compozy_operator.api_service.http import create_app, validation_field
 from compozy_operator.api_service.models import ApiError
-from compozy_operator.api_service.operations import kube_error, request_field
-from compozy_operator.api_service.service import trigger_subject
+from compozy_operator.api_service.operations import kube_error, request_field, stored_output_ref
+from compozy_operator.api_service.service import Context, trigger_subject
 from compozy_operator.api_service.streams import LogLine, log_line, sse, wanted
 from compozy_operator.kube import ApiException
 from compozy_operator.nats_auth.permissions import attempt_permissions
+from compozy_operator.testenv.workdir import free_port
 
 
 @pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer   ", "Basic abc", "token abc"])
@@ -147,3 +155,73 @@ def test_no_task_attempt_may_publish_a_trigger() -> None:
     permissions = attempt_permissions("ns", "run", "uid-1", "task", 1)
     assert not permissions.may_publish(trigger_subject("ns"))
     assert not permissions.may_publish(trigger_subject("other"))
+
+
+def test_access_review_of_workflows_and_of_the_cluster_scope() -> None:
+    attributes = access_review(User("a", "", ()), "list", "", resource="workflows")["spec"]["resourceAttributes"]
+    assert attributes == {"namespace": "", "verb": "list", "group": "compozy.dev", "resource": "workflows"}
+
+
+def test_a_local_user_only_on_loopback() -> None:
+    assert local_user("", (), "0.0.0.0") is None  # noqa: S104 - the default: no local user
+    assert local_user("dev", ("system:masters",), "127.0.0.1") == User("dev", "", ("system:masters",))
+    assert local_user("dev", (), "::1") == User("dev", "", ())
+    assert local_user("dev", (), "localhost") == User("dev", "", ())
+    for host in ("0.0.0.0", "10.0.0.5", "::", "example.com"):  # noqa: S104
+        with pytest.raises(ValueError, match="loopback"):
+            local_user("dev", (), host)
+    with pytest.raises(ValueError, match="anonymous"):
+        local_user("system:anonymous", (), "127.0.0.1")
+
+
+def _run(ns: str, status: dict) -> dict:
+    return {"metadata": {"namespace": ns, "name": "r", "uid": "u"}, "status": status}
+
+
+def test_a_stored_output_ref_must_name_the_runs_own_object() -> None:
+    ref = {"bucket": "COMPOZY_OUTPUTS", "key": "ns/r/u/make/1", "size": 9, "digest": "d"}
+    assert stored_output_ref(_run("ns", {"tasks": {"make": {"outputRef": ref}}}), "make") == ref
+    assert stored_output_ref(_run("ns", {"outputRef": {**ref, "key": "ns/r/u/_workflow/output"}}), None)["key"] \
+        == "ns/r/u/_workflow/output"
+    for forged in ({**ref, "key": "other/r/u/make/1"}, {**ref, "key": "ns/r/u2/make/1"}, {**ref, "bucket": "X"}):
+        with pytest.raises(ApiError) as e:
+            stored_output_ref(_run("ns", {"tasks": {"make": {"outputRef": forged}}}), "make")
+        assert e.value.status == 409 and e.value.reason == "ForeignOutput"
+    for status, task in (({"tasks": {"make": {"output": {}}}}, "make"), ({}, "make"), ({}, None),
+                         ({"tasks": {"make": {"outputRef": "x"}}}, "make")):
+        with pytest.raises(ApiError) as e:
+            stored_output_ref(_run("ns", status), task)
+        assert e.value.status == 404
+
+
+@contextlib.contextmanager
+def served(app: Any) -> Iterator[str]:
+    """``app`` served by uvicorn on a free loopback port, in a thread; its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None, lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            thread.join(0.02)
+            assert thread.is_alive(), "uvicorn did not start"
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_a_request_without_a_token_is_the_local_user_when_one_is_set(tmp_path: Path) -> None:
+    """No API server is asked: the local user needs no TokenReview, and a header that is not a
+    bearer token is refused before one would be made."""
+    def ctx(user: User | None) -> Context:
+        return Context(operations=None, authorizer=None, streams=None, bus=None,  # type: ignore[arg-type]
+                       ready=lambda: (True, "ok"), local_user=user)
+
+    with served(create_app(ctx(User("dev", "", ("system:masters",))), max_body=1 << 16, ui_dir=str(tmp_path))) as base:
+        assert requests.get(f"{base}/api/v1/whoami", timeout=10).json() == {"user": "dev", "groups": ["system:masters"]}
+        basic = requests.get(f"{base}/api/v1/whoami", headers={"Authorization": "Basic eDp5"}, timeout=10)
+        assert basic.status_code == 401
+    with served(create_app(ctx(None), max_body=1 << 16, ui_dir=str(tmp_path))) as base:
+        assert requests.get(f"{base}/api/v1/whoami", timeout=10).status_code == 401
+        missing = requests.get(f"{base}/ui/", timeout=10)
+        assert missing.status_code == 404 and "make ui" in missing.json()["error"]["message"]

@@ -1,0 +1,148 @@
+"""api.Service's calls for the web UI (docs/ui.md, docs/api.md): who am I, which namespaces may I
+read, what may I do here, runs of every namespace, Workflows, and outputs stored in the object
+store. Real ServiceAccount tokens and real RBAC, as in test_api_service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compozy_operator.kube import Kube
+from compozy_operator.testenv.operator_process import OperatorProcess
+from tests.helpers import Kubectl
+
+from .conftest import wait_finished
+from . import test_api_service
+from .test_api_service import ALL_VERBS, Api, error_of, service_account_token, trigger
+from .test_ui import grant_workflows
+from .test_workflows import apply, workflow
+
+setup = test_api_service.setup  # the fixture: Workflows ok, slow, long, fails, typed and alice
+PY_BIG = "def run(input, ctx):\n    return {'blob': 'x' * input['n']}\n"
+
+
+def test_whoami_names_the_caller_and_needs_a_token(setup: dict[str, Any]) -> None:
+    api, ns = setup["api"], setup["namespace"]
+    me = api("GET", "/whoami").json()
+    assert me["user"] == f"system:serviceaccount:{ns}:alice"
+    assert "system:serviceaccounts" in me["groups"]
+    assert error_of(Api(setup["base"], None)("GET", "/whoami"), 401)["reason"] == "Unauthorized"
+
+
+def test_namespaces_are_those_the_caller_may_list_runs_in(setup: dict[str, Any], kube: Kube, kubectl: Kubectl,
+                                                           namespace: str) -> None:
+    api = setup["api"]
+    answer = api("GET", "/namespaces").json()
+    assert answer == {"items": [{"name": namespace}], "allNamespaces": False}  # not the other tests' namespaces
+    nobody = Api(setup["base"], service_account_token(kube, namespace, "nobody", []))
+    assert nobody("GET", "/namespaces").json() == {"items": [], "allNamespaces": False}
+    error = error_of(api("GET", "/executions"), 403)
+    assert "at the cluster scope" in error["message"], error
+
+
+def test_runs_of_every_namespace_page_by_page_for_a_cluster_wide_reader(setup: dict[str, Any], kube: Kube,
+                                                                         kubectl: Kubectl) -> None:
+    ns = setup["namespace"]
+    for _ in range(3):
+        trigger(setup["api"], ns, "ok")
+    token = service_account_token(kube, ns, "auditor", [])
+    kubectl.ok("create", "clusterrole", f"{ns}-read", "--verb=get,list", "--resource=workflowexecutions.compozy.dev")
+    kubectl.ok("create", "clusterrolebinding", f"{ns}-read", f"--clusterrole={ns}-read",
+               f"--serviceaccount={ns}:auditor")
+    try:
+        auditor = Api(setup["base"], token)
+        listed = auditor("GET", "/namespaces").json()
+        assert listed["allNamespaces"] is True and {"name": ns} in listed["items"]
+        names, cont = [], None
+        while True:
+            page = auditor("GET", "/executions", params={"limit": 2, "labelSelector": "compozy.dev/workflow=ok",
+                                                         **({"continue": cont} if cont else {})}).json()
+            assert len(page["items"]) <= 2
+            names += [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in page["items"]]
+            cont = page.get("continue")
+            if not cont:
+                break
+        mine = [n for n in names if n[0] == ns]
+        assert len(mine) == 3 and len(set(names)) == len(names), names
+        assert all(i["kind"] == "WorkflowExecution" for i in auditor("GET", "/executions").json()["items"])
+    finally:
+        kubectl("delete", "clusterrolebinding,clusterrole", f"{ns}-read")
+
+
+def test_access_answers_what_the_caller_may_do_here(setup: dict[str, Any], kube: Kube) -> None:
+    ns = setup["namespace"]
+    alice = setup["api"]("GET", f"/namespaces/{ns}/access").json()
+    assert alice["user"] == f"system:serviceaccount:{ns}:alice"
+    assert alice["resources"] == {"workflowexecutions": dict.fromkeys(("get", "list", "create", "patch"), True),
+                                  "workflows": {"get": False, "list": False}}
+    reader = Api(setup["base"], service_account_token(kube, ns, "reader", ["get", "list"]))
+    grant_workflows(kube, ns, "reader")
+    answer = reader("GET", f"/namespaces/{ns}/access").json()["resources"]
+    assert answer["workflowexecutions"] == {"get": True, "list": True, "create": False, "patch": False}
+    assert answer["workflows"] == {"get": True, "list": True}
+    elsewhere = reader("GET", "/namespaces/kube-system/access").json()["resources"]
+    assert not any(v for verbs in elsewhere.values() for v in verbs.values())
+
+
+def test_workflows_list_and_get_with_their_validation_status(setup: dict[str, Any], kube: Kube) -> None:
+    ns, api = setup["namespace"], setup["api"]
+    runs_only = Api(setup["base"], service_account_token(kube, ns, "runs-only", ALL_VERBS))
+    error = error_of(runs_only("GET", f"/namespaces/{ns}/workflows"), 403)  # Workflows are RBAC's own resource
+    assert '"workflows"' in error["message"], error
+    assert error_of(runs_only("GET", f"/namespaces/{ns}/workflows/typed"), 403)["reason"] == "Forbidden"
+    grant_workflows(kube, ns, "alice")
+    listed = api("GET", f"/namespaces/{ns}/workflows", params={"limit": 2}).json()
+    assert len(listed["items"]) == 2 and listed["continue"]
+    rest = api("GET", f"/namespaces/{ns}/workflows", params={"continue": listed["continue"]}).json()
+    names = {i["metadata"]["name"] for i in listed["items"] + rest["items"]}
+    assert names == {"ok", "slow", "long", "fails", "typed"}
+    typed = api("GET", f"/namespaces/{ns}/workflows/typed").json()
+    assert typed["kind"] == "Workflow" and typed["spec"]["input"]["required"] == ["n"]
+    assert error_of(api("GET", f"/namespaces/{ns}/workflows/nope"), 404)["reason"] == "NotFound"
+    assert error_of(api("GET", f"/namespaces/{ns}/workflows/Bad_Name"), 400)["field"] == "workflow"
+
+
+def test_a_stored_output_is_fetched_on_demand(setup: dict[str, Any], kubectl: Kubectl) -> None:
+    ns, api = setup["namespace"], setup["api"]
+    apply(kubectl, ns, workflow("big", [{"id": "make", "tool": "big", "with": {"n": 40_000},
+                                         "onSuccess": {"next": "small"}},
+                                        {"id": "small", "tool": "ok", "with": {"v": 1}}],
+                                tools=[{"id": "big", "python": PY_BIG}, {"id": "ok", "python": "def run(i, c):\n"
+                                                                                      "    return {'v': 1}\n"}]))
+    run = trigger(api, ns, "big")["name"]
+    status = wait_finished(kubectl, ns, run)
+    assert status["phase"] == "Succeeded" and "outputRef" in status["tasks"]["make"], status["tasks"]["make"]
+    stored = api("GET", f"/namespaces/{ns}/executions/{run}/output", params={"task": "make"})
+    assert stored.status_code == 200 and stored.json() == {"blob": "x" * 40_000}
+    small = error_of(api("GET", f"/namespaces/{ns}/executions/{run}/output", params={"task": "small"}), 404)
+    assert small["field"] == "task" and "in the status itself" in small["message"]
+    assert error_of(api("GET", f"/namespaces/{ns}/executions/{run}/output", params={"task": "nope"}), 404)["field"] == "task"
+    assert error_of(api("GET", f"/namespaces/{ns}/executions/{run}/output"), 404)["reason"] == "NotFound"
+
+
+def test_a_forged_output_ref_is_not_followed(setup: dict[str, Any], kubectl: Kubectl, kube: Kube) -> None:
+    """A status's outputRef came from a task attempt's event: one naming another run's object is refused."""
+    ns, api = setup["namespace"], setup["api"]
+    run = trigger(api, ns, "ok")["name"]
+    wait_finished(kubectl, ns, run)
+    kube.request("PATCH", f"/apis/compozy.dev/v1alpha1/namespaces/{ns}/workflowexecutions/{run}/status",
+                 {"status": {"tasks": {"echo": {"phase": "Succeeded", "outputRef": {
+                     "bucket": "COMPOZY_OUTPUTS", "key": "other-ns/other/uid/echo/1", "size": 1, "digest": "x"}}}}},
+                 content_type="application/merge-patch+json")
+    error = error_of(api("GET", f"/namespaces/{ns}/executions/{run}/output", params={"task": "echo"}), 409)
+    assert error["reason"] == "ForeignOutput"
+
+
+def test_the_ui_is_served_without_a_token_with_its_security_headers(operator: OperatorProcess) -> None:
+    import requests
+
+    home = requests.get(f"{operator.api_url}/", allow_redirects=False, timeout=10)
+    assert home.status_code == 307 and home.headers["location"] == "/ui/"
+    page = requests.get(f"{operator.api_url}/ui/", timeout=10)
+    assert page.status_code == 200 and '<div id="root">' in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY" and page.headers["cache-control"] == "no-cache"
+    asset = page.text.split('src="', 1)[1].split('"', 1)[0]
+    js = requests.get(f"{operator.api_url}{asset}", timeout=10)
+    assert js.status_code == 200 and "immutable" in js.headers["cache-control"]
+    assert "/api/v1" in js.text
+    assert 'src="http' not in page.text and 'href="http' not in page.text, "no CDN: every asset is served here"
