@@ -25,7 +25,7 @@ from .conftest import wait_finished
 from .test_api_service import service_account_token
 from .test_workflows import apply, execution, workflow
 
-EXAMPLES = 15  # per operation and generation mode: 9 operations x 2 modes x 15, about 20 s here
+EXAMPLES = 15  # per operation and generation mode: 16 operations x 2 modes x 15, about 35 s here
 SECRET = {"type": "object", "properties": {"key": {"const": "not-guessable-7f3a"}}, "required": ["key"]}
 
 

@@ -450,5 +450,9 @@ def test_health_metrics_and_openapi(setup: dict[str, Any]) -> None:
         "/api/v1/namespaces/{namespace}/executions/{name}/resubmit",
         "/api/v1/namespaces/{namespace}/executions/{name}/signals/{signal}",
         "/api/v1/namespaces/{namespace}/executions/{name}/events",
-        "/api/v1/namespaces/{namespace}/executions/{name}/logs"}
+        "/api/v1/namespaces/{namespace}/executions/{name}/logs",
+        # for the web UI (docs/ui.md; test_api_ui_endpoints)
+        "/api/v1/whoami", "/api/v1/namespaces", "/api/v1/namespaces/{namespace}/access", "/api/v1/executions",
+        "/api/v1/namespaces/{namespace}/workflows", "/api/v1/namespaces/{namespace}/workflows/{workflow}",
+        "/api/v1/namespaces/{namespace}/executions/{name}/output"}
     assert not any("422" in op["responses"] for path in doc["paths"].values() for op in path.values())

@@ -103,6 +103,7 @@ def test_cluster_wide_operator_may_do_what_it_needs_everywhere(kubectl: Kubectl,
     sa = releases["cluster"]
     missing = [m for ns in (None, "default", releases["namespaced-ns"]) for m in _matrix(kubectl, sa, NAMESPACED_NEEDS, ns)]
     missing += _matrix(kubectl, sa, [*REVIEWS, ("list", "nodes"), ("watch", "nodes"), ("get", "nodes"),
+                                     ("list", "namespaces"),  # api.Service: GET /api/v1/namespaces
                                      ("list", "customresourcedefinitions.apiextensions.k8s.io"),
                                      ("watch", "customresourcedefinitions.apiextensions.k8s.io")], None)
     assert not missing, f"denied but needed: {missing}"

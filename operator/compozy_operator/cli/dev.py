@@ -59,7 +59,7 @@ def dev_up(args: argparse.Namespace) -> int:
     from ..testenv import ComponentError, DevEnvironment
 
     from ..kube import set_context_extension
-    from ..testenv.pki import write_loopback_tls
+    from ..testenv.pki import ADMIN_GROUP, ADMIN_USER, write_loopback_tls
     from .logs import API_EXTENSION, API_PORT
 
     started = time.monotonic()
@@ -73,7 +73,11 @@ def dev_up(args: argparse.Namespace) -> int:
             "url": f"https://127.0.0.1:{port}",
             "certificate-authority-data": base64.b64encode(tls.ca_cert.read_bytes()).decode()})
         api = {"COMPOZY_API_CERT_FILE": str(tls.cert), "COMPOZY_API_KEY_FILE": str(tls.key),
-               "COMPOZY_API_CLIENT_CA": "cluster"}
+               "COMPOZY_API_CLIENT_CA": "cluster",
+               # the web UI without sign-in: a request with neither a token nor a certificate is the
+               # kubeconfig's own identity, on loopback only (docs/ui.md)
+               "COMPOZY_API_HOST": "127.0.0.1", "COMPOZY_API_LOCAL_USER": ADMIN_USER,
+               "COMPOZY_API_LOCAL_GROUPS": ADMIN_GROUP}
         requests: list[str] = []
         for action, sig in NATS_SIGNALS.items():
             signal.signal(sig, lambda *_, action=action: requests.append(action))

@@ -23,6 +23,7 @@ APISERVER_NAMES = (
     "kubernetes.default.svc.cluster.local",
 )
 APISERVER_IPS = ("127.0.0.1", "10.0.0.1")
+ADMIN_USER, ADMIN_GROUP = "compozy-admin", "system:masters"  # the local kubeconfig's identity
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def write_pki(directory: Path) -> Pki:
     )
     admin_key = ec.generate_private_key(ec.SECP256R1())
     admin = _cert(
-        _name("compozy-admin", "system:masters"), admin_key, ca_name, ca_key,
+        _name(ADMIN_USER, ADMIN_GROUP), admin_key, ca_name, ca_key,
         usage=[ExtendedKeyUsageOID.CLIENT_AUTH],
     )
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
