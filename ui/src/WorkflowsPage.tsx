@@ -169,7 +169,7 @@ function SubmitForm({ namespace, workflow, schema }: { namespace: string; workfl
 
 function FieldInput({ field, value, onChange }: { field: Field; value: string | boolean | undefined; onChange: (v: string | boolean) => void }) {
   const id = `field-${field.name}`
-  const label = <>{field.label}{field.required && <span className="required" title="required"> *</span>}</>
+  const label = <span>{field.label}{field.required && <span className="required" title="required"> *</span>}</span>
   if (field.kind === 'boolean') {
     return <label className="check"><input id={id} name={field.name} type="checkbox" checked={!!value} onChange={(e) => onChange(e.target.checked)} /> {label}</label>
   }

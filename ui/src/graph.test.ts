@@ -15,14 +15,15 @@ const spec = {
 describe('buildGraph', () => {
   it('draws transitions, routes with the taken one marked, parallel branches and collection counts', () => {
     const g = buildGraph(spec, {
-      pick: { phase: 'Succeeded' }, left: { phase: 'Succeeded' }, fan: { phase: 'Running' },
+      pick: { phase: 'Succeeded', output: { route: 'a', next: 'left' } }, left: { phase: 'Succeeded' }, fan: { phase: 'Running' },
       'each[0]': { phase: 'Succeeded' }, 'each[1]': { phase: 'Failed' }, 'each[2]': { phase: 'Succeeded' },
     })
     expect(g.nodes.map((n) => n.id)).toEqual(['pick', 'left', 'right', 'fan', 'p1', 'p2', 'each', 'report'])
     const edge = (s: string, t: string) => g.edges.find((e) => e.source === s && e.target === t)!
     expect(edge('pick', 'left')).toMatchObject({ kind: 'route', label: 'a', taken: true })
     expect(edge('pick', 'right')).toMatchObject({ kind: 'route', label: 'b', taken: false })
-    expect(edge('pick', 'fan')).toMatchObject({ kind: 'route', label: 'default' })
+    expect(edge('pick', 'fan')).toMatchObject({ kind: 'route', label: 'default', taken: false }) // fan ran, not from here
+    expect(edge('left', 'fan')).toMatchObject({ kind: 'success', taken: true })
     expect(edge('left', 'report')).toMatchObject({ kind: 'error', taken: false })
     expect(edge('fan', 'p2')).toMatchObject({ kind: 'branch' })
     expect(g.edges.some((e) => e.target === 'missing')).toBe(false) // an unknown next is not drawn

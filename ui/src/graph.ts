@@ -51,16 +51,26 @@ function detailOf(task: Json): string {
   return task.tool ? `tool ${task.tool}` : type
 }
 
+/** Whether the run went from `source` to `target` along an edge of `kind`: a router's output names
+ * the task it chose (`{"route", "next"}`); a transition is taken on its source's success or failure. */
+function taken(tasks: Record<string, Json>, source: string, target: string, kind: EdgeKind): boolean {
+  const from = tasks[source]
+  if (!from || tasks[target] === undefined) return false
+  if (kind === 'route') return typeof from.output?.next === 'string' ? from.output.next === target : true
+  if (kind === 'success') return from.phase === 'Succeeded'
+  if (kind === 'error') return from.phase === 'Failed'
+  return true
+}
+
 /** Nodes and edges of `spec.tasks`, coloured by the phases in `tasks` (a run's `status.tasks`;
- * `{}` for a Workflow). An edge is `taken` when both its ends ran. */
+ * `{}` for a Workflow). An edge is `taken` when the run went along it. */
 export function buildGraph(spec: Json, tasks: Record<string, Json> = {}): Graph {
   const nodes: GraphNode[] = []
   const edges: GraphEdge[] = []
   const children = collectionChildren(tasks)
-  const ran = (id: string) => tasks[id] !== undefined
   const edge = (source: string, target: string, kind: EdgeKind, label?: string) => {
     edges.push({ id: `${source}->${target}:${kind}:${label ?? ''}`, source, target, kind, label,
-      taken: ran(source) && ran(target) })
+      taken: taken(tasks, source, target, kind) })
   }
   const add = (task: Json, parent?: string) => {
     if (!task || typeof task.id !== 'string') return

@@ -13,6 +13,7 @@ describe('fieldsOf', () => {
   it('makes one field per property, of a kind that fits its type', () => {
     expect(fieldsOf(schema)!.map((f) => [f.name, f.kind, f.required])).toEqual([
       ['n', 'number', true], ['topic', 'text', true], ['mode', 'enum', false], ['dry', 'boolean', false], ['tags', 'json', false]])
+    expect(fieldsOf({ required: ['b'], properties: { a: {}, b: {} } })!.map((f) => f.name)).toEqual(['b', 'a'])
     expect(fieldsOf({ type: 'string' })).toBeNull()
     expect(fieldsOf(null)).toBeNull()
   })

@@ -11,7 +11,10 @@ export interface Field { name: string; label: string; kind: FieldKind; required:
 export function fieldsOf(schema: Json): Field[] | null {
   if (!schema || typeof schema !== 'object' || !schema.properties || typeof schema.properties !== 'object') return null
   const required = new Set<string>(Array.isArray(schema.required) ? schema.required : [])
-  return Object.entries(schema.properties as Record<string, Json>).map(([name, p]) => {
+  // required fields first, each group in the schema's order (the API server may have sorted the keys)
+  const entries = Object.entries(schema.properties as Record<string, Json>)
+  const ordered = [...entries.filter(([n]) => required.has(n)), ...entries.filter(([n]) => !required.has(n))]
+  return ordered.map(([name, p]) => {
     const type = Array.isArray(p?.type) ? p.type.find((t: string) => t !== 'null') : p?.type
     const kind: FieldKind = Array.isArray(p?.enum) ? 'enum' : type === 'string' ? 'text'
       : type === 'integer' || type === 'number' ? 'number' : type === 'boolean' ? 'boolean' : 'json'
