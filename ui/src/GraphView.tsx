@@ -1,6 +1,7 @@
 import { memo, useEffect, useMemo } from 'react'
-import { Background, Controls, Handle, MarkerType, MiniMap, Position, ReactFlow, useNodesState, type Edge, type Node,
-  type NodeProps } from '@xyflow/react'
+import { Background, Controls, Handle, MarkerType, MiniMap, Position, ReactFlow, ReactFlowProvider, useNodesInitialized, useNodesState,
+  type Edge, type Node, type NodeProps } from '@xyflow/react'
+import { markOnce } from './RunsPage'
 import { buildGraph, layout, type GraphNode } from './graph'
 import type { Json } from './api'
 
@@ -34,9 +35,13 @@ const nodeTypes = { task: TaskNode }
 
 /** The Workflow as a graph, nodes coloured by `tasks` (a run's status.tasks, live phases folded
  * in). Positions depend on the spec alone, so a phase change re-renders one node, never re-lays out. */
-export function GraphView({ spec, tasks, selected, onSelect }: {
-  spec: Json; tasks: Record<string, Json>; selected?: string | null; onSelect?: (id: string) => void
-}) {
+type GraphProps = { spec: Json; tasks: Record<string, Json>; selected?: string | null; onSelect?: (id: string) => void }
+
+export function GraphView(props: GraphProps) {
+  return <ReactFlowProvider><Flow {...props} /></ReactFlowProvider>
+}
+
+function Flow({ spec, tasks, selected, onSelect }: GraphProps) {
   const shape = useMemo(() => buildGraph(spec), [spec])
   const positions = useMemo(() => layout(shape), [shape])
   const graph = useMemo(() => buildGraph(spec, tasks), [spec, tasks])
@@ -58,6 +63,8 @@ export function GraphView({ spec, tasks, selected, onSelect }: {
     className: `edge-${e.kind}${e.taken ? ' taken' : ''}`,
     markerEnd: { type: MarkerType.ArrowClosed },
   })), [graph])
+  const initialized = useNodesInitialized()
+  useEffect(() => { if (initialized && nodes.length) markOnce('compozy:graph-rendered') }, [initialized, nodes.length])
   const large = nodes.length > 200
   return (
     <div className="graph" data-testid="graph">
