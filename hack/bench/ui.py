@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 import requests
+from selenium.common.exceptions import TimeoutException
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import NS, apply, percentile, prepare  # noqa: E402
@@ -73,9 +74,14 @@ def chain_workflow(n: int) -> dict:
 
 def mark(page: Page, name: str, timeout: float = 120) -> float:
     """Milliseconds from navigation start to the UI's User Timing mark ``name``."""
-    return page.wait(lambda d: d.execute_script(
-        "const m = performance.getEntriesByName(arguments[0], 'mark'); return m.length ? m[0].startTime : null", name),
-        name, timeout)
+    try:
+        return page.wait(lambda d: d.execute_script(
+            "const m = performance.getEntriesByName(arguments[0], 'mark'); return m.length ? m[0].startTime : null",
+            name), name, timeout)
+    except TimeoutException:
+        print(f"no {name} mark; the page shows: {page.one('main').text[:2000]!r}\n"
+              f"browser log: {page.driver.get_log('browser')[-10:]}", file=sys.stderr)
+        raise
 
 
 def fresh_load(page: Page, fragment: str, token: str, name: str) -> float:
@@ -96,6 +102,17 @@ def store_runs(kubectl, count: int) -> None:  # type: ignore[no-untyped-def]
         out = kubectl.apply(NS, *docs)
         if out.returncode != 0:
             raise RuntimeError(out.stderr)
+
+
+def settle(kubectl, count: int, timeout: float = 1800) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        phases = kubectl.ok("get", "wfx", "-n", NS, "-l", "compozy.dev/workflow=instant", "-o",
+                            "jsonpath={.items[*].status.phase}").split()
+        if sum(p in ("Failed", "Succeeded") for p in phases) >= count:
+            return
+        time.sleep(1)
+    raise RuntimeError(f"the {count} stored runs did not all end within {timeout:.0f}s")
 
 
 def main() -> None:
@@ -120,7 +137,8 @@ def main() -> None:
         api = Api(op.api_url, token)
         started = time.monotonic()
         store_runs(kubectl, args.runs)
-        print(f"stored {args.runs} runs in {time.monotonic() - started:.1f}s")
+        settle(kubectl, args.runs)  # the operator (api.Service shares its event loop) is idle again
+        print(f"stored {args.runs} runs, all ended, in {time.monotonic() - started:.1f}s")
         wide = trigger(api, NS, "wide", {"name": "wide-1"})["name"]
         wait_finished(kubectl, NS, wide, timeout=120)
         with tempfile.TemporaryDirectory(prefix="compozy-chromium-") as profile:
