@@ -1,6 +1,6 @@
-import { memo, useEffect, useMemo } from 'react'
+import { memo, useCallback, useEffect, useMemo } from 'react'
 import { Background, Controls, Handle, MarkerType, MiniMap, Position, ReactFlow, ReactFlowProvider, useNodesInitialized, useNodesState,
-  type Edge, type Node, type NodeProps } from '@xyflow/react'
+  type Edge, type Node, type NodeChange, type NodeProps } from '@xyflow/react'
 import { markOnce } from './RunsPage'
 import { buildGraph, layout, type GraphNode } from './graph'
 import type { Json } from './api'
@@ -63,12 +63,18 @@ function Flow({ spec, tasks, selected, onSelect }: GraphProps) {
     className: `edge-${e.kind}${e.taken ? ' taken' : ''}`,
     markerEnd: { type: MarkerType.ArrowClosed },
   })), [graph])
+  // a node selected by keyboard (Tab to it, Enter) opens its panel as a click does
+  const onChange = useCallback((changes: NodeChange<Node<TaskNodeData>>[]) => {
+    onNodesChange(changes)
+    const picked = changes.find((c) => c.type === 'select' && c.selected)
+    if (picked && picked.type === 'select') onSelect?.(picked.id)
+  }, [onNodesChange, onSelect])
   const initialized = useNodesInitialized()
   useEffect(() => { if (initialized && nodes.length) markOnce('compozy:graph-rendered') }, [initialized, nodes.length])
   const large = nodes.length > 200
   return (
     <div className="graph" data-testid="graph">
-      <ReactFlow nodes={nodes} edges={edges} nodeTypes={nodeTypes} onNodesChange={onNodesChange} fitView fitViewOptions={{ maxZoom: 1 }} minZoom={0.05}
+      <ReactFlow nodes={nodes} edges={edges} nodeTypes={nodeTypes} onNodesChange={onChange} fitView fitViewOptions={{ maxZoom: 1 }} minZoom={0.05}
         onlyRenderVisibleElements={large} nodesDraggable={false} nodesConnectable={false}
         onNodeClick={(_, node) => onSelect?.(node.id)}>
         <Background />
