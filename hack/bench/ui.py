@@ -79,7 +79,7 @@ def mark(page: Page, name: str, timeout: float = 120) -> float:
             "const m = performance.getEntriesByName(arguments[0], 'mark'); return m.length ? m[0].startTime : null",
             name), name, timeout)
     except TimeoutException:
-        print(f"no {name} mark; the page shows: {page.one('main').text[:2000]!r}\n"
+        print(f"no {name} mark; the page shows: {page.one('body').text[:2000]!r}\n"
               f"browser log: {page.driver.get_log('browser')[-10:]}", file=sys.stderr)
         raise
 

@@ -27,6 +27,7 @@ export function App() {
 
   const signIn = useCallback(async () => {
     setChecking(true)
+    const used = token.get()
     try {
       const me = await get('/whoami')
       const ns = await get('/namespaces')
@@ -36,8 +37,9 @@ export function App() {
     } catch (e) {
       setSession(null)
       const unauthorized = e instanceof ApiError && e.status === 401
-      if (!unauthorized || token.get()) setProblem((e as Error).message)
-      if (unauthorized) token.clear()
+      if (!unauthorized || used) setProblem((e as Error).message)
+      // forget the token that was refused, never one stored since (another tab's sign-in)
+      if (unauthorized && used && token.get() === used) token.clear()
     } finally {
       setChecking(false)
     }

@@ -79,7 +79,8 @@ function Flow({ spec, tasks, selected, onSelect }: GraphProps) {
         onNodeClick={(_, node) => onSelect?.(node.id)}>
         <Background />
         <Controls showInteractive={false} />
-        {!large && <MiniMap pannable zoomable nodeColor={(n) => `var(--${(n.data as TaskNodeData).node.phase})`} />}
+        {!large && <MiniMap pannable zoomable bgColor="var(--panel)" maskColor="var(--minimap-mask)"
+          nodeColor={(n) => `var(--${(n.data as TaskNodeData).node.phase})`} />}
       </ReactFlow>
     </div>
   )

@@ -314,6 +314,7 @@ function LogsPane({ namespace, name, task, ended, tasks, onTask }: {
 }) {
   const [lines, setLines] = useState<string[]>([])
   const [follow, setFollow] = useState(!ended)
+  const [requests, setRequests] = useState(false) // api.Service's own lines: each API call on the run, this page's too
   const [error, setError] = useState<string | null>(null)
   const bottom = useRef<HTMLDivElement>(null)
   useEffect(() => {
@@ -340,9 +341,10 @@ function LogsPane({ namespace, name, task, ended, tasks, onTask }: {
           {tasks.filter((t) => !t.includes('[')).map((t) => <option key={t}>{t}</option>)}
         </select>
         <label><input type="checkbox" checked={follow} onChange={(e) => setFollow(e.target.checked)} /> follow</label>
+        <label><input type="checkbox" checked={requests} onChange={(e) => setRequests(e.target.checked)} /> API requests</label>
       </div>
       {error && <p className="error" role="alert">{error}</p>}
-      <pre className="loglines" data-testid="logs">{lines.join('\n')}<div ref={bottom} /></pre>
+      <pre className="loglines" data-testid="logs">{(requests ? lines : lines.filter((l) => l.split(' ', 3)[1] !== 'api')).join('\n')}<div ref={bottom} /></pre>
     </div>
   )
 }
