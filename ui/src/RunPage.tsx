@@ -128,7 +128,7 @@ export function RunPage({ namespace, name, route }: { namespace: string; name: s
           </div>
           {st.message && <div className={st.error ? 'error' : 'muted'} data-testid="run-message">{st.message}</div>}
         </div>
-        <div className="actions">
+        <div className="actions" data-access={access ? 'known' : 'unknown'}>
           {mayPatch && !ended && <button className="danger" onClick={() => act('cancel')}>Cancel</button>}
           {mayPatch && retryable && <button onClick={() => act('retry')}>Retry</button>}
           {mayResubmit && <button onClick={() => act('resubmit')}>Resubmit</button>}

@@ -77,7 +77,7 @@ export function WorkflowPage({ namespace, name }: { namespace: string; name: str
           {cond && cond.status !== 'True' && <pre className="error">{cond.message}</pre>}
         </div>
       </div>
-      <div className="run-body">
+      <div className="run-body" data-access={access ? 'known' : 'unknown'}>
         <div className="run-main">
           <div className="tabs" role="tablist">
             <button role="tab" aria-selected={tab === 'graph'} className={tab === 'graph' ? 'active' : ''} onClick={() => setTab('graph')}>Graph</button>
