@@ -30,10 +30,12 @@ export function App() {
     const used = token.get()
     try {
       const me = await get('/whoami')
-      const ns = await get('/namespaces')
+      // signed in even when the namespaces cannot be listed (an operator whose RBAC lacks `list
+      // namespaces`): a namespace in the address still opens, and the header says why the menu is empty
+      const ns = await get('/namespaces').catch((e: Error) => ({ items: [], allNamespaces: false, problem: e.message }))
       setSession({ user: me.user, namespaces: ns.items.map((n: { name: string }) => n.name),
         allNamespaces: ns.allNamespaces, local: !token.get() })
-      setProblem(null)
+      setProblem(ns.problem ?? null)
     } catch (e) {
       setSession(null)
       const unauthorized = e instanceof ApiError && e.status === 401
@@ -67,7 +69,8 @@ export function App() {
             Namespace{' '}
             <select aria-label="Namespace" value={namespace} onChange={(e) => setNamespace(e.target.value)}>
               {session.allNamespaces && <option value={ALL}>All namespaces</option>}
-              {session.namespaces.map((n) => <option key={n} value={n}>{n}</option>)}
+              {[...new Set([...session.namespaces, ...(namespace && namespace !== ALL ? [namespace] : [])])]
+                .map((n) => <option key={n} value={n}>{n}</option>)}
             </select>
           </label>
         )}
@@ -79,6 +82,7 @@ export function App() {
           <button className="ghost" onClick={() => { token.clear(); setSession(null) }}>Sign out</button>
         )}
       </header>
+      {problem && <p className="error" role="alert">{problem}</p>}
       <main>
         {section === 'runs' && ns && name ? <RunPage key={`${ns}/${name}`} namespace={ns} name={name} route={route} />
           : section === 'workflows' && ns && name ? <WorkflowPage key={`${ns}/${name}`} namespace={ns} name={name} />
