@@ -96,7 +96,7 @@ def review_execution_update(old: JSON, new: JSON) -> list[str]:
     it) and ``retry`` (up by one; docs/retry.md)."""
     old_spec, new_spec = (old or {}).get("spec") or {}, (new or {}).get("spec") or {}
     problems = []
-    mutable = ("cancel", "retry")
+    mutable = ("cancel", "retry", "ttlSecondsAfterFinished")  # the TTL: keep a run longer, or let it go sooner
     if {k: v for k, v in old_spec.items() if k not in mutable} != {k: v for k, v in new_spec.items()
                                                                    if k not in mutable}:
         problems.append(IMMUTABLE)

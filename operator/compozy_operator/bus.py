@@ -38,7 +38,7 @@ from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 from . import failpoints
 from .events import (COMMAND_STREAM, LOG_MAX_AGE, LOG_MAX_BYTES, LOG_STREAM, OUTPUT_BUCKET, STATE_STREAM, Event, EventType, InvalidEvent,
                      Publisher, claim_subject, execution_logs, log_subject, output_chunk_token, output_meta_subject,
-                     parse_state_event, utcnow)
+                     parse_state_event, state_subject, utcnow)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -424,6 +424,26 @@ class Bus:
             await self.js.purge_stream(LOG_STREAM, subject=execution_logs(namespace, execution, uid))
         except NotFoundError:  # no log stream (deleted): nothing to purge; it is recreated elsewhere
             pass
+
+    async def purge_state(self, namespace: str, execution: str, uid: str) -> bool:
+        """Remove the state events of the run ``uid`` (deleted): every event stored under its name up
+        to its own last one, when that is the last one there; returns whether it did. The subjects name the
+        execution, not the run: when a new run of the same name has published since, the old events
+        are left to the stream's age limit rather than risk the new run's (the purge is bounded by
+        sequence, so one published meanwhile is never touched)."""
+        assert self.js is not None
+        subject = state_subject(namespace, execution, None)
+        try:
+            last = await self.js.get_last_msg(STATE_STREAM, subject)
+        except NotFoundError:  # none stored (or no stream): nothing to purge
+            return False
+        try:
+            owner = parse_state_event(last.subject or "", last.data or b"").data.get("uid")
+        except InvalidEvent:
+            return False
+        if owner != uid or last.seq is None:
+            return False
+        return await self.js.purge_stream(STATE_STREAM, subject=subject, seq=last.seq + 1)
 
     async def close(self) -> None:
         """Flush what was published, then close. Not a drain: after a pull consumer's fetch, drain

@@ -392,7 +392,8 @@ def data_problem(event: Event) -> str | None:
             return f"data.{key} must be a string, not {_shown(d[key])}"
     if not _RFC3339.fullmatch(event.time) or _time(event.time) is None:
         return f"time must be an RFC 3339 timestamp, not {_shown(event.time)}"
-    for key, minimum in (("attempt", 1), ("taskCount", 0), ("generation", 1), ("round", 0), ("retry", 0)):
+    for key, minimum in (("attempt", 1), ("taskCount", 0), ("generation", 1), ("round", 0), ("retry", 0),
+                         ("ttlSecondsAfterFinished", 0)):
         if d.get(key) is not None and not (_is_int(d[key]) and d[key] >= minimum):
             return f"data.{key} must be an integer >= {minimum}, not {_shown(d[key])}"
     if d.get("tasks") is not None and not (isinstance(d["tasks"], dict) and all(

@@ -4,8 +4,11 @@ HTTP endpoints (``/metrics``, ``/healthz``, ``/readyz``)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import threading
 from collections import Counter as TypedCounter
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
@@ -165,23 +168,81 @@ class LiveState:
         yield from (active, tasks, queued, connected, disconnects)
 
 
-def post_event(kube: Kube, execution: dict[str, Any], etype: str, reason: str, message: str) -> None:
-    """A core/v1 Event on the execution (what `kubectl describe wfx` shows)."""
-    meta = execution["metadata"]
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    body = {
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-        "involvedObject": {"apiVersion": API_VERSION, "kind": "WorkflowExecution", "name": meta["name"],
-                           "namespace": meta["namespace"], "uid": meta["uid"]},
-        "type": etype, "reason": reason, "message": message[:1024],
-        "source": {"component": "compozy-operator"}, "reportingComponent": "compozy-operator",
-        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-    }
-    try:
-        kube.create(f"/api/v1/namespaces/{meta['namespace']}/events", body)
-    except ApiException as e:
-        log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], e.reason)
+EVENT_MEMORY = 10_000  # Events whose count this operator remembers (others are read back once)
+
+
+class EventRecorder:
+    """core/v1 Events on executions (what ``kubectl describe wfx`` shows), aggregated as kubelet's are:
+    one Event per (execution, type, reason) with a deterministic name, whose ``count`` and
+    ``lastTimestamp`` go up and whose message is the latest. A run retried a thousand times has one
+    ``TaskFailed`` Event with count 1000, not a thousand Events: at most one per reason per run.
+    One write per milestone, as before (a create the first time, a patch after). Thread-safe: it
+    is called from the executor's threads."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self.counts: OrderedDict[str, int] = OrderedDict()  # Event name -> its count as last written
+        self.locks: dict[str, threading.Lock] = {}
+        self.guard = threading.Lock()
+
+    def post(self, execution: dict[str, Any], etype: str, reason: str, message: str) -> None:
+        meta = execution["metadata"]
+        name = event_name(meta["name"], meta["uid"], etype, reason)
+        with self.guard:
+            lock = self.locks.setdefault(name, threading.Lock())
+        try:
+            with lock:
+                self._post(meta, name, etype, reason, message[:1024])
+        except ApiException as e:
+            log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], e.reason)
+        finally:
+            with self.guard:
+                if len(self.locks) > EVENT_MEMORY:
+                    self.locks.pop(name, None)
+
+    def _post(self, meta: dict[str, Any], name: str, etype: str, reason: str, message: str) -> None:
+        path = f"/api/v1/namespaces/{meta['namespace']}/events"
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        count = self.counts.get(name)
+        if count is None:
+            body = {
+                "apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": name, "namespace": meta["namespace"]},
+                "involvedObject": {"apiVersion": API_VERSION, "kind": "WorkflowExecution", "name": meta["name"],
+                                   "namespace": meta["namespace"], "uid": meta["uid"]},
+                "type": etype, "reason": reason, "message": message,
+                "source": {"component": "compozy-operator"}, "reportingComponent": "compozy-operator",
+                "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            }
+            try:
+                self.kube.create(path, body)
+                self._remember(name, 1)
+                return
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+            count = int(self.kube.get(f"{path}/{name}").get("count") or 1)  # posted by an earlier operator
+        try:
+            self.kube.merge_patch(f"{path}/{name}", {"count": count + 1, "lastTimestamp": now, "message": message})
+            self._remember(name, count + 1)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            self.counts.pop(name, None)  # expired (the API server's event TTL): a new one
+            self._post(meta, name, etype, reason, message)
+
+    def _remember(self, name: str, count: int) -> None:
+        self.counts[name] = count
+        self.counts.move_to_end(name)
+        while len(self.counts) > EVENT_MEMORY:
+            self.counts.popitem(last=False)
+
+
+def event_name(execution: str, uid: str, etype: str, reason: str) -> str:
+    """``<execution>.<hash>``: the same for every Event of one run, type and reason (a new run of the
+    same name gets its own)."""
+    digest = hashlib.sha256(f"{uid}/{etype}/{reason}".encode()).hexdigest()[:16]
+    return f"{execution[:200]}.{digest}"
 
 
 class HttpServer:

@@ -8,6 +8,7 @@ from typing import Any
 
 from .resources.models import API_VERSION
 from .events import COMMAND_NONCE_ENV
+from .retention import ANNOTATION_POD_CLEANUP
 from .settings import Settings
 
 LABEL_MANAGED = "app.kubernetes.io/managed-by"
@@ -68,10 +69,11 @@ def label_value(text: str) -> str:
 
 def task_pod(settings: Settings, execution: dict[str, Any], task: str, attempt: int, *, image: str | None = None,
              env: list[dict[str, Any]] | None = None, resources: dict[str, Any] | None = None,
-             nonce: str | None = None) -> dict[str, Any]:
+             nonce: str | None = None, cleanup: str | None = None) -> dict[str, Any]:
     """The pod of one attempt; ``image``, ``env`` (EnvVars, after the runner's own) and ``resources``
     come from the tool (or the agent) it runs; ``nonce``: the one its TaskExecute command carries
-    (the runner runs no command without it: see task_executor)."""
+    (the runner runs no command without it: see task_executor); ``cleanup``: its run's pod cleanup
+    rule (retention.PodRule.annotation), read back by the pod watch once the pod has finished."""
     meta = execution["metadata"]
     name = pod_name(meta["name"], task, attempt)
     secret = settings.nats_secret
@@ -130,7 +132,7 @@ def task_pod(settings: Settings, execution: dict[str, Any], task: str, attempt: 
                 LABEL_TASK: label_value(dns_part(task)),
                 LABEL_ATTEMPT: str(attempt),
             },
-            "annotations": {ANNOTATION_TASK: task},
+            "annotations": {ANNOTATION_TASK: task, **({ANNOTATION_POD_CLEANUP: cleanup} if cleanup else {})},
             "ownerReferences": [{
                 "apiVersion": API_VERSION, "kind": "WorkflowExecution", "name": meta["name"], "uid": meta["uid"],
                 "controller": True, "blockOwnerDeletion": True,

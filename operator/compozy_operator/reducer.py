@@ -129,7 +129,8 @@ def _apply(s: WorkflowExecutionStatus, event: Event, seq: int) -> WorkflowExecut
             s.retries = max(s.retries or 0, data["retry"])
         if s.snapshot is None:
             s.snapshot = Snapshot(spec=data.get("spec"), spec_ref=data.get("specRef"), input=data.get("input"),
-                                  input_ref=data.get("inputRef"), timeout_seconds=data.get("timeoutSeconds"))
+                                  input_ref=data.get("inputRef"), timeout_seconds=data.get("timeoutSeconds"),
+                                  ttl_seconds_after_finished=data.get("ttlSecondsAfterFinished"))
         if s.phase == "Pending":
             s.phase = "Running"
             s.progress = _progress(s, data.get("taskCount", 0))

@@ -10,6 +10,7 @@ from pathlib import Path
 from . import __version__
 from .container_paths import host_path
 from .events import LOG_MAX_AGE, LOG_MAX_BYTES
+from .resources.models import POD_CLEANUP_POLICIES
 
 
 def _env(name: str, default: str = "") -> str:
@@ -67,8 +68,14 @@ class Settings:
     leader_renew_deadline: float = field(
         default_factory=lambda: float(_env("COMPOZY_LEADER_RENEW_DEADLINE_SECONDS", "10")))
     leader_retry: float = field(default_factory=lambda: float(_env("COMPOZY_LEADER_RETRY_SECONDS", "2")))
-    delete_finished_pods: bool = field(
-        default_factory=lambda: _env("COMPOZY_DELETE_FINISHED_PODS", "true").lower() == "true")
+    # the default pod cleanup policy of runs whose Workflow sets none (docs/cleanup.md); the older
+    # COMPOZY_DELETE_FINISHED_PODS=false still means Never
+    pod_cleanup: str = field(default_factory=lambda: _env("COMPOZY_POD_CLEANUP") or (
+        "OnPodCompletion" if _env("COMPOZY_DELETE_FINISHED_PODS", "true").lower() == "true" else "Never"))
+    pod_cleanup_delay: float = field(default_factory=lambda: float(_env("COMPOZY_POD_CLEANUP_DELAY_SECONDS", "0")))
+    # delete ended runs this long after they finished when neither the run nor its Workflow says (unset: keep)
+    ttl_seconds_after_finished: int | None = field(
+        default_factory=lambda: int(v) if (v := _env("COMPOZY_TTL_SECONDS_AFTER_FINISHED")) else None)
     state_batch: int = field(default_factory=lambda: int(_env("COMPOZY_STATE_BATCH", "256")))
     # Untrusted expressions (templates, input-schema regexes, collections) are evaluated in a pool of
     # worker processes (sandbox.py): at most this many (0: in the operator's own process, unbounded)
@@ -127,6 +134,12 @@ class Settings:
         default_factory=lambda: tuple(g for g in _env("COMPOZY_API_LOCAL_GROUPS").split(",") if g))
     # an execution's spec.input larger than this (bytes of compact JSON) is refused at apply
     max_input_bytes: int = field(default_factory=lambda: int(_env("COMPOZY_MAX_INPUT_BYTES", str(1 << 20))))
+
+    def __post_init__(self) -> None:
+        if self.pod_cleanup not in POD_CLEANUP_POLICIES:
+            raise ValueError(f"COMPOZY_POD_CLEANUP: {self.pod_cleanup!r} is not one of {', '.join(POD_CLEANUP_POLICIES)}")
+        if self.pod_cleanup_delay < 0 or (self.ttl_seconds_after_finished or 0) < 0:
+            raise ValueError("COMPOZY_POD_CLEANUP_DELAY_SECONDS and COMPOZY_TTL_SECONDS_AFTER_FINISHED must be >= 0")
 
     def nats_ca(self) -> str | None:
         """The CA's PEM text, or None (then the system's trust store verifies a TLS server)."""

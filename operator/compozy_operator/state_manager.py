@@ -32,7 +32,7 @@ from .resources.models import GROUP, TERMINAL_PHASES, VERSION, WorkflowExecution
 from .bus import Bus
 from .events import STATE_CONSUMER, STATE_STREAM, Event, EventType, InvalidEvent, parse_state_event
 from .kube import ApiException, Kube, merge_patch_diff
-from .monitoring import EVENTS, REJECTED_EVENTS, STATUS_PATCHES, observe, observe_event, post_event
+from .monitoring import EVENTS, REJECTED_EVENTS, STATUS_PATCHES, EventRecorder, observe, observe_event
 from .reducer import fold_all
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,7 @@ class StateManager:
         self.locks: dict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.fetch_error: str | None = None  # why the last fetch failed, until one succeeds
         self.position: tuple[datetime | None, int] | None = None  # (stream created, ack floor) last seen
+        self.recorder = EventRecorder(kube)  # Kubernetes Events of the milestones, aggregated
 
     def problem(self) -> str | None:
         """Why the manager cannot read events right now (for /readyz), or None."""
@@ -334,7 +335,7 @@ class StateManager:
         written = await asyncio.to_thread(self.kube.merge_patch, execution_path(*key) + "/status", {"status": patch})
         self.cache[key] = written
         for etype, reason, message in observe(key[0], p.before, p.after):
-            asyncio.get_running_loop().run_in_executor(None, post_event, self.kube, written, etype, reason, message)
+            asyncio.get_running_loop().run_in_executor(None, self.recorder.post, written, etype, reason, message)
         return written
 
     def forget(self, key: Key) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import jsonschema
 from pydantic import ValidationError
 
-from .resources.crd import FRIENDLY_PATTERNS
+from .resources.crd import FRIENDLY_PATTERNS, INLINE_HISTORY_MESSAGE
 from .resources.models import DURATION_PATTERN, ID_PATTERN, Task, WorkflowSpec
 from .template_check import ERROR, WARNING, check_templates
 
@@ -240,6 +240,8 @@ def check_workflow(wf: WorkflowSpec, prefix: str = "spec") -> list[str]:
     """Reference, graph and template checks the schema cannot express: each problem refuses the
     workflow (see :func:`workflow_warnings` for what may be fine)."""
     problems: list[str] = []
+    if prefix == "spec.workflow" and wf.history_limit is not None:  # an inline workflow: one run, no history
+        problems.append(INLINE_HISTORY_MESSAGE)
     ids = {t.id for t in wf.tasks}
     tools = {t.id for t in wf.tools or []}
     agents = {a.id: {x.id for x in a.actions} for a in wf.agents or []}

@@ -49,9 +49,10 @@ class Cleanup:
                 await self.delete_pod(run.namespace, pod["metadata"]["name"])
 
     async def deleted(self, obj: dict[str, Any]) -> None:
-        """``kubectl delete`` of an execution: its pods go with it (owner references); remove its
-        stored outputs and its log lines (by uid: a new run of the same name keeps its own), tell its
-        tasks to stop, and record the end for whoever watches the events."""
+        """``kubectl delete`` of an execution (or its TTL, or its Workflow's history limit): its pods go
+        with it (owner references); remove its stored outputs, its log lines (by uid: a new run of
+        the same name keeps its own) and its state events, tell its tasks to stop, and record the end
+        for whoever watches the events (a run deleted while it ran: its events stay until they age out)."""
         meta = obj["metadata"]
         if self.bus.nc is None:
             raise ConnectionError("NATS is not connected")
@@ -59,6 +60,7 @@ class Cleanup:
         if removed:
             log.info("removed %d stored outputs of %s/%s", removed, meta["namespace"], meta["name"])
         await self.bus.purge_logs(meta["namespace"], meta["name"], meta["uid"])
+        await self.bus.purge_state(meta["namespace"], meta["name"], meta["uid"])
         if (obj.get("status") or {}).get("phase", "Pending") in TERMINAL_PHASES:
             return
         await self.bus.nc.publish(cancel_subject(meta["namespace"], meta["name"]), b"{}")

@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 from nats.js.errors import NotFoundError
@@ -24,7 +25,7 @@ from ..resources.models import TERMINAL_PHASES, ErrorInfo, WorkflowExecutionStat
 from ..bus import Bus
 from ..events import Event, EventType, make_event, output_key, output_prefix, round_id
 from ..execution_requests import requested_retries
-from ..executor import CompleteTask, Dispatch, FailTask, Finish, ScheduleRetry, WakeAt, retry_due, retry_plan
+from ..executor import CompleteTask, Dispatch, FailTask, Finish, ScheduleRetry, WakeAt, epoch, retry_due, retry_plan
 from ..kube import Kube
 from ..monitoring import RECONCILE_SECONDS
 from ..pods import pod_name
@@ -34,11 +35,13 @@ from .cleanup import Cleanup
 from .dispatcher import Dispatcher
 from .effects import Effects, backoff, describe, transient
 from .pod_watch import PodWatch
+from .retention import Retention
 from .run import SOURCE, Run
 from .starter import SnapshotLost, Starter
 from .timers import Timers
 
 log = logging.getLogger(__name__)
+PURGED_MEMORY = 10_000  # deleted runs remembered, so that their leftovers are purged once, not twice
 MAX_MESSAGE = 4000  # characters of an error message in an event or the status
 
 
@@ -53,6 +56,8 @@ class Orchestrator:
         self.effects = Effects()
         self.timers = Timers(self._fire)
         self.cleanup = Cleanup(kube, bus)
+        self.purged: OrderedDict[str, None] = OrderedDict()  # uids of deleted runs whose leftovers are purged
+        self.retention = Retention(kube, self.effects, settings.ttl_seconds_after_finished, self.on_deleted)
         self.pool = EvalPool(settings)  # untrusted expressions are evaluated there, bounded
         self.starter = Starter(settings, kube, bus, self.pool)
         self.dispatcher = Dispatcher(settings, kube, bus)
@@ -69,6 +74,7 @@ class Orchestrator:
         meta = obj["metadata"]
         if meta.get("deletionTimestamp"):
             self.forget(meta["uid"])
+            self.retention.forget(meta["uid"])
             return
         status = WorkflowExecutionStatus.model_validate(obj.get("status") or {})
         wanted = requested_retries(obj.get("spec") or {})
@@ -76,7 +82,11 @@ class Orchestrator:
         # a copy older than the newest status seen (the watch can lag) cannot end a run that goes on
         current = known.newest if known and known.newest and known.newest.state_seq > status.state_seq else status
         if current.phase in TERMINAL_PHASES and not retry_due(current, max(wanted, known.wanted if known else 0)):
-            self.forget(meta["uid"])
+            workflow = ((obj.get("spec") or {}).get("workflowRef") or {}).get("name")
+            if meta["uid"] not in self.pods.finished and isinstance(workflow, str):  # its end, first seen here
+                self.retention.workflow_seen(meta["namespace"], workflow)
+            self.forget(meta["uid"], epoch(current.finished_at) if current.finished_at else None)
+            await self.retention.run_seen(obj)
             return
         self.pool.start()
         run = self.runs.setdefault(meta["uid"], Run(meta["uid"], meta["namespace"], meta["name"]))
@@ -107,8 +117,16 @@ class Orchestrator:
                 await self._failed(run, status, e)
 
     async def on_deleted(self, obj: dict[str, Any]) -> None:
+        """The execution is gone (its delete event; or deleted by retention, which calls this at once
+        so that a crash before the delete event is seen loses as little as possible)."""
         meta = obj["metadata"]
         self.forget(meta["uid"])
+        self.retention.forget(meta["uid"])
+        if meta["uid"] in self.purged:
+            return
+        self.purged[meta["uid"]] = None
+        while len(self.purged) > PURGED_MEMORY:
+            self.purged.popitem(last=False)
         await self.effects.run(("deleted", meta["uid"]), lambda: self.cleanup.deleted(obj),
                                f"cleaning up after the deleted execution {meta['namespace']}/{meta['name']}")
 
@@ -118,11 +136,11 @@ class Orchestrator:
     async def on_node(self, node: dict[str, Any], deleted: bool = False) -> None:
         await self.pods.on_node(node, deleted)
 
-    def forget(self, uid: str) -> None:
-        """The run has ended or is gone."""
+    def forget(self, uid: str, finished_at: float | None = None) -> None:
+        """The run has ended (at ``finished_at``) or is gone."""
         self.runs.pop(uid, None)
         self.timers.cancel(uid)
-        self.pods.run_ended(uid)
+        self.pods.run_ended(uid, finished_at)
 
     async def close(self) -> None:
         await self.effects.close()

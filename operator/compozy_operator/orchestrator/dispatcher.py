@@ -33,6 +33,7 @@ from ..executor import Dispatch, epoch
 from ..kube import ApiException, Kube
 from ..monitoring import DISPATCH_SECONDS, PODS_CREATED
 from ..pods import NATS_CA_KEY, pod_name, pod_nonce, task_pod
+from ..retention import PodRule
 from ..settings import Settings
 from .run import SOURCE, Run
 
@@ -46,6 +47,11 @@ class Dispatcher:
         self.secrets_ready: set[str] = set()
         # task pods not yet ended, per execution uid: pod name -> task key (kept by the pod watch)
         self.alive: dict[str, dict[str, str]] = {}
+        self.default_pod_rule = PodRule(settings.pod_cleanup, settings.pod_cleanup_delay)
+
+    def pod_rule(self, run: Run) -> PodRule:
+        """The run's pod cleanup rule: its Workflow's ``podCleanup`` over the operator's default."""
+        return PodRule.of(run.spec.pod_cleanup if run.spec else None, self.default_pod_rule)
 
     async def dispatch(self, run: Run, obj: dict[str, Any], status: WorkflowExecutionStatus, d: Dispatch) -> None:
         if (d.task, d.attempt) in run.pods:
@@ -61,7 +67,7 @@ class Dispatcher:
                 alive.pop(name, None)
                 return
             manifest = task_pod(self.settings, obj, d.task, d.attempt, image=d.image, env=d.env,
-                                resources=d.resources, nonce=nonce)
+                                resources=d.resources, nonce=nonce, cleanup=self.pod_rule(run).annotation())
             try:
                 await asyncio.to_thread(self.kube.create, f"/api/v1/namespaces/{run.namespace}/pods", manifest)
                 PODS_CREATED.inc()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ..executor import epoch
+
 # The pod can never start as it is: a Secret, ConfigMap or key it needs is missing, its image name
 # is wrong. Failed after a short grace (a Secret applied together with the run may still come), and
 # not retried: a new attempt would wait for the same thing.
@@ -52,6 +54,13 @@ def explain(pod: dict[str, Any], reason: str, message: str) -> str:
     what = f"key {key!r} of {kind_name} {ns}/{name}" if key else f"{kind_name} {ns}/{name}"
     needed = f", needed by {', '.join(users)}" if users else ""
     return f"{message}: create the {what}{needed}, then retry the run"
+
+
+def finished_at(pod: dict[str, Any]) -> float:
+    """When a finished pod's container ended (epoch seconds), else when the pod was created."""
+    ends = [epoch(t["finishedAt"]) for cs in (pod.get("status") or {}).get("containerStatuses") or []
+            if (t := (cs.get("state") or {}).get("terminated")) and t.get("finishedAt")]
+    return max(ends) if ends else epoch(pod["metadata"]["creationTimestamp"])
 
 
 def ready(pod: dict[str, Any]) -> bool:

@@ -4,7 +4,8 @@ Caught here: a pod deleted before it reported, a pod that failed (OOM-killed, ev
 crashed), a pod that can never start as it is (a missing Secret or key, a bad image name) for
 ``config_error_grace``, a pod that cannot start (image pulls) for ``pod_start_timeout``, and a pod
 whose node is not ready for ``node_lost_seconds``. While a pod waits, ``TaskPodWaiting`` tells the
-status why. Finished pods are removed. Every handler's effects go
+status why. Finished pods are removed as their run's pod cleanup rule says (retention.py, carried
+by each pod as an annotation, so it is known from the pod alone). Every handler's effects go
 through :class:`Effects`, so a failure (NATS or the API server away) is retried, not dropped.
 """
 
@@ -23,6 +24,7 @@ from ..executor import epoch
 from ..kube import ApiException, Kube
 from ..pods import ANNOTATION_TASK, LABEL_ATTEMPT, LABEL_TASK, TASK_POD_SELECTOR
 from ..reducer import TASK_TERMINAL
+from ..retention import PodRule, pod_fate
 from ..settings import Settings
 from .cleanup import Cleanup
 from .dispatcher import Dispatcher
@@ -41,7 +43,8 @@ class PodWatch:
         self.settings, self.kube, self.bus, self.runs = settings, kube, bus, runs
         self.dispatcher, self.cleanup, self.effects, self.slot_freed = dispatcher, cleanup, effects, slot_freed
         self.rechecks: set[tuple[str, str]] = set()
-        self.finished: OrderedDict[str, None] = OrderedDict()  # uids of runs known to have ended
+        self.finished: OrderedDict[str, float] = OrderedDict()  # runs known to have ended: uid -> when
+        self.kept: dict[str, set[tuple[str, str]]] = {}  # run uid -> its finished pods kept until it ends
         self.told: dict[str, str] = {}  # pod uid -> the waiting reason last published for it
 
     async def on_node(self, node: dict[str, Any], deleted: bool = False) -> None:
@@ -111,8 +114,21 @@ class PodWatch:
                                                     error={"reason": reason, "message": message}))
         if failure and event_type != "DELETED" and phase in ("Pending", "Running"):
             await self.cleanup.delete_pod(ns, meta["name"], grace=0)
-        if event_type != "DELETED" and phase in ("Succeeded", "Failed") and self.settings.delete_finished_pods:
-            await self.cleanup.delete_pod(ns, meta["name"], uid=meta["uid"])
+        if event_type != "DELETED" and phase in ("Succeeded", "Failed"):
+            await self._clean_up(pod, owner["uid"], phase)
+
+    async def _clean_up(self, pod: dict[str, Any], run_uid: str, phase: str) -> None:
+        """Delete a finished pod when its cleanup rule (carried by the pod) says: now, later (looked
+        at again then), once its run has ended (remembered until :meth:`run_ended`), or never."""
+        meta = pod["metadata"]
+        rule = PodRule.from_pod(pod, self.dispatcher.default_pod_rule)
+        fate = pod_fate(rule, phase, pod_state.finished_at(pod), self.finished.get(run_uid))
+        if fate.wait_for_run:
+            self.kept.setdefault(run_uid, set()).add((meta["namespace"], meta["name"]))
+        elif fate.at is not None and (wait := fate.at - time.time()) > 0:
+            self._recheck_later(pod, wait + 0.05)
+        elif fate.at is not None:
+            await self.cleanup.delete_pod(meta["namespace"], meta["name"], uid=meta["uid"])
 
     def attempt_state(self, uid: str, task: str, attempt: int) -> str:
         """``ended`` (the attempt, or its whole run, has ended), ``in-flight``, or ``unknown`` (the run
@@ -124,11 +140,14 @@ class PodWatch:
             return "unknown"
         return "ended" if _ended(run.status.tasks.get(task), attempt, TASK_TERMINAL) else "in-flight"
 
-    def run_ended(self, uid: str) -> None:
-        """Remember that a run has ended (bounded: the oldest are forgotten first)."""
-        self.finished[uid] = None
+    def run_ended(self, uid: str, finished_at: float | None = None) -> None:
+        """Remember that a run has ended, and when (bounded: the oldest are forgotten first); its
+        pods kept for the run's end (OnWorkflowCompletion) are looked at again."""
+        self.finished[uid] = self.finished.get(uid) or finished_at or time.time()
         while len(self.finished) > FINISHED_MEMORY:
             self.finished.popitem(last=False)
+        for namespace, name in self.kept.pop(uid, ()):
+            self._recheck_later({"metadata": {"namespace": namespace, "name": name}}, 0.0)
 
     def run_resumed(self, uid: str) -> None:
         """A retry round of an ended run began: its pods matter again."""
@@ -137,9 +156,7 @@ class PodWatch:
     def _result_lost(self, pod: dict[str, Any], known: str) -> tuple[str, str] | None:
         """A pod that exited 0 has stored its result before it exited; a result still not folded
         long after was lost with the state stream (deleted under it). None: wait and look again."""
-        finished = max((epoch(t["finishedAt"]) for cs in (pod.get("status") or {}).get("containerStatuses") or []
-                        if (t := (cs.get("state") or {}).get("terminated")) and t.get("finishedAt")), default=None)
-        waited = time.time() - (finished or epoch(pod["metadata"]["creationTimestamp"]))
+        waited = time.time() - pod_state.finished_at(pod)
         limit = RESULT_GRACE if known == "in-flight" else UNKNOWN_GRACE
         if waited < limit:
             self._recheck_later(pod, min(2.0, max(0.25, waited / 2), limit - waited + 0.5))

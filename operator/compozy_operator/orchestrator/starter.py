@@ -69,7 +69,9 @@ class Starter:
                     **_renamed(await self.bus.output_fields(f"{prefix}_snapshot/input", value, inline), "input")}
         started = make_event(EventType.WORKFLOW_STARTED, SOURCE, run.namespace, run.name, run.uid,
                              id_extra=round_id(round), workflow=wf_name, taskCount=len(wf.tasks), timeoutSeconds=timeout_s,
-                             generation=run.generation, **({"retry": spec.retry} if spec.retry else {}), **snapshot)
+                             generation=run.generation, **({"retry": spec.retry} if spec.retry else {}),
+                             **({"ttlSecondsAfterFinished": wf.ttl_seconds_after_finished}
+                                if wf.ttl_seconds_after_finished is not None else {}), **snapshot)
         try:
             await run.publish(self.bus, started)
         except PayloadTooLarge as e:  # e.g. a huge workflow name; everything large is stored apart

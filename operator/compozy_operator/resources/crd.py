@@ -113,8 +113,12 @@ def _same(field: str) -> str:
 
 #: The text of the admission webhook's refusal too (admission.IMMUTABLE): CEL compares the typed
 #: fields, the webhook the whole spec (``input`` is any JSON, which CEL cannot see).
-IMMUTABLE_MESSAGE = ("spec is immutable once the run is created; only spec.cancel and spec.retry may change — "
+IMMUTABLE_MESSAGE = ("spec is immutable once the run is created; only spec.cancel, spec.retry and "
+                     "spec.ttlSecondsAfterFinished may change — "
                      "create a new WorkflowExecution (or resubmit) to run again")
+#: Also said by validation.py (the webhook, `compozy validate`): a history is a Workflow's runs.
+INLINE_HISTORY_MESSAGE = ("spec.workflow.historyLimit: only a Workflow keeps a history of runs; set it on a Workflow "
+                          "(an inline workflow's run can use spec.ttlSecondsAfterFinished)")
 #: The texts of the retry rules, shared with the admission webhook (admission.py).
 RETRY_UP_MESSAGE = "spec.retry can only go up, by one at a time (each raise asks for one more retry)"
 CANCEL_FINAL_MESSAGE = ("spec.cancel: a cancelled run stays cancelled (cannot go from true back to false), except "
@@ -132,6 +136,7 @@ _RAISED = f"{_retry_of('self')} > {_retry_of('oldSelf')}"
 EXECUTION_SPEC_RULES = [
     _rule("has(self.workflowRef) != has(self.workflow)",
           "exactly one of spec.workflowRef or spec.workflow must be set"),
+    _rule("!has(self.workflow) || !has(self.workflow.historyLimit)", INLINE_HISTORY_MESSAGE, ".workflow.historyLimit"),
     _rule(" && ".join(_same(f) for f in ("workflowRef", "workflow", "timeout")), IMMUTABLE_MESSAGE),
     _rule(f"!has(oldSelf.cancel) || !oldSelf.cancel || (has(self.cancel) && self.cancel) || {_RAISED}",
           CANCEL_FINAL_MESSAGE, ".cancel"),

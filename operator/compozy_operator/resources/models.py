@@ -197,6 +197,38 @@ class Task(Model):
         return check_duration(v, positive=True)
 
 
+PodCleanupPolicy = Literal["OnPodCompletion", "OnPodSuccess", "OnWorkflowCompletion", "Never"]
+POD_CLEANUP_POLICIES: tuple[str, ...] = ("OnPodCompletion", "OnPodSuccess", "OnWorkflowCompletion", "Never")
+MAX_HISTORY = 10_000  # most ended runs a history limit may keep per phase class
+
+
+class PodCleanup(Model):
+    """When the task pods of a run are deleted once they have finished (docs/cleanup.md)."""
+
+    policy: PodCleanupPolicy | None = Field(
+        None, description="OnPodCompletion: each pod once it has finished (its result recorded); OnPodSuccess: "
+        "pods that succeeded (failed ones stay for debugging until the run is deleted); OnWorkflowCompletion: "
+        "all of the run's pods once the run has ended; Never: pods stay until the run is deleted. Default: the "
+        "operator's (COMPOZY_POD_CLEANUP, chart podCleanup.policy).")
+    delay: str | None = Field(None, pattern=DURATION_PATTERN,
+                              description="Wait this long after the pod (or, for OnWorkflowCompletion, the run) "
+                              "finished before deleting it, e.g. 30s. Default: the operator's.")
+
+    @field_validator("delay", mode="before")
+    @classmethod
+    def _delay(cls, v: Any) -> Any:
+        return check_duration(v)
+
+
+class HistoryLimit(Model):
+    """How many ended runs of a Workflow are kept; older ones are deleted (docs/cleanup.md)."""
+
+    succeeded: int | None = Field(None, ge=0, le=MAX_HISTORY,
+                                  description="Runs that ended Succeeded to keep (the newest by finish time).")
+    failed: int | None = Field(None, ge=0, le=MAX_HISTORY,
+                               description="Runs that ended Failed, TimedOut or Cancelled to keep (the newest).")
+
+
 class WorkflowSpec(Model):
     description: str | None = Field(None, description="What the workflow does (shown by kubectl get czwf).")
     input: JSONObject | None = Field(None, description="JSON Schema of WorkflowExecution.spec.input.")
@@ -210,6 +242,13 @@ class WorkflowSpec(Model):
         min_length=1, max_length=200, description="tasks[0] starts; a task with no onSuccess.next ends the run."
     )
     output: Any = Field(None, description="Template of the workflow's output.")
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, le=MAX_DURATION_SECONDS,
+        description="Delete each run this many seconds after it ended, with its stored outputs, logs and events "
+        "(a run's own spec.ttlSecondsAfterFinished wins; unset: the operator's default, or kept).")
+    history_limit: HistoryLimit | None = Field(
+        None, description="Keep only the newest ended runs of this Workflow per outcome; older ones are deleted.")
+    pod_cleanup: PodCleanup | None = Field(None, description="When finished task pods are deleted.")
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -227,6 +266,10 @@ class WorkflowExecutionSpec(Model):
     input: Any = Field(None, description="Input, validated against the Workflow's input schema.")
     timeout: str | None = Field(None, pattern=DURATION_PATTERN, description="Overrides the Workflow's timeout.")
     cancel: bool | None = Field(None, description="Set true to cancel the run.")
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, le=MAX_DURATION_SECONDS,
+        description="Delete the run this many seconds after it ended, with its stored outputs, logs and events; "
+        "wins over the Workflow's. May be changed at any time (e.g. raised to keep a run longer).")
     retry: int | None = Field(
         None, ge=0, le=1000, description="Raise by one to retry an ended run (Failed, TimedOut, Cancelled) from "
         "where it failed: succeeded tasks are kept, the others run again with their next attempt (docs/retry.md).")
@@ -271,6 +314,8 @@ class Snapshot(Model):
     input: Any = Field(None, description="The run's input (small inputs; else inputRef).")
     input_ref: OutputRef | None = Field(None, description="Where a large input is stored (NATS object store).")
     timeout_seconds: float | None = Field(None, description="The run's timeout in seconds.")
+    ttl_seconds_after_finished: int | None = Field(
+        None, description="The Workflow's ttlSecondsAfterFinished when the run started.")
 
 
 class AttemptRecord(Model):
