@@ -25,7 +25,8 @@ NAMESPACED_NEEDS = [
     ("get", "workflows.compozy.dev"), ("list", "workflows.compozy.dev"), ("watch", "workflows.compozy.dev"),
     ("patch", "workflows.compozy.dev", "status"),
     ("create", "pods"), ("delete", "pods"), ("get", "pods"), ("list", "pods"), ("watch", "pods"),
-    ("create", "secrets"), ("create", "events"),
+    ("create", "secrets"), ("create", "events"), ("get", "events"), ("patch", "events"),
+    ("delete", "workflowexecutions.compozy.dev"),  # ttlSecondsAfterFinished, historyLimit (docs/cleanup.md)
     # api.Service (api.enabled, the default): runs started for authorized callers (cancelled and
     # retried with the patch above)
     ("create", "workflowexecutions.compozy.dev"),
@@ -37,7 +38,7 @@ NEVER = [
     ("get", "secrets"), ("list", "secrets"), ("watch", "secrets"), ("update", "secrets"), ("delete", "secrets"),
     ("create", "pods", "exec"), ("create", "pods", "portforward"), ("patch", "pods"), ("update", "pods"),
     ("update", "workflowexecutions.compozy.dev"), ("update", "workflowexecutions.compozy.dev", "status"),
-    ("delete", "workflowexecutions.compozy.dev"), ("create", "workflows.compozy.dev"),
+    ("create", "workflows.compozy.dev"),
     ("delete", "workflows.compozy.dev"), ("patch", "workflows.compozy.dev"), ("update", "workflows.compozy.dev"),
     ("create", "deployments.apps"), ("create", "serviceaccounts", "token"),
     ("create", "roles.rbac.authorization.k8s.io"), ("create", "rolebindings.rbac.authorization.k8s.io"),

@@ -396,6 +396,29 @@ INVALID = {
     "no-tasks": (
         _mutated_workflow(_set("tasks", [])),
         ["spec.tasks", "should have at least 1 items"]),
+    # cleanup (docs/cleanup.md)
+    "negative-ttl": (
+        _mutated_workflow(_set("ttlSecondsAfterFinished", -1)),
+        ["spec.ttlSecondsAfterFinished", "should be greater than or equal to 0"]),
+    "ttl-not-a-number": (
+        _mutated_execution(_set("ttlSecondsAfterFinished", "1h")),
+        ["spec.ttlSecondsAfterFinished", 'must be of type integer']),
+    "negative-history": (
+        _mutated_workflow(_set("historyLimit", {"succeeded": 3, "failed": -2})),
+        ["spec.historyLimit.failed", "should be greater than or equal to 0"]),
+    "unknown-history-field": (
+        _mutated_workflow(_set("historyLimit", {"success": 3})),
+        ['unknown field "spec.historyLimit.success"']),
+    "history-of-an-inline-workflow": (
+        _mutated_execution(lambda s: (s.pop("workflowRef"), s.update(workflow={
+            **example_workflow()["spec"], "historyLimit": {"succeeded": 1}}))),
+        ["spec.workflow.historyLimit", "only a Workflow keeps a history of runs"]),
+    "unknown-pod-cleanup-policy": (
+        _mutated_workflow(_set("podCleanup", {"policy": "OnSuccess"})),
+        ["spec.podCleanup.policy", 'Unsupported value: "OnSuccess"', '"OnPodSuccess"']),
+    "bad-pod-cleanup-delay": (
+        _mutated_workflow(_set("podCleanup", {"policy": "Never", "delay": "30"})),
+        ["spec.podCleanup.delay", '"30" must be a duration']),
 }
 
 
@@ -425,6 +448,19 @@ def test_execution_spec_is_immutable_but_cancel(kubectl: Kubectl, kube: Kube, na
     assert out.returncode != 0 and "a cancelled run stays cancelled" in out.stderr, out.stderr
     got = kube.get(f"{PREFIX}/namespaces/{namespace}/workflowexecutions/{name}")
     assert got["spec"]["cancel"] is True and got["spec"]["workflowRef"] == obj["spec"]["workflowRef"]
+
+
+def test_an_executions_ttl_may_change_at_any_time(kubectl: Kubectl, kube: Kube, namespace: str) -> None:
+    """Unlike the rest of the spec (CEL transition rules; no webhook here): raised to keep a run
+    longer, lowered, removed."""
+    obj = _mutated_execution(_set("ttlSecondsAfterFinished", 60))
+    assert kubectl.apply(namespace, obj).returncode == 0
+    path = f"{PREFIX}/namespaces/{namespace}/workflowexecutions/{obj['metadata']['name']}"
+    for value in (3600, 0, None):
+        out = kubectl.apply(namespace, _mutated_execution(lambda s: s.update(
+            {} if value is None else {"ttlSecondsAfterFinished": value})))
+        assert out.returncode == 0, out.stderr
+        assert kube.get(path)["spec"].get("ttlSecondsAfterFinished") == value
 
 
 def test_retry_only_of_an_ended_run_one_at_a_time(kubectl: Kubectl, kube: Kube, namespace: str) -> None:

@@ -75,6 +75,24 @@ def test_run_spec_is_immutable_except_cancel() -> None:
     assert admission.IMMUTABLE == crd.IMMUTABLE_MESSAGE  # CEL and the webhook say the same
 
 
+def test_a_runs_ttl_may_change_and_cleanup_fields_are_checked() -> None:
+    old = _exec(workflowRef={"name": "w"}, input={"n": 1})
+    for ttl in (0, 60):
+        new = _exec(workflowRef={"name": "w"}, input={"n": 1}, ttlSecondsAfterFinished=ttl)
+        assert admission.review_execution_update(old, new) == []
+        assert admission.review_execution_update(new, old) == []
+    assert review_execution_create(_exec(workflowRef={"name": "w"}, input={"n": 1}, ttlSecondsAfterFinished=-5),
+                                   WF, 1000) == ["spec.ttlSecondsAfterFinished: Input should be greater than or "
+                                                 "equal to 0"]
+    inline = _exec(workflow={**WF["spec"], "historyLimit": {"succeeded": 2}}, input={"n": 1})
+    assert review_execution_create(inline, None, 1000) == [crd.INLINE_HISTORY_MESSAGE]
+    wf = {"spec": {**WF["spec"], "historyLimit": {"failed": 2}, "podCleanup": {"policy": "OnPodSuccess",
+                                                                               "delay": "30s"}}}
+    assert review_workflow(wf) == []
+    assert review_workflow({"spec": {**WF["spec"], "podCleanup": {"delay": "2y"}}})[0].startswith(
+        "spec.podCleanup.delay: ")
+
+
 def test_retry_goes_up_by_one_and_clears_cancel_with_it() -> None:
     old = _exec(workflowRef={"name": "w"}, input={"n": 1}, retry=1)
     review = admission.review_execution_update

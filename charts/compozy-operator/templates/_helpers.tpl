@@ -79,17 +79,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 Least privilege, derived from what the operator calls (see docs/install.md, "RBAC"):
 - workflowexecutions get/list/watch: Kopf's watch and the state manager's re-read
 - workflowexecutions patch: the compozy.dev/workflow label of a run created without it (metadata only; docs/retry.md)
+- workflowexecutions delete: ended runs past their ttlSecondsAfterFinished or their Workflow's historyLimit (docs/cleanup.md)
 - workflowexecutions/status patch: the state manager is the only writer of status
 - workflows get/list/watch: resolve spec.workflowRef (also in the admission webhook), watch Workflows for their status
 - workflows/status patch: the Ready condition of a Workflow (workflow_status.py)
 - pods get/list/watch/create/delete: task pods (create, watch, re-check, remove finished ones)
 - secrets create: the per-namespace NATS Secret for task pods (an existing one is kept; no read)
-- events create: Events on executions (kubectl describe wfx)
+- events create/get/patch: Events on executions (kubectl describe wfx), one per run and reason, its count raised
 */}}
 {{- define "compozy.namespacedRules" -}}
 - apiGroups: [compozy.dev]
   resources: [workflowexecutions]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch, patch, delete]
 {{- if .Values.api.enabled }}
 # api.Service starts runs for callers RBAC allowed (a SubjectAccessReview each); its cancels and
 # retries are patches, which the operator may make anyway (the workflow label)
@@ -114,7 +115,7 @@ Least privilege, derived from what the operator calls (see docs/install.md, "RBA
   verbs: [create]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, get, patch]
 {{- end }}
 
 {{/* The bundled NATS server's configuration; $POD_NAME, and $NATS_TOKEN or the callout's secrets, come from the environment. */}}
