@@ -408,8 +408,10 @@ def build_registry(op_ref: dict[str, Operator], app_settings: Settings) -> kopf.
             return
         if event["type"] == "DELETED":
             op_ref["op"].workflow_status.forget(body["metadata"]["uid"])
+            op_ref["op"].orchestrator.retention.generations.pop(body["metadata"]["uid"], None)
         else:
             await op_ref["op"].workflow_status.sync(_plain(body))
+            op_ref["op"].orchestrator.retention.workflow_changed(_plain(body))
 
     if app_settings.webhook_enabled:
         admission.register(registry, app_settings, lambda: op_ref["op"].kube, lambda: op_ref["op"].evaluate())

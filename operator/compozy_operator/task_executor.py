@@ -122,6 +122,9 @@ class TaskRunner:
     def __init__(self, bus: Bus, a: Attempt, logs: TaskLog, outage_seconds: float = DEFAULT_OUTAGE_SECONDS) -> None:
         self.bus, self.a, self.logs, self.outage_seconds = bus, a, logs, outage_seconds
         self.ended = False  # the attempt's end (TaskExecutionSuccess/Failed) is stored
+        # the attempt failed (reported): the pod then ends Failed, as kubectl and the pod cleanup
+        # rules (OnPodSuccess keeps failed pods) expect of it
+        self.failed = False
 
     async def nats(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         """``op`` retried through a NATS outage (it must be safe to repeat)."""
@@ -166,6 +169,7 @@ class TaskRunner:
                          error={"reason": "CommandRefused", "message": message})
         await self.log(message, "error")
         _termination_message(message)
+        self.failed = True
 
     async def claim(self) -> bool:
         """Claim the attempt; False (after reporting it) when another pod has run or runs it."""
@@ -255,7 +259,8 @@ class TaskRunner:
     async def fail(self, work: Work, error: dict[str, Any]) -> None:
         await self.event(work.failed, RUNTIME, **work.ident, error=error, **work.report())
         await self.event(EventType.TASK_FAILED, "compozy/task-executor", error=error, **work.task_report())
-        self.ended = True
+        self.ended = self.failed = True
+        _termination_message(f"{error.get('reason')}: {error.get('message')}")
 
 
 class Work:
@@ -399,13 +404,14 @@ async def _main(a: Attempt) -> int:
     logs.capture()  # what the tool (or anything in this process) prints becomes log lines too
     root = logging.getLogger()
     saved, root.handlers = root.handlers, [logs.handler("task-executor")]  # the runner's lines, with their levels
+    runner = TaskRunner(bus, a, logs, outage)
     try:
-        await TaskRunner(bus, a, logs, outage).run()
+        await runner.run()
     finally:
         await logs.close()
         root.handlers = saved
         await bus.close()
-    return 0
+    return 1 if runner.failed else 0
 
 
 def main() -> int:

@@ -34,6 +34,7 @@ from .run import SOURCE, Run
 
 RESULT_GRACE = 20.0  # seconds a finished pod's result may take to reach the status (redelivery included)
 UNKNOWN_GRACE = 300.0  # seconds a finished pod waits for its run to be known (then it is removed)
+STOP_GRACE = 10.0  # seconds a failed attempt's pod has to exit by itself before it is stopped
 FINISHED_MEMORY = 10_000  # ended runs remembered, so their pods are removed at once
 
 
@@ -176,9 +177,33 @@ class PodWatch:
         st = run.status.tasks.get(task) if run.status else None
         if not _ended(st, attempt, frozenset({"Failed", "Cancelled"})) or name in run.stopped:
             return
+        if st is not None and (attempt < st.attempt or st.phase == "Failed"):
+            # An attempt that failed (or was replaced by a retry) has usually reported it itself
+            # and its pod is exiting: it has STOP_GRACE to end as Failed, so that the pod cleanup
+            # rule decides about it (OnPodSuccess keeps it). The orchestrator's own failures (a
+            # timeout, a lost pod) stopped their pod already: this is the backstop.
+            if name not in run.grace:
+                run.grace.add(name)
+                what = f"stopping pod {run.namespace}/{name} of a failed attempt"
+                asyncio.get_running_loop().call_later(STOP_GRACE, lambda: asyncio.ensure_future(
+                    self.effects.run(("stop", run.uid, name), lambda: self._stop_late(run, name), what)))
+            return
         run.stopped.add(name)
         await self.effects.run(("stop", run.uid, name), lambda: self.cleanup.delete_pod(run.namespace, name),
                                f"stopping pod {run.namespace}/{name} of an ended attempt")
+
+    async def _stop_late(self, run: Run, name: str) -> None:
+        """The grace is over: stop the pod if it still has not ended."""
+        try:
+            pod = await asyncio.to_thread(self.kube.get, f"/api/v1/namespaces/{run.namespace}/pods/{name}")
+        except ApiException as e:
+            if e.status == 404:
+                return
+            raise
+        owners = {o.get("uid") for o in pod["metadata"].get("ownerReferences") or []}
+        if run.uid in owners and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+            run.stopped.add(name)
+            await self.cleanup.delete_pod(run.namespace, name, uid=pod["metadata"]["uid"])
 
     def _recheck_later(self, pod: dict[str, Any], delay: float) -> None:
         """Look at a pod again later: nothing may change on it while the clock runs out."""

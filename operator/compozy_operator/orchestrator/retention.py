@@ -47,6 +47,7 @@ class Retention:
         self.timers = Timers(self._expire)
         self.expiring: dict[str, tuple[str, str]] = {}  # uid -> (namespace, name) of runs with a timer
         self.prunes: set[tuple[str, str]] = set()  # (namespace, Workflow) with a prune scheduled
+        self.generations: dict[str, Any] = {}  # Workflow uid -> the generation (with a limit) last pruned for
 
     # ---- TTL ------------------------------------------------------------------------------
 
@@ -123,6 +124,17 @@ class Retention:
         return True
 
     # ---- history limits -------------------------------------------------------------------
+
+    def workflow_changed(self, wf: dict[str, Any]) -> None:
+        """A Workflow seen by the watch (each operator start lists them all): prune its history once
+        per generation that has a limit (its status writes are events too, and change nothing)."""
+        meta = wf["metadata"]
+        if not (wf.get("spec") or {}).get("historyLimit"):
+            self.generations.pop(meta["uid"], None)
+            return
+        if self.generations.get(meta["uid"]) != meta.get("generation"):
+            self.generations[meta["uid"]] = meta.get("generation")
+            self.workflow_seen(meta["namespace"], meta["name"])
 
     def workflow_seen(self, namespace: str, workflow: str) -> None:
         """A run of ``workflow`` ended, or the Workflow was seen: prune its history soon (coalesced)."""

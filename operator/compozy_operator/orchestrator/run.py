@@ -44,6 +44,7 @@ class Run:
     newest: WorkflowExecutionStatus | None = None  # the newest status received (watch copies can lag)
     status: WorkflowExecutionStatus | None = None  # the (virtual) status last decided from
     stopped: set[str] = field(default_factory=set)  # pods of ended attempts whose delete was sent
+    grace: set[str] = field(default_factory=set)  # pods of failed attempts given time to exit by themselves
     failures: int = 0  # consecutive failed reconciles (back-off)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

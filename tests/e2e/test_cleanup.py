@@ -1,0 +1,257 @@
+"""Cleanup end to end (docs/cleanup.md): ended runs deleted by ttlSecondsAfterFinished (also across an
+operator restart) and by their Workflow's historyLimit, taking their stored outputs, log lines and
+state events with them; finished task pods deleted as podCleanup says; Kubernetes Events aggregated."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from compozy_operator.events import LOG_STREAM, OUTPUT_BUCKET, STATE_STREAM, execution_logs, output_prefix, \
+    state_subject
+from compozy_operator.executor import epoch
+from compozy_operator.kube import Kube
+from compozy_operator.monitoring import event_name
+from compozy_operator.testenv import DevEnvironment
+from compozy_operator.testenv.operator_process import OperatorProcess
+from tests.helpers import Kubectl, wait_for
+
+from .conftest import OPERATOR_ENV, execution_status, wait_finished
+from .test_workflows import apply, execution, workflow
+
+PREFIX = "/apis/compozy.dev/v1alpha1/namespaces"
+# its output (20 KiB) is larger than the inline limit: it goes to the object store
+BIG = {"id": "big", "python": "def run(input, ctx):\n    ctx.log.info('making it')\n    return {'blob': 'x' * 20000}\n"}
+MAYBE = {"id": "maybe", "python": "import time\ndef run(input, ctx):\n    time.sleep(input.get('seconds', 0))\n"
+                                   "    if input['fail']:\n        raise RuntimeError('asked to')\n    return {}\n"}
+SLOW = {"id": "slow", "python": "import time\ndef run(input, ctx):\n    time.sleep(input['seconds'])\n    return {}\n"}
+
+
+def _nats(devenv: DevEnvironment, fn: Any) -> Any:
+    async def go() -> Any:
+        nc = await nats.connect(devenv.nats.url, token=devenv.nats.token)
+        try:
+            return await fn(nc.jetstream())
+        finally:
+            await nc.close()
+    return asyncio.run(go())
+
+
+def stored_count(devenv: DevEnvironment, stream: str, subject: str) -> int:
+    """How many messages ``stream`` holds under ``subject`` (a wildcard)."""
+    async def count(js: Any) -> int:
+        sub = await js.pull_subscribe(subject, stream=stream, config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30))
+        try:
+            return int((await sub.consumer_info()).num_pending)
+        finally:
+            await sub.unsubscribe()
+    return int(_nats(devenv, count))
+
+
+def stored_outputs(devenv: DevEnvironment, prefix: str) -> list[str]:
+    async def names(js: Any) -> list[str]:
+        try:
+            infos = await (await js.object_store(OUTPUT_BUCKET)).list(ignore_deletes=True)
+        except NotFoundError:
+            return []
+        return [i.name for i in infos if i.name.startswith(prefix)]
+    return list(_nats(devenv, names))
+
+
+def leftovers(devenv: DevEnvironment, namespace: str, name: str, uid: str) -> dict[str, int]:
+    """What the run ``uid`` has in NATS: stored outputs, log lines, state events."""
+    return {"outputs": len(stored_outputs(devenv, output_prefix(namespace, name, uid))),
+            "logs": stored_count(devenv, LOG_STREAM, execution_logs(namespace, name, uid)),
+            "state": stored_count(devenv, STATE_STREAM, state_subject(namespace, name, None))}
+
+
+def _get(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    items = kube.get(f"{PREFIX}/{namespace}/workflowexecutions", fieldSelector=f"metadata.name={name}")["items"]
+    return items[0] if items else None
+
+
+def _gone(kube: Kube, namespace: str, name: str) -> bool:
+    return _get(kube, namespace, name) is None
+
+
+def _runs(kube: Kube, namespace: str) -> set[str]:
+    return {o["metadata"]["name"] for o in kube.get(f"{PREFIX}/{namespace}/workflowexecutions")["items"]}
+
+
+def _pods(kube: Kube, namespace: str) -> set[str]:
+    return {p["metadata"]["name"] for p in kube.get(f"/api/v1/namespaces/{namespace}/pods")["items"]}
+
+
+def _with_ttl(name: str, workflow_name: str, ttl: int | None, input: Any = None) -> dict[str, Any]:
+    ex = execution(name, workflow_name, input)
+    if ttl is not None:
+        ex["spec"]["ttlSecondsAfterFinished"] = ttl
+    return ex
+
+
+def _finished_and_stored(kubectl: Kubectl, devenv: DevEnvironment, namespace: str, name: str) -> tuple[str, dict]:
+    """Wait for the run to succeed with everything it leaves in NATS stored; its uid and that."""
+    assert wait_finished(kubectl, namespace, name)["phase"] == "Succeeded"
+    uid = json.loads(kubectl.ok("get", "wfx", name, "-n", namespace, "-o", "json"))["metadata"]["uid"]
+    stored = wait_for(lambda: (got := leftovers(devenv, namespace, name, uid)) and all(got.values()) and got, 20,
+                      f"{name}'s outputs, lines and events in NATS")
+    return uid, stored
+
+
+def test_a_run_is_deleted_ttl_seconds_after_it_ended_with_what_it_stored(
+        operator: OperatorProcess, kubectl: Kubectl, kube: Kube, devenv: DevEnvironment, namespace: str) -> None:
+    """The run's own TTL wins over its Workflow's; a sibling with the Workflow's long TTL stays, with
+    everything it stored."""
+    apply(kubectl, namespace, workflow("short", [{"id": "b", "tool": "big", "with": {}}], tools=[BIG],
+                                       ttlSecondsAfterFinished=3600),
+          _with_ttl("short-1", "short", 2), _with_ttl("short-kept", "short", None))
+    uid, _ = _finished_and_stored(kubectl, devenv, namespace, "short-1")
+    kept_uid, kept = _finished_and_stored(kubectl, devenv, namespace, "short-kept")
+    wait_for(lambda: _gone(kube, namespace, "short-1"), 30, "short-1 to be deleted by its TTL")
+    wait_for(lambda: leftovers(devenv, namespace, "short-1", uid) == {"outputs": 0, "logs": 0, "state": 0}, 20,
+             "short-1's outputs, log lines and state events to be purged")
+    assert not _gone(kube, namespace, "short-kept")
+    assert execution_status(kubectl, namespace, "short-kept")["snapshot"]["ttlSecondsAfterFinished"] == 3600
+    assert leftovers(devenv, namespace, "short-kept", kept_uid) == kept
+
+
+@pytest.fixture
+def own_operator(operator: OperatorProcess, devenv: DevEnvironment, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """An operator this test may kill and start (the session's is stopped meanwhile); ended runs'
+    pods stay until their run goes (pod cleanup Never), so a restart has pods to find."""
+    operator.stop()
+    op = OperatorProcess(devenv, extra_env={**OPERATOR_ENV, "COMPOZY_POD_CLEANUP": "Never"},
+                         log_path=tmp_path / "operator.log")
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        operator.start()
+
+
+def test_a_run_that_expires_while_no_operator_runs_is_deleted_after_the_restart(
+        own_operator: OperatorProcess, kubectl: Kubectl, kube: Kube, devenv: DevEnvironment, namespace: str) -> None:
+    """Level-triggered: the operator that set the timer is killed before it fires; the next one finds
+    the expired run in its first list and deletes it, with what it stored (and its pods)."""
+    apply(kubectl, namespace, workflow("expires", [{"id": "b", "tool": "big", "with": {}}], tools=[BIG]),
+          _with_ttl("expires-1", "expires", 3))
+    uid, _ = _finished_and_stored(kubectl, devenv, namespace, "expires-1")
+    own_operator.kill()
+    finished = epoch(execution_status(kubectl, namespace, "expires-1")["finishedAt"])
+    time.sleep(max(0.0, finished + 3 - time.time()) + 0.5)  # expired while no operator runs
+    assert not _gone(kube, namespace, "expires-1") and _pods(kube, namespace) == {"expires-1-b-1"}
+    own_operator.start()
+    wait_for(lambda: _gone(kube, namespace, "expires-1"), 30, "the expired run to be deleted after the restart")
+    wait_for(lambda: leftovers(devenv, namespace, "expires-1", uid) == {"outputs": 0, "logs": 0, "state": 0}, 20,
+             "its outputs, log lines and state events to be purged")
+    wait_for(lambda: not _pods(kube, namespace), 30, "its pods to go with it")
+
+
+def test_history_limits_keep_the_newest_runs_of_each_outcome(operator: OperatorProcess, kubectl: Kubectl,
+                                                             kube: Kube, namespace: str) -> None:
+    """Each run's end prunes its Workflow's history; lowering the limit prunes at once; another
+    Workflow's runs and a run in flight are neither deleted nor counted."""
+    apply(kubectl, namespace,
+          workflow("kept", [{"id": "m", "tool": "maybe", "with": {"fail": "{{ workflow.input.fail }}",
+                                                                 "seconds": "{{ workflow.input.seconds }}"}}],
+                   tools=[MAYBE], historyLimit={"succeeded": 2, "failed": 1},
+                   input={"type": "object", "properties": {"fail": {"type": "boolean"},
+                                                           "seconds": {"type": "number", "default": 0}}}),
+          workflow("other", [{"id": "m", "tool": "maybe", "with": {"fail": False}}], tools=[MAYBE]),
+          execution("other-1", "other"), execution("long-1", "kept", {"fail": False, "seconds": 120}))
+    order = [("ok-1", False), ("bad-1", True), ("ok-2", False), ("bad-2", True), ("ok-3", False)]
+    for name, fail in order:  # one after the other: their finish times order them
+        apply(kubectl, namespace, execution(name, "kept", {"fail": fail}))
+        assert wait_finished(kubectl, namespace, name)["phase"] == ("Failed" if fail else "Succeeded")
+    wait_finished(kubectl, namespace, "other-1")
+    wait_for(lambda: _runs(kube, namespace) == {"ok-2", "ok-3", "bad-2", "other-1", "long-1"}, 30,
+             "the history beyond the limits to be deleted")
+    kubectl.ok("patch", "czwf", "kept", "-n", namespace, "--type=merge", "-p",
+               '{"spec": {"historyLimit": {"succeeded": 1, "failed": 0}}}')
+    wait_for(lambda: _runs(kube, namespace) == {"ok-3", "other-1", "long-1"}, 30, "the lowered limit to apply")
+    assert execution_status(kubectl, namespace, "long-1").get("phase") in ("Pending", "Running")
+
+
+def _pod_phases(kube: Kube, namespace: str) -> dict[str, str]:
+    return {p["metadata"]["name"]: p["status"].get("phase", "")
+            for p in kube.get(f"/api/v1/namespaces/{namespace}/pods")["items"]}
+
+
+# a succeeds, b fails: the run fails with one pod of each
+TWO = [{"id": "a", "tool": "maybe", "with": {"fail": False}, "onSuccess": {"next": "b"}},
+       {"id": "b", "tool": "maybe", "with": {"fail": True}}]
+
+
+@pytest.mark.parametrize(("policy", "left"), [
+    (None, set()),  # the operator's default: OnPodCompletion, as before podCleanup existed
+    ("OnPodCompletion", set()),
+    ("OnPodSuccess", {"pc-1-b-1"}),  # the failed one stays for debugging
+    ("Never", {"pc-1-a-1", "pc-1-b-1"}),
+])
+def test_pod_cleanup_policies(policy: str | None, left: set[str], operator: OperatorProcess, kubectl: Kubectl,
+                              kube: Kube, namespace: str) -> None:
+    spec = {"podCleanup": {"policy": policy}} if policy else {}
+    apply(kubectl, namespace, workflow("pc", TWO, tools=[MAYBE], **spec), execution("pc-1", "pc"))
+    assert wait_finished(kubectl, namespace, "pc-1")["phase"] == "Failed"
+    # both pods were seen finished; wait for the ones to go, then see the others stay as they are
+    wait_for(lambda: (got := _pod_phases(kube, namespace)).keys() == left
+             and all(phase in ("Succeeded", "Failed") for phase in got.values()), 30,
+             f"only {sorted(left)} to be left, finished")
+    apply(kubectl, namespace, execution("pc-2", "pc"))  # one more run's end: nothing of pc-1 changes
+    wait_finished(kubectl, namespace, "pc-2")
+    wait_for(lambda: {p for p in _pod_phases(kube, namespace) if p.startswith("pc-2-")}
+             == {p.replace("pc-1", "pc-2") for p in left}, 30, "pc-2's pods to be cleaned up the same way")
+    assert {p for p in _pod_phases(kube, namespace) if p.startswith("pc-1-")} == left
+
+
+def test_on_workflow_completion_keeps_pods_until_the_run_ends_then_after_the_delay(
+        operator: OperatorProcess, kubectl: Kubectl, kube: Kube, namespace: str) -> None:
+    apply(kubectl, namespace,
+          workflow("owc", [{"id": "a", "tool": "maybe", "with": {"fail": False}, "onSuccess": {"next": "s"}},
+                           {"id": "s", "tool": "slow", "with": {"seconds": 3}}], tools=[MAYBE, SLOW],
+                   podCleanup={"policy": "OnWorkflowCompletion", "delay": "2s"}),
+          execution("owc-1", "owc"))
+    wait_for(lambda: execution_status(kubectl, namespace, "owc-1").get("tasks", {}).get("s", {}).get("phase")
+             == "Running", 30, "the second task to run")
+    assert _pod_phases(kube, namespace).get("owc-1-a-1") == "Succeeded"  # ended long ago, kept for the run
+    status = wait_finished(kubectl, namespace, "owc-1")
+    assert status["phase"] == "Succeeded"
+    wait_for(lambda: not _pod_phases(kube, namespace), 30, "both pods to go after the run ended")
+    gone = time.time()
+    assert gone >= epoch(status["finishedAt"]) + 2  # not before the delay
+
+
+def test_events_are_aggregated_per_run_and_reason(operator: OperatorProcess, kubectl: Kubectl, kube: Kube,
+                                                  namespace: str) -> None:
+    """Each failed attempt of a retried task raises one TaskFailed Event's count instead of adding one."""
+    apply(kubectl, namespace,
+          workflow("flaky", [{"id": "m", "tool": "maybe", "with": {"fail": True},
+                              "retry": {"limit": 4, "backoff": {"initial": "1s", "factor": 1}}}], tools=[MAYBE]),
+          execution("flaky-1", "flaky"))
+    assert wait_finished(kubectl, namespace, "flaky-1", 90)["phase"] == "Failed"
+    uid = json.loads(kubectl.ok("get", "wfx", "flaky-1", "-n", namespace, "-o", "json"))["metadata"]["uid"]
+
+    def events() -> dict[str, dict[str, Any]] | None:
+        items = kube.get(f"/api/v1/namespaces/{namespace}/events",
+                         fieldSelector=f"involvedObject.uid={uid}")["items"]
+        by_reason = {e["reason"]: e for e in items}
+        return by_reason if {"Started", "TaskFailed", "Failed"} <= set(by_reason) and len(items) == len(
+            by_reason) else None
+
+    got = wait_for(events, 20, "one Event per reason")
+    assert set(got) == {"Started", "TaskFailed", "Failed"}
+    failed = got["TaskFailed"]
+    assert failed["metadata"]["name"] == event_name("flaky-1", uid, "Warning", "TaskFailed")
+    assert 2 <= failed["count"] <= 5 and "attempt" in failed["message"], failed
+    assert got["Failed"]["count"] == 1 and got["Started"]["count"] == 1
