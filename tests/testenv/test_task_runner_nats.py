@@ -194,7 +194,7 @@ def test_a_forged_command_is_refused_and_not_run(server: NatsServer, tmp_path: P
     runs = tmp_path / "runs"
     publish_command(server, "a", runs, 0, nonce="guessed", tool={"id": "counted", "python": COUNTED})
     runner = start_runner(server, tmp_path, "a", "uid-a")
-    assert runner.wait(60) == 0
+    assert runner.wait(60) == 1  # the attempt failed (reported): its pod ends Failed
     assert runs_of(runs) == {}
     failed = [e for e in state_events(server) if e.type == "TaskExecutionFailed"]
     assert [f.data["error"]["reason"] for f in failed] == ["CommandRefused"]
