@@ -49,6 +49,9 @@ LOOP_RESTARTS = Counter("compozy_loop_restarts_total", "Background loops of the 
                         ["loop"])
 JETSTREAM_REPAIRS = Counter("compozy_jetstream_repairs_total",
                             "Streams and consumers recreated after they were deleted", ["name"])
+RUNS_DELETED = Counter("compozy_executions_deleted_total",
+                       "Ended executions deleted by the operator: ttl (ttlSecondsAfterFinished) or history "
+                       "(a Workflow's historyLimit)", ["reason"])
 PODS_CREATED = Counter("compozy_task_pods_created_total", "Task pods created by the orchestrator")
 DISPATCH_SECONDS = Histogram(
     "compozy_dispatch_latency_seconds",
@@ -228,14 +231,16 @@ class EventRecorder:
         except ApiException as e:
             if e.status != 404:
                 raise
-            self.counts.pop(name, None)  # expired (the API server's event TTL): a new one
+            with self.guard:
+                self.counts.pop(name, None)  # expired (the API server's event TTL): a new one
             self._post(meta, name, etype, reason, message)
 
     def _remember(self, name: str, count: int) -> None:
-        self.counts[name] = count
-        self.counts.move_to_end(name)
-        while len(self.counts) > EVENT_MEMORY:
-            self.counts.popitem(last=False)
+        with self.guard:
+            self.counts[name] = count
+            self.counts.move_to_end(name)
+            while len(self.counts) > EVENT_MEMORY:
+                self.counts.popitem(last=False)
 
 
 def event_name(execution: str, uid: str, etype: str, reason: str) -> str:

@@ -121,6 +121,7 @@ def test_a_run_is_deleted_ttl_seconds_after_it_ended_with_what_it_stored(
     wait_for(lambda: leftovers(devenv, namespace, "short-1", uid) == {"outputs": 0, "logs": 0, "state": 0}, 20,
              "short-1's outputs, log lines and state events to be purged")
     assert not _gone(kube, namespace, "short-kept")
+    assert 'compozy_executions_deleted_total{reason="ttl"}' in operator.metrics()
     assert execution_status(kubectl, namespace, "short-kept")["snapshot"]["ttlSecondsAfterFinished"] == 3600
     assert leftovers(devenv, namespace, "short-kept", kept_uid) == kept
 
@@ -155,7 +156,9 @@ def test_a_run_that_expires_while_no_operator_runs_is_deleted_after_the_restart(
     wait_for(lambda: _gone(kube, namespace, "expires-1"), 30, "the expired run to be deleted after the restart")
     wait_for(lambda: leftovers(devenv, namespace, "expires-1", uid) == {"outputs": 0, "logs": 0, "state": 0}, 20,
              "its outputs, log lines and state events to be purged")
-    wait_for(lambda: not _pods(kube, namespace), 30, "its pods to go with it")
+    # the garbage collector's work (owner references): a fresh cluster's watches the CRD after its
+    # discovery resync (every 30 s)
+    wait_for(lambda: not _pods(kube, namespace), 90, "its pods to go with it")
 
 
 def test_history_limits_keep_the_newest_runs_of_each_outcome(operator: OperatorProcess, kubectl: Kubectl,
@@ -181,6 +184,7 @@ def test_history_limits_keep_the_newest_runs_of_each_outcome(operator: OperatorP
                '{"spec": {"historyLimit": {"succeeded": 1, "failed": 0}}}')
     wait_for(lambda: _runs(kube, namespace) == {"ok-3", "other-1", "long-1"}, 30, "the lowered limit to apply")
     assert execution_status(kubectl, namespace, "long-1").get("phase") in ("Pending", "Running")
+    assert 'compozy_executions_deleted_total{reason="history"}' in operator.metrics()
 
 
 def _pod_phases(kube: Kube, namespace: str) -> dict[str, str]:

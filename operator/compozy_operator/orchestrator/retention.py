@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from ..execution_requests import LABEL_WORKFLOW
 from ..kube import ApiException, Kube
+from ..monitoring import RUNS_DELETED
 from ..pods import label_value
 from ..resources.models import GROUP, VERSION, HistoryLimit
 from ..retention import expires_at, history_victims
@@ -33,6 +34,7 @@ from .timers import Timers
 
 log = logging.getLogger(__name__)
 CONFLICTS = 3  # deletes refused because the run changed, before leaving it to its next watch event
+LIST_PAGE = 500  # runs per LIST request of a history prune
 COALESCE = 0.5  # seconds a Workflow's prune waits for the other ends it can share a LIST with
 DeletedHook = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -102,6 +104,7 @@ class Retention:
         for _ in range(CONFLICTS):
             if await self._delete(meta["namespace"], meta["name"], meta["uid"], meta.get("resourceVersion")):
                 log.info("deleted %s/%s: its ttlSecondsAfterFinished has passed", meta["namespace"], meta["name"])
+                RUNS_DELETED.labels("ttl").inc()
                 await self.deleted(obj)
                 return
             # changed since it was decided from (or gone): decide again from what is stored now
@@ -165,10 +168,31 @@ class Retention:
             limit = HistoryLimit.model_validate(raw)
         except ValidationError:  # refused at apply; one that got in unchecked limits nothing
             return
-        runs = await asyncio.to_thread(self.kube.get, execution_path(namespace),
-                                       labelSelector=f"{LABEL_WORKFLOW}={label_value(workflow)}")
-        for obj in history_victims(runs.get("items") or [], workflow, limit):
+        for obj in history_victims(await self._runs_of(namespace, workflow), workflow, limit):
             meta = obj["metadata"]
             if await self._delete(namespace, meta["name"], meta["uid"], meta.get("resourceVersion")):
                 log.info("deleted %s/%s: beyond the history limit of Workflow %s", namespace, meta["name"], workflow)
+                RUNS_DELETED.labels("history").inc()
                 await self.deleted(obj)
+
+    async def _runs_of(self, namespace: str, workflow: str) -> list[dict[str, Any]]:
+        """The Workflow's runs, by label, a page at a time, each cut down to what the decision reads
+        (a run's status may be 256 KiB: thousands of them are never held at once)."""
+        runs: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            page = await asyncio.to_thread(self.kube.get, execution_path(namespace), limit=LIST_PAGE,
+                                           labelSelector=f"{LABEL_WORKFLOW}={label_value(workflow)}",
+                                           **({"continue": token} if token else {}))
+            runs += [_summary(obj) for obj in page.get("items") or []]
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return runs
+
+
+def _summary(obj: dict[str, Any]) -> dict[str, Any]:
+    meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+    return {"metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp",
+                                              "deletionTimestamp") if k in meta},
+            "spec": {k: spec[k] for k in ("workflowRef", "retry") if k in spec},
+            "status": {k: status[k] for k in ("phase", "finishedAt", "retries") if k in status}}
