@@ -126,6 +126,42 @@ def test_a_run_is_deleted_ttl_seconds_after_it_ended_with_what_it_stored(
     assert leftovers(devenv, namespace, "short-kept", kept_uid) == kept
 
 
+def state_events_of(devenv: DevEnvironment, namespace: str, name: str) -> list[tuple[str, str]]:
+    """(uid, type) of every state event stored under the execution name, in stream order."""
+    async def read(js: Any) -> list[tuple[str, str]]:
+        sub = await js.pull_subscribe(state_subject(namespace, name, None), stream=STATE_STREAM, config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30))
+        out: list[tuple[str, str]] = []
+        try:
+            while (pending := (await sub.consumer_info()).num_pending) > 0:
+                out += [(body["data"]["uid"], body["type"]) for m in await sub.fetch(min(pending, 256), 5)
+                        if (body := json.loads(m.data))]
+        finally:
+            await sub.unsubscribe()
+        return out
+    return list(_nats(devenv, read))
+
+
+def test_purging_a_deleted_runs_state_events_spares_a_new_run_of_the_same_name(
+        operator: OperatorProcess, kubectl: Kubectl, kube: Kube, devenv: DevEnvironment, namespace: str) -> None:
+    """State subjects name the execution, not the run: the purge stops at the deleted run's last
+    event, or leaves them all when the new run has published since."""
+    apply(kubectl, namespace, workflow("twice", [{"id": "b", "tool": "big", "with": {}}], tools=[BIG]),
+          execution("twice-1", "twice"))
+    old, _ = _finished_and_stored(kubectl, devenv, namespace, "twice-1")
+    kubectl.ok("delete", "wfx", "twice-1", "-n", namespace, "--wait=true")
+    apply(kubectl, namespace, execution("twice-1", "twice"))  # at once: it races the purge
+    wait_finished(kubectl, namespace, "twice-1")
+    new = json.loads(kubectl.ok("get", "wfx", "twice-1", "-n", namespace, "-o", "json"))["metadata"]["uid"]
+    wait_for(lambda: leftovers(devenv, namespace, "twice-1", old)["logs"] == 0, 20, "the old run's purge")
+    mine = [t for uid, t in state_events_of(devenv, namespace, "twice-1") if uid == new]
+    assert "WorkflowExecutionStarted" in mine and "WorkflowExecutionSuccess" in mine, mine
+    # and when the new one goes, nothing is left under the name but what the old one may have left
+    kubectl.ok("delete", "wfx", "twice-1", "-n", namespace)
+    wait_for(lambda: not [u for u, _ in state_events_of(devenv, namespace, "twice-1") if u == new], 20,
+             "the new run's state events to be purged with it")
+
+
 @pytest.fixture
 def own_operator(operator: OperatorProcess, devenv: DevEnvironment, tmp_path: Path) -> Iterator[OperatorProcess]:
     """An operator this test may kill and start (the session's is stopped meanwhile); ended runs'
