@@ -291,6 +291,7 @@ class Operator:
                 try:
                     if resource == "workflows":
                         await self.workflow_status.sync(obj)
+                        self.orchestrator.retention.workflow_changed(obj)
                     else:
                         await self.orchestrator.reconcile(obj)
                         count += 1
