@@ -53,7 +53,7 @@ def test_operator_and_task_pods_trust_the_private_ca(tls_env: DevEnvironment) ->
     op = OperatorProcess(tls_env, extra_env={"COMPOZY_NATS_CA_FILE": str(ca_file)})
     op.start()
     try:
-        kubectl.ok("apply", "-n", NS, "-f", str(EXAMPLES / "hello-workflow.yaml"))
+        kubectl.ok("apply", "-n", NS, "-f", str(EXAMPLES / "hello-workflow.yaml"), "-f", str(EXAMPLES / "hello-run.yaml"))
 
         def finished() -> dict | None:
             out = kubectl("get", "wfx", "hello-1", "-n", NS, "-o", "json")

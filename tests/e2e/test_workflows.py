@@ -49,7 +49,7 @@ def apply(kubectl: Kubectl, namespace: str, *docs: dict[str, Any]) -> None:
 
 
 def test_hello_example_with_kubectl(operator: OperatorProcess, kubectl: Kubectl, namespace: str) -> None:
-    kubectl.ok("apply", "-n", namespace, "-f", str(EXAMPLES / "hello-workflow.yaml"))
+    kubectl.ok("apply", "-n", namespace, "-f", str(EXAMPLES / "hello-workflow.yaml"), "-f", str(EXAMPLES / "hello-run.yaml"))
     status = wait_finished(kubectl, namespace, "hello-1")
     assert status["phase"] == "Succeeded", status
     table = kubectl.ok("get", "workflowexecutions", "-n", namespace)
