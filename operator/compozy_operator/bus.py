@@ -26,7 +26,7 @@ import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -36,9 +36,12 @@ from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from . import failpoints
-from .events import (COMMAND_STREAM, LOG_MAX_AGE, LOG_MAX_BYTES, LOG_STREAM, OUTPUT_BUCKET, STATE_STREAM, Event, EventType, InvalidEvent,
-                     Publisher, claim_subject, execution_logs, log_subject, output_chunk_token, output_meta_subject,
-                     parse_state_event, state_subject, utcnow)
+from .wire import (COMMAND_STREAM, LOG_MAX_AGE, LOG_MAX_BYTES, LOG_STREAM, OUTPUT_BUCKET, STATE_STREAM, EventType,
+                   Publisher, claim_subject, encode, execution_logs, log_subject, output_chunk_token, output_meta_subject,
+                   state_subject, utcnow)
+
+if TYPE_CHECKING:  # the pydantic model: the operator's; a task pod publishes envelopes (wire.envelope)
+    from .events import Event
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -287,20 +290,27 @@ class Bus:
             raise PayloadTooLarge(f"{what} is {len(payload)} bytes; the NATS server accepts at most {limit}")
         return payload
 
-    async def publish_event(self, event: Event) -> int:
-        """Publish a state event; return its stream sequence (the original's, for a duplicate)."""
+    async def publish_event(self, event: Event | dict[str, Any]) -> int:
+        """Publish a state event (the model, or a task pod's :func:`.wire.envelope`); return its
+        stream sequence (the original's, for a duplicate)."""
         assert self.js is not None
-        payload = self.check_size(event.model_dump_json().encode(), f"the {event.type} event")
-        failpoints.point(f"publish.{event.type}:before")
-        ack = await self.js.publish(event.subject, payload, stream=STATE_STREAM, headers={"Nats-Msg-Id": event.id})
-        failpoints.point(f"publish.{event.type}:after")
+        if isinstance(event, dict):
+            body, subject, etype, msg_id = encode(event), event["subject"], event["type"], event["id"]
+        else:
+            body, subject, etype, msg_id = event.model_dump_json().encode(), event.subject, event.type, event.id
+        payload = self.check_size(body, f"the {etype} event")
+        failpoints.point(f"publish.{etype}:before")
+        ack = await self.js.publish(subject, payload, stream=STATE_STREAM, headers={"Nats-Msg-Id": msg_id})
+        failpoints.point(f"publish.{etype}:after")
         return ack.seq
 
     async def replay(self, subject: str, batch: int = 512) -> list[tuple[int, Event]]:
         """Every state event stored under ``subject`` (a wildcard), in stream order, with sequences.
 
         Nothing when the stream is gone (it is recreated elsewhere); events that do not parse are
-        left out (the state manager rejects them too: :func:`parse_state_event`)."""
+        left out (the state manager rejects them too: :func:`.events.parse_state_event`)."""
+        from .events import InvalidEvent, parse_state_event  # noqa: PLC0415 - the operator's: pydantic
+
         assert self.js is not None
         try:
             sub = await self.js.pull_subscribe(
@@ -431,6 +441,8 @@ class Bus:
         execution, not the run: when a new run of the same name has published since, the old events
         are left to the stream's age limit rather than risk the new run's (the purge is bounded by
         sequence, so one published meanwhile is never touched)."""
+        from .events import InvalidEvent, parse_state_event  # noqa: PLC0415 - the operator's: pydantic
+
         assert self.js is not None
         subject = state_subject(namespace, execution, None)
         try:

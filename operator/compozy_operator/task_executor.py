@@ -45,10 +45,10 @@ from nats.errors import MaxPayloadError
 
 from .bus import Bus, PayloadTooLarge
 from .container_paths import host_path
-from .events import (COMMAND_NONCE_ENV, EventType, Publisher, cancel_subject, claim_subject, command_subject,
-                     inbox_prefix, make_event, output_key)
 from .runtime import TaskFailure, ToolContext, run_tool
 from .task_logs import TaskLog
+from .wire import (COMMAND_NONCE_ENV, EventType, Publisher, cancel_subject, claim_subject, command_subject, envelope,
+                   inbox_prefix, output_key)
 
 if TYPE_CHECKING:
     from .agents.providers import Reply, ToolCall
@@ -132,8 +132,8 @@ class TaskRunner:
 
     async def event(self, etype: EventType, source: str, **data: Any) -> None:
         a = self.a
-        event = make_event(etype, source, a.namespace, a.execution, a.uid, a.task, a.attempt,
-                           publisher=Publisher.ATTEMPT, podName=a.pod, **data)
+        event = envelope(etype, source, a.namespace, a.execution, a.uid, a.task, a.attempt,
+                         publisher=Publisher.ATTEMPT, podName=a.pod, **data)
         await self.nats(lambda: self.bus.publish_event(event), f"publishing {etype}")
 
     async def log(self, message: str, level: str = "info") -> None:

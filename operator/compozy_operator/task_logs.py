@@ -26,7 +26,7 @@ import threading
 from typing import Any, Protocol
 
 from .bus import Bus
-from .events import Publisher, utcnow
+from .wire import Publisher, utcnow
 
 MAX_LINE = 16 * 1024  # characters of one LogEmitted message
 DRAIN_SECONDS = 2.0  # at the end, how long the pipes' last lines and the publishes may take

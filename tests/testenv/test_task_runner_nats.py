@@ -75,6 +75,7 @@ def publish_command(server: NatsServer, task: str, file: Path, seconds: float, a
 
 
 def start_runner(server: NatsServer, tmp_path: Path, task: str, pod_uid: str, attempt: int = 1,
+                 python_args: tuple[str, ...] = ("-m", "compozy_operator.cli", "task", "run"),
                  **env: str) -> subprocess.Popen[bytes]:
     """The runner as a task pod runs it (its environment as the pod manifest gives it; ``pod_uid``
     "" leaves POD_UID unset, as in a pod manifest without it)."""
@@ -87,7 +88,7 @@ def start_runner(server: NatsServer, tmp_path: Path, task: str, pod_uid: str, at
     if pod_uid:
         variables["POD_UID"] = pod_uid
     log = (tmp_path / f"{pod}-{pod_uid}.log").open("wb")
-    return subprocess.Popen([sys.executable, "-m", "compozy_operator.cli", "task", "run"], env=variables,
+    return subprocess.Popen([sys.executable, *python_args], env=variables,
                             stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -143,6 +144,27 @@ def test_a_second_pod_of_a_claimed_attempt_does_not_run_the_tool(server: NatsSer
     holder = first_uid or f"{RUN}-a-1/"
     assert f"already claimed by pod {RUN}-a-1 (uid {holder}" in failed[0].data["error"]["message"]
     assert [e.type for e in state_events(server)].count("TaskExecutionSuccess") == 1
+
+
+def test_an_attempt_loads_none_of_the_heavy_modules(server: NatsServer, tmp_path: Path) -> None:
+    """A whole attempt (command, claim, tool, output, events, logs) through ``compozy task run``'s
+    own entry, then what its process had loaded: nothing of the operator's or the client's
+    (docs/performance.md: each of these is CPU every task pod would pay at its start)."""
+    runs, loaded = tmp_path / "runs", tmp_path / "modules.json"
+    publish_command(server, "a", runs, 0)
+    entry = ("import atexit, json, sys\n"
+             f"atexit.register(lambda: open({str(loaded)!r}, 'w').write(json.dumps(sorted(sys.modules))))\n"
+             "from compozy_operator.cli import main\n"
+             "sys.exit(main(['task', 'run']))\n")
+    runner = start_runner(server, tmp_path, "a", "uid-a", python_args=("-c", entry))
+    assert runner.wait(60) == 0, (tmp_path / f"{RUN}-a-1-uid-a.log").read_text()
+    assert runs_of(runs) == {"a 1": 1}
+    assert [e.type for e in state_events(server)].count("TaskExecutionSuccess") == 1
+    modules = set(json.loads(loaded.read_text()))
+    assert "nats.aio.client" in modules and "compozy_operator.task_executor" in modules
+    heavy = ("aiohttp", "pydantic", "kubernetes", "yaml", "jsonschema", "jinja2", "openai", "anthropic", "kopf",
+             "compozy_operator.events", "compozy_operator.resources", "compozy_operator.agents")
+    assert sorted(m for m in modules if m.split(".")[0] in heavy or m.startswith(heavy)) == []
 
 
 def test_attempts_in_flight_ride_out_a_20s_outage(server: NatsServer, tmp_path: Path) -> None:

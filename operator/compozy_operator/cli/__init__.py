@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import dev, local, logs, runs
-from .connect import CliError
-from .render import UsageError
+TASK_RUN = ["task", "run"]  # a task pod's command (pods.task_pod)
 
 
 def parser(prog: str = "compozy") -> argparse.ArgumentParser:
+    from . import dev, local, logs, runs  # noqa: PLC0415 - not on a task pod's start: see main
+
     p = argparse.ArgumentParser(prog=prog, description="Compozy: run and follow AI workflows on Kubernetes")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     runs.add_parsers(sub)
@@ -29,6 +29,15 @@ def parser(prog: str = "compozy") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "compozy") -> int:
+    if (sys.argv[1:] if argv is None else argv) == TASK_RUN:
+        # Every task attempt starts a process with this: it loads none of the client's modules
+        # (the kubernetes client, yaml, pydantic), only the runner's (docs/performance.md).
+        from .local import task_run  # noqa: PLC0415
+
+        return task_run()
+    from .connect import CliError  # noqa: PLC0415
+    from .render import UsageError  # noqa: PLC0415
+
     p = parser(prog)
     args = p.parse_args(argv)
     try:
