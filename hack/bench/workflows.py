@@ -1,14 +1,21 @@
-"""Workflow benchmark: N executions of M sequential no-op tasks on the local cluster.
+"""Workflow benchmark: N executions of M sequential no-op tasks on the local cluster, beside the
+raw limits of the same cluster measured in the same run.
 
     make bench                                   # default: 20 executions x 5 tasks
     .venv/bin/python hack/bench/workflows.py --executions 50 --tasks 10
 
-Prints figures (asserts nothing; machines here are shared and noisy):
-- tasks/s end to end (first execution created -> last one finished);
+Prints figures side by side (asserts nothing; machines here are shared and noisy):
+- raw limits: bare pods (``python3 -c pass``) completed per second on the process node, and
+  JetStream publish+ack per second (one at a time, and 64 in flight);
+- tasks/s end to end (first execution created -> last one finished), and its ratio to the bare-pod
+  rate (budget: >= 60%);
 - dispatch latency: a task's TaskExecutionSuccess event (its `time`) -> the next task's pod seen by
   a watch, p50/p99;
-- status PATCHes and other operator API writes per task (from the operator's own counters);
-- operator RSS at the end.
+- Kubernetes API writes per task, by kind (the operator's ``compozy_api_writes_total``; budget:
+  <= 3), and status PATCHes per task;
+- where the CPU goes: seconds per task of each process (task pods, process node, operator, API
+  server, etcd, NATS, ...), and operator RSS at the end.
+See docs/performance.md for what the figures mean.
 """
 
 from __future__ import annotations
@@ -16,15 +23,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import threading
 import time
 from datetime import datetime
 
 import nats
+from nats.js.api import StorageType, StreamConfig
 
-from compozy_operator.testenv import DevEnvironment
+from compozy_operator.testenv import DevEnvironment, Kube
+from compozy_operator.testenv.node import DEFAULT_IMAGES
 
-from common import NS, apply, counter, percentile, prepare, rss_mib
+from common import NS, apply, counter, cpu_seconds, own_cpu, percentile, prepare, rss_mib, samples
 
 NOOP = "def run(input, ctx):\n    return {'i': input.get('i', 0)}\n"
 
@@ -82,20 +92,86 @@ class Observer:
         await nc.close()
 
 
+def bare_pods(kube: Kube, count: int) -> tuple[float, int]:
+    """``count`` pods running ``python3 -c pass`` created at once on the process node: completions
+    per second (first create -> last Succeeded seen by a watch), and how many completed."""
+    done: dict[str, float] = {}
+    finished = threading.Event()
+    rv = kube.get(f"/api/v1/namespaces/{NS}/pods")["metadata"]["resourceVersion"]
+
+    def watch() -> None:
+        for ev in kube.watch(f"/api/v1/namespaces/{NS}/pods", rv, timeout_seconds=120, labelSelector="bench=bare"):
+            obj = ev.get("object") or {}
+            if (obj.get("status") or {}).get("phase") == "Succeeded":
+                done.setdefault(obj["metadata"]["name"], time.time())
+                if len(done) == count:
+                    finished.set()
+                    return
+
+    threading.Thread(target=watch, daemon=True).start()
+    time.sleep(0.5)
+    t0 = time.time()
+    for i in range(count):
+        kube.create(f"/api/v1/namespaces/{NS}/pods", {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"bare-{i}", "labels": {"bench": "bare"}},
+            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [
+                {"name": "main", "image": f"{DEFAULT_IMAGES[0]}:bench", "command": ["python3", "-c", "pass"]}]}})
+    finished.wait(120)
+    return (len(done) / (max(done.values()) - t0) if done else 0.0), len(done)
+
+
+async def jetstream_rate(url: str, token: str, count: int) -> tuple[float, float]:
+    """Publishes acknowledged by a file-backed stream per second: one at a time, and 64 in flight
+    (512-byte bodies, about a state event's size)."""
+    nc = await nats.connect(url, token=token)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="BENCH", subjects=["bench.>"], storage=StorageType.FILE))
+    body = b"x" * 512
+    t = time.perf_counter()
+    for i in range(count):
+        await js.publish(f"bench.{i % 100}", body)
+    serial = count / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for start in range(0, count, 64):
+        await asyncio.gather(*(js.publish(f"bench.{i % 100}", body) for i in range(start, min(count, start + 64))))
+    pipelined = count / (time.perf_counter() - t)
+    await js.delete_stream("BENCH")
+    await nc.close()
+    return serial, pipelined
+
+
+def processes(env: DevEnvironment, operator_pid: int) -> dict[str, int]:
+    """The processes whose CPU a task costs, by name."""
+    procs = {name: p.pid for name, p in env.cluster.procs.items() if p is not None}
+    procs.update({name: p.pid for name, p in env.nodes.items()})
+    procs["nats-server"] = env.nats.proc.pid
+    procs["operator"] = operator_pid
+    return procs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--executions", type=int, default=20)
     parser.add_argument("--tasks", type=int, default=5)
+    parser.add_argument("--bare-pods", type=int, default=100, help="pods of the bare-pod completion rate")
+    parser.add_argument("--publishes", type=int, default=2000, help="JetStream publishes of the publish+ack rate")
     args = parser.parse_args()
     n, m = args.executions, args.tasks
 
     with DevEnvironment.start() as env:
         kubectl, op = prepare(env)
+        kube = env.kube()
+        bare_rate, bare_done = bare_pods(kube, args.bare_pods)
+        kubectl.ok("delete", "pods", "-n", NS, "-l", "bench=bare", "--wait=true")
+        js_serial, js_pipelined = asyncio.run(jetstream_rate(env.nats.url, env.nats.token, args.publishes))
+
         apply(kubectl, workflow(m))
         obs = Observer(env)
         obs.start()
         before = op.metrics()
-        kube = env.kube()
+        procs = processes(env, op.proc.pid)
+        cpu0 = {name: cpu_seconds(pid) for name, pid in procs.items()}
+        nodes0 = {name: own_cpu(env.nodes[name].pid) for name in env.nodes}
         t0 = time.time()
         for i in range(n):
             kube.create(f"/apis/compozy.dev/v1alpha1/namespaces/{NS}/workflowexecutions", {
@@ -110,6 +186,8 @@ def main() -> None:
                 break
             time.sleep(0.2)
         elapsed = time.time() - t0
+        cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in procs.items()}
+        nodes = {name: own_cpu(env.nodes[name].pid) - nodes0[name] for name in env.nodes}
         after = op.metrics()
         rss = rss_mib(op.proc.pid)
         obs.stop.set()
@@ -123,17 +201,32 @@ def main() -> None:
                 if succ and pod:
                     lat.append(pod - succ)
         tasks = done * m
+        per = max(tasks, 1)
+        rate = tasks / elapsed
+        print(f"raw limits: bare pods (python3 -c pass, {bare_done}/{args.bare_pods} created at once) "
+              f"{bare_rate:.1f} completed/s; JetStream publish+ack {js_serial:.0f}/s one at a time, "
+              f"{js_pipelined:.0f}/s 64 in flight")
         print(f"{n} executions x {m} sequential no-op tasks: {done} Succeeded, "
               f"{sum(1 for p in phases.values() if p == 'Failed')} Failed, in {elapsed:.1f}s")
-        print(f"throughput: {tasks / elapsed:.1f} tasks/s end to end (each task is a pod whose process starts Python)")
+        print(f"throughput: {rate:.1f} tasks/s end to end = {rate / bare_rate * 100 if bare_rate else 0:.0f}% "
+              f"of the bare-pod rate (budget >= 60%)")
         if lat:
             print(f"dispatch latency (success event -> next pod seen by a watch, {len(lat)} samples): "
                   f"p50 {percentile(lat, 50) * 1000:.0f} ms, p99 {percentile(lat, 99) * 1000:.0f} ms")
+        writes = {k: v - samples(before, "compozy_api_writes_total").get(k, 0)
+                  for k, v in samples(after, "compozy_api_writes_total").items()}
+        writes = {k: v for k, v in writes.items() if v}
+        print(f"API writes per task: {sum(writes.values()) / per:.2f} (budget <= 3): " + ", ".join(
+            f"{k.split('=', 1)[1].strip(chr(34))} {v / per:.2f}" for k, v in sorted(writes.items(), key=lambda kv: -kv[1])))
         patches = counter(after, "compozy_status_patches_total") - counter(before, "compozy_status_patches_total")
-        pods = counter(after, "compozy_task_pods_created_total") - counter(before, "compozy_task_pods_created_total")
-        print(f"API writes per task: status PATCH {patches / max(tasks, 1):.2f}, pod create {pods / max(tasks, 1):.2f}, "
-              f"pod delete ~1 (finished pods are removed)")
-        print(f"operator RSS at the end: {rss:.0f} MiB")
+        print(f"status PATCHes per task: {patches / per:.2f}")
+        pods = sum(cpu.pop(name) for name in env.nodes)  # the nodes' trees: their containers, themselves
+        node_own = sum(nodes.values())
+        shown = {"task pods": pods - node_own, "process node": node_own, **cpu}
+        print(f"CPU seconds per task ({sum(shown.values()):.2f} in all; the machine had {elapsed * os.cpu_count():.0f} "
+              f"CPU-s in {elapsed:.0f}s): " + ", ".join(f"{k} {v / per:.3f}" for k, v in
+                                                        sorted(shown.items(), key=lambda kv: -kv[1])))
+        print(f"operator: {cpu['operator'] / per:.3f} CPU-s per task, RSS at the end {rss:.0f} MiB")
         op.stop()
 
 

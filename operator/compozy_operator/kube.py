@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import Counter
 
 from . import failpoints
 
@@ -23,6 +24,10 @@ MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 
 __all__ = ["ApiException", "Kube", "write_kubeconfig"]
+# Every write of this process (here, not in monitoring, which needs this module): what a task costs
+# the API server, by kind (docs/performance.md)
+API_WRITES = Counter("compozy_api_writes_total", "Kubernetes API writes sent, by verb and resource "
+                     "(e.g. patch.workflowexecutions.status)", ["write"])
 
 
 def write_kubeconfig(
@@ -123,6 +128,7 @@ class Kube:
 
     def _write(self, verb: str, method: str, path: str, body: Any, **kw: Any) -> JSON:
         name = failpoints.kube_write(verb, path)
+        API_WRITES.labels(name.removeprefix("kube.")).inc()
         failpoints.point(f"{name}:before")
         result = self.request(method, path, body, **kw)
         failpoints.point(f"{name}:after")
