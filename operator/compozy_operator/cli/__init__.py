@@ -10,14 +10,19 @@ Exit codes: 0 done; 1 an error, or with ``--wait``/``watch`` a run that did not 
 
 from __future__ import annotations
 
-import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
 
 TASK_RUN = ["task", "run"]  # a task pod's command (pods.task_pod)
 
 
 def parser(prog: str = "compozy") -> argparse.ArgumentParser:
-    from . import dev, local, logs, runs  # noqa: PLC0415 - not on a task pod's start: see main
+    import argparse  # noqa: PLC0415 - none of this on a task pod's start: see main
+
+    from . import dev, local, logs, runs  # noqa: PLC0415
 
     p = argparse.ArgumentParser(prog=prog, description="Compozy: run and follow AI workflows on Kubernetes")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -3,13 +3,16 @@ entrypoints of the operator's own processes (``operator``, ``task run``)."""
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from .. import __version__
+
+if TYPE_CHECKING:
+    import argparse
 
 
 VALIDATE_SECONDS = 2.0  # CPU seconds one input check of `compozy validate` may take

@@ -24,6 +24,7 @@ import json
 import logging
 import secrets
 import time
+from collections import defaultdict
 from typing import Any
 
 from ..resources.models import WorkflowExecutionStatus, WorkflowSpec
@@ -45,6 +46,8 @@ class Dispatcher:
     def __init__(self, settings: Settings, kube: Kube, bus: Bus) -> None:
         self.settings, self.kube, self.bus = settings, kube, bus
         self.secrets_ready: set[str] = set()
+        # one create per namespace, not one per run dispatching there at once (the rest answered 409)
+        self.secret_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # task pods not yet ended, per execution uid: pod name -> task key (kept by the pod watch)
         self.alive: dict[str, dict[str, str]] = {}
         self.default_pod_rule = PodRule(settings.pod_cleanup, settings.pod_cleanup_delay)
@@ -129,6 +132,12 @@ class Dispatcher:
     async def _ensure_nats_secret(self, namespace: str) -> None:
         if namespace in self.secrets_ready:
             return
+        async with self.secret_locks[namespace]:
+            if namespace not in self.secrets_ready:
+                await self._create_nats_secret(namespace)
+                self.secrets_ready.add(namespace)
+
+    async def _create_nats_secret(self, namespace: str) -> None:
         callout = self.settings.nats_auth == "callout"
         # callout mode: no token (each pod logs in with its own ServiceAccount token), and the URL
         # without the operator's own user and password
@@ -150,7 +159,6 @@ class Dispatcher:
             # and callout-mode pods do not read
             if e.status != 409:
                 raise
-        self.secrets_ready.add(namespace)
 
     def _workers_full(self, run: Run, task: str) -> bool:
         """maxWorkers counts pods, not statuses: a child that has reported keeps its pod alive a
