@@ -31,11 +31,6 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def counter(text: str, name: str) -> float:
-    """Sum of a Prometheus metric's samples (all label sets) in /metrics text."""
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))
-
-
 def prepare(env: DevEnvironment, start_operator: bool = True) -> tuple[Kubectl, OperatorProcess]:
     """CRDs established, namespace ``bench`` ready, the operator started (a local process)."""
     kubectl = Kubectl(env.bindir, env.kubeconfig)

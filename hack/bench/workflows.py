@@ -7,6 +7,8 @@ raw limits of the same cluster measured in the same run.
 Prints figures side by side (asserts nothing; machines here are shared and noisy):
 - raw limits: bare pods (``python3 -c pass``) completed per second on the process node, and
   JetStream publish+ack per second (one at a time, and 64 in flight);
+- a task pod's own start: CPU of ``compozy task run`` to its first NATS request and of a whole
+  no-op attempt, beside ``python3 -c pass`` (hack/bench/runner.py);
 - tasks/s end to end (first execution created -> last one finished), and its ratio to the bare-pod
   rate (budget: >= 60%);
 - dispatch latency: a task's TaskExecutionSuccess event (its `time`) -> the next task's pod seen by
@@ -34,7 +36,9 @@ from nats.js.api import StorageType, StreamConfig
 from compozy_operator.testenv import DevEnvironment, Kube
 from compozy_operator.testenv.node import DEFAULT_IMAGES
 
-from common import NS, apply, counter, cpu_seconds, own_cpu, percentile, prepare, rss_mib, samples
+from runner import runner_start, summary
+
+from common import NS, apply, cpu_seconds, own_cpu, percentile, prepare, rss_mib, samples
 
 NOOP = "def run(input, ctx):\n    return {'i': input.get('i', 0)}\n"
 
@@ -140,13 +144,35 @@ async def jetstream_rate(url: str, token: str, count: int) -> tuple[float, float
     return serial, pipelined
 
 
-def processes(env: DevEnvironment, operator_pid: int) -> dict[str, int]:
-    """The processes whose CPU a task costs, by name."""
-    procs = {name: p.pid for name, p in env.cluster.procs.items() if p is not None}
-    procs.update({name: p.pid for name, p in env.nodes.items()})
-    procs["nats-server"] = env.nats.proc.pid
-    procs["operator"] = operator_pid
-    return procs
+class CpuMeter:
+    """CPU seconds each process of the cluster spent between :meth:`start` and :meth:`stop`; the
+    process nodes' containers (task pods) apart from the nodes themselves."""
+
+    def __init__(self, env: DevEnvironment, operator_pid: int) -> None:
+        self.env = env
+        self.procs = {name: p.pid for name, p in env.cluster.procs.items() if p is not None}
+        self.procs.update({name: p.pid for name, p in env.nodes.items()})
+        self.procs["nats-server"] = env.nats.proc.pid
+        self.procs["operator"] = operator_pid
+
+    def _read(self) -> tuple[dict[str, float], float]:
+        return ({name: cpu_seconds(pid) for name, pid in self.procs.items()},
+                sum(own_cpu(p.pid) for p in self.env.nodes.values()))
+
+    def start(self) -> None:
+        self.before = self._read()
+
+    def stop(self) -> dict[str, float]:
+        (after, nodes), (before, nodes0) = self._read(), self.before
+        cpu = {name: after[name] - before[name] for name in self.procs}
+        trees = sum(cpu.pop(name) for name in self.env.nodes)  # the nodes' trees: their containers, themselves
+        return {"pods": trees - (nodes - nodes0), "process node": nodes - nodes0, **cpu}
+
+
+def cpu_line(cpu: dict[str, float], count: int, what: str, elapsed: float) -> str:
+    return (f"CPU seconds per {what}: {sum(cpu.values()) / count:.3f} = " + ", ".join(
+        f"{k} {v / count:.3f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if v >= 0.0005)
+        + f" (all processes: {sum(cpu.values()) / elapsed:.2f} of {os.cpu_count()} cores busy)")
 
 
 def main() -> None:
@@ -155,23 +181,27 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=5)
     parser.add_argument("--bare-pods", type=int, default=100, help="pods of the bare-pod completion rate")
     parser.add_argument("--publishes", type=int, default=2000, help="JetStream publishes of the publish+ack rate")
+    parser.add_argument("--runner-attempts", type=int, default=10, help="no-op attempts of the runner's start CPU")
     args = parser.parse_args()
     n, m = args.executions, args.tasks
 
     with DevEnvironment.start() as env:
         kubectl, op = prepare(env)
         kube = env.kube()
+        meter = CpuMeter(env, op.proc.pid)
+        meter.start()
+        t = time.time()
         bare_rate, bare_done = bare_pods(kube, args.bare_pods)
+        bare_cpu, bare_elapsed = meter.stop(), time.time() - t
         kubectl.ok("delete", "pods", "-n", NS, "-l", "bench=bare", "--wait=true")
         js_serial, js_pipelined = asyncio.run(jetstream_rate(env.nats.url, env.nats.token, args.publishes))
+        runner = asyncio.run(runner_start(env.nats.url, env.nats.token, args.runner_attempts, env.workdir))
 
         apply(kubectl, workflow(m))
         obs = Observer(env)
         obs.start()
         before = op.metrics()
-        procs = processes(env, op.proc.pid)
-        cpu0 = {name: cpu_seconds(pid) for name, pid in procs.items()}
-        nodes0 = {name: own_cpu(env.nodes[name].pid) for name in env.nodes}
+        meter.start()
         t0 = time.time()
         for i in range(n):
             kube.create(f"/apis/compozy.dev/v1alpha1/namespaces/{NS}/workflowexecutions", {
@@ -186,8 +216,7 @@ def main() -> None:
                 break
             time.sleep(0.2)
         elapsed = time.time() - t0
-        cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in procs.items()}
-        nodes = {name: own_cpu(env.nodes[name].pid) - nodes0[name] for name in env.nodes}
+        cpu = meter.stop()
         after = op.metrics()
         rss = rss_mib(op.proc.pid)
         obs.stop.set()
@@ -206,6 +235,7 @@ def main() -> None:
         print(f"raw limits: bare pods (python3 -c pass, {bare_done}/{args.bare_pods} created at once) "
               f"{bare_rate:.1f} completed/s; JetStream publish+ack {js_serial:.0f}/s one at a time, "
               f"{js_pipelined:.0f}/s 64 in flight")
+        print(f"task runner CPU ({args.runner_attempts} no-op attempts, one at a time): {summary(runner)}")
         print(f"{n} executions x {m} sequential no-op tasks: {done} Succeeded, "
               f"{sum(1 for p in phases.values() if p == 'Failed')} Failed, in {elapsed:.1f}s")
         print(f"throughput: {rate:.1f} tasks/s end to end = {rate / bare_rate * 100 if bare_rate else 0:.0f}% "
@@ -213,19 +243,15 @@ def main() -> None:
         if lat:
             print(f"dispatch latency (success event -> next pod seen by a watch, {len(lat)} samples): "
                   f"p50 {percentile(lat, 50) * 1000:.0f} ms, p99 {percentile(lat, 99) * 1000:.0f} ms")
-        writes = {k: v - samples(before, "compozy_api_writes_total").get(k, 0)
+        writes = {k.split("=", 1)[1].strip('"'): v - samples(before, "compozy_api_writes_total").get(k, 0)
                   for k, v in samples(after, "compozy_api_writes_total").items()}
-        writes = {k: v for k, v in writes.items() if v}
-        print(f"API writes per task: {sum(writes.values()) / per:.2f} (budget <= 3): " + ", ".join(
-            f"{k.split('=', 1)[1].strip(chr(34))} {v / per:.2f}" for k, v in sorted(writes.items(), key=lambda kv: -kv[1])))
-        patches = counter(after, "compozy_status_patches_total") - counter(before, "compozy_status_patches_total")
-        print(f"status PATCHes per task: {patches / per:.2f}")
-        pods = sum(cpu.pop(name) for name in env.nodes)  # the nodes' trees: their containers, themselves
-        node_own = sum(nodes.values())
-        shown = {"task pods": pods - node_own, "process node": node_own, **cpu}
-        print(f"CPU seconds per task ({sum(shown.values()):.2f} in all; the machine had {elapsed * os.cpu_count():.0f} "
-              f"CPU-s in {elapsed:.0f}s): " + ", ".join(f"{k} {v / per:.3f}" for k, v in
-                                                        sorted(shown.items(), key=lambda kv: -kv[1])))
+        pod_task = {k: writes.pop(k, 0) for k in ("create.pods", "delete.pods", "patch.workflowexecutions.status")}
+        print(f"API writes per pod task: {sum(pod_task.values()) / per:.2f} (budget <= 3) = " +
+              ", ".join(f"{k} {v / per:.2f}" for k, v in pod_task.items()) +
+              "; and per execution: " + (", ".join(f"{k} {v / max(done, 1):.2f}" for k, v in
+                                                    sorted(writes.items(), key=lambda kv: -kv[1]) if v) or "none"))
+        print(cpu_line(bare_cpu, max(bare_done, 1), "bare pod", bare_elapsed))
+        print(cpu_line(cpu, per, "task", elapsed))
         print(f"operator: {cpu['operator'] / per:.3f} CPU-s per task, RSS at the end {rss:.0f} MiB")
         op.stop()
 
