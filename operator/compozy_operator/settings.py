@@ -98,10 +98,8 @@ class Settings:
     node_lost_seconds: float = field(default_factory=lambda: float(_env("COMPOZY_NODE_LOST_SECONDS", "60")))
     # task outputs larger than this (bytes of JSON) go to the NATS object store; status keeps outputRef
     output_inline_limit: int = field(default_factory=lambda: int(_env("COMPOZY_OUTPUT_INLINE_LIMIT", "16384")))
-    # how long progress-only events (dispatched, started) may wait to share a status PATCH: longer
-    # than a short task's dispatch -> end under load, so such a task costs one write
-    # (docs/performance.md); well under the state consumer's ack wait (8 s)
-    status_defer: float = field(default_factory=lambda: float(_env("COMPOZY_STATUS_DEFER_SECONDS", "4")))
+    # how long progress-only events (dispatched, started) may wait to share a status PATCH
+    status_defer: float = field(default_factory=lambda: float(_env("COMPOZY_STATUS_DEFER_SECONDS", "2")))
     # The validating admission webhook (admission.py): served over HTTPS with this certificate and
     # key; the chart (or the local cluster's tests) registers it with the API server.
     webhook_enabled: bool = field(default_factory=lambda: _env("COMPOZY_WEBHOOK_ENABLED", "false").lower() == "true")

@@ -280,8 +280,7 @@ def test_who_may_do_what(setup: dict[str, Any], kube: Kube, devenv: DevEnvironme
 
 def test_cancel_retry_resubmit_signal(setup: dict[str, Any], kubectl: Kubectl) -> None:
     ns, api = setup["namespace"], setup["api"]
-    # `long`: the run must outlast the status showing it Running (progress is written within 4 s)
-    slow = trigger(api, ns, "long")["name"]
+    slow = trigger(api, ns, "slow")["name"]
     wait_for(lambda: execution_status(kubectl, ns, slow).get("phase") == "Running" or None, 30, "running")
     error_of(api("POST", f"/namespaces/{ns}/executions/{slow}/retry"), 409)  # not ended
     resp = api("POST", f"/namespaces/{ns}/executions/{slow}/cancel")

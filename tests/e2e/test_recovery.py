@@ -151,14 +151,13 @@ def test_a_run_survives_the_loss_of_its_state_stream(own_operator: OperatorProce
     """Defect 5: with its WorkflowExecutionStarted gone from the stream, a run stayed Running forever
     after a restart. Its snapshot now lives in its status."""
     apply(kubectl, namespace,
-          workflow("lasting", [{"id": "a", "tool": "counted", "with": {"dir": DIR, "v": 1, "sleep": 10},
+          workflow("lasting", [{"id": "a", "tool": "counted", "with": {"dir": DIR, "v": 1, "sleep": 4},
                                 "onSuccess": {"next": "b"}},
                                {"id": "b", "tool": "counted", "with": {"dir": DIR, "v": "{{ tasks.a.output.v }}"}}],
                    tools=TOOLS, output={"b": "{{ tasks.b.output.v }}"}),
           execution("lasting-1", "lasting", {"dir": str(tmp_path)}))
-    # a runs 10 s: its result is published after the stream is back (a result stored in the deleted
-    # stream is the next test's case), though the snapshot may show only when progress is written
-    # (COMPOZY_STATUS_DEFER_SECONDS, 4 s)
+    # a runs 4 s: its result is published after the stream is back (a result stored in the deleted
+    # stream is the next test's case)
     wait_for(lambda: execution_status(kubectl, namespace, "lasting-1").get("snapshot"), 30, "the run to start")
     own_operator.stop()
     _js(devenv, "delete_stream", "COMPOZY_STATE")

@@ -19,7 +19,7 @@ from tests.helpers import Kubectl, wait_for
 from compozy_operator.testenv.admission import unchecked  # past the webhook: what the run does with it
 from compozy_operator.testenv.operator_process import OperatorProcess
 
-from .conftest import execution_status, wait_finished
+from .conftest import OPERATOR_ENV, execution_status, wait_finished
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -321,6 +321,30 @@ def assert_relay_ran_once(status: dict[str, Any]) -> None:
 def metric(text: str, name: str, labels: str = "") -> float:
     m = re.search(rf"^{name}{re.escape(labels)} ([0-9.e+]+)$", text, re.M)
     return float(m.group(1)) if m else 0.0
+
+
+def test_a_pod_task_is_created_once_and_deleted_once(operator: OperatorProcess, devenv, kubectl: Kubectl, kube: Kube,
+                                                     namespace: str, tmp_path: Path) -> None:
+    """What a task costs the API server (docs/performance.md), counted by an operator of this test's
+    own (``compozy_api_writes_total`` from zero): its pod is created once and deleted once (not again
+    on the update its own delete causes), one status PATCH per task plus one for the run's end."""
+    operator.stop()
+    op = OperatorProcess(devenv, extra_env=OPERATOR_ENV, log_path=tmp_path / "operator.log")
+    op.start()
+    try:
+        apply(kubectl, namespace, workflow("frugal", [{"id": "a", "tool": "ok", "with": {}, "onSuccess": {"next": "b"}},
+                                                      {"id": "b", "tool": "ok", "with": {}}]),
+              execution("frugal-1", "frugal"))
+        assert wait_finished(kubectl, namespace, "frugal-1")["phase"] == "Succeeded"
+        wait_for(lambda: not kube.get(f"/api/v1/namespaces/{namespace}/pods")["items"], 30, "the pods to go")
+        text = op.metrics()
+    finally:
+        op.stop()
+        operator.start()
+    writes = {w: metric(text, "compozy_api_writes_total", f'{{write="{w}"}}')
+              for w in ("create.pods", "delete.pods", "patch.workflowexecutions.status")}
+    assert writes["create.pods"] == 2 and writes["delete.pods"] == 2, writes
+    assert 2 <= writes["patch.workflowexecutions.status"] <= 5, writes  # 3 unless a hop outlasts the deferral
 
 
 def test_metrics_move_for_a_run(operator: OperatorProcess, kubectl: Kubectl, namespace: str) -> None:

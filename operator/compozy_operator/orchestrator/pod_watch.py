@@ -122,6 +122,8 @@ class PodWatch:
         """Delete a finished pod when its cleanup rule (carried by the pod) says: now, later (looked
         at again then), once its run has ended (remembered until :meth:`run_ended`), or never."""
         meta = pod["metadata"]
+        if meta.get("deletionTimestamp"):  # being deleted (most often the echo of our own delete): once is enough
+            return
         rule = PodRule.from_pod(pod, self.dispatcher.default_pod_rule)
         fate = pod_fate(rule, phase, pod_state.finished_at(pod), self.finished.get(run_uid))
         if fate.wait_for_run:
