@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +33,21 @@ def operator(devenv: DevEnvironment, kubectl: Kubectl) -> Iterator[OperatorProce
     yield op
     SESSION_OPERATORS.remove(op)
     op.stop()
+
+
+@contextlib.contextmanager
+def instead_of(operator: OperatorProcess, devenv: DevEnvironment, log_path: Path,
+               **env: str) -> Iterator[OperatorProcess]:
+    """An operator a test may stop, kill and start, with the session's settings plus ``env``; the
+    session's operator is stopped meanwhile and started again after."""
+    operator.stop()
+    op = OperatorProcess(devenv, extra_env={**OPERATOR_ENV, **env}, log_path=log_path)
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        operator.start()
 
 
 def execution_status(kubectl: Kubectl, namespace: str, name: str) -> dict:

@@ -25,7 +25,7 @@ from compozy_operator.testenv import DevEnvironment
 from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl, wait_for
 
-from .conftest import OPERATOR_ENV, execution_status, wait_finished
+from .conftest import execution_status, instead_of, wait_finished
 from .test_workflows import apply, execution, workflow
 
 PREFIX = "/apis/compozy.dev/v1alpha1/namespaces"
@@ -166,15 +166,8 @@ def test_purging_a_deleted_runs_state_events_spares_a_new_run_of_the_same_name(
 def own_operator(operator: OperatorProcess, devenv: DevEnvironment, tmp_path: Path) -> Iterator[OperatorProcess]:
     """An operator this test may kill and start (the session's is stopped meanwhile); ended runs'
     pods stay until their run goes (pod cleanup Never), so a restart has pods to find."""
-    operator.stop()
-    op = OperatorProcess(devenv, extra_env={**OPERATOR_ENV, "COMPOZY_POD_CLEANUP": "Never"},
-                         log_path=tmp_path / "operator.log")
-    op.start()
-    try:
+    with instead_of(operator, devenv, tmp_path / "operator.log", COMPOZY_POD_CLEANUP="Never") as op:
         yield op
-    finally:
-        op.stop()
-        operator.start()
 
 
 def test_a_run_that_expires_while_no_operator_runs_is_deleted_after_the_restart(

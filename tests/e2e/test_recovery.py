@@ -20,7 +20,7 @@ from compozy_operator.testenv.admission import unchecked  # past the webhook: wh
 from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl, pid_of, wait_for
 
-from .conftest import OPERATOR_ENV, execution_status, wait_finished
+from .conftest import OPERATOR_ENV, execution_status, instead_of, wait_finished
 from .test_failpoints import DIR, TOOLS, tool_runs
 from .test_workflows import apply, execution, workflow
 
@@ -31,14 +31,8 @@ BIG = [{"id": "big", "python": "def run(input, ctx):\n    return {'blob': 'x' * 
 @pytest.fixture
 def own_operator(operator: OperatorProcess, devenv: DevEnvironment, tmp_path: Path) -> Iterator[OperatorProcess]:
     """An operator this test may stop and start (the session's is stopped meanwhile)."""
-    operator.stop()
-    op = OperatorProcess(devenv, extra_env=OPERATOR_ENV, log_path=tmp_path / "operator.log")
-    op.start()
-    try:
+    with instead_of(operator, devenv, tmp_path / "operator.log") as op:
         yield op
-    finally:
-        op.stop()
-        operator.start()
 
 
 def create(kubectl: Kubectl, namespace: str, *docs: dict) -> None:
