@@ -49,7 +49,11 @@ def stored(devenv: DevEnvironment, subject: str) -> list[dict[str, Any]]:
                 deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30))
             out: list[dict[str, Any]] = []
             while (pending := (await sub.consumer_info()).num_pending) > 0:
-                out += [{**json.loads(m.data), "_subject": m.subject} for m in await sub.fetch(min(pending, 256), 5)]
+                try:
+                    batch = await sub.fetch(min(pending, 256), 5)
+                except nats.errors.TimeoutError:  # purged between the count and the fetch: count again
+                    continue
+                out += [{**json.loads(m.data), "_subject": m.subject} for m in batch]
             await sub.unsubscribe()
             return out
         finally:
