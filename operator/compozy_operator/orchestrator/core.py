@@ -41,6 +41,7 @@ from .starter import SnapshotLost, Starter
 from .timers import Timers
 
 log = logging.getLogger(__name__)
+LOADED_POD_RECHECK = 2.0  # seconds after a run's first sight its pods are looked at again (it is decided from by then)
 PURGED_MEMORY = 10_000  # deleted runs remembered, so that their leftovers are purged once, not twice
 MAX_MESSAGE = 4000  # characters of an error message in an event or the status
 
@@ -177,7 +178,8 @@ class Orchestrator:
 
     async def _reconcile(self, run: Run, obj: dict[str, Any], status: WorkflowExecutionStatus) -> None:
         if not run.loaded:
-            await self.starter.load(run, status)
+            for pod in await self.starter.load(run, status):
+                self.pods.recheck_later(pod, LOADED_POD_RECHECK)
             run.loaded = True
         virtual = run.virtual(status)
         if retry_due(virtual, run.wanted):

@@ -129,7 +129,7 @@ class PodWatch:
         if fate.wait_for_run:
             self.kept.setdefault(run_uid, set()).add((meta["namespace"], meta["name"]))
         elif fate.at is not None and (wait := fate.at - time.time()) > 0:
-            self._recheck_later(pod, wait + 0.05)
+            self.recheck_later(pod, wait + 0.05)
         elif fate.at is not None:
             await self.cleanup.delete_pod(meta["namespace"], meta["name"], uid=meta["uid"])
 
@@ -150,7 +150,7 @@ class PodWatch:
         while len(self.finished) > FINISHED_MEMORY:
             self.finished.popitem(last=False)
         for namespace, name in self.kept.pop(uid, ()):
-            self._recheck_later({"metadata": {"namespace": namespace, "name": name}}, 0.0)
+            self.recheck_later({"metadata": {"namespace": namespace, "name": name}}, 0.0)
 
     def run_resumed(self, uid: str) -> None:
         """A retry round of an ended run began: its pods matter again."""
@@ -162,7 +162,7 @@ class PodWatch:
         waited = time.time() - pod_state.finished_at(pod)
         limit = RESULT_GRACE if known == "in-flight" else UNKNOWN_GRACE
         if waited < limit:
-            self._recheck_later(pod, min(2.0, max(0.25, waited / 2), limit - waited + 0.5))
+            self.recheck_later(pod, min(2.0, max(0.25, waited / 2), limit - waited + 0.5))
             return None
         return "ResultLost", (f"pod {pod['metadata']['name']} exited successfully {waited:.0f}s ago but its result "
                               "never reached the status (the state stream lost it)")
@@ -207,7 +207,7 @@ class PodWatch:
             run.stopped.add(name)
             await self.cleanup.delete_pod(run.namespace, name, uid=pod["metadata"]["uid"])
 
-    def _recheck_later(self, pod: dict[str, Any], delay: float) -> None:
+    def recheck_later(self, pod: dict[str, Any], delay: float) -> None:
         """Look at a pod again later: nothing may change on it while the clock runs out."""
         key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
         if key in self.rechecks:
@@ -220,7 +220,7 @@ class PodWatch:
                 fresh = await asyncio.to_thread(self.kube.get, f"/api/v1/namespaces/{key[0]}/pods/{key[1]}")
             except ApiException as e:
                 if e.status != 404:
-                    self._recheck_later(pod, 1.0)
+                    self.recheck_later(pod, 1.0)
                 return
             await self.on_pod("MODIFIED", fresh, recheck=True)
 
@@ -250,7 +250,7 @@ class PodWatch:
         age = time.time() - epoch(meta["creationTimestamp"])
         if age >= limit:
             return reason, explained
-        self._recheck_later(pod, limit - age + 0.5)
+        self.recheck_later(pod, limit - age + 0.5)
         return None
 
     async def _node_lost(self, pod: dict[str, Any]) -> tuple[str, str] | None:
@@ -271,7 +271,7 @@ class PodWatch:
         if since >= limit:
             return "NodeLost", (f"node {node_name} has not been ready for {since:.0f}s "
                                 f"({ready.get('reason') or 'no status'}); the task's pod is lost")
-        self._recheck_later(pod, limit - since + 0.5)
+        self.recheck_later(pod, limit - since + 0.5)
         return None
 
 

@@ -130,20 +130,23 @@ class Starter:
             raise
         return name, parse_workflow(wf.get("spec") or {}, f"Workflow {name}: spec"), spec
 
-    async def load(self, run: Run, status: WorkflowExecutionStatus) -> None:
-        """First sight of a run (e.g. after a restart): what exists of it, then its events.
+    async def load(self, run: Run, status: WorkflowExecutionStatus) -> list[dict[str, Any]]:
+        """First sight of a run (e.g. after a restart): what exists of it, then its events; returns
+        its pods (the pod watch looks at them again once the run is decided from: their events
+        may have come before the run was loaded, when nothing could be decided about them).
 
         Pods are listed *before* the stream is replayed: a pod gone at list time had published
         all it ever will before the replay, so an attempt the replay still shows in flight without
         a pod really has none (dispatched but never created, or lost unseen)."""
         pods = await asyncio.to_thread(self.kube.get, f"/api/v1/namespaces/{run.namespace}/pods",
                                        labelSelector=f"{LABEL_EXECUTION}={label_value(run.name)}")
-        for pod in pods["items"]:
+        own = [pod for pod in pods["items"]
+               if any(o.get("uid") == run.uid for o in pod["metadata"].get("ownerReferences") or [])]
+        for pod in own:
             meta = pod["metadata"]
-            if any(o.get("uid") == run.uid for o in meta.get("ownerReferences") or []):
-                labels = meta.get("labels") or {}
-                task = (meta.get("annotations") or {}).get(ANNOTATION_TASK) or labels.get(LABEL_TASK, "")
-                run.pods.add((task, int(labels.get(LABEL_ATTEMPT, "1"))))
+            labels = meta.get("labels") or {}
+            task = (meta.get("annotations") or {}).get(ANNOTATION_TASK) or labels.get(LABEL_TASK, "")
+            run.pods.add((task, int(labels.get(LABEL_ATTEMPT, "1"))))
         history = await self.bus.replay(state_subject(run.namespace, run.name, None))
         run.history = [(seq, ev) for seq, ev in history if ev.data.get("uid") == run.uid]
         # the status's snapshot, else the stream's (a status written before snapshots existed)
@@ -151,6 +154,7 @@ class Starter:
         snapshot = status.snapshot or fold_all(WorkflowExecutionStatus(), started).snapshot
         if snapshot is not None:
             run.spec, run.context = await self._restore(run, snapshot)
+        return own
 
     async def _restore(self, run: Run, snap: Snapshot) -> tuple[WorkflowSpec, RunContext]:
         spec = await self._value(run, snap.spec, snap.spec_ref)
