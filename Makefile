@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 UI_DIST := operator/compozy_operator/api_service/ui_dist/index.html
 
-.PHONY: demo test ui browser screenshots bench-ui chart cluster bench bench-collection bench-agents bench-hostile bench-testenv bench-nats-auth bench-failover chaos binaries lock clean
+.PHONY: demo test ui browser screenshots bench-ui chart cluster bench bench-collection bench-pool bench-agents bench-hostile bench-testenv bench-nats-auth bench-failover chaos binaries lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,9 @@ bench: $(STAMP) binaries
 
 bench-collection: $(STAMP) binaries
 	$(PY) hack/bench/collection.py
+
+bench-pool: $(STAMP) binaries
+	$(PY) hack/bench/pool.py
 
 bench-agents: $(STAMP) binaries
 	$(PY) hack/bench/agents.py

@@ -122,7 +122,7 @@ class Kubectl:
 
 
 CRD_DIR = Path(__file__).resolve().parents[1] / "crds"
-CRD_NAMES = ["workflows.compozy.dev", "workflowexecutions.compozy.dev"]
+CRD_NAMES = ["workflows.compozy.dev", "workflowexecutions.compozy.dev", "runnerpools.compozy.dev"]
 
 
 def apply_crds(kubectl: Kubectl) -> None:

@@ -36,7 +36,7 @@ from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from . import failpoints
-from .wire import (COMMAND_STREAM, LOG_MAX_AGE, LOG_MAX_BYTES, LOG_STREAM, OUTPUT_BUCKET, STATE_STREAM, EventType,
+from .wire import (COMMAND_STREAM, LOG_MAX_AGE, LOG_MAX_BYTES, LOG_STREAM, OUTPUT_BUCKET, POOL_STREAM, STATE_STREAM, EventType,
                    Publisher, claim_subject, encode, execution_logs, log_subject, output_chunk_token, output_meta_subject,
                    state_subject, utcnow)
 
@@ -71,6 +71,9 @@ def stream_configs(log_max_age: float = LOG_MAX_AGE, log_max_bytes: int = LOG_MA
         StreamConfig(name=LOG_STREAM, subjects=["compozy.log.>"], storage=StorageType.FILE,
                      retention=RetentionPolicy.LIMITS, max_age=log_max_age, max_bytes=log_max_bytes,
                      discard=DiscardPolicy.OLD, num_replicas=replicas),
+        # each message is one pooled attempt to run; a runner's ack (the attempt's process ended) removes it
+        StreamConfig(name=POOL_STREAM, subjects=["compozy.pool.>"], storage=StorageType.FILE,
+                     retention=RetentionPolicy.WORK_QUEUE, max_age=DAY, duplicate_window=600, num_replicas=replicas),
     )
 
 
@@ -344,6 +347,13 @@ class Bus:
         ack = await self.js.publish(subject, data, stream=COMMAND_STREAM,
                                     headers={"Nats-Msg-Id": msg_id} if msg_id else None)
         failpoints.point("publish.TaskExecute:after")
+        return ack.seq
+
+    async def publish_pool_work(self, subject: str, work: dict[str, Any], msg_id: str) -> int:
+        """Queue one pooled attempt on its pool's work queue (pools.PoolWork)."""
+        assert self.js is not None
+        data = self.check_size(json.dumps(work).encode(), "the pool message")
+        ack = await self.js.publish(subject, data, stream=POOL_STREAM, headers={"Nats-Msg-Id": msg_id})
         return ack.seq
 
     async def get_command(self, subject: str) -> tuple[str, Any] | None:

@@ -15,19 +15,21 @@ from pydantic import BaseModel, Field, ValidationError
 
 from .resources.models import OutputRef, TokenUsage
 from .wire import (API_TRIGGER_SUBJECTS, COMMAND_NONCE_ENV, COMMAND_STREAM, LOG_MAX_AGE, LOG_MAX_BYTES, LOG_STREAM,
-                   OUTPUT_BUCKET, STATE_CONSUMER, STATE_STREAM, STATE_TYPES, EventType, LogSubject, Publisher,
+                   OUTPUT_BUCKET, POOL_STREAM, STATE_CONSUMER, STATE_STREAM, STATE_TYPES, EventType, LogSubject, Publisher,
                    StateSubject, attempt_permissions, attempt_state_subjects, cancel_subject, claim_subject,
                    command_subject, event_id, execution_logs, inbox_prefix, log_subject, output_chunk_token,
-                   output_key, output_meta_subject, output_prefix, parse_log_subject, parse_state_subject, round_id,
-                   state_subject, task_token, token, untask_token, utcnow, envelope)
+                   output_key, output_meta_subject, output_prefix, parse_log_subject, parse_state_subject, pool_consumer,
+                   pool_subject, round_id, state_subject, stop_subject, task_token, token, untask_token, untoken, utcnow,
+                   envelope)
 
 __all__ = [  # the wire names, for the operator's modules, and this module's own
     "API_TRIGGER_SUBJECTS", "COMMAND_NONCE_ENV", "COMMAND_STREAM", "LOG_MAX_AGE", "LOG_MAX_BYTES", "LOG_STREAM",
-    "OUTPUT_BUCKET", "STATE_CONSUMER", "STATE_STREAM", "STATE_TYPES", "EventType", "LogSubject", "Publisher",
+    "OUTPUT_BUCKET", "POOL_STREAM", "STATE_CONSUMER", "STATE_STREAM", "STATE_TYPES", "EventType", "LogSubject", "Publisher",
     "StateSubject", "attempt_permissions", "attempt_state_subjects", "cancel_subject", "claim_subject",
     "command_subject", "event_id", "execution_logs", "inbox_prefix", "log_subject", "output_chunk_token",
-    "output_key", "output_meta_subject", "output_prefix", "parse_log_subject", "parse_state_subject", "round_id",
-    "state_subject", "task_token", "token", "untask_token", "utcnow", "Event", "InvalidEvent", "data_problem",
+    "output_key", "output_meta_subject", "output_prefix", "parse_log_subject", "parse_state_subject",
+    "pool_consumer", "pool_subject", "round_id", "state_subject", "stop_subject", "task_token", "token",
+    "untask_token", "untoken", "utcnow", "Event", "InvalidEvent", "data_problem",
     "make_event", "parse_state_event", "subject_problem",
 ]
 

@@ -140,6 +140,11 @@ class Dispatch:
         return self.tool.image if self.tool else None
 
     @property
+    def pool(self) -> str | None:
+        """The RunnerPool the attempt runs on (None: a pod of its own)."""
+        return self.tool.pool if self.tool else None
+
+    @property
     def resources(self) -> dict[str, Any] | None:
         return self.tool.resources if self.tool else None
 

@@ -41,6 +41,7 @@ from .nats_auth.keys import ACCOUNT, API_USER, CALLOUT_USER, OPERATOR_USER, STAT
 from .nats_auth.permissions import API_INBOX, STATE_INBOX
 from .orchestrator import Orchestrator
 from .pods import LABEL_MANAGED, MANAGER
+from .pools import RUNNER_COMPONENT
 from .settings import Settings
 from .state_manager import DURABLE, StateManager, one_line, why
 from .workflow_status import WorkflowStatus
@@ -172,7 +173,8 @@ class Operator:
         self.http = HttpServer(settings.http_port, self.readiness)
         # the leader's loops; the others (api.Service, the callout) run in every replica
         self.leader_loops = [Supervised("state manager", self.state.run),
-                             Supervised("JetStream check", self.jetstream.run)]
+                             Supervised("JetStream check", self.jetstream.run),
+                             Supervised("runner pool scaler", self.orchestrator.pools.run)]
         self.loops: list[Supervised] = []
         self.elector = LeaderElector(self.kube, settings.pod_namespace, settings.leader_lease,
                                      f"{settings.leader_identity}_{uuid.uuid4().hex[:6]}",
@@ -282,16 +284,18 @@ class Operator:
             self._resync = asyncio.create_task(self.take_up())
 
     async def take_up(self) -> None:
-        """Reconcile every execution and sync every Workflow of the watched namespaces, as a first
-        listing would; a failure of one is logged, the others go on."""
+        """Reconcile every execution and sync every Workflow and RunnerPool of the watched namespaces,
+        as a first listing would; a failure of one is logged, the others go on."""
         started = time.monotonic()
         count = 0
-        for resource in ("workflows", "workflowexecutions"):
+        for resource in ("workflows", "runnerpools", "workflowexecutions"):
             for obj in await asyncio.to_thread(self._list, resource):
                 try:
                     if resource == "workflows":
                         await self.workflow_status.sync(obj)
                         self.orchestrator.retention.workflow_changed(obj)
+                    elif resource == "runnerpools":
+                        await self.orchestrator.pools.on_pool("ADDED", obj)
                     else:
                         await self.orchestrator.reconcile(obj)
                         count += 1
@@ -402,6 +406,17 @@ def build_registry(op_ref: dict[str, Operator], app_settings: Settings) -> kopf.
                    registry=registry)
     async def pod_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
         await op_ref["op"].on_task_pod(event["type"] or "ADDED", _plain(body))
+
+    @kopf.on.event(GROUP, VERSION, "runnerpools", registry=registry)
+    async def runner_pool_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        if op_ref["op"].leading:
+            await op_ref["op"].orchestrator.pools.on_pool(event["type"] or "ADDED", _plain(body))
+
+    @kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED: MANAGER, "app.kubernetes.io/component": RUNNER_COMPONENT},
+                   registry=registry)
+    async def runner_pod_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        if op_ref["op"].leading:
+            await op_ref["op"].orchestrator.pools.on_runner_pod(event["type"] or "ADDED", _plain(body))
 
     @kopf.on.event(GROUP, VERSION, "workflows", registry=registry)
     async def workflow_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:

@@ -67,6 +67,47 @@ def label_value(text: str) -> str:
     return text[:52].rstrip("-.") + "-" + hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True, "runAsUser": RUNNER_UID, "runAsGroup": RUNNER_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def runner_variables(settings: Settings) -> list[dict[str, Any]]:
+    """What every runner (a task pod, a pool's runner) needs: its pod's name and uid, and how to
+    reach NATS. Token mode: the shared token from the namespace's NATS Secret; callout mode: none
+    (the pod's own ServiceAccount token, in a projected volume, is its NATS login)."""
+    secret = settings.nats_secret
+    login = ({"name": NATS_TOKEN_FILE_ENV, "value": NATS_TOKEN_FILE} if settings.nats_auth == "callout" else
+             {"name": "COMPOZY_NATS_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}}})
+    return [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        # the runner's claim on its attempt names the pod's uid (a re-created pod has another)
+        {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+        {"name": "COMPOZY_NATS_URL", "valueFrom": {"secretKeyRef": {"name": secret, "key": "url"}}},
+        login,
+        {"name": "COMPOZY_NATS_CA", "valueFrom": {"secretKeyRef": {"name": secret, "key": NATS_CA_KEY,
+                                                                   "optional": True}}},
+    ]
+
+
+def runner_volumes(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A runner's mounts and volumes: a writable /tmp, and in callout mode its NATS login token."""
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
+    if settings.nats_auth == "callout":
+        mounts.append({"name": "nats-token", "mountPath": NATS_TOKEN_DIR, "readOnly": True})
+        volumes.append({"name": "nats-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": NATS_TOKEN_AUDIENCE, "expirationSeconds": NATS_TOKEN_SECONDS, "path": "token"}}]}})
+    return mounts, volumes
+
+
 def task_pod(settings: Settings, execution: dict[str, Any], task: str, attempt: int, *, image: str | None = None,
              env: list[dict[str, Any]] | None = None, resources: dict[str, Any] | None = None,
              nonce: str | None = None, cleanup: str | None = None) -> dict[str, Any]:
@@ -76,34 +117,17 @@ def task_pod(settings: Settings, execution: dict[str, Any], task: str, attempt: 
     rule (retention.PodRule.annotation), read back by the pod watch once the pod has finished."""
     meta = execution["metadata"]
     name = pod_name(meta["name"], task, attempt)
-    secret = settings.nats_secret
-    callout = settings.nats_auth == "callout"
-    # token mode: the shared token from the namespace's NATS Secret; callout mode: none (the pod's
-    # own ServiceAccount token, in a projected volume, is its NATS login)
-    login = ({"name": NATS_TOKEN_FILE_ENV, "value": NATS_TOKEN_FILE} if callout else
-             {"name": "COMPOZY_NATS_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}}})
     variables: list[dict[str, Any]] = [
         {"name": "COMPOZY_NAMESPACE", "value": meta["namespace"]},
         {"name": "COMPOZY_EXECUTION", "value": meta["name"]},
         {"name": "COMPOZY_EXECUTION_UID", "value": meta["uid"]},
         {"name": "COMPOZY_TASK", "value": task},
         {"name": "COMPOZY_ATTEMPT", "value": str(attempt)},
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        # the runner's claim on its attempt names the pod's uid (a re-created pod has another)
-        {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
-        {"name": "COMPOZY_NATS_URL", "valueFrom": {"secretKeyRef": {"name": secret, "key": "url"}}},
-        login,
-        {"name": "COMPOZY_NATS_CA", "valueFrom": {"secretKeyRef": {"name": secret, "key": NATS_CA_KEY,
-                                                                   "optional": True}}},
+        *runner_variables(settings),
         *([{"name": COMMAND_NONCE_ENV, "value": nonce}] if nonce else []),
         *(env or []),
     ]
-    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
-    if callout:
-        mounts.append({"name": "nats-token", "mountPath": NATS_TOKEN_DIR, "readOnly": True})
-        volumes.append({"name": "nats-token", "projected": {"sources": [{"serviceAccountToken": {
-            "audience": NATS_TOKEN_AUDIENCE, "expirationSeconds": NATS_TOKEN_SECONDS, "path": "token"}}]}})
+    mounts, volumes = runner_volumes(settings)
     container = {
         "name": "task",
         "image": image or settings.task_image,
@@ -112,12 +136,7 @@ def task_pod(settings: Settings, execution: dict[str, Any], task: str, attempt: 
         "resources": resources or {"requests": {"cpu": "50m", "memory": "64Mi"}},
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": CONTAINER_SECURITY,
     }
     return {
         "apiVersion": "v1",
@@ -143,10 +162,7 @@ def task_pod(settings: Settings, execution: dict[str, Any], task: str, attempt: 
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
             "terminationGracePeriodSeconds": 10,
-            "securityContext": {
-                "runAsNonRoot": True, "runAsUser": RUNNER_UID, "runAsGroup": RUNNER_UID,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
+            "securityContext": POD_SECURITY,
             "volumes": volumes,
             "containers": [container],
         },

@@ -78,6 +78,7 @@ class Attempt:
     pod: str
     claimant: str  # who claims the attempt: the pod's uid (unique per pod, even of the same name)
     nonce: str | None = None  # what its TaskExecute command must carry (the pod's COMPOZY_COMMAND_NONCE)
+    pool: str | None = None  # run by a runner of this pool (pool_runner), not in a pod of its own
 
     @classmethod
     def from_env(cls) -> Attempt:
@@ -119,12 +120,14 @@ def _bounded(value: Any) -> str:
 
 
 class TaskRunner:
-    def __init__(self, bus: Bus, a: Attempt, logs: TaskLog, outage_seconds: float = DEFAULT_OUTAGE_SECONDS) -> None:
+    def __init__(self, bus: Bus, a: Attempt, logs: TaskLog, outage_seconds: float = DEFAULT_OUTAGE_SECONDS,
+                 reported: Callable[[], None] | None = None) -> None:
         self.bus, self.a, self.logs, self.outage_seconds = bus, a, logs, outage_seconds
         self.ended = False  # the attempt's end (TaskExecutionSuccess/Failed) is stored
         # the attempt failed (reported): the pod then ends Failed, as kubectl and the pod cleanup
         # rules (OnPodSuccess keeps failed pods) expect of it
         self.failed = False
+        self.reported = reported  # called once the attempt's end (or its refusal) is stored
 
     async def nats(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         """``op`` retried through a NATS outage (it must be safe to repeat)."""
@@ -135,6 +138,8 @@ class TaskRunner:
         event = envelope(etype, source, a.namespace, a.execution, a.uid, a.task, a.attempt,
                          publisher=Publisher.ATTEMPT, podName=a.pod, **data)
         await self.nats(lambda: self.bus.publish_event(event), f"publishing {etype}")
+        if etype in (EventType.TASK_SUCCESS, EventType.TASK_FAILED) and self.reported is not None:
+            self.reported()
 
     async def log(self, message: str, level: str = "info") -> None:
         await self.logs.emit("task-executor", level, message)
@@ -180,8 +185,11 @@ class TaskRunner:
             return True
         message = (f"task {a.task} attempt {a.attempt} was already claimed by pod {held.get('pod') or '?'} "
                    f"(uid {held.get('claimant')}) at {held.get('time')}; pod {a.pod} did not run it again")
-        await self.event(EventType.TASK_FAILED, "compozy/task-executor",
-                         error={"reason": "AttemptAlreadyClaimed", "message": message})
+        reason = "AttemptAlreadyClaimed"
+        if a.pool:  # its queue message came back: the runner that took it first went away (pool_runner)
+            reason = "RunnerLost"
+            message += f" (the runner that took it from pool {a.pool} was lost before it reported)"
+        await self.event(EventType.TASK_FAILED, "compozy/task-executor", error={"reason": reason, "message": message})
         await self.log(message, "error")
         return False
 
@@ -394,8 +402,11 @@ def nats_login() -> str | Callable[[], str] | None:
     return token or None
 
 
-async def _main(a: Attempt) -> int:
-    bus = Bus(os.environ["COMPOZY_NATS_URL"], nats_login(),
+async def run_attempt(a: Attempt, login: str | Callable[[], str] | None,
+                      reported: Callable[[], None] | None = None) -> int:
+    """Run one attempt in this process: a task pod's whole life, or a process a pool runner forked
+    for it (pool_runner). ``reported``: see :class:`TaskRunner`. The exit code: 1 when it failed."""
+    bus = Bus(os.environ["COMPOZY_NATS_URL"], login,
               f"task-{a.execution}-{a.task}-{a.attempt}", os.environ.get("COMPOZY_NATS_CA") or None,
               inbox_prefix=inbox_prefix(a.namespace, a.execution, a.task, a.attempt))
     outage = float(os.environ.get("COMPOZY_NATS_OUTAGE_SECONDS") or DEFAULT_OUTAGE_SECONDS)
@@ -404,7 +415,7 @@ async def _main(a: Attempt) -> int:
     logs.capture()  # what the tool (or anything in this process) prints becomes log lines too
     root = logging.getLogger()
     saved, root.handlers = root.handlers, [logs.handler("task-executor")]  # the runner's lines, with their levels
-    runner = TaskRunner(bus, a, logs, outage)
+    runner = TaskRunner(bus, a, logs, outage, reported)
     try:
         await runner.run()
     finally:
@@ -417,7 +428,7 @@ async def _main(a: Attempt) -> int:
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        return asyncio.run(_main(Attempt.from_env()))
+        return asyncio.run(run_attempt(Attempt.from_env(), nats_login()))
     except Exception as e:  # noqa: BLE001 - reported through the pod's status by the orchestrator
         message = f"{type(e).__name__}: {e}"
         print(message, file=sys.stderr)

@@ -9,6 +9,10 @@ so a per-attempt NATS identity can be scoped by subject alone:
 * commands:     ``compozy.cmd.<ns>.<execution>.task.execute.<task>.<attempt>`` (operator only)
 * claims:       ``compozy.cmd.<ns>.<execution>.task.claim.<task>.<attempt>`` (the attempt)
 * cancel:       ``compozy.cmd.<ns>.<execution>.workflow.cancel`` (operator publishes, attempts receive)
+* stop:         ``compozy.cmd.<ns>.<execution>.task.stop.<uid>.<task>.<attempt>`` (operator publishes, the
+  pool runner running the attempt kills its process; kept, so a runner about to start it does not)
+* pool queue:   ``compozy.pool.<ns>.<pool>`` (operator publishes "run attempt X"; the pool's runners
+  take them from a work-queue stream: docs/pools.md)
 * state events: ``compozy.state.<ns>.<execution>.workflow.<Type>`` (operator only),
   ``compozy.state.<ns>.<execution>.operator.<task>.<attempt>.<Type>`` (operator only: its task events),
   ``compozy.state.<ns>.<execution>.task.<task>.<attempt>.<Type>`` (the attempt's own)
@@ -42,6 +46,7 @@ API_TRIGGER_SUBJECTS = "compozy.api.*.workflow.trigger"  # api.Service's NATS tr
 LOG_MAX_AGE = 7 * 24 * 3600  # default retention of log lines, seconds (COMPOZY_LOG_MAX_AGE_SECONDS)
 LOG_MAX_BYTES = 1024 ** 3  # default size bound of the log stream (COMPOZY_LOG_MAX_BYTES); the oldest lines go first
 COMMAND_STREAM = "COMPOZY_COMMANDS"
+POOL_STREAM = "COMPOZY_POOLS"  # work queue: what each pool's runners are to run
 COMMAND_NONCE_ENV = "COMPOZY_COMMAND_NONCE"  # a task pod's nonce: its TaskExecute command must carry it
 
 
@@ -217,6 +222,22 @@ def claim_subject(namespace: str, execution: str, uid: str, task: str, attempt: 
 
 def cancel_subject(namespace: str, execution: str) -> str:
     return f"compozy.cmd.{token(namespace)}.{token(execution)}.workflow.cancel"
+
+
+def stop_subject(namespace: str, execution: str, uid: str, task: str, attempt: int) -> str:
+    """Where the operator says "stop this attempt" (timed out, ...) to the pool runner running it; the
+    command stream keeps it, so a runner that takes the attempt later does not start it (pool_runner)."""
+    return f"compozy.cmd.{token(namespace)}.{token(execution)}.task.stop.{token(uid)}.{task_token(task)}.{attempt}"
+
+
+def pool_subject(namespace: str, pool: str) -> str:
+    """The work queue of one RunnerPool (pool names are DNS labels: one token)."""
+    return f"compozy.pool.{token(namespace)}.{pool}"
+
+
+def pool_consumer(namespace: str, pool: str) -> str:
+    """The durable consumer a pool's runners pull from (names hold no dots: namespaces are DNS labels)."""
+    return f"pool-{namespace}-{pool}"
 
 
 def inbox_prefix(namespace: str, execution: str, task: str, attempt: int) -> str:

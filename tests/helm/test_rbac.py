@@ -27,6 +27,9 @@ NAMESPACED_NEEDS = [
     ("create", "pods"), ("delete", "pods"), ("get", "pods"), ("list", "pods"), ("watch", "pods"),
     ("create", "secrets"), ("create", "events"), ("get", "events"), ("patch", "events"),
     ("delete", "workflowexecutions.compozy.dev"),  # ttlSecondsAfterFinished, historyLimit (docs/cleanup.md)
+    # RunnerPools (docs/pools.md): each one's runners are a Deployment the operator keeps and scales
+    ("get", "runnerpools.compozy.dev"), ("list", "runnerpools.compozy.dev"), ("watch", "runnerpools.compozy.dev"),
+    ("patch", "runnerpools.compozy.dev", "status"), ("create", "deployments.apps"), ("patch", "deployments.apps"),
     # api.Service (api.enabled, the default): runs started for authorized callers (cancelled and
     # retried with the patch above)
     ("create", "workflowexecutions.compozy.dev"),
@@ -40,7 +43,8 @@ NEVER = [
     ("update", "workflowexecutions.compozy.dev"), ("update", "workflowexecutions.compozy.dev", "status"),
     ("create", "workflows.compozy.dev"),
     ("delete", "workflows.compozy.dev"), ("patch", "workflows.compozy.dev"), ("update", "workflows.compozy.dev"),
-    ("create", "deployments.apps"), ("create", "serviceaccounts", "token"),
+    ("delete", "deployments.apps"), ("update", "deployments.apps"), ("create", "serviceaccounts", "token"),
+    ("create", "runnerpools.compozy.dev"), ("patch", "runnerpools.compozy.dev"),
     ("create", "roles.rbac.authorization.k8s.io"), ("create", "rolebindings.rbac.authorization.k8s.io"),
 ]
 NEVER_CLUSTER = [

@@ -1,5 +1,5 @@
 """Commands that need no cluster credentials: ``validate`` (offline checks), ``version``, and the
-entrypoints of the operator's own processes (``operator``, ``task run``)."""
+entrypoints of the operator's own processes (``operator``, ``task run``, ``runner``)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,12 @@ def task_run(_: argparse.Namespace | None = None) -> int:
     return run_task()
 
 
+def runner(args: argparse.Namespace) -> int:
+    from ..pool_runner import main as run_pool
+
+    return run_pool(args.pool)
+
+
 def load_nats_without_aiohttp(url: str) -> None:
     """Load nats-py as it loads where aiohttp is not installed (aiohttp is its optional extra, for
     the websocket transport only; it is in the image for kopf): its client imports aiohttp eagerly,
@@ -99,6 +105,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     task_sub = task.add_subparsers(dest="task_command", required=True)
     task_sub.add_parser("run", help="run the task attempt named by COMPOZY_* variables (in a task pod)"
                         ).set_defaults(func=task_run)
+    pool = sub.add_parser("runner", help="a RunnerPool's warm runner (in a runner pod; docs/pools.md)")
+    pool.add_argument("--pool", required=True, help="the RunnerPool's name (its namespace: COMPOZY_NAMESPACE)")
+    pool.set_defaults(func=runner)
     ver = sub.add_parser("version", help="print the client's version")
     ver.add_argument("-o", "--output", choices=["json", "yaml"], help="print it as JSON or YAML")
     ver.set_defaults(func=version)

@@ -23,7 +23,7 @@ from nats.js.errors import NotFoundError
 
 from ..resources.models import TERMINAL_PHASES, ErrorInfo, WorkflowExecutionStatus
 from ..bus import Bus
-from ..events import Event, EventType, make_event, output_key, output_prefix, round_id
+from ..events import Event, EventType, make_event, output_key, output_prefix, round_id, stop_subject
 from ..execution_requests import requested_retries
 from ..executor import CompleteTask, Dispatch, FailTask, Finish, ScheduleRetry, WakeAt, epoch, retry_due, retry_plan
 from ..kube import Kube
@@ -35,6 +35,7 @@ from .cleanup import Cleanup
 from .dispatcher import Dispatcher
 from .effects import Effects, backoff, describe, transient
 from .pod_watch import PodWatch
+from .pool_control import PoolControl
 from .retention import Retention
 from .run import SOURCE, Run
 from .starter import SnapshotLost, Starter
@@ -64,6 +65,7 @@ class Orchestrator:
         self.dispatcher = Dispatcher(settings, kube, bus)
         self.pods = PodWatch(settings, kube, bus, self.runs, self.dispatcher, self.cleanup, self.effects,
                              lambda run: asyncio.get_running_loop().call_soon(self._fire, run.uid))
+        self.pools = PoolControl(settings, kube, bus, self.dispatcher, self.runs, self.effects)
 
     # ---- entry points ---------------------------------------------------------------------
 
@@ -140,6 +142,7 @@ class Orchestrator:
     def forget(self, uid: str, finished_at: float | None = None) -> None:
         """The run has ended (at ``finished_at``) or is gone."""
         self.runs.pop(uid, None)
+        self.dispatcher.forget(uid)
         self.timers.cancel(uid)
         self.pods.run_ended(uid, finished_at)
 
@@ -251,7 +254,9 @@ class Orchestrator:
     async def _failed_task(self, run: Run, f: FailTask, message: str) -> None:
         await self._log(run, "warning", f"task {f.task} attempt {f.attempt} failed: {message}", task=f.task,
                         attempt=f.attempt)
-        if f.stop_pod:
+        if f.stop_pod:  # its pod, or its process on a pool's runner
+            assert self.bus.nc is not None
+            await self.bus.nc.publish(stop_subject(run.namespace, run.name, run.uid, f.task, f.attempt), b"{}")
             await self.cleanup.delete_pod(run.namespace, pod_name(run.name, f.task, f.attempt))
 
     async def _complete_task(self, run: Run, c: CompleteTask) -> None:

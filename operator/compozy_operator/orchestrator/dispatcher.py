@@ -7,6 +7,11 @@ makes a crash between the event and the pod harmless: the restarted orchestrator
 dispatched attempt without a pod and dispatches it again. The runner's claim on its attempt
 (task_executor) keeps a tool from running twice even so.
 
+A pooled attempt (its tool names a RunnerPool: docs/pools.md) gets no pod: the command, then a
+message on its pool's work queue naming the attempt and the command's nonce, then
+``TaskDispatched``; a dispatch that finds the attempt dispatched in the status publishes nothing
+again (the queue holds its message until a runner has run it).
+
 The command carries a random nonce that the pod is created with (env ``COMPOZY_COMMAND_NONCE``),
 and the runner runs only a command that carries its pod's (docs/security.md): a command anyone
 else published, before or after the operator's, is not run. The command has no ``Nats-Msg-Id``
@@ -29,11 +34,13 @@ from typing import Any
 
 from ..resources.models import WorkflowExecutionStatus, WorkflowSpec
 from ..bus import Bus, PayloadTooLarge, without_credentials
-from ..events import EventType, command_subject, make_event
+from ..events import EventType, command_subject, event_id, make_event, pool_subject
 from ..executor import Dispatch, epoch
 from ..kube import ApiException, Kube
 from ..monitoring import DISPATCH_SECONDS, PODS_CREATED
 from ..pods import NATS_CA_KEY, pod_name, pod_nonce, task_pod
+from ..pools import PoolWork
+from ..reducer import TASK_TERMINAL
 from ..retention import PodRule
 from ..settings import Settings
 from .run import SOURCE, Run
@@ -51,6 +58,9 @@ class Dispatcher:
         # task pods not yet ended, per execution uid: pod name -> task key (kept by the pod watch)
         self.alive: dict[str, dict[str, str]] = {}
         self.default_pod_rule = PodRule(settings.pod_cleanup, settings.pod_cleanup_delay)
+        # pooled attempts dispatched and not seen ended, per execution uid: (task key, attempt) -> task key
+        self.pooled: dict[str, dict[tuple[str, int], str]] = {}
+        self.known_pools: set[tuple[str, str]] = set()  # (namespace, name) of the RunnerPools seen (pool_control)
 
     def pod_rule(self, run: Run) -> PodRule:
         """The run's pod cleanup rule: its Workflow's ``podCleanup`` over the operator's default."""
@@ -59,9 +69,12 @@ class Dispatcher:
     async def dispatch(self, run: Run, obj: dict[str, Any], status: WorkflowExecutionStatus, d: Dispatch) -> None:
         if (d.task, d.attempt) in run.pods:
             return
+        if d.pool is not None:
+            await self._dispatch_pooled(run, status, d, d.pool)
+            return
         name = pod_name(run.name, d.task, d.attempt)
         alive = self.alive.setdefault(run.uid, {})
-        if name not in alive and self._workers_full(run, d.task):
+        if name not in alive and self._workers_full(run, d.task, status):
             return  # a full parent is decided again when one of its pods ends
         alive[name] = d.task
         try:
@@ -93,6 +106,40 @@ class Dispatcher:
                                 f"dispatched task {d.task} attempt {d.attempt} as pod {name}",
                                 task=d.task, attempt=d.attempt)
 
+    async def _dispatch_pooled(self, run: Run, status: WorkflowExecutionStatus, d: Dispatch, pool: str) -> None:
+        mine = self.pooled.setdefault(run.uid, {})
+        st = status.tasks.get(d.task)
+        dispatched = st is not None and st.attempt == d.attempt and st.phase in ("Pending", "Running")
+        if (d.task, d.attempt) not in mine and self._workers_full(run, d.task, status):
+            return
+        if not dispatched:  # (a restarted operator finds dispatched attempts in the status: nothing to redo)
+            nonce = secrets.token_urlsafe(24)
+            work = PoolWork(run.namespace, run.name, run.uid, d.task, d.attempt, nonce)
+            try:
+                await self.bus.publish_command(command_subject(run.namespace, run.name, d.task, d.attempt),
+                                               self._command(run, d, nonce))
+                # the nonce in the id: a dispatch repeated after a crash queues its own message (the
+                # first one's process finds the command is not its own and leaves: pool_runner)
+                await self.bus.publish_pool_work(pool_subject(run.namespace, pool), work.dump(),
+                                                 event_id(run.uid, d.task, d.attempt, "PoolWork", nonce))
+            except PayloadTooLarge as e:
+                await self._fail(run, d, "InputTooLarge", f"task {d.task}: its rendered input is too large to send: {e}")
+                return
+            await run.publish(self.bus, make_event(EventType.TASK_DISPATCHED, SOURCE, run.namespace, run.name, run.uid,
+                                                   d.task, d.attempt, pool=pool, **d.runs))
+            if (run.namespace, pool) not in self.known_pools:  # it waits in the queue: say why
+                await self.bus.publish_event(make_event(
+                    EventType.TASK_POD_WAITING, SOURCE, run.namespace, run.name, run.uid, d.task, d.attempt,
+                    id_extra="PoolNotFound", reason="PoolNotFound",
+                    message=f"RunnerPool {pool} does not exist in namespace {run.namespace}; the attempt waits in its "
+                    "queue until it does (or until its timeout)"))
+        mine[(d.task, d.attempt)] = d.task
+        run.pods.add((d.task, d.attempt))
+        if not dispatched:
+            await self.bus.emit_log(run.namespace, run.name, run.uid, "orchestrator", "info",
+                                    f"dispatched task {d.task} attempt {d.attempt} to runner pool {pool}",
+                                    task=d.task, attempt=d.attempt)
+
     def _command(self, run: Run, d: Dispatch, nonce: str) -> dict[str, Any]:
         assert run.spec is not None
         return {"namespace": run.namespace, "execution": run.name, "uid": run.uid, "task": d.task,
@@ -110,7 +157,7 @@ class Dispatcher:
     async def _publish(self, run: Run, d: Dispatch, name: str, nonce: str) -> bool:
         """Store the command and TaskDispatched (both before the pod exists: it fetches the command).
         False when the command can never fit: the attempt failed instead."""
-        await self._ensure_nats_secret(run.namespace)
+        await self.ensure_nats_secret(run.namespace)
         publish_command = self.bus.publish_command(command_subject(run.namespace, run.name, d.task, d.attempt),
                                                    self._command(run, d, nonce))
         try:
@@ -129,7 +176,7 @@ class Dispatcher:
         await self.bus.emit_log(run.namespace, run.name, run.uid, "orchestrator", "error", message, task=d.task,
                                 attempt=d.attempt)
 
-    async def _ensure_nats_secret(self, namespace: str) -> None:
+    async def ensure_nats_secret(self, namespace: str) -> None:
         if namespace in self.secrets_ready:
             return
         async with self.secret_locks[namespace]:
@@ -160,9 +207,10 @@ class Dispatcher:
             if e.status != 409:
                 raise
 
-    def _workers_full(self, run: Run, task: str) -> bool:
+    def _workers_full(self, run: Run, task: str, status: WorkflowExecutionStatus) -> bool:
         """maxWorkers counts pods, not statuses: a child that has reported keeps its pod alive a
-        moment longer (its runner is exiting), and a new child must wait for that pod to end."""
+        moment longer (its runner is exiting), and a new child must wait for that pod to end.
+        Pooled children count from their dispatch until the status shows them ended."""
         assert run.spec is not None
         if run.limits is None:
             run.limits = worker_limits(run.spec)
@@ -170,9 +218,18 @@ class Dispatcher:
         if parent is None:
             return False
         parent_id, limit = parent
-        alive = self.alive.get(run.uid, {}).values()
-        busy = sum(1 for key in alive if run.limits.get(key.split("[", 1)[0], ("",))[0] == parent_id)
+        pooled = self.pooled.get(run.uid, {})
+        for key, attempt in list(pooled):
+            st = status.tasks.get(key)
+            if st is not None and (st.attempt > attempt or st.phase in TASK_TERMINAL):
+                del pooled[(key, attempt)]
+        keys = [*self.alive.get(run.uid, {}).values(), *pooled.values()]
+        busy = sum(1 for key in keys if run.limits.get(key.split("[", 1)[0], ("",))[0] == parent_id)
         return busy >= limit
+
+    def forget(self, uid: str) -> None:
+        """The run has ended: its pooled attempts need no counting."""
+        self.pooled.pop(uid, None)
 
     def track(self, uid: str, name: str, task: str, ended: bool) -> bool:
         """Record a pod the watch saw; True when an ended pod freed a worker slot."""

@@ -24,6 +24,7 @@ from ..events import EventType, make_event, output_prefix, round_id, state_subje
 from ..execution_requests import LABEL_WORKFLOW
 from ..executor import RunContext
 from ..kube import ApiException, Kube
+from ..pools import RUNNER_POD_SELECTOR
 from ..pods import ANNOTATION_TASK, LABEL_ATTEMPT, LABEL_EXECUTION, LABEL_TASK, label_value
 from ..reducer import fold_all
 from ..sandbox import EvalPool, EvaluationError
@@ -149,12 +150,25 @@ class Starter:
             run.pods.add((task, int(labels.get(LABEL_ATTEMPT, "1"))))
         history = await self.bus.replay(state_subject(run.namespace, run.name, None))
         run.history = [(seq, ev) for seq, ev in history if ev.data.get("uid") == run.uid]
+        # pooled attempts started on a runner that is still there are in flight (if it goes, the
+        # pool's watch or their queue message coming back fails them: pool_control, pool_runner)
+        running = [(task, st) for task, st in fold_all(status, [(ev, seq) for seq, ev in run.history]).tasks.items()
+                   if st.phase == "Running" and (task, st.attempt) not in run.pods]
+        runners = await self._runners(run.namespace) if running else set()
+        run.pods.update((task, st.attempt) for task, st in running if st.pod_name in runners)
         # the status's snapshot, else the stream's (a status written before snapshots existed)
         started = [(ev, seq) for seq, ev in run.history if ev.type == EventType.WORKFLOW_STARTED][:1]
         snapshot = status.snapshot or fold_all(WorkflowExecutionStatus(), started).snapshot
         if snapshot is not None:
             run.spec, run.context = await self._restore(run, snapshot)
         return own
+
+    async def _runners(self, namespace: str) -> set[str]:
+        """The names of the namespace's pool runner pods that have not ended."""
+        pods = await asyncio.to_thread(self.kube.get, f"/api/v1/namespaces/{namespace}/pods",
+                                       labelSelector=RUNNER_POD_SELECTOR)
+        return {p["metadata"]["name"] for p in pods["items"]
+                if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")}
 
     async def _restore(self, run: Run, snap: Snapshot) -> tuple[WorkflowSpec, RunContext]:
         spec = await self._value(run, snap.spec, snap.spec_ref)

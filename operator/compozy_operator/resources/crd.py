@@ -29,7 +29,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from .models import DURATION_PATTERN, GROUP, VERSION, WorkflowExecutionSpec, WorkflowExecutionStatus, WorkflowSpec
+from .models import (DURATION_PATTERN, GROUP, VERSION, RunnerPoolSpec, RunnerPoolStatus, WorkflowExecutionSpec,
+                     WorkflowExecutionStatus, WorkflowSpec)
 
 JSON = dict[str, Any]
 
@@ -417,8 +418,29 @@ def workflow_execution_crd() -> JSON:
     return _crd("WorkflowExecution", "workflowexecutions", ["wfx"], schema, columns, status=True)
 
 
+def runner_pool_crd() -> JSON:
+    spec = _with_rules(structural_schema(RunnerPoolSpec, "spec"),
+                       [_rule("!has(self.minReplicas) || !has(self.maxReplicas) || "
+                              "self.minReplicas <= self.maxReplicas",
+                              "spec.minReplicas must not be greater than spec.maxReplicas")],
+                       "The pool's runners: image, resources, service account, env, concurrency and bounds.")
+    status = structural_schema(RunnerPoolStatus, "status")
+    status["description"] = "The pool's size and queue at the operator's last look."
+    schema = _object_schema(
+        "RunnerPool is a set of warm runner pods of one namespace (compozy.dev): tools that name it run as "
+        "processes forked on its runners, not in a pod each (docs/pools.md).", spec, _Converter._ordered(status))
+    columns = [
+        _column("Replicas", ".status.replicas", "integer"),
+        _column("Min", ".spec.minReplicas", "integer"),
+        _column("Max", ".spec.maxReplicas", "integer"),
+        _column("Pending", ".status.pending", "integer"),
+        _column("Age", ".metadata.creationTimestamp", "date"),
+    ]
+    return _crd("RunnerPool", "runnerpools", ["rp"], schema, columns, status=True)
+
+
 def crds() -> list[JSON]:
-    return [workflow_crd(), workflow_execution_crd()]
+    return [workflow_crd(), workflow_execution_crd(), runner_pool_crd()]
 
 
 class _Dumper(yaml.SafeDumper):

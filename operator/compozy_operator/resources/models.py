@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "compozy.dev"
@@ -78,6 +78,19 @@ class Tool(Model):
         None, max_length=100, description="Kubernetes EnvVar list for the task pod (valueFrom.secretKeyRef allowed)."
     )
     resources: JSONObject | None = Field(None, description="Kubernetes resource requirements of the task pod.")
+    pool: str | None = Field(
+        None, pattern=ID_PATTERN, max_length=63,
+        description="Name of a RunnerPool in the run's namespace: attempts run as processes forked on its warm "
+        "runners instead of a pod each (docs/pools.md); not with image, env or resources (the pool's apply).")
+
+    @model_validator(mode="after")
+    def _pooled(self) -> Tool:
+        if self.pool is not None:
+            for field in ("image", "env", "resources"):
+                if getattr(self, field) is not None:
+                    raise ValueError(f"{field}: a tool with a pool runs on the pool's runners, which have the "
+                                     f"pool's {field}; drop {field} or pool")
+        return self
 
 
 class ModelConfig(Model):
@@ -379,3 +392,35 @@ class WorkflowExecutionStatus(Model):
     retried_at: str | None = Field(None, description="When the current retry round began (its timeout counts from "
                                    "here).")
     state_seq: int = Field(0, description="JetStream sequence of the last state event folded into this status.")
+
+
+class RunnerPoolSpec(Model):
+    """Warm runners of one namespace: long-lived pods that run pooled task attempts, each in a
+    process forked for it (docs/pools.md)."""
+
+    image: str | None = Field(None, description="Image of the runners (must contain the runner); default: the "
+                              "operator's task image.")
+    resources: JSONObject | None = Field(None, description="Kubernetes resource requirements of each runner pod.")
+    service_account_name: str | None = Field(
+        None, pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+        description="ServiceAccount of the runner pods (default: the namespace's default, without its token).")
+    env: list[JSONObject] | None = Field(
+        None, max_length=100, description="Kubernetes EnvVar list of the runner pods (valueFrom.secretKeyRef "
+        "allowed): what every pooled attempt's process inherits.")
+    concurrency: int = Field(4, ge=1, le=256, description="Attempts one runner runs at once.")
+    min_replicas: int = Field(1, ge=0, le=1000, description="Runners kept even when idle.")
+    max_replicas: int = Field(4, ge=1, le=1000, description="Runners at most, however deep the queue.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RunnerPoolSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas ({self.min_replicas}) is greater than maxReplicas ({self.max_replicas})")
+        return self
+
+
+class RunnerPoolStatus(Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    replicas: int | None = Field(None, description="Runners asked for (from the queue depth, within min and max).")
+    pending: int | None = Field(None, description="Attempts waiting for a runner at the last look.")
+    in_flight: int | None = Field(None, description="Attempts taken by a runner and not ended at the last look.")

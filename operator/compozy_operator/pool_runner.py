@@ -1,0 +1,341 @@
+"""A warm runner of a RunnerPool (``compozy runner --pool NAME``): takes pooled attempts from the
+pool's work queue and runs each in a process of its own.
+
+Isolation: every attempt runs in a process forked for it from a fork server that has imported the
+runner's code once (``multiprocessing``'s forkserver, started at the runner's start), never in the
+runner itself. The process runs the attempt exactly as a task pod does
+(:func:`.task_executor.run_attempt`: fetch the command, check its nonce, claim, run, report), so a
+crash, a leak, ``sys.exit`` or ``os._exit`` of a tool ends that process only. The runner watches
+its processes: one that exits without having reported its attempt's end gets the attempt failed
+(``ProcessExited``: retried by the task's policy); the operator's "stop" of an attempt (timeout)
+and its run's cancel kill the process at once. Processes die with the runner (PR_SET_PDEATHSIG).
+
+The queue message of an attempt is acknowledged only when its process has ended (progress is
+reported every :data:`HEARTBEAT_SECONDS`), so a runner that dies leaves its messages to come back
+to another runner after the consumer's ack wait: that process finds the claim of the lost one and
+fails the attempt with ``RunnerLost`` (or runs it, if the lost runner never claimed it). The
+operator also fails the attempts of a runner pod that is gone at once (orchestrator.pool_watch).
+
+Concurrency: at most ``COMPOZY_POOL_CONCURRENCY`` processes; the runner asks the queue for as
+many attempts as it has free slots, so the queue's depth is what the operator scales runners by.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import importlib.machinery
+import json
+import logging
+import multiprocessing
+import multiprocessing.util
+import os
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from .bus import Bus
+from .events import (POOL_STREAM, EventType, Publisher, make_event, pool_consumer, stop_subject, token, untask_token,
+                     untoken)
+from .pools import CONCURRENCY_ENV, POOL_NAME_ENV, PoolWork, parse_work
+from .task_executor import NATS_TOKEN_FILE_ENV, Attempt, nats_login, run_attempt
+
+log = logging.getLogger("compozy.runner")
+SOURCE = "compozy/pool-runner"
+PULL_EXPIRES = 2.0  # seconds one pull request waits for work
+RETRY_SECONDS = 0.5  # after a pull request that was refused at once
+HEARTBEAT_SECONDS = 3.0  # progress of the messages in flight (the consumer's ack wait is longer: pools.py)
+STOP_GRACE = 25.0  # seconds a stopping runner lets its attempts finish (the pod's grace period is 30)
+PRELOAD = ["compozy_operator.pool_runner", "compozy_operator.task_executor", "compozy_operator.runtime",
+           "compozy_operator.sandbox", "compozy_operator.agents.loop", "compozy_operator.agents.providers"]
+PR_SET_PDEATHSIG = 1
+REMEMBERED = 10_000  # stops kept in memory
+MAX_SOCKET_DIR = 60  # characters of a temporary directory the fork server's socket path fits under
+
+
+@dataclass
+class Child:
+    work: PoolWork
+    msg: Msg
+    process: BaseProcess
+    reports: Connection  # the process writes one byte here once its attempt's end is stored
+    stopped: str | None = None  # why the runner killed it
+    started: float = field(default_factory=time.monotonic)
+
+
+def child_main(work: dict[str, Any], pool: str, pod: str, claimant: str, reports: Connection) -> None:
+    """The forked process of one attempt (in the fork server's child)."""
+    try:  # die with the fork server, which dies with the runner
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    # a group of its own: a signal to the runner's group (a kubelet stopping the pod) is the runner's
+    # to handle (it lets the attempts finish first), not each attempt's
+    os.setpgid(0, 0)
+    w = PoolWork(**work)
+    a = Attempt(w.namespace, w.execution, w.uid, w.task, w.attempt, pod, claimant, w.nonce, pool)
+
+    def reported() -> None:
+        try:
+            reports.send_bytes(b"1")
+        except OSError:
+            pass
+    asyncio.run(run_attempt(a, nats_login(), reported))
+
+
+class PoolRunner:
+    def __init__(self, namespace: str, pool: str, concurrency: int, pod: str, pod_uid: str) -> None:
+        self.namespace, self.pool, self.concurrency, self.pod = namespace, pool, concurrency, pod
+        self.pod_uid = pod_uid or f"{pod}/{secrets.token_hex(8)}"
+        self.children: dict[tuple[str, str, str, int], Child] = {}
+        self.ctx: ForkServerContext = multiprocessing.get_context("forkserver")  # type: ignore[assignment]
+        self.ctx.set_forkserver_preload(PRELOAD)
+        self.stopping = False
+        # stops seen lately (an attempt being started as its stop arrives is not started)
+        self.stops: OrderedDict[tuple[str, str, str, int], None] = OrderedDict()
+        self.slot_free = asyncio.Event()
+        self.request_done = asyncio.Event()
+        self.requested = self.delivered = 0
+        self.bus: Bus | None = None
+
+    # ---- the queue ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._warm()  # before the runner's own SIGTERM handler (see _warm)
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        # the runner's own connection: the namespace's token (token mode; docs/pools.md)
+        self.bus = bus = Bus(os.environ["COMPOZY_NATS_URL"], nats_login_for_runner(), f"runner-{self.pod}",
+                             os.environ.get("COMPOZY_NATS_CA") or None)
+        await bus.connect(max_delay=3)
+        assert bus.nc is not None
+        inbox = bus.nc.new_inbox()
+        await bus.nc.subscribe(inbox, cb=self._delivered)
+        ns = token(self.namespace)
+        await bus.nc.subscribe(f"compozy.cmd.{ns}.*.workflow.cancel", cb=self._on_cancel)
+        await bus.nc.subscribe(f"compozy.cmd.{ns}.*.task.stop.*.*.*", cb=self._on_stop)
+        heartbeat = asyncio.create_task(self._heartbeat())
+        log.info("runner %s of pool %s/%s ready (%d slots)", self.pod, self.namespace, self.pool, self.concurrency)
+        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{POOL_STREAM}.{pool_consumer(self.namespace, self.pool)}"
+        try:
+            while not self.stopping:
+                free = self.concurrency - len(self.children)
+                if free <= 0:
+                    self.slot_free.clear()
+                    await self.slot_free.wait()
+                    continue
+                # one pull request at a time, for as many attempts as there are free slots; each
+                # attempt is started the moment it arrives (see _delivered)
+                self.request_done.clear()
+                self.requested, self.delivered = free, 0
+                request = {"batch": free, "expires": int(PULL_EXPIRES * 1e9)}
+                asked = time.monotonic()
+                await bus.nc.publish(next_subject, json.dumps(request).encode(), reply=inbox)
+                try:
+                    await asyncio.wait_for(self.request_done.wait(), PULL_EXPIRES + 1)
+                except TimeoutError:
+                    pass  # lost (a reconnect): ask again
+                if not self.delivered and time.monotonic() - asked < PULL_EXPIRES / 2:
+                    await asyncio.sleep(RETRY_SECONDS)  # refused at once (no consumer yet, NATS away): not in a loop
+            await self._drain()
+        finally:
+            heartbeat.cancel()
+            await bus.close()
+
+    def _warm(self) -> None:
+        """Start the fork server now (it imports the runner's code once), not at the first attempt.
+        In the main thread: it changes a signal's handling for a moment."""
+        if len(tempfile.gettempdir()) > MAX_SOCKET_DIR:  # its socket's path must fit AF_UNIX's 108 bytes
+            saved, tempfile.tempdir = tempfile.tempdir, "/tmp"
+            try:
+                multiprocessing.util.get_temp_dir()  # kept for this process's multiprocessing from now on
+            finally:
+                tempfile.tempdir = saved
+        main = sys.modules["__main__"]
+        if getattr(main, "__spec__", None) is None:
+            # Run as a script (the ``compozy`` console script), each process would execute that script
+            # again to stand in for __main__ (0.4 s of imports: the CLI). Named like ``python -m
+            # compozy_operator.cli``, it is not: multiprocessing leaves a ``*.__main__`` module alone.
+            main.__spec__ = importlib.machinery.ModuleSpec("compozy_operator.cli.__main__", None)
+        # The fork server and the processes it forks ignore SIGTERM (an ignored signal stays ignored
+        # across exec; an attempt's process handles it again once it runs: task_executor): a stop of
+        # the pod is the runner's to handle (it lets the attempts finish first), even where it is
+        # sent to the whole process group rather than to the container's first process.
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            self.ctx.Process(target=int).start()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    async def _delivered(self, msg: Msg) -> None:
+        status = (msg.headers or {}).get("Status")
+        if status is not None:
+            if status != "100":  # 404/408: no work (more); 409: the request ended otherwise
+                self.request_done.set()
+            return
+        self.delivered += 1
+        if self.delivered >= self.requested:
+            self.request_done.set()
+        try:
+            body = json.loads(msg.data)
+        except ValueError:
+            body = None
+        work = parse_work(body, self.namespace)
+        if isinstance(work, str):
+            log.warning("pool %s: dropped a queue message: %s", self.pool, work)
+            await msg.term()
+            return
+        if (known := self.children.get(work.key)) is not None:  # came back while its process runs here
+            known.msg = msg
+            await msg.in_progress()
+            return
+        if await self._stopped(work):  # timed out before it could start: never start it
+            await msg.ack()
+            return
+        if work.key in self.children:  # (delivered again while the look above waited)
+            return
+        self._start(work, msg)
+
+    async def _stopped(self, w: PoolWork) -> bool:
+        assert self.bus is not None
+        if w.key in self.stops:
+            return True
+        subject = stop_subject(w.namespace, w.execution, w.uid, w.task, w.attempt)
+        return await self.bus.through_outage(lambda: self.bus.get_command(subject), "looking for a stop",  # type: ignore[union-attr]
+                                             300) is not None
+
+    def _start(self, work: PoolWork, msg: Msg) -> None:
+        reports, writer = self.ctx.Pipe(duplex=False)
+        claimant = f"{self.pod_uid}/{secrets.token_hex(6)}"  # each process its own: a repeat claims anew
+        process = self.ctx.Process(target=child_main, args=(work.dump(), self.pool, self.pod, claimant, writer),
+                                   name=f"attempt-{work.task}-{work.attempt}", daemon=False)
+        process.start()
+        writer.close()
+        child = Child(work, msg, process, reports)
+        self.children[work.key] = child
+        asyncio.get_running_loop().add_reader(process.sentinel, lambda: asyncio.ensure_future(self._ended(child)))
+
+    async def _ended(self, child: Child) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(child.process.sentinel)
+        child.process.join(0)
+        reported = _said(child.reports)
+        child.reports.close()
+        w = child.work
+        if not reported and child.stopped is None:
+            code = child.process.exitcode
+            how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+            message = (f"the process of task {w.task} attempt {w.attempt} on runner {self.pod} (pool {self.pool}) "
+                       f"{how} before it reported a result")
+            log.warning("%s", message)
+            await self._fail(w, "ProcessExited", message)
+        self.children.pop(w.key, None)
+        child.process.close()
+        self.slot_free.set()
+        try:
+            await child.msg.ack()
+        except Exception as e:  # noqa: BLE001 - NATS away: the message comes back, and finds the attempt claimed
+            log.warning("acknowledging the queue message of %s: %s", w.key, e)
+
+    async def _fail(self, w: PoolWork, reason: str, message: str) -> None:
+        assert self.bus is not None
+        event = make_event(EventType.TASK_FAILED, SOURCE, w.namespace, w.execution, w.uid, w.task, w.attempt,
+                           publisher=Publisher.ATTEMPT, podName=self.pod, error={"reason": reason, "message": message})
+        await self.bus.through_outage(lambda: self.bus.publish_event(event), "reporting a lost process", 300)  # type: ignore[union-attr]
+        await self.bus.emit_log(w.namespace, w.execution, w.uid, "pool-runner", "error", message, task=w.task,
+                                attempt=w.attempt)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            for child in list(self.children.values()):
+                try:
+                    await child.msg.in_progress()
+                except Exception as e:  # noqa: BLE001 - NATS away: the next beat tries again
+                    log.debug("progress of %s: %s", child.work.key, e)
+
+    # ---- stopping attempts ----------------------------------------------------------------
+
+    def _kill(self, child: Child, why: str) -> None:
+        if child.stopped is None and child.process.pid is not None:
+            child.stopped = why
+            try:
+                os.kill(child.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        execution = untoken(msg.subject.split(".")[3])
+        for child in list(self.children.values()):
+            if child.work.execution == execution:
+                self._kill(child, "cancelled")
+
+    async def _on_stop(self, msg: Msg) -> None:
+        t = msg.subject.split(".")  # compozy.cmd.<ns>.<execution>.task.stop.<uid>.<task>.<attempt>
+        task = untask_token(t[7])
+        if task is None or not t[8].isdigit():
+            return
+        key = (untoken(t[3]), untoken(t[6]), task, int(t[8]))
+        _remember(self.stops, key)
+        if (child := self.children.get(key)) is not None:
+            self._kill(child, "stopped")
+
+    def stop(self) -> None:
+        """SIGTERM (the pod is being deleted, e.g. scaled down): take nothing new, let the attempts
+        in flight finish (up to :data:`STOP_GRACE`), then stop them (they report ``Terminated``)."""
+        self.stopping = True
+        self.slot_free.set()
+        self.request_done.set()
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + STOP_GRACE
+        while self.children and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for child in list(self.children.values()):
+            if child.process.pid is not None:
+                os.kill(child.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 3
+        while self.children and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+
+
+def _remember(seen: OrderedDict[Any, None], key: Any) -> None:
+    seen[key] = None
+    while len(seen) > REMEMBERED:
+        seen.popitem(last=False)
+
+
+def _said(reports: Connection) -> bool:
+    """Did the process say its attempt's end was stored? (A pipe that merely closed did not.)"""
+    try:
+        return reports.poll() and reports.recv_bytes() == b"1"
+    except (EOFError, OSError):
+        return False
+
+
+def nats_login_for_runner() -> str | None:
+    """The runner's NATS token (token mode), left in the environment for the attempts' processes."""
+    return os.environ.get("COMPOZY_NATS_TOKEN") or None
+
+
+def main(pool: str | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    e = os.environ
+    if e.get(NATS_TOKEN_FILE_ENV):
+        log.error("runner pools need COMPOZY_NATS_AUTH=token for now: in callout mode a runner has no NATS "
+                  "identity yet (docs/pools.md)")
+        return 1
+    runner = PoolRunner(e["COMPOZY_NAMESPACE"], pool or e[POOL_NAME_ENV], int(e.get(CONCURRENCY_ENV) or "4"),
+                        e.get("POD_NAME", ""), e.get("POD_UID", ""))
+    asyncio.run(runner.run())
+    return 0

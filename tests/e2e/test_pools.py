@@ -1,0 +1,230 @@
+"""Warm runner pools end to end: a RunnerPool's runners (a Deployment, real pods on the process
+node) run pooled attempts in processes of their own; crashes, cancel, timeouts and a lost runner."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from compozy_operator.kube import Kube
+from compozy_operator.pools import RUNNER_POD_SELECTOR
+from compozy_operator.testenv.operator_process import OperatorProcess
+from tests.helpers import Kubectl, pid_alive, pid_of, wait_for
+
+from .conftest import execution_status, wait_finished
+
+PY_OK = "def run(input, ctx):\n    ctx.log.info('pid %s', __import__('os').getpid())\n    return {'echo': input}\n"
+# writes its process id where the test can read it, then sleeps (attempt 1 only: later attempts are quick)
+PY_SLOW = ("import os, time\n"
+           "def run(input, ctx):\n"
+           "    with open(input['pidfile'] + f'.{ctx.attempt}', 'w') as f:\n"
+           "        f.write(str(os.getpid()))\n"
+           "    time.sleep(input['seconds'] if ctx.attempt == 1 else 0)\n"
+           "    return {'attempt': ctx.attempt}\n")
+CRASHES = {
+    "exit-hard": "import os\ndef run(input, ctx):\n    os._exit(3)\n",
+    "exit-soft": "import sys\ndef run(input, ctx):\n    sys.exit(0)\n",
+    "segfault": "import ctypes\ndef run(input, ctx):\n    ctypes.string_at(0)\n",
+    "raises": "def run(input, ctx):\n    raise RuntimeError('broken tool')\n",
+}
+
+
+def pool(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "compozy.dev/v1alpha1", "kind": "RunnerPool", "metadata": {"name": name},
+            "spec": {"concurrency": 4, "minReplicas": 1, "maxReplicas": 2, **spec}}
+
+
+def workflow(name: str, tasks: list[dict[str, Any]], tools: dict[str, str], **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "compozy.dev/v1alpha1", "kind": "Workflow", "metadata": {"name": name},
+            "spec": {"tools": [{"id": t, "python": code, "pool": "warm"} for t, code in tools.items()],
+                     "tasks": tasks, **spec}}
+
+
+def execution(name: str, workflow_name: str, input: Any = None) -> dict[str, Any]:
+    return {"apiVersion": "compozy.dev/v1alpha1", "kind": "WorkflowExecution", "metadata": {"name": name},
+            "spec": {"workflowRef": {"name": workflow_name}, **({"input": input} if input is not None else {})}}
+
+
+def apply(kubectl: Kubectl, namespace: str, *docs: dict[str, Any]) -> None:
+    out = kubectl.apply(namespace, *docs)
+    assert out.returncode == 0, out.stderr
+
+
+def runners(kube: Kube, namespace: str) -> list[dict[str, Any]]:
+    pods = kube.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=RUNNER_POD_SELECTOR)["items"]
+    return [p for p in pods if (p.get("status") or {}).get("phase") == "Running" and not
+            p["metadata"].get("deletionTimestamp")]
+
+
+def task_pods(kube: Kube, namespace: str) -> list[str]:
+    pods = kube.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector="app.kubernetes.io/component=task")
+    return [p["metadata"]["name"] for p in pods["items"]]
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def test_a_workflow_runs_on_warm_runners_without_a_pod_per_task(operator: OperatorProcess, kubectl: Kubectl,
+                                                                kube: Kube, namespace: str) -> None:
+    apply(kubectl, namespace, pool("warm"),
+          workflow("chain", [{"id": "a", "tool": "ok", "with": {"n": 1}, "onSuccess": {"next": "b"}},
+                             {"id": "b", "tool": "ok", "with": {"n": "{{ tasks.a.output.echo.n }}"},
+                              "onSuccess": {"next": "each"}},
+                             {"id": "each", "type": "collection", "items": [1, 2, 3, 4, 5, 6], "maxWorkers": 3,
+                              "task": {"id": "item", "tool": "ok", "with": {"item": "{{ item }}"}}}],
+                   {"ok": PY_OK}, output={"items": "{{ tasks.each.output }}"}),
+          execution("chain-1", "chain"))
+    status = wait_finished(kubectl, namespace, "chain-1", timeout=90)
+    assert status["phase"] == "Succeeded", status
+    assert status["tasks"]["b"]["output"] == {"echo": {"n": 1}}
+    assert [o["echo"]["item"] for o in status["output"]["items"]] == [1, 2, 3, 4, 5, 6]
+    names = {p["metadata"]["name"] for p in kube.get(f"/api/v1/namespaces/{namespace}/pods",
+                                                     labelSelector=RUNNER_POD_SELECTOR)["items"]}
+    assert status["tasks"]["a"]["podName"] in names and status["tasks"]["each[5]"]["podName"] in names
+    assert task_pods(kube, namespace) == []  # no pod per attempt
+    deployment = kube.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/compozy-runner-warm")
+    assert deployment["metadata"]["ownerReferences"][0]["kind"] == "RunnerPool"
+
+
+def test_a_crashing_tool_takes_down_only_its_own_attempt(operator: OperatorProcess, kubectl: Kubectl, kube: Kube,
+                                                         namespace: str) -> None:
+    apply(kubectl, namespace, pool("warm", maxReplicas=1))
+    wait_for(lambda: runners(kube, namespace) or None, 60, "a warm runner")
+    [runner] = runners(kube, namespace)
+    tasks = [{"id": t, "tool": t} for t in CRASHES] + [{"id": "fine", "tool": "ok", "with": {"x": 1}}]
+    apply(kubectl, namespace,
+          workflow("crashes", [{"id": "all", "type": "parallel", "strategy": "bestEffort", "tasks": tasks}],
+                   {**CRASHES, "ok": PY_OK}),
+          execution("crashes-1", "crashes"))
+    status = wait_finished(kubectl, namespace, "crashes-1", timeout=90)
+    t = status["tasks"]
+    assert t["fine"]["phase"] == "Succeeded", status
+    for crash in ("exit-hard", "exit-soft", "segfault"):
+        assert t[crash]["phase"] == "Failed" and t[crash]["error"]["reason"] == "ProcessExited", t[crash]
+    assert "exited with code 3" in t["exit-hard"]["error"]["message"]
+    assert "killed by signal 11" in t["segfault"]["error"]["message"]
+    assert t["raises"]["error"]["reason"] == "ToolError" and "broken tool" in t["raises"]["error"]["message"]
+    # the runner lived through all of it, and runs the next run's attempt
+    [after] = runners(kube, namespace)
+    assert after["metadata"]["uid"] == runner["metadata"]["uid"]
+    assert after["status"]["containerStatuses"][0]["restartCount"] == 0
+    apply(kubectl, namespace, execution("crashes-2", "crashes"))
+    assert wait_finished(kubectl, namespace, "crashes-2", timeout=60)["tasks"]["fine"]["podName"] == \
+        runner["metadata"]["name"]
+
+
+def test_cancel_kills_the_attempts_process(operator: OperatorProcess, kubectl: Kubectl, kube: Kube,
+                                                      namespace: str, tmp_path: Path) -> None:
+    apply(kubectl, namespace, pool("warm"),
+          workflow("slow", [{"id": "wait", "tool": "slow", "with": {"pidfile": "{{ workflow.input.pidfile }}", "seconds": 120}}],
+                   {"slow": PY_SLOW}))
+    pidfile = tmp_path / "cancel"
+    apply(kubectl, namespace, execution("slow-1", "slow", {"pidfile": str(pidfile)}))
+    pid = wait_for(lambda: read_pid(Path(f"{pidfile}.1")), 60, "the attempt's process")
+    kubectl.ok("patch", "wfx", "slow-1", "-n", namespace, "--type=merge", "-p", '{"spec":{"cancel":true}}')
+    assert wait_finished(kubectl, namespace, "slow-1")["phase"] == "Cancelled"
+    wait_for(lambda: not pid_alive(pid) or None, 10, "the cancelled attempt's process to die")
+
+
+def test_a_timed_out_attempt_is_killed(operator: OperatorProcess, kubectl: Kubectl, kube: Kube, namespace: str,
+                                      tmp_path: Path) -> None:
+    pidfile = tmp_path / "timeout"
+    apply(kubectl, namespace, pool("warm"),
+          {**workflow("late", [{"id": "wait", "tool": "slow", "with": {"pidfile": str(pidfile), "seconds": 120},
+                                "timeout": "3s"}], {"slow": PY_SLOW})},
+          execution("late-1", "late"))
+    pid = wait_for(lambda: read_pid(Path(f"{pidfile}.1")), 60, "the attempt's process")
+    status = wait_finished(kubectl, namespace, "late-1", timeout=60)
+    assert status["phase"] == "Failed" and status["tasks"]["wait"]["error"]["reason"] == "Timeout", status
+    wait_for(lambda: not pid_alive(pid) or None, 10, "the timed-out attempt's process to die")
+
+
+def test_a_lost_runner_fails_its_attempt_which_is_retried(operator: OperatorProcess, kubectl: Kubectl, kube: Kube,
+                                                          namespace: str, tmp_path: Path) -> None:
+    pidfile = tmp_path / "lost"
+    apply(kubectl, namespace, pool("warm", maxReplicas=1),
+          workflow("lost", [{"id": "wait", "tool": "slow", "with": {"pidfile": str(pidfile), "seconds": 120},
+                             "retry": {"limit": 1, "backoff": {"initial": "100ms"}}}], {"slow": PY_SLOW}),
+          execution("lost-1", "lost"))
+    child = wait_for(lambda: read_pid(Path(f"{pidfile}.1")), 60, "the attempt's process")
+    [runner] = runners(kube, namespace)
+    os.kill(pid_of(runner), signal.SIGKILL)  # the runner process dies (not its pod): its attempt goes with it
+    wait_for(lambda: not pid_alive(child) or None, 10, "the attempt's process to die with its runner")
+    status = wait_finished(kubectl, namespace, "lost-1", timeout=90)
+    assert status["phase"] == "Succeeded", status
+    wait = status["tasks"]["wait"]
+    assert wait["attempt"] == 2 and wait["output"] == {"attempt": 2}
+    [first] = wait["attempts"]
+    assert first["error"]["reason"] == "RunnerLost", first
+
+
+def test_a_deleted_runner_pod_fails_its_attempt_at_once(operator: OperatorProcess, kubectl: Kubectl, kube: Kube,
+                                                        namespace: str, tmp_path: Path) -> None:
+    pidfile = tmp_path / "deleted"
+    apply(kubectl, namespace, pool("warm", maxReplicas=1),
+          workflow("gone", [{"id": "wait", "tool": "slow", "with": {"pidfile": str(pidfile), "seconds": 120}}],
+                   {"slow": PY_SLOW}),
+          execution("gone-1", "gone"))
+    wait_for(lambda: read_pid(Path(f"{pidfile}.1")), 60, "the attempt's process")
+    [runner] = runners(kube, namespace)
+    kube.delete(f"/api/v1/namespaces/{namespace}/pods/{runner['metadata']['name']}", {"gracePeriodSeconds": 0})
+    status = wait_finished(kubectl, namespace, "gone-1", timeout=60)
+    assert status["phase"] == "Failed", status
+    assert status["tasks"]["wait"]["error"]["reason"] in ("RunnerLost", "Terminated"), status["tasks"]["wait"]
+
+
+def test_pool_replicas_follow_the_queue(operator: OperatorProcess, kubectl: Kubectl, kube: Kube,
+                                        namespace: str, tmp_path: Path) -> None:
+    apply(kubectl, namespace, pool("warm", concurrency=1, minReplicas=1, maxReplicas=3),
+          workflow("wide", [{"id": "each", "type": "collection", "items": [1, 2, 3, 4],
+                             "task": {"id": "item", "tool": "slow",
+                                      "with": {"pidfile": str(tmp_path / "p{{ item }}"), "seconds": 8}}}],
+                   {"slow": PY_SLOW}),
+          execution("wide-1", "wide"))
+
+    def scaled() -> int | None:
+        status = kube.get(f"/apis/compozy.dev/v1alpha1/namespaces/{namespace}/runnerpools/warm").get("status") or {}
+        return status["replicas"] if status.get("replicas") == 3 else None
+
+    wait_for(scaled, 30, "the pool to scale to its maximum of 3")
+    assert wait_finished(kubectl, namespace, "wide-1", timeout=120)["phase"] == "Succeeded"
+    wait_for(lambda: (kube.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/compozy-runner-warm")["spec"]
+                      ["replicas"] == 1) or None, 30, "the pool to scale back to its minimum")
+
+
+def test_an_attempt_waits_for_its_pool_to_exist(operator: OperatorProcess, kubectl: Kubectl, kube: Kube,
+                                                namespace: str) -> None:
+    apply(kubectl, namespace, workflow("early", [{"id": "a", "tool": "ok", "with": {"x": 1}}], {"ok": PY_OK}),
+          execution("early-1", "early"))
+
+    def waiting() -> str | None:
+        message = (execution_status(kubectl, namespace, "early-1").get("tasks") or {}).get("a", {}).get("message")
+        return message if message and message.startswith("PoolNotFound: RunnerPool warm does not exist") else None
+
+    wait_for(waiting, 30, "the task to say it waits for its pool")
+    apply(kubectl, namespace, pool("warm"))
+    status = wait_finished(kubectl, namespace, "early-1", timeout=60)
+    assert status["phase"] == "Succeeded" and status["tasks"]["a"]["output"] == {"echo": {"x": 1}}, status
+
+
+def test_a_stopped_runner_lets_its_attempts_finish(operator: OperatorProcess, kubectl: Kubectl, kube: Kube,
+                                                   namespace: str, tmp_path: Path) -> None:
+    """What a scale-down does to a busy runner: its pod is deleted with a grace period; the runner
+    takes nothing new and the attempt it runs ends as it would have."""
+    pidfile = tmp_path / "drain"
+    apply(kubectl, namespace, pool("warm", maxReplicas=1),
+          workflow("drain", [{"id": "wait", "tool": "slow", "with": {"pidfile": str(pidfile), "seconds": 4}}],
+                   {"slow": PY_SLOW}),
+          execution("drain-1", "drain"))
+    wait_for(lambda: read_pid(Path(f"{pidfile}.1")), 60, "the attempt's process")
+    [runner] = runners(kube, namespace)
+    kube.delete(f"/api/v1/namespaces/{namespace}/pods/{runner['metadata']['name']}")  # the default grace (30 s)
+    status = wait_finished(kubectl, namespace, "drain-1", timeout=60)
+    assert status["phase"] == "Succeeded", status
+    assert status["tasks"]["wait"]["attempt"] == 1 and status["tasks"]["wait"]["podName"] == runner["metadata"]["name"]

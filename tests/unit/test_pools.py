@@ -1,0 +1,90 @@
+"""Runner pools' pure parts: the opt-in's rules, the runners' Deployment, scaling, queue messages."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from compozy_operator.events import pool_consumer, pool_subject, stop_subject
+from compozy_operator.executor import Dispatch
+from compozy_operator.pools import PoolWork, desired_replicas, parse_work, runner_deployment
+from compozy_operator.resources.models import RunnerPoolSpec, Tool
+from compozy_operator.settings import Settings
+from compozy_operator.validation import SpecError, parse_workflow
+
+POOL = {"metadata": {"name": "warm", "namespace": "team-a", "uid": "u-1"},
+        "spec": {"concurrency": 8, "minReplicas": 1, "maxReplicas": 5, "serviceAccountName": "runner",
+                 "env": [{"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}}
+
+
+def test_a_tool_opts_in_with_pool_and_dispatches_to_it() -> None:
+    tool = Tool(id="t", python="def run(i, c): return {}", pool="warm")
+    assert Dispatch("a", 1, {}, tool=tool).pool == "warm"
+    assert Dispatch("a", 1, {}, tool=Tool(id="t", python="x")).pool is None
+
+
+@pytest.mark.parametrize("field,value", [("image", "other:1"), ("env", [{"name": "A", "value": "1"}]),
+                                         ("resources", {"limits": {"cpu": "1"}})])
+def test_a_pooled_tool_cannot_bring_its_own_pod_settings(field: str, value: object) -> None:
+    spec = {"tools": [{"id": "t", "python": "x", "pool": "warm", field: value}], "tasks": [{"id": "a", "tool": "t"}]}
+    with pytest.raises(SpecError) as e:
+        parse_workflow(spec)
+    assert f"{field}: a tool with a pool runs on the pool's runners" in str(e.value)
+
+
+def test_pool_bounds_are_checked() -> None:
+    with pytest.raises(ValidationError, match="minReplicas \\(3\\) is greater than maxReplicas \\(2\\)"):
+        RunnerPoolSpec.model_validate({"minReplicas": 3, "maxReplicas": 2})
+    with pytest.raises(ValidationError):
+        RunnerPoolSpec.model_validate({"concurrency": 0})
+
+
+def test_the_runners_deployment() -> None:
+    d = runner_deployment(Settings(task_image="img:1"), POOL, replicas=2)
+    assert d["metadata"]["name"] == "compozy-runner-warm" and d["metadata"]["namespace"] == "team-a"
+    assert d["metadata"]["ownerReferences"][0] == {"apiVersion": "compozy.dev/v1alpha1", "kind": "RunnerPool",
+                                                   "name": "warm", "uid": "u-1", "controller": True,
+                                                   "blockOwnerDeletion": True}
+    assert d["spec"]["replicas"] == 2
+    pod = d["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    assert c["image"] == "img:1" and c["args"] == ["runner", "--pool", "warm"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["COMPOZY_POOL_CONCURRENCY"]["value"] == "8" and "KEY" in env and "COMPOZY_NATS_URL" in env
+    assert env["COMPOZY_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert pod["serviceAccountName"] == "runner" and pod["automountServiceAccountToken"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] and pod["securityContext"]["runAsNonRoot"]
+    labels = d["spec"]["template"]["metadata"]["labels"]
+    assert all(labels[k] == v for k, v in d["spec"]["selector"]["matchLabels"].items())
+
+
+@pytest.mark.parametrize("pending,in_flight,current,wanted", [
+    (0, 0, 1, 1),     # idle: the minimum
+    (0, 0, 4, 3),     # down one at a time
+    (30, 8, 1, 5),    # up at once, to the maximum
+    (9, 0, 1, 2),     # 9 attempts at 8 a runner
+    (0, 16, 2, 2),    # busy runners are kept
+])
+def test_replicas_follow_the_queue(pending: int, in_flight: int, current: int, wanted: int) -> None:
+    spec = RunnerPoolSpec.model_validate(POOL["spec"])
+    assert desired_replicas(spec, pending, in_flight, current) == wanted
+
+
+def test_min_zero_scales_to_zero_when_idle() -> None:
+    spec = RunnerPoolSpec(min_replicas=0, max_replicas=3)
+    assert desired_replicas(spec, 0, 0, 1) == 0 and desired_replicas(spec, 1, 0, 0) == 1
+
+
+def test_queue_messages_are_checked() -> None:
+    work = PoolWork("team-a", "run-1", "uid-1", "each[2]", 3, "n0nce")
+    assert parse_work(work.dump(), "team-a") == work
+    assert "namespace 'team-b'" in str(parse_work({**work.dump(), "namespace": "team-b"}, "team-a"))
+    assert parse_work({**work.dump(), "attempt": True}, "team-a") == "attempt is not an integer >= 1"
+    assert parse_work({**work.dump(), "nonce": ""}, "team-a") == "nonce is not a non-empty string"
+    assert parse_work([1], "team-a") == "not a JSON object"
+
+
+def test_pool_subjects() -> None:
+    assert pool_subject("team-a", "warm") == "compozy.pool.team-a.warm"
+    assert pool_consumer("team-a", "warm") == "pool-team-a-warm"
+    assert stop_subject("a.b", "run-1", "u-1", "each[2]", 3) == "compozy.cmd.a_b.run-1.task.stop.u-1.each_5b2_5d.3"
