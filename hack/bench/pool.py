@@ -10,7 +10,7 @@ Prints (asserts nothing):
   attempt's TaskDispatched to its TaskExecutionStarted (the forked process has fetched, checked
   and claimed its command), p50/p99, and the same for pods;
 * task overhead: TaskDispatched to TaskExecutionSuccess of the trivial tool, p50;
-* API writes: status patches of the state manager and pods created, per task.
+* API writes per task (the operator's ``compozy_api_writes_total``) and pods created per task.
 The machine's cores are shared with whatever else runs: read the figures as such.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import threading
 import time
 from datetime import datetime
@@ -28,7 +29,7 @@ import nats
 
 from compozy_operator.testenv import DevEnvironment
 
-from common import NS, apply, counter, percentile, prepare
+from common import NS, apply, percentile, prepare, samples
 
 NOOP = "def run(input, ctx):\n    return {'i': input.get('i')}\n"
 API = f"/apis/compozy.dev/v1alpha1/namespaces/{NS}/workflowexecutions"
@@ -107,6 +108,12 @@ def fan_out(kube: Any, prefix: str, runs: int, pool: str | None) -> list[str]:
     return names
 
 
+def total(text: str, name: str) -> float:
+    """A counter's sum over its label sets (or its one value, without labels)."""
+    plain = re.findall(rf"^{name} ([0-9.e+]+)$", text, re.M)
+    return sum(samples(text, name).values()) + sum(float(v) for v in plain)
+
+
 def ms(values: list[float], p: float) -> str:
     return f"{percentile(values, p) * 1000:.0f} ms" if values else "-"
 
@@ -136,10 +143,9 @@ def main() -> None:
         before = op.metrics()
         pooled_rate, phase = collection(kube, "pooled", args.items, "warm")
         after = op.metrics()
-        patches = counter(after, "compozy_status_patches_total") - counter(before, "compozy_status_patches_total")
+        writes = total(after, "compozy_api_writes_total") - total(before, "compozy_api_writes_total")
         print(f"pooled: {args.items}-item collection {phase}: {pooled_rate:.1f} tasks/s "
-              f"({args.replicas} runners x {args.concurrency}); {patches / max(1, args.items):.2f} status "
-              "writes per task")
+              f"({args.replicas} runners x {args.concurrency}); {writes / max(1, args.items):.2f} API writes per task")
         pod_rate, phase = collection(kube, "pods", args.pod_items, None)
         print(f"pods:   {args.pod_items}-item collection {phase}: {pod_rate:.1f} tasks/s")
 
@@ -149,10 +155,12 @@ def main() -> None:
             after = op.metrics()
             dispatch = events.spans(names, "TaskDispatched", "TaskExecutionStarted")
             overhead = events.spans(names, "TaskDispatched", "TaskExecutionSuccess")
-            pods = counter(after, "compozy_task_pods_created_total") - counter(before, "compozy_task_pods_created_total")
+            pods = total(after, "compozy_task_pods_created_total") - total(before, "compozy_task_pods_created_total")
+            writes = total(after, "compozy_api_writes_total") - total(before, "compozy_api_writes_total")
             print(f"{label}: {runs} concurrent executions: dispatch -> started p50 {ms(dispatch, 50)}, "
                   f"p99 {ms(dispatch, 99)}; dispatch -> succeeded p50 {ms(overhead, 50)}; "
-                  f"{pods / max(1, runs):.2f} pods created per task ({len(dispatch)} attempts measured)")
+                  f"{pods / max(1, runs):.2f} pods created and {writes / max(1, runs):.2f} API writes per task "
+                  f"(the run's start included; {len(dispatch)} attempts measured)")
         op.stop()
 
 
