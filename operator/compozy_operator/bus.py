@@ -271,19 +271,30 @@ class Bus:
         result = await (await self.js.object_store(ref["bucket"])).get(ref["key"])
         return json.loads(result.data)
 
-    async def delete_outputs(self, prefix: str) -> int:
-        """Remove every stored output whose key starts with ``prefix`` (an execution's)."""
+    async def output_names(self) -> list[str]:
+        """The keys of every stored output."""
         assert self.js is not None
         store = await self.js.object_store(OUTPUT_BUCKET)
         try:
-            infos = await store.list(ignore_deletes=True)
+            return [i.name for i in await store.list(ignore_deletes=True)]
         except NotFoundError:  # the bucket is empty
+            return []
+
+    async def delete_outputs(self, prefix: str) -> int:
+        """Remove every stored output whose key starts with ``prefix`` (an execution's)."""
+        return await self.delete_output_keys([n for n in await self.output_names() if n.startswith(prefix)])
+
+    async def delete_output_keys(self, names: list[str]) -> int:
+        assert self.js is not None
+        if not names:
             return 0
-        names = [i.name for i in infos if i.name.startswith(prefix)]
+        store = await self.js.object_store(OUTPUT_BUCKET)
+        failpoints.point("purge.outputs:before")
         for name in names:
             await store.delete(name)
             # and chunks of earlier writes of the same key (put_output purges nothing itself)
             await self.js.purge_stream(OUTPUT_STREAM, subject=f"$O.{OUTPUT_BUCKET}.C.{output_chunk_token(name)}.>")
+        failpoints.point("purge.outputs:after")
         return len(names)
 
     def check_size(self, payload: bytes, what: str) -> bytes:
@@ -441,7 +452,9 @@ class Bus:
         """Remove the log lines of the run ``uid`` (deleted), and no other run's of the same name."""
         assert self.js is not None
         try:
+            failpoints.point("purge.logs:before")
             await self.js.purge_stream(LOG_STREAM, subject=execution_logs(namespace, execution, uid))
+            failpoints.point("purge.logs:after")
         except NotFoundError:  # no log stream (deleted): nothing to purge; it is recreated elsewhere
             pass
 
@@ -465,7 +478,10 @@ class Bus:
             return False
         if owner != uid or last.seq is None:
             return False
-        return await self.js.purge_stream(STATE_STREAM, subject=subject, seq=last.seq + 1)
+        failpoints.point("purge.state:before")
+        purged = await self.js.purge_stream(STATE_STREAM, subject=subject, seq=last.seq + 1)
+        failpoints.point("purge.state:after")
+        return purged
 
     async def close(self) -> None:
         """Flush what was published, then close. Not a drain: after a pull consumer's fetch, drain

@@ -13,6 +13,7 @@ Point names are ``<write>:<before|after>``:
 * ``publish.<EventType>`` (and ``publish.TaskExecute`` for the command): a JetStream publish;
 * ``kube.<create|patch|delete>.<resource>[.<subresource>]``: a Kubernetes write, e.g.
   ``kube.create.pods``, ``kube.patch.workflowexecutions.status``;
+* ``purge.<outputs|logs|state>``: removing a deleted run's stored outputs, log lines, state events;
 * ``ack.state``: acknowledging state events after their status PATCH.
 
 Unarmed (the normal case) a point costs one set lookup.

@@ -20,6 +20,7 @@ from prometheus_client import Counter
 from . import failpoints
 
 JSON = dict[str, Any]
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 
@@ -103,8 +104,9 @@ class Kube:
         query: Mapping[str, Any] | None = None,
         content_type: str | None = None,
         timeout: float | tuple[float, float] | None = 30,
+        accept: str = "application/json",
     ) -> Any:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
         return self.api_client.call_api(
@@ -125,6 +127,18 @@ class Kube:
 
     def get(self, path: str, **query: Any) -> JSON:
         return self.request("GET", path, query=query)
+
+    def list(self, path: str, metadata_only: bool = False, **query: Any) -> Iterator[JSON]:
+        """Every object of a collection, a page of 500 at a time. ``metadata_only``: as
+        PartialObjectMetadata (a listing of every execution must not carry statuses of up to 256 KiB)."""
+        token: str | None = None
+        while True:
+            page = self.request("GET", path, query={"limit": 500, **query, "continue": token},
+                                accept=METADATA_LIST if metadata_only else "application/json")
+            yield from page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return
 
     def _write(self, verb: str, method: str, path: str, body: Any, **kw: Any) -> JSON:
         name = failpoints.kube_write(verb, path)

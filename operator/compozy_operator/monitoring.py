@@ -52,6 +52,9 @@ JETSTREAM_REPAIRS = Counter("compozy_jetstream_repairs_total",
 RUNS_DELETED = Counter("compozy_executions_deleted_total",
                        "Ended executions deleted by the operator: ttl (ttlSecondsAfterFinished) or history "
                        "(a Workflow's historyLimit)", ["reason"])
+OUTPUTS_SWEPT = Counter("compozy_outputs_swept_total",
+                        "Stored outputs removed by the orphan sweep: their run was deleted while no operator "
+                        "could remove them (docs/cleanup.md)")
 PODS_CREATED = Counter("compozy_task_pods_created_total", "Task pods created by the orchestrator")
 DISPATCH_SECONDS = Histogram(
     "compozy_dispatch_latency_seconds",

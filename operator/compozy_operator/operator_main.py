@@ -28,6 +28,7 @@ from prometheus_client import REGISTRY
 
 from . import admission
 from .resources.models import GROUP, VERSION, WorkflowExecutionStatus
+from .resources.paths import collection_paths
 from .api_service.auth import local_user
 from .api_service.service import ApiService
 from .bus import Bus, stream_configs, with_credentials, without_credentials
@@ -40,6 +41,7 @@ from .nats_auth.keys import ACCOUNT, API_USER, CALLOUT_USER, OPERATOR_USER, STAT
     load_or_create
 from .nats_auth.permissions import API_INBOX, STATE_INBOX
 from .orchestrator import Orchestrator
+from .orchestrator.orphans import OrphanSweep
 from .pods import LABEL_MANAGED, MANAGER
 from .pools import RUNNER_COMPONENT
 from .settings import Settings
@@ -174,7 +176,9 @@ class Operator:
         # the leader's loops; the others (api.Service, the callout) run in every replica
         self.leader_loops = [Supervised("state manager", self.state.run),
                              Supervised("JetStream check", self.jetstream.run),
-                             Supervised("runner pool scaler", self.orchestrator.pools.run)]
+                             Supervised("runner pool scaler", self.orchestrator.pools.run),
+                             Supervised("orphan sweep", OrphanSweep(self.kube, self.bus, settings.namespaces,
+                                                                    settings.orphan_sweep_seconds).run)]
         self.loops: list[Supervised] = []
         self.elector = LeaderElector(self.kube, settings.pod_namespace, settings.leader_lease,
                                      f"{settings.leader_identity}_{uuid.uuid4().hex[:6]}",
@@ -305,19 +309,8 @@ class Operator:
         log.info("leader: took up %d executions in %.2fs", count, time.monotonic() - started)
 
     def _list(self, resource: str) -> list[dict[str, Any]]:
-        paths = [f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{resource}" for ns in self.settings.namespaces] or \
-            [f"/apis/{GROUP}/{VERSION}/{resource}"]
-        items: list[dict[str, Any]] = []
-        for path in paths:
-            token = None
-            while True:
-                page = self.kube.get(path, limit=500, **({"continue": token} if token else {}))
-                for item in page.get("items") or []:
-                    items.append({"apiVersion": f"{GROUP}/{VERSION}", "kind": KINDS[resource], **item})
-                token = (page.get("metadata") or {}).get("continue")
-                if not token:
-                    break
-        return items
+        return [{"apiVersion": f"{GROUP}/{VERSION}", "kind": KINDS[resource], **item}
+                for path in collection_paths(self.settings.namespaces, resource) for item in self.kube.list(path)]
 
     def lost(self) -> None:
         """The Lease could not be renewed: another replica may lead already. Stop acting at once

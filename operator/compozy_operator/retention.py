@@ -84,6 +84,21 @@ def history_victims(executions: list[dict[str, Any]], workflow: str, limit: Hist
     return victims
 
 
+def orphaned_outputs(names: list[str], live: set[tuple[str, str]], namespaces: list[str]) -> list[str]:
+    """Stored output keys (``<ns>/<execution>/<uid>/<task>/<attempt>``) whose run is gone: its
+    (namespace, uid) is not in ``live``, listed *after* the keys, so a run that stored one and still
+    exists is always there. Keys of unwatched namespaces (``namespaces``; empty: all) and keys of
+    another shape are never touched."""
+    orphans = []
+    for name in names:
+        parts = name.split("/")
+        if len(parts) != 5 or (namespaces and parts[0] not in namespaces):
+            continue
+        if (parts[0], parts[2]) not in live:
+            orphans.append(name)
+    return orphans
+
+
 @dataclass(frozen=True)
 class PodRule:
     """When a run's finished task pods are deleted (docs/cleanup.md)."""

@@ -76,6 +76,8 @@ class Settings:
     # delete ended runs this long after they finished when neither the run nor its Workflow says (unset: keep)
     ttl_seconds_after_finished: int | None = field(
         default_factory=lambda: int(v) if (v := _env("COMPOZY_TTL_SECONDS_AFTER_FINISHED")) else None)
+    # how often the leader removes stored outputs of runs deleted while no operator could (and at its start)
+    orphan_sweep_seconds: float = field(default_factory=lambda: float(_env("COMPOZY_ORPHAN_SWEEP_SECONDS", "3600")))
     state_batch: int = field(default_factory=lambda: int(_env("COMPOZY_STATE_BATCH", "256")))
     # Untrusted expressions (templates, input-schema regexes, collections) are evaluated in a pool of
     # worker processes (sandbox.py): at most this many (0: in the operator's own process, unbounded)
@@ -138,6 +140,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.pod_cleanup not in POD_CLEANUP_POLICIES:
             raise ValueError(f"COMPOZY_POD_CLEANUP: {self.pod_cleanup!r} is not one of {', '.join(POD_CLEANUP_POLICIES)}")
+        if self.orphan_sweep_seconds <= 0:
+            raise ValueError("COMPOZY_ORPHAN_SWEEP_SECONDS must be > 0")
         if self.pod_cleanup_delay < 0 or (self.ttl_seconds_after_finished or 0) < 0:
             raise ValueError("COMPOZY_POD_CLEANUP_DELAY_SECONDS and COMPOZY_TTL_SECONDS_AFTER_FINISHED must be >= 0")
 

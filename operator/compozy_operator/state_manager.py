@@ -28,7 +28,8 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from . import failpoints
-from .resources.models import GROUP, TERMINAL_PHASES, VERSION, WorkflowExecutionStatus
+from .resources.models import TERMINAL_PHASES, WorkflowExecutionStatus
+from .resources.paths import executions_path
 from .bus import Bus
 from .events import STATE_CONSUMER, STATE_STREAM, Event, EventType, InvalidEvent, parse_state_event
 from .kube import ApiException, Kube, merge_patch_diff
@@ -45,10 +46,6 @@ Key = tuple[str, str]  # namespace, execution name
 Item = tuple[Msg, Event, int]  # a message, its event, its stream sequence
 # (the object with its status folded, not yet written; the events folded into it since the last write)
 OnStatus = Callable[[dict[str, Any], list[Event]], Awaitable[None]]
-
-
-def execution_path(namespace: str, name: str) -> str:
-    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/workflowexecutions/{name}"
 
 
 def consumer_config(start_seq: int | None = None) -> ConsumerConfig:
@@ -231,7 +228,7 @@ class StateManager:
         if key in self.cache:
             return self.cache[key]
         try:
-            return await asyncio.to_thread(self.kube.get, execution_path(*key))
+            return await asyncio.to_thread(self.kube.get, executions_path(*key))
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -332,7 +329,7 @@ class StateManager:
             return None
         patch = merge_patch_diff(p.obj.get("status") or {}, p.after.dump())
         STATUS_PATCHES.inc()
-        written = await asyncio.to_thread(self.kube.merge_patch, execution_path(*key) + "/status", {"status": patch})
+        written = await asyncio.to_thread(self.kube.merge_patch, executions_path(*key) + "/status", {"status": patch})
         self.cache[key] = written
         for etype, reason, message in observe(key[0], p.before, p.after):
             asyncio.get_running_loop().run_in_executor(None, self.recorder.post, written, etype, reason, message)

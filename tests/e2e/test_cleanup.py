@@ -26,7 +26,7 @@ from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl, wait_for
 
 from .conftest import execution_status, instead_of, wait_finished
-from .test_workflows import apply, execution, workflow
+from .test_workflows import apply, execution, metric, workflow
 
 PREFIX = "/apis/compozy.dev/v1alpha1/namespaces"
 # its output (20 KiB) is larger than the inline limit: it goes to the object store
@@ -288,3 +288,61 @@ def test_events_are_aggregated_per_run_and_reason(operator: OperatorProcess, kub
     assert failed["metadata"]["name"] == event_name("flaky-1", uid, "Warning", "TaskFailed")
     assert 2 <= failed["count"] <= 5 and "attempt" in failed["message"], failed
     assert got["Failed"]["count"] == 1 and got["Started"]["count"] == 1
+
+
+def _crashed_at(op: OperatorProcess, point: str) -> None:
+    assert op.proc is not None
+    wait_for(lambda: not op.proc.alive(), 60, f"the operator to crash at failpoint {point}")  # type: ignore[union-attr]
+    assert op.log_path is not None and f"failpoint {point} fired" in op.log_path.read_text()
+
+
+@pytest.mark.parametrize("point", ["kube.delete.workflowexecutions:after", "purge.outputs:before",
+                                   "purge.logs:before", "purge.state:before"])
+def test_a_crash_between_deleting_a_run_and_purging_it_leaves_no_stored_output(
+        point: str, operator: OperatorProcess, kubectl: Kubectl, kube: Kube, devenv: DevEnvironment,
+        namespace: str, tmp_path: Path) -> None:
+    """The operator deletes an expired run and is killed before (or while) purging what it stored: the
+    next operator never sees that run (gone before it listed), and its orphan sweep removes the
+    outputs. (Log lines and state events of such a run age out of their streams: docs/cleanup.md.)"""
+    apply(kubectl, namespace, workflow("gone", [{"id": "b", "tool": "big", "with": {}}], tools=[BIG]),
+          workflow("stays", [{"id": "b", "tool": "big", "with": {}}], tools=[BIG]),
+          execution("stays-1", "stays"))
+    kept_uid, _ = _finished_and_stored(kubectl, devenv, namespace, "stays-1")
+    with instead_of(operator, devenv, tmp_path / "armed.log", COMPOZY_FAILPOINTS=point) as armed:
+        apply(kubectl, namespace, _with_ttl("gone-1", "gone", 2))
+        wait_finished(kubectl, namespace, "gone-1")
+        uid = json.loads(kubectl.ok("get", "wfx", "gone-1", "-n", namespace, "-o", "json"))["metadata"]["uid"]
+        _crashed_at(armed, point)
+        assert _gone(kube, namespace, "gone-1")
+        orphaned = point in ("kube.delete.workflowexecutions:after", "purge.outputs:before")
+        assert bool(stored_outputs(devenv, output_prefix(namespace, "gone-1", uid))) == orphaned
+    # the session's operator, started again on leaving the block, sweeps at its start
+    wait_for(lambda: not stored_outputs(devenv, output_prefix(namespace, "gone-1", uid)), 30,
+             "the orphaned output to be swept")
+    if orphaned:  # (other tests' orphans may be swept too: only "swept some" is certain)
+        assert metric(operator.metrics(), "compozy_outputs_swept_total") > 0
+    assert stored_outputs(devenv, output_prefix(namespace, "stays-1", kept_uid)), "a live run's output was swept"
+
+
+def test_a_crash_in_a_history_prune_is_finished_by_the_next_operator(
+        operator: OperatorProcess, kubectl: Kubectl, kube: Kube, devenv: DevEnvironment, namespace: str,
+        tmp_path: Path) -> None:
+    """Killed right after deleting the first run beyond the limit: the next operator prunes the rest
+    from its first sight of the Workflow, and sweeps the deleted run's outputs."""
+    apply(kubectl, namespace, workflow("hist", [{"id": "b", "tool": "big", "with": {}}], tools=[BIG],
+                                       historyLimit={"succeeded": 1}))
+    point = "kube.delete.workflowexecutions:after"
+    uids = {}
+    with instead_of(operator, devenv, tmp_path / "armed.log", COMPOZY_FAILPOINTS=point) as armed:
+        for name in ("h-1", "h-2"):
+            apply(kubectl, namespace, execution(name, "hist"))
+            uids[name], _ = _finished_and_stored(kubectl, devenv, namespace, name)
+        _crashed_at(armed, point)
+        assert _runs(kube, namespace) == {"h-2"}
+        assert stored_outputs(devenv, output_prefix(namespace, "h-1", uids["h-1"]))
+    apply(kubectl, namespace, execution("h-3", "hist"))
+    assert wait_finished(kubectl, namespace, "h-3")["phase"] == "Succeeded"
+    wait_for(lambda: _runs(kube, namespace) == {"h-3"}, 30, "the history limit to apply again")
+    wait_for(lambda: not stored_outputs(devenv, output_prefix(namespace, "h-1", uids["h-1"]))
+             and not stored_outputs(devenv, output_prefix(namespace, "h-2", uids["h-2"])), 30,
+             "the deleted runs' outputs to be removed")

@@ -269,3 +269,31 @@ def test_a_crash_while_labelling_a_run(when: str, operators: Callable[[str | Non
     labels = kube.get(f"/apis/compozy.dev/v1alpha1/namespaces/{namespace}/workflowexecutions/lbl-1")["metadata"]
     assert labels["labels"][LABEL_WORKFLOW] == "lbl"
     assert tool_runs(workdir, "lbl-1") == Counter({("a", 1): 1})
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_crash_while_counting_an_event(when: str, operators: Callable[[str | None], OperatorProcess],
+                                         kubectl: Kubectl, kube: Kube, namespace: str, tmp_path: Path) -> None:
+    """The PATCH that raises an aggregated Event's count (the second failed attempt of a retried task):
+    the run still ends once, each attempt run once, one Event per reason."""
+    workdir = tmp_path / "runs"
+    workdir.mkdir()
+    (workdir / "fail-a").touch()
+    crash_and_recover(operators, f"kube.patch.events:{when}", lambda: apply(
+        kubectl, namespace, workflow("ev", [{"id": "a", "tool": "flaky", "with": {"dir": DIR},
+                                             "retry": {"limit": 2, "backoff": {"initial": "1s", "factor": 1}}}],
+                                     tools=[{"id": "flaky", "python": FLAKY}]),
+        execution("ev-1", "ev", {"dir": str(workdir)})))
+    status = settled(kubectl, namespace, "ev-1", lambda s: s["phase"] == "Failed")
+    assert status["tasks"]["a"]["attempt"] == 3, json.dumps(status, indent=1)
+    assert tool_runs(workdir, "ev-1") == Counter({("a", 1): 1, ("a", 2): 1, ("a", 3): 1})
+    uid = kube.get(f"/apis/compozy.dev/v1alpha1/namespaces/{namespace}/workflowexecutions/ev-1")["metadata"]["uid"]
+
+    def one_per_reason() -> dict[str, Any] | None:
+        items = kube.get(f"/api/v1/namespaces/{namespace}/events", fieldSelector=f"involvedObject.uid={uid}")["items"]
+        reasons = [e["reason"] for e in items]
+        return {e["reason"]: e for e in items} if "Failed" in reasons and len(reasons) == len(set(reasons)) else None
+
+    events = wait_for(one_per_reason, 20, "one Event per reason")
+    assert 2 <= events["TaskFailed"]["count"] <= 3 and events["Failed"]["count"] == 1, events
+    wait_for(lambda: no_task_pods(kube, namespace), 30, "every task pod to be removed")

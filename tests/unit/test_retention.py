@@ -8,7 +8,7 @@ import pytest
 
 from compozy_operator.resources.models import HistoryLimit, PodCleanup
 from compozy_operator.retention import (ANNOTATION_POD_CLEANUP, PodFate, PodRule, expires_at, finished_at,
-                                        history_victims, pod_fate, ttl_seconds)
+                                        history_victims, orphaned_outputs, pod_fate, ttl_seconds)
 
 T0 = "2026-01-01T00:00:00Z"
 
@@ -138,3 +138,14 @@ def test_the_rule_travels_on_the_pod(rule: PodRule) -> None:
 def test_a_pod_without_a_valid_rule_gets_the_default(text: Any) -> None:
     pod = {"metadata": {"annotations": {} if text is None else {ANNOTATION_POD_CLEANUP: text}}}
     assert PodRule.from_pod(pod, DEFAULT) == DEFAULT
+
+
+def test_orphaned_outputs_are_those_of_runs_that_are_gone() -> None:
+    names = ["a/run-1/u1/t/1", "a/run-1/u1/t/2", "a/run-2/u2/t/1", "b/run-1/u3/t/1", "a/run-1/u9/t/1",
+             "odd-key", "a/x/y", "c/run/u4/t/1"]
+    live = {("a", "u1"), ("b", "u3")}
+    assert orphaned_outputs(names, live, []) == ["a/run-2/u2/t/1", "a/run-1/u9/t/1", "c/run/u4/t/1"]
+    # an operator of some namespaces never touches another's keys
+    assert orphaned_outputs(names, live, ["a", "b"]) == ["a/run-2/u2/t/1", "a/run-1/u9/t/1"]
+    # a uid is a run's only in its own namespace
+    assert orphaned_outputs(["b/run-1/u1/t/1"], live, []) == ["b/run-1/u1/t/1"]

@@ -20,6 +20,7 @@ from ..admission import Validate, review_execution_create
 from ..events import OUTPUT_BUCKET, output_prefix
 from ..kube import ApiException, Kube
 from ..resources.models import GROUP, TERMINAL_PHASES, VERSION
+from ..resources.paths import executions_path, workflows_path
 from ..sandbox import EvaluationError
 from ..validation import name_problems
 from .auth import RESOURCE, WORKFLOWS, Authorizer, User
@@ -31,13 +32,6 @@ _FIELDS = (("spec.input", "input"), ("spec.timeout", "timeout"), ("metadata.name
            ("metadata.labels", "labels"), ("metadata.generateName", "name"), ("workflow.spec", "workflow"))
 _PATH = re.compile(r"([A-Za-z][\w.\[\]-]*)(?::|\s)")
 _WEBHOOK = "denied the request: "  # the API server's prefix of a webhook's refusal
-
-
-def executions_path(namespace: str | None, name: str | None = None) -> str:
-    """A run's path, its namespace's collection, or (``namespace`` None) every namespace's."""
-    where = f"/namespaces/{namespace}" if namespace is not None else ""
-    base = f"/apis/{GROUP}/{VERSION}{where}/workflowexecutions"
-    return f"{base}/{name}" if name else base
 
 
 def stored_output_ref(run: dict[str, Any], task: str | None) -> dict[str, Any]:
@@ -58,11 +52,6 @@ def stored_output_ref(run: dict[str, Any], task: str | None) -> dict[str, Any]:
         raise ApiError(409, "ForeignOutput", f"the outputRef of {where} does not name this run's output",
                        "task" if task is not None else None)
     return ref
-
-
-def workflows_path(namespace: str, name: str | None = None) -> str:
-    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/workflows"
-    return f"{base}/{name}" if name else base
 
 
 # what the UI asks "may I" about in a namespace: (resource, verb) as RBAC names them

@@ -27,7 +27,8 @@ from ..execution_requests import LABEL_WORKFLOW
 from ..kube import ApiException, Kube
 from ..monitoring import RUNS_DELETED
 from ..pods import label_value
-from ..resources.models import GROUP, VERSION, HistoryLimit
+from ..resources.models import HistoryLimit
+from ..resources.paths import executions_path, workflows_path
 from ..retention import expires_at, history_victims
 from .effects import Effects
 from .timers import Timers
@@ -37,10 +38,6 @@ CONFLICTS = 3  # deletes refused because the run changed, before leaving it to i
 LIST_PAGE = 500  # runs per LIST request of a history prune
 COALESCE = 0.5  # seconds a Workflow's prune waits for the other ends it can share a LIST with
 DeletedHook = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-def execution_path(namespace: str, name: str = "") -> str:
-    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/workflowexecutions" + (f"/{name}" if name else "")
 
 
 class Retention:
@@ -92,7 +89,7 @@ class Retention:
     async def _get(self, namespace: str, name: str, uid: str) -> dict[str, Any] | None:
         """The run as stored now; None when it is gone (or another run has its name)."""
         try:
-            obj = await asyncio.to_thread(self.kube.get, execution_path(namespace, name))
+            obj = await asyncio.to_thread(self.kube.get, executions_path(namespace, name))
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -118,7 +115,7 @@ class Retention:
         """Delete exactly this run as it was seen; False when it changed meanwhile or is gone."""
         preconditions = {"uid": uid, **({"resourceVersion": resource_version} if resource_version else {})}
         try:
-            await asyncio.to_thread(self.kube.delete, execution_path(namespace, name),
+            await asyncio.to_thread(self.kube.delete, executions_path(namespace, name),
                                     {"preconditions": preconditions, "propagationPolicy": "Background"})
         except ApiException as e:
             if e.status in (404, 409):  # 409: a precondition failed
@@ -156,7 +153,7 @@ class Retention:
     async def _prune(self, namespace: str, workflow: str) -> None:
         try:
             wf = await asyncio.to_thread(self.kube.get,
-                                         f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/workflows/{workflow}")
+                                         workflows_path(namespace, workflow))
         except ApiException as e:
             if e.status == 404:  # no Workflow, no limit: its runs stay until deleted otherwise
                 return
@@ -181,7 +178,7 @@ class Retention:
         runs: list[dict[str, Any]] = []
         token: str | None = None
         while True:
-            page = await asyncio.to_thread(self.kube.get, execution_path(namespace), limit=LIST_PAGE,
+            page = await asyncio.to_thread(self.kube.get, executions_path(namespace), limit=LIST_PAGE,
                                            labelSelector=f"{LABEL_WORKFLOW}={label_value(workflow)}",
                                            **({"continue": token} if token else {}))
             runs += [_summary(obj) for obj in page.get("items") or []]
