@@ -32,6 +32,7 @@ from .resources.paths import collection_paths
 from .api_service.auth import local_user
 from .api_service.service import ApiService
 from .bus import Bus, stream_configs, with_credentials, without_credentials
+from .events import POOL_STREAM
 from .kube import Kube
 from .leader_election import LeaderElector
 from .monitoring import JETSTREAM_REPAIRS, LEADER, LOOP_RESTARTS, HttpServer, LiveState
@@ -108,9 +109,11 @@ class JetStreamCheck:
     What was deleted is recreated at once, and readiness stays 503 until a later check finds
     everything in place."""
 
-    def __init__(self, bus: Bus, state: StateManager, interval: float = CHECK_SECONDS) -> None:
+    def __init__(self, bus: Bus, state: StateManager, pool_queue_recreated: Callable[[], Awaitable[None]],
+                 interval: float = CHECK_SECONDS) -> None:
         self.bus = bus
         self.state = state
+        self.pool_queue_recreated = pool_queue_recreated
         self.interval = interval
         self.problem: str | None = None
 
@@ -124,6 +127,8 @@ class JetStreamCheck:
             repaired = await self.bus.recreate_missing_streams()
             if await self.state.check_consumer():
                 repaired.append(f"consumer {DURABLE}")
+            if POOL_STREAM in repaired:
+                await self.pool_queue_recreated()
         except Exception as e:  # noqa: BLE001 - NATS away or JetStream not answering: readiness says so
             self._report(f"JetStream check failed: {why(e)}")
             return
@@ -170,7 +175,7 @@ class Operator:
         self.orchestrator = Orchestrator(settings, self.kube, self.bus)
         self.state = StateManager(self.state_bus, self.kube, self.orchestrator.reconcile, settings.state_batch,
                                   settings.status_defer)
-        self.jetstream = JetStreamCheck(self.bus, self.state)
+        self.jetstream = JetStreamCheck(self.bus, self.state, self.orchestrator.pool_queue_recreated)
         self.workflow_status = WorkflowStatus(self.kube, self.evaluate)
         self.http = HttpServer(settings.http_port, self.readiness)
         # the leader's loops; the others (api.Service, the callout) run in every replica

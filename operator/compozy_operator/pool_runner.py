@@ -73,7 +73,8 @@ class Child:
     started: float = field(default_factory=time.monotonic)
 
 
-def child_main(work: dict[str, Any], pool: str, pod: str, claimant: str, reports: Connection) -> None:
+def child_main(work: dict[str, Any], pool: str, pod: str, claimant: str, redelivered: bool,
+               reports: Connection) -> None:
     """The forked process of one attempt (in the fork server's child)."""
     try:  # die with the fork server, which dies with the runner
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -83,7 +84,7 @@ def child_main(work: dict[str, Any], pool: str, pod: str, claimant: str, reports
     # to handle (it lets the attempts finish first), not each attempt's
     os.setpgid(0, 0)
     w = PoolWork(**work)
-    a = Attempt(w.namespace, w.execution, w.uid, w.task, w.attempt, pod, claimant, w.nonce, pool)
+    a = Attempt(w.namespace, w.execution, w.uid, w.task, w.attempt, pod, claimant, w.nonce, pool, redelivered)
 
     def reported() -> None:
         try:
@@ -106,6 +107,7 @@ class PoolRunner:
         self.slot_free = asyncio.Event()
         self.request_done = asyncio.Event()
         self.requested = self.delivered = 0
+        self.starting = 0  # attempts delivered and not yet started (or dropped)
         self.bus: Bus | None = None
 
     # ---- the queue ------------------------------------------------------------------------
@@ -129,7 +131,7 @@ class PoolRunner:
         next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{POOL_STREAM}.{pool_consumer(self.namespace, self.pool)}"
         try:
             while not self.stopping:
-                free = self.concurrency - len(self.children)
+                free = self.concurrency - len(self.children) - self.starting
                 if free <= 0:
                     self.slot_free.clear()
                     await self.slot_free.wait()
@@ -199,12 +201,17 @@ class PoolRunner:
             known.msg = msg
             await msg.in_progress()
             return
-        if await self._stopped(work):  # timed out before it could start: never start it
-            await msg.ack()
-            return
-        if work.key in self.children:  # (delivered again while the look above waited)
-            return
-        self._start(work, msg)
+        self.starting += 1  # holds a slot while it is looked at: the next pull must not ask for it
+        try:
+            if await self._stopped(work):  # timed out before it could start: never start it
+                await msg.ack()
+                return
+            if work.key in self.children:  # (delivered again while the look above waited)
+                return
+            self._start(work, msg)
+        finally:
+            self.starting -= 1
+            self.slot_free.set()
 
     async def _stopped(self, w: PoolWork) -> bool:
         assert self.bus is not None
@@ -217,7 +224,9 @@ class PoolRunner:
     def _start(self, work: PoolWork, msg: Msg) -> None:
         reports, writer = self.ctx.Pipe(duplex=False)
         claimant = f"{self.pod_uid}/{secrets.token_hex(6)}"  # each process its own: a repeat claims anew
-        process = self.ctx.Process(target=child_main, args=(work.dump(), self.pool, self.pod, claimant, writer),
+        redelivered = msg.metadata.num_delivered is not None and msg.metadata.num_delivered > 1
+        process = self.ctx.Process(target=child_main, args=(work.dump(), self.pool, self.pod, claimant, redelivered,
+                                                            writer),
                                    name=f"attempt-{work.task}-{work.attempt}", daemon=False)
         process.start()
         writer.close()

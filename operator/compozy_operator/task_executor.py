@@ -79,6 +79,7 @@ class Attempt:
     claimant: str  # who claims the attempt: the pod's uid (unique per pod, even of the same name)
     nonce: str | None = None  # what its TaskExecute command must carry (the pod's COMPOZY_COMMAND_NONCE)
     pool: str | None = None  # run by a runner of this pool (pool_runner), not in a pod of its own
+    redelivered: bool = False  # pooled: its queue message came back (the runner that took it went away)
 
     @classmethod
     def from_env(cls) -> Attempt:
@@ -186,6 +187,12 @@ class TaskRunner:
         message = (f"task {a.task} attempt {a.attempt} was already claimed by pod {held.get('pod') or '?'} "
                    f"(uid {held.get('claimant')}) at {held.get('time')}; pod {a.pod} did not run it again")
         reason = "AttemptAlreadyClaimed"
+        if a.pool and not a.redelivered:  # a second message of the attempt (dispatcher: queued again after
+            # its queue's stream was recreated): the holder runs it, or is found lost by the operator
+            await self.log(f"{message}: left to it", "warning")
+            if self.reported is not None:
+                self.reported()  # nothing of its own to report: not a process that died
+            return False
         if a.pool:  # its queue message came back: the runner that took it first went away (pool_runner)
             reason = "RunnerLost"
             message += f" (the runner that took it from pool {a.pool} was lost before it reported)"

@@ -3,17 +3,24 @@ node) run pooled attempts in processes of their own; crashes, cancel, timeouts a
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
 from typing import Any
 
+import nats
+import pytest
+
+from compozy_operator.events import POOL_STREAM, pool_consumer
 from compozy_operator.kube import Kube
 from compozy_operator.pools import RUNNER_POD_SELECTOR
+from compozy_operator.testenv import DevEnvironment
 from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl, pid_alive, pid_of, wait_for
 
-from .conftest import execution_status, wait_finished
+from .conftest import execution_status, instead_of, wait_finished
+from .test_workflows import metric
 
 PY_OK = "def run(input, ctx):\n    ctx.log.info('pid %s', __import__('os').getpid())\n    return {'echo': input}\n"
 # writes its process id where the test can read it, then sleeps (attempt 1 only: later attempts are quick)
@@ -228,3 +235,79 @@ def test_a_stopped_runner_lets_its_attempts_finish(operator: OperatorProcess, ku
     status = wait_finished(kubectl, namespace, "drain-1", timeout=60)
     assert status["phase"] == "Succeeded", status
     assert status["tasks"]["wait"]["attempt"] == 1 and status["tasks"]["wait"]["podName"] == runner["metadata"]["name"]
+
+
+# appends the run's name to a file, then sleeps
+PY_COUNTED = ("import time\n"
+              "def run(input, ctx):\n"
+              "    with open(input['log'], 'a') as f:\n"
+              "        f.write(ctx.execution + '\\n')\n"
+              "    time.sleep(input['seconds'])\n"
+              "    return {}\n")
+
+
+def _delete_in_jetstream(devenv: DevEnvironment, action: str, *args: str) -> None:
+    async def go() -> None:
+        nc = await nats.connect(devenv.nats.url, token=devenv.nats.token)
+        try:
+            await getattr(nc.jetstream(), action)(*args)
+        finally:
+            await nc.close()
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("what", ["stream", "consumer"])
+def test_a_deleted_pool_queue_loses_no_attempt(what: str, operator: OperatorProcess, kubectl: Kubectl, kube: Kube,
+                                               devenv: DevEnvironment, namespace: str, tmp_path: Path) -> None:
+    """The pool's queue (its stream, with every message; or the pool's consumer) is deleted while one
+    attempt runs on the only slot and another waits in the queue: the operator recreates them and
+    queues the waiting attempt again; both runs succeed, each attempt run once, none retried."""
+    log = tmp_path / "runs.log"
+    with instead_of(operator, devenv, tmp_path / "operator.log") as op:
+        apply(kubectl, namespace, pool("warm", concurrency=1, minReplicas=1, maxReplicas=1),
+              workflow("q", [{"id": "a", "tool": "counted", "with": {"log": str(log),
+                                                                    "seconds": "{{ workflow.input.seconds }}"}}],
+                       {"counted": PY_COUNTED}))
+        wait_for(lambda: runners(kube, namespace), 60, "the pool's runner")
+        apply(kubectl, namespace, execution("q-1", "q", {"seconds": 8}))
+        wait_for(lambda: log.exists() and "q-1" in log.read_text(), 60, "q-1's attempt to start")
+        apply(kubectl, namespace, execution("q-2", "q", {"seconds": 0}))
+        wait_for(lambda: execution_status(kubectl, namespace, "q-2").get("tasks", {}).get("a", {}).get("phase")
+                 == "Pending", 30, "q-2's attempt to wait in the queue")
+        if what == "stream":
+            _delete_in_jetstream(devenv, "delete_stream", POOL_STREAM)
+        else:
+            _delete_in_jetstream(devenv, "delete_consumer", POOL_STREAM, pool_consumer(namespace, "warm"))
+        for name in ("q-1", "q-2"):
+            status = wait_finished(kubectl, namespace, name, 90)
+            assert status["phase"] == "Succeeded" and status["tasks"]["a"]["attempt"] == 1, status
+        assert sorted(log.read_text().split()) == ["q-1", "q-2"]
+        if what == "stream":
+            assert metric(op.metrics(), "compozy_jetstream_repairs_total", f'{{name="{POOL_STREAM}"}}') > 0
+            assert op.log_path is not None and "queued task a attempt 1 of" in op.log_path.read_text()
+
+
+def test_an_operator_restart_leaves_running_and_queued_pooled_attempts_alone(
+        operator: OperatorProcess, kubectl: Kubectl, kube: Kube, devenv: DevEnvironment, namespace: str,
+        tmp_path: Path) -> None:
+    """The operator is killed while one pooled attempt runs and another waits in the queue: the next
+    one neither fails the running one (its runner pod is there) nor queues the waiting one again."""
+    log = tmp_path / "runs.log"
+    with instead_of(operator, devenv, tmp_path / "operator.log") as op:
+        apply(kubectl, namespace, pool("warm", concurrency=1, minReplicas=1, maxReplicas=1),
+              workflow("r", [{"id": "a", "tool": "counted", "with": {"log": str(log),
+                                                                    "seconds": "{{ workflow.input.seconds }}"}}],
+                       {"counted": PY_COUNTED}))
+        wait_for(lambda: runners(kube, namespace), 60, "the pool's runner")
+        apply(kubectl, namespace, execution("r-1", "r", {"seconds": 8}))
+        wait_for(lambda: log.exists() and "r-1" in log.read_text(), 60, "r-1's attempt to start")
+        apply(kubectl, namespace, execution("r-2", "r", {"seconds": 0}))
+        wait_for(lambda: execution_status(kubectl, namespace, "r-2").get("tasks", {}).get("a", {}).get("phase")
+                 == "Pending", 30, "r-2's attempt to wait in the queue")
+        op.kill()
+        op.start()
+        for name in ("r-1", "r-2"):
+            status = wait_finished(kubectl, namespace, name, 90)
+            assert status["phase"] == "Succeeded" and status["tasks"]["a"]["attempt"] == 1, status
+        assert sorted(log.read_text().split()) == ["r-1", "r-2"]
+        assert op.log_path is not None and "queued task a attempt 1 of" not in op.log_path.read_text()

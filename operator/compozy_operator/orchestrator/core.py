@@ -150,6 +150,20 @@ class Orchestrator:
         await self.effects.close()
         await self.pool.close()
 
+    async def pool_queue_recreated(self) -> None:
+        """The pool queue's stream was deleted and is back, empty: every pool's consumer is created
+        again, and every run looks again at its pooled attempts (dispatcher: lost messages queued again)."""
+        await self.dispatcher.pool_queue_recreated()
+        for key in list(self.pools.pools):
+            self.pools.resync(key)
+        for uid, run in list(self.runs.items()):
+            status = run.newest or run.status
+            tasks = status.tasks if status is not None else {}
+            # dispatched again, to look at their messages: the attempts not started yet
+            run.pods -= {(key, attempt) for key, attempt in self.dispatcher.pooled.get(uid, {})
+                         if key in tasks and tasks[key].attempt == attempt and tasks[key].phase == "Pending"}
+            self._fire(uid)
+
     def _fire(self, uid: str) -> None:
         if run := self.runs.get(uid):
             asyncio.ensure_future(self.reconcile(run.obj))

@@ -10,7 +10,11 @@ dispatched attempt without a pod and dispatches it again. The runner's claim on 
 A pooled attempt (its tool names a RunnerPool: docs/pools.md) gets no pod: the command, then a
 message on its pool's work queue naming the attempt and the command's nonce, then
 ``TaskDispatched``; a dispatch that finds the attempt dispatched in the status publishes nothing
-again (the queue holds its message until a runner has run it).
+again (the queue holds its message until a runner has run it), unless the queue's stream was created
+after the dispatch (deleted and recreated: its messages are gone) and no runner has claimed the
+attempt: then its message is queued again, with the stored command's nonce and the message id of the
+first (so a stream that was not recreated after all drops it as a duplicate). A runner process that
+finds the attempt claimed on a first delivery (such a second message) leaves it to its holder.
 
 The command carries a random nonce that the pod is created with (env ``COMPOZY_COMMAND_NONCE``),
 and the runner runs only a command that carries its pod's (docs/security.md): a command anyone
@@ -34,7 +38,7 @@ from typing import Any
 
 from ..resources.models import WorkflowExecutionStatus, WorkflowSpec
 from ..bus import Bus, PayloadTooLarge, without_credentials
-from ..events import EventType, command_subject, event_id, make_event, pool_subject
+from ..events import POOL_STREAM, EventType, claim_subject, command_subject, event_id, make_event, pool_subject
 from ..executor import Dispatch, epoch
 from ..kube import ApiException, Kube
 from ..monitoring import DISPATCH_SECONDS, PODS_CREATED
@@ -61,6 +65,10 @@ class Dispatcher:
         # pooled attempts dispatched and not seen ended, per execution uid: (task key, attempt) -> task key
         self.pooled: dict[str, dict[tuple[str, int], str]] = {}
         self.known_pools: set[tuple[str, str]] = set()  # (namespace, name) of the RunnerPools seen (pool_control)
+        # when the pool queue's stream was created (epoch seconds; None: not read yet), and the
+        # pooled attempts queued again since (uid, task key, attempt)
+        self.pool_queue_created: float | None = None
+        self.requeued: set[tuple[str, str, int]] = set()
 
     def pod_rule(self, run: Run) -> PodRule:
         """The run's pod cleanup rule: its Workflow's ``podCleanup`` over the operator's default."""
@@ -133,12 +141,45 @@ class Dispatcher:
                     id_extra="PoolNotFound", reason="PoolNotFound",
                     message=f"RunnerPool {pool} does not exist in namespace {run.namespace}; the attempt waits in its "
                     "queue until it does (or until its timeout)"))
+        elif st is not None and st.phase == "Pending" and st.dispatched_at:
+            await self._requeue_if_lost(run, d, pool, epoch(st.dispatched_at))
         mine[(d.task, d.attempt)] = d.task
         run.pods.add((d.task, d.attempt))
         if not dispatched:
             await self.bus.emit_log(run.namespace, run.name, run.uid, "orchestrator", "info",
                                     f"dispatched task {d.task} attempt {d.attempt} to runner pool {pool}",
                                     task=d.task, attempt=d.attempt)
+
+    async def pool_queue_recreated(self) -> None:
+        """The pool queue's stream is (re)created: read when, so that dispatches check their messages."""
+        created = await self.bus.stream_created(POOL_STREAM)
+        self.pool_queue_created = created.timestamp() if created is not None else None
+
+    async def _requeue_if_lost(self, run: Run, d: Dispatch, pool: str, dispatched_at: float) -> None:
+        """Queue a dispatched, not started attempt's message again if the queue lost it (see the module)."""
+        if self.pool_queue_created is None:
+            await self.pool_queue_recreated()
+        key = (run.uid, d.task, d.attempt)
+        if self.pool_queue_created is None or dispatched_at >= self.pool_queue_created or key in self.requeued:
+            return
+        if await self.bus.get_command(claim_subject(run.namespace, run.name, run.uid, d.task, d.attempt)):
+            return  # a runner took it before the queue went: it runs (or its runner is found lost)
+        stored = await self.bus.get_command(command_subject(run.namespace, run.name, d.task, d.attempt))
+        nonce = stored[1].get("nonce") if stored is not None and isinstance(stored[1], dict) else None
+        if not isinstance(nonce, str):  # the commands went too: a fresh one (as a new dispatch would)
+            nonce = secrets.token_urlsafe(24)
+            await self.bus.publish_command(command_subject(run.namespace, run.name, d.task, d.attempt),
+                                           self._command(run, d, nonce))
+        work = PoolWork(run.namespace, run.name, run.uid, d.task, d.attempt, nonce)
+        await self.bus.publish_pool_work(pool_subject(run.namespace, pool), work.dump(),
+                                         event_id(run.uid, d.task, d.attempt, "PoolWork", nonce))
+        self.requeued.add(key)
+        log.warning("queued task %s attempt %d of %s/%s again on pool %s: the queue's stream was recreated after "
+                    "its dispatch", d.task, d.attempt, run.namespace, run.name, pool)
+        await self.bus.emit_log(run.namespace, run.name, run.uid, "orchestrator", "warning",
+                                f"queued task {d.task} attempt {d.attempt} again on runner pool {pool}: the pool "
+                                "queue's stream was deleted and recreated after its dispatch", task=d.task,
+                                attempt=d.attempt)
 
     def _command(self, run: Run, d: Dispatch, nonce: str) -> dict[str, Any]:
         assert run.spec is not None
@@ -230,6 +271,7 @@ class Dispatcher:
     def forget(self, uid: str) -> None:
         """The run has ended: its pooled attempts need no counting."""
         self.pooled.pop(uid, None)
+        self.requeued = {key for key in self.requeued if key[0] != uid}
 
     def track(self, uid: str, name: str, task: str, ended: bool) -> bool:
         """Record a pod the watch saw; True when an ended pod freed a worker slot."""

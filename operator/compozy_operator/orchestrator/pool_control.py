@@ -85,6 +85,12 @@ class PoolControl:
         self.replicas[(ns, name)] = replicas
         self.synced[(ns, name)] = (obj["metadata"]["uid"], obj["metadata"].get("generation"))
 
+    def resync(self, key: tuple[str, str]) -> None:
+        """Sync the pool's consumer and Deployment again (its consumer is gone)."""
+        self.synced.pop(key, None)
+        if (obj := self.pools.get(key)) is not None:
+            asyncio.ensure_future(self.on_pool("MODIFIED", obj))
+
     async def run(self) -> None:
         """Scale every pool from its queue, forever (the leader's loop)."""
         while True:
@@ -101,8 +107,9 @@ class PoolControl:
         assert self.bus.js is not None
         try:
             info = await self.bus.js.consumer_info(POOL_STREAM, pool_consumer(ns, name))
-        except NotFoundError:
-            return  # (re)created by the next sync
+        except NotFoundError:  # deleted (or its stream was): create it again; its messages stay in the stream
+            self.resync(key)
+            return
         pending, in_flight = info.num_pending or 0, info.num_ack_pending or 0
         current = self.replicas.get(key, spec.min_replicas)
         wanted = desired_replicas(spec, pending, in_flight, current)
