@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
+import nats
 import pytest
+from nats.js import JetStreamContext
 
 from compozy_operator.testenv import DevEnvironment
 from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import SESSION_OPERATORS, Kubectl, apply_crds, wait_for
+
+T = TypeVar("T")
+
+
+def jetstream(devenv: Any, op: Callable[[JetStreamContext], Awaitable[T]]) -> T:
+    """``op`` on a JetStream context of a fresh raw connection to the test NATS."""
+    async def run() -> T:
+        nc = await nats.connect(devenv.nats.url, token=devenv.nats.token)
+        try:
+            return await op(nc.jetstream())
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
 
 TASK_IMAGE = "compozy/compozy-operator:test"
 # the session operator's settings (tests that run an operator of their own use them too)

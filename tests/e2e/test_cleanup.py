@@ -4,14 +4,12 @@ state events with them; finished task pods deleted as podCleanup says; Kubernete
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -25,7 +23,7 @@ from compozy_operator.testenv import DevEnvironment
 from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl, wait_for
 
-from .conftest import execution_status, instead_of, wait_finished
+from .conftest import execution_status, instead_of, jetstream, wait_finished
 from .test_workflows import apply, execution, metric, workflow
 
 PREFIX = "/apis/compozy.dev/v1alpha1/namespaces"
@@ -34,16 +32,6 @@ BIG = {"id": "big", "python": "def run(input, ctx):\n    ctx.log.info('making it
 MAYBE = {"id": "maybe", "python": "import time\ndef run(input, ctx):\n    time.sleep(input.get('seconds', 0))\n"
                                    "    if input['fail']:\n        raise RuntimeError('asked to')\n    return {}\n"}
 SLOW = {"id": "slow", "python": "import time\ndef run(input, ctx):\n    time.sleep(input['seconds'])\n    return {}\n"}
-
-
-def _nats(devenv: DevEnvironment, fn: Any) -> Any:
-    async def go() -> Any:
-        nc = await nats.connect(devenv.nats.url, token=devenv.nats.token)
-        try:
-            return await fn(nc.jetstream())
-        finally:
-            await nc.close()
-    return asyncio.run(go())
 
 
 def stored_count(devenv: DevEnvironment, stream: str, subject: str) -> int:
@@ -55,7 +43,7 @@ def stored_count(devenv: DevEnvironment, stream: str, subject: str) -> int:
             return int((await sub.consumer_info()).num_pending)
         finally:
             await sub.unsubscribe()
-    return int(_nats(devenv, count))
+    return int(jetstream(devenv, count))
 
 
 def stored_outputs(devenv: DevEnvironment, prefix: str) -> list[str]:
@@ -65,7 +53,7 @@ def stored_outputs(devenv: DevEnvironment, prefix: str) -> list[str]:
         except NotFoundError:
             return []
         return [i.name for i in infos if i.name.startswith(prefix)]
-    return list(_nats(devenv, names))
+    return list(jetstream(devenv, names))
 
 
 def leftovers(devenv: DevEnvironment, namespace: str, name: str, uid: str) -> dict[str, int]:
@@ -139,7 +127,7 @@ def state_events_of(devenv: DevEnvironment, namespace: str, name: str) -> list[t
         finally:
             await sub.unsubscribe()
         return out
-    return list(_nats(devenv, read))
+    return list(jetstream(devenv, read))
 
 
 def test_purging_a_deleted_runs_state_events_spares_a_new_run_of_the_same_name(

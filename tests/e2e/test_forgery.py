@@ -20,8 +20,8 @@ from compozy_operator.events import EventType, Publisher, command_subject, event
 from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl, wait_for
 
-from .conftest import wait_finished
-from .test_state_faults import jetstream, rejected
+from .conftest import jetstream, wait_finished
+from .test_state_faults import rejected
 from .test_workflows import apply, execution, workflow
 
 MARKER_TOOL = ("def run(input, ctx):\n"

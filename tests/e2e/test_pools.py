@@ -3,13 +3,11 @@ node) run pooled attempts in processes of their own; crashes, cancel, timeouts a
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 
 from compozy_operator.events import POOL_STREAM, pool_consumer
@@ -19,7 +17,7 @@ from compozy_operator.testenv import DevEnvironment
 from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl, pid_alive, pid_of, wait_for
 
-from .conftest import execution_status, instead_of, wait_finished
+from .conftest import execution_status, instead_of, jetstream, wait_finished
 from .test_workflows import metric
 
 PY_OK = "def run(input, ctx):\n    ctx.log.info('pid %s', __import__('os').getpid())\n    return {'echo': input}\n"
@@ -246,14 +244,18 @@ PY_COUNTED = ("import time\n"
               "    return {}\n")
 
 
-def _delete_in_jetstream(devenv: DevEnvironment, action: str, *args: str) -> None:
-    async def go() -> None:
-        nc = await nats.connect(devenv.nats.url, token=devenv.nats.token)
-        try:
-            await getattr(nc.jetstream(), action)(*args)
-        finally:
-            await nc.close()
-    asyncio.run(go())
+def one_running_one_queued(kubectl: Kubectl, kube: Kube, namespace: str, name: str, log: Path) -> None:
+    """A pool of one slot; run ``<name>-1`` runs on it (8 s), ``<name>-2`` waits in the queue."""
+    apply(kubectl, namespace, pool("warm", concurrency=1, minReplicas=1, maxReplicas=1),
+          workflow(name, [{"id": "a", "tool": "counted", "with": {"log": str(log),
+                                                                 "seconds": "{{ workflow.input.seconds }}"}}],
+                   {"counted": PY_COUNTED}))
+    wait_for(lambda: runners(kube, namespace), 60, "the pool's runner")
+    apply(kubectl, namespace, execution(f"{name}-1", name, {"seconds": 8}))
+    wait_for(lambda: log.exists() and f"{name}-1" in log.read_text(), 60, f"{name}-1's attempt to start")
+    apply(kubectl, namespace, execution(f"{name}-2", name, {"seconds": 0}))
+    wait_for(lambda: execution_status(kubectl, namespace, f"{name}-2").get("tasks", {}).get("a", {}).get("phase")
+             == "Pending", 30, f"{name}-2's attempt to wait in the queue")
 
 
 @pytest.mark.parametrize("what", ["stream", "consumer"])
@@ -264,20 +266,11 @@ def test_a_deleted_pool_queue_loses_no_attempt(what: str, operator: OperatorProc
     queues the waiting attempt again; both runs succeed, each attempt run once, none retried."""
     log = tmp_path / "runs.log"
     with instead_of(operator, devenv, tmp_path / "operator.log") as op:
-        apply(kubectl, namespace, pool("warm", concurrency=1, minReplicas=1, maxReplicas=1),
-              workflow("q", [{"id": "a", "tool": "counted", "with": {"log": str(log),
-                                                                    "seconds": "{{ workflow.input.seconds }}"}}],
-                       {"counted": PY_COUNTED}))
-        wait_for(lambda: runners(kube, namespace), 60, "the pool's runner")
-        apply(kubectl, namespace, execution("q-1", "q", {"seconds": 8}))
-        wait_for(lambda: log.exists() and "q-1" in log.read_text(), 60, "q-1's attempt to start")
-        apply(kubectl, namespace, execution("q-2", "q", {"seconds": 0}))
-        wait_for(lambda: execution_status(kubectl, namespace, "q-2").get("tasks", {}).get("a", {}).get("phase")
-                 == "Pending", 30, "q-2's attempt to wait in the queue")
+        one_running_one_queued(kubectl, kube, namespace, "q", log)
         if what == "stream":
-            _delete_in_jetstream(devenv, "delete_stream", POOL_STREAM)
+            jetstream(devenv, lambda js: js.delete_stream(POOL_STREAM))
         else:
-            _delete_in_jetstream(devenv, "delete_consumer", POOL_STREAM, pool_consumer(namespace, "warm"))
+            jetstream(devenv, lambda js: js.delete_consumer(POOL_STREAM, pool_consumer(namespace, "warm")))
         for name in ("q-1", "q-2"):
             status = wait_finished(kubectl, namespace, name, 90)
             assert status["phase"] == "Succeeded" and status["tasks"]["a"]["attempt"] == 1, status
@@ -294,16 +287,7 @@ def test_an_operator_restart_leaves_running_and_queued_pooled_attempts_alone(
     one neither fails the running one (its runner pod is there) nor queues the waiting one again."""
     log = tmp_path / "runs.log"
     with instead_of(operator, devenv, tmp_path / "operator.log") as op:
-        apply(kubectl, namespace, pool("warm", concurrency=1, minReplicas=1, maxReplicas=1),
-              workflow("r", [{"id": "a", "tool": "counted", "with": {"log": str(log),
-                                                                    "seconds": "{{ workflow.input.seconds }}"}}],
-                       {"counted": PY_COUNTED}))
-        wait_for(lambda: runners(kube, namespace), 60, "the pool's runner")
-        apply(kubectl, namespace, execution("r-1", "r", {"seconds": 8}))
-        wait_for(lambda: log.exists() and "r-1" in log.read_text(), 60, "r-1's attempt to start")
-        apply(kubectl, namespace, execution("r-2", "r", {"seconds": 0}))
-        wait_for(lambda: execution_status(kubectl, namespace, "r-2").get("tasks", {}).get("a", {}).get("phase")
-                 == "Pending", 30, "r-2's attempt to wait in the queue")
+        one_running_one_queued(kubectl, kube, namespace, "r", log)
         op.kill()
         op.start()
         for name in ("r-1", "r-2"):

@@ -3,7 +3,6 @@ durations out of range. Each test names the defect of issue 10 it covers."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter
 import os
@@ -11,7 +10,6 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-import nats
 import pytest
 
 from compozy_operator.kube import Kube
@@ -20,7 +18,7 @@ from compozy_operator.testenv.admission import unchecked  # past the webhook: wh
 from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl, pid_of, wait_for
 
-from .conftest import OPERATOR_ENV, execution_status, instead_of, wait_finished
+from .conftest import OPERATOR_ENV, execution_status, instead_of, jetstream, wait_finished
 from .test_failpoints import DIR, TOOLS, tool_runs
 from .test_workflows import apply, execution, workflow
 
@@ -38,17 +36,6 @@ def own_operator(operator: OperatorProcess, devenv: DevEnvironment, tmp_path: Pa
 def create(kubectl: Kubectl, namespace: str, *docs: dict) -> None:
     """``kubectl create`` (apply would copy a large object into an annotation of 256 KiB at most)."""
     kubectl.ok("create", "-n", namespace, "-f", "-", stdin="\n---\n".join(json.dumps(d) for d in docs))
-
-
-def _js(devenv: DevEnvironment, action: str, *args: str) -> None:
-    async def go() -> None:
-        nc = await nats.connect(devenv.nats.url, token=devenv.nats.token)
-        try:
-            await getattr(nc.jetstream(), action)(*args)
-        finally:
-            await nc.close()
-
-    asyncio.run(go())
 
 
 def test_a_workflow_output_too_large_for_nats_is_stored_not_stuck(operator: OperatorProcess, kubectl: Kubectl,
@@ -154,7 +141,7 @@ def test_a_run_survives_the_loss_of_its_state_stream(own_operator: OperatorProce
     # stream is the next test's case)
     wait_for(lambda: execution_status(kubectl, namespace, "lasting-1").get("snapshot"), 30, "the run to start")
     own_operator.stop()
-    _js(devenv, "delete_stream", "COMPOZY_STATE")
+    jetstream(devenv, lambda js: js.delete_stream("COMPOZY_STATE"))
     own_operator.start()
     status = wait_finished(kubectl, namespace, "lasting-1", 60)
     assert status["phase"] == "Succeeded" and status["output"] == {"b": 1}, status
@@ -201,7 +188,7 @@ def test_a_result_lost_with_the_stream_fails_the_attempt_instead_of_hanging(
         wait_for(lambda: not armed.proc.alive(), 30, "the operator to crash after the pod create")  # type: ignore[union-attr]
         wait_for(lambda: [p for p in kube.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
                           if p["status"].get("phase") == "Succeeded"], 30, "a's pod to succeed")
-        _js(devenv, "delete_stream", "COMPOZY_STATE")
+        jetstream(devenv, lambda js: js.delete_stream("COMPOZY_STATE"))
         clean.start()
         status = wait_finished(kubectl, namespace, "forgotten-1", 90)
     finally:

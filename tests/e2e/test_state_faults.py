@@ -3,14 +3,11 @@ stream, and a kill -9 while events are fetched but not acknowledged."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import nats
 from nats.js import JetStreamContext
 
 from compozy_operator.events import EventType, make_event
@@ -18,23 +15,10 @@ from compozy_operator.state_manager import DURABLE
 from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl, wait_for
 
-from .conftest import wait_finished
+from .conftest import jetstream, wait_finished
 from .test_workflows import apply, execution, workflow
 
-T = TypeVar("T")
 STREAM = "COMPOZY_STATE"
-
-
-def jetstream(devenv: Any, op: Callable[[JetStreamContext], Awaitable[T]]) -> T:
-    """``op`` on a JetStream context of a fresh raw connection to the test NATS."""
-    async def run() -> T:
-        nc = await nats.connect(devenv.nats.url, token=devenv.nats.token)
-        try:
-            return await op(nc.jetstream())
-        finally:
-            await nc.close()
-
-    return asyncio.run(run())
 
 
 def rejected(operator: OperatorProcess) -> dict[str, float]:
