@@ -84,16 +84,22 @@ class PayloadTooLarge(ValueError):
     """A message that can never fit the NATS server's ``max_payload`` (retrying cannot help)."""
 
 
-__all__ = ["OUTPUT_BUCKET", "Bus", "PayloadTooLarge", "claim_subject"]  # claim_subject: kept here for old importers
+class LoginRefused(ConnectionError):
+    """The server refused the login every time it was asked (see :meth:`Bus.connect`)."""
+
+
+__all__ = ["OUTPUT_BUCKET", "Bus", "LoginRefused", "PayloadTooLarge", "claim_subject"]  # claim_subject: kept here for old importers
 OUTPUT_STREAM = f"OBJ_{OUTPUT_BUCKET}"
 OUTPUT_CHUNK_SIZE = 128 * 1024  # as nats-py's object store
 
 
 class Bus:
     def __init__(self, url: str, token: str | Callable[[], str] | None, name: str, ca: str | None = None,
-                 inbox_prefix: str = "_INBOX", streams: tuple[StreamConfig, ...] = STREAMS) -> None:
+                 inbox_prefix: str = "_INBOX", streams: tuple[StreamConfig, ...] = STREAMS,
+                 user: str | None = None) -> None:
         """``token``: a string, or a callable nats-py calls at each connect and reconnect (a task
-        pod's ServiceAccount token file, read anew: task_executor.nats_login);
+        pod's ServiceAccount token file, read anew: task_executor.nats_login); sent as the password
+        of ``user`` when there is one (a pooled attempt's process: wire.POOL_ATTEMPT_USER);
         ``ca``: PEM of the CA that signed a TLS server's certificate (else the system's trust);
         ``inbox_prefix``: where replies come back (a task attempt's own, see events.inbox_prefix);
         ``streams``: what :meth:`ensure_streams` creates (the operator's, with its log retention)."""
@@ -101,6 +107,7 @@ class Bus:
         self.streams = streams
         self.url = url
         self.token = token
+        self.user = user
         self.name = name
         self.tls = ssl.create_default_context(cadata=ca) if ca else None
         self.nc: Client | None = None
@@ -114,10 +121,10 @@ class Bus:
         return self.nc is not None and self.nc.is_connected
 
     async def connect(self, attempts: int | None = None, initial_delay: float = 0.5, max_delay: float = 15,
-                      give_up_after: float | None = None) -> None:
-        """Connect, retrying with back-off (forever unless ``attempts`` or ``give_up_after`` seconds);
-        log each failure."""
-        delay, tried = initial_delay, 0
+                      give_up_after: float | None = None, refusals: int | None = None) -> None:
+        """Connect, retrying with back-off (forever unless ``attempts`` or ``give_up_after`` seconds,
+        or ``refusals`` answers of the server refusing this login: :class:`LoginRefused`); log each failure."""
+        delay, tried, refused = initial_delay, 0, 0
         started = asyncio.get_running_loop().time()
         while True:
             tried += 1
@@ -125,8 +132,9 @@ class Bus:
                 # One try per round here (this loop owns the back-off and says why it waits) ...
                 # (no reconnecting inside this try: on a TLS verification failure nats-py would
                 # otherwise wait forever instead of failing)
+                login: dict[str, Any] = {"user": self.user, "password": self.token} if self.user else {"token": self.token}
                 self.nc = await nats.connect(
-                    self.url, token=self.token, name=self.name, connect_timeout=5, tls=self.tls,
+                    self.url, **login, name=self.name, connect_timeout=5, tls=self.tls,
                     inbox_prefix=self.inbox_prefix,
                     allow_reconnect=False, reconnect_time_wait=0.1,
                     error_cb=self._on_error, disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect)
@@ -142,6 +150,10 @@ class Bus:
                 self._connect_error = None
                 self.last_error = f"NATS at {without_credentials(self.url)} unreachable: {cause or type(cause).__name__}"
                 waited = asyncio.get_running_loop().time() - started
+                # (nats-py reports a refused CONNECT as a plain error naming the server's answer)
+                refused = refused + 1 if "authorization violation" in str(cause).lower() else 0
+                if refusals is not None and refused >= refusals:
+                    raise LoginRefused(self.last_error) from e
                 if (attempts is not None and tried >= attempts) or (give_up_after is not None
                                                                     and waited >= give_up_after):
                     raise ConnectionError(self.last_error) from e

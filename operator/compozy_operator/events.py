@@ -18,9 +18,9 @@ from .wire import (API_TRIGGER_SUBJECTS, COMMAND_NONCE_ENV, COMMAND_STREAM, LOG_
                    OUTPUT_BUCKET, POOL_STREAM, STATE_CONSUMER, STATE_STREAM, STATE_TYPES, EventType, LogSubject, Publisher,
                    StateSubject, attempt_permissions, attempt_state_subjects, cancel_subject, claim_subject,
                    command_subject, event_id, execution_logs, inbox_prefix, log_subject, output_chunk_token,
-                   output_key, output_meta_subject, output_prefix, parse_log_subject, parse_state_subject, pool_consumer,
-                   pool_subject, round_id, state_subject, stop_subject, task_token, token, untask_token, untoken, utcnow,
-                   envelope)
+                   output_key, output_meta_subject, output_prefix, parse_log_subject, parse_state_subject,
+                   pool_attempt_user, pool_consumer, pool_subject, round_id, runner_inbox_prefix, runner_permissions,
+                   state_subject, stop_subject, task_token, token, untask_token, untoken, utcnow, envelope)
 
 __all__ = [  # the wire names, for the operator's modules, and this module's own
     "API_TRIGGER_SUBJECTS", "COMMAND_NONCE_ENV", "COMMAND_STREAM", "LOG_MAX_AGE", "LOG_MAX_BYTES", "LOG_STREAM",
@@ -28,7 +28,8 @@ __all__ = [  # the wire names, for the operator's modules, and this module's own
     "StateSubject", "attempt_permissions", "attempt_state_subjects", "cancel_subject", "claim_subject",
     "command_subject", "event_id", "execution_logs", "inbox_prefix", "log_subject", "output_chunk_token",
     "output_key", "output_meta_subject", "output_prefix", "parse_log_subject", "parse_state_subject",
-    "pool_consumer", "pool_subject", "round_id", "state_subject", "stop_subject", "task_token", "token",
+    "pool_attempt_user", "pool_consumer", "pool_subject", "round_id", "runner_inbox_prefix", "runner_permissions",
+    "state_subject", "stop_subject", "task_token", "token",
     "untask_token", "untoken", "utcnow", "Event", "InvalidEvent", "data_problem",
     "make_event", "parse_state_event", "subject_problem",
 ]

@@ -228,7 +228,8 @@ class Operator:
     async def _callout(self) -> None:
         """Answer the NATS server's authorization requests of task pods until cancelled."""
         assert self.callout_config is not None
-        service = await CalloutService(self.callout_config, self.kube).start()
+        # the orchestrator's connection reads the command that proves a pooled attempt
+        service = await CalloutService(self.callout_config, self.kube, commands=self.bus.get_command).start()
         self.callout = service
         try:
             await asyncio.Event().wait()
@@ -239,6 +240,16 @@ class Operator:
     async def on_task_pod(self, event: str, pod: dict[str, Any]) -> None:
         if self.leading:
             await self.orchestrator.on_pod(event, pod)
+        await self.pod_identities(event, pod)
+
+    async def on_runner_pod(self, event: str, pod: dict[str, Any]) -> None:
+        if self.leading:
+            await self.orchestrator.pools.on_runner_pod(event, pod)
+        await self.pod_identities(event, pod)
+
+    async def pod_identities(self, event: str, pod: dict[str, Any]) -> None:
+        """A task or runner pod that has ended or is gone: close the NATS connections granted to it
+        (a runner's own and its attempts')."""
         if self.callout is not None and (event == "DELETED" or (pod.get("status") or {}).get("phase") in ENDED_PHASES):
             await self.callout.end_pod(pod["metadata"]["uid"])
 
@@ -413,8 +424,7 @@ def build_registry(op_ref: dict[str, Operator], app_settings: Settings) -> kopf.
     @kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED: MANAGER, "app.kubernetes.io/component": RUNNER_COMPONENT},
                    registry=registry)
     async def runner_pod_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
-        if op_ref["op"].leading:
-            await op_ref["op"].orchestrator.pools.on_runner_pod(event["type"] or "ADDED", _plain(body))
+        await op_ref["op"].on_runner_pod(event["type"] or "ADDED", _plain(body))
 
     @kopf.on.event(GROUP, VERSION, "workflows", registry=registry)
     async def workflow_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:

@@ -18,6 +18,16 @@ operator also fails the attempts of a runner pod that is gone at once (orchestra
 
 Concurrency: at most ``COMPOZY_POOL_CONCURRENCY`` processes; the runner asks the queue for as
 many attempts as it has free slots, so the queue's depth is what the operator scales runners by.
+
+NATS identities (callout mode, docs/pools.md "Trust boundaries"): the runner logs in with its pod's
+token and may only pull from and acknowledge its pool's queue and hear its namespace's stops and
+cancels. Each process logs in with the same token as the password and its queue message as the
+user: the callout grants it its attempt's own identity once the operator's command for that attempt
+names this pool and carries the message's nonce. A process whose login is refused (its attempt has
+ended, or a repeated dispatch replaced its nonce) exits with :data:`LOGIN_REFUSED_EXIT`; the runner
+puts its message back for a later look (:data:`REFUSED_RETRY_SECONDS`, at most
+:data:`REFUSED_DELIVERIES` deliveries). The runner reports a process that died (``ProcessExited``)
+under that attempt's identity too, on a connection of its own: it never needs publish rights of its own.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
@@ -44,11 +55,11 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from .bus import Bus
-from .events import (POOL_STREAM, EventType, Publisher, make_event, pool_consumer, stop_subject, token, untask_token,
-                     untoken)
+from .bus import Bus, LoginRefused
+from .events import (POOL_STREAM, EventType, Publisher, inbox_prefix, make_event, pool_attempt_user, pool_consumer,
+                     runner_inbox_prefix, stop_subject, token, untask_token, untoken)
 from .pools import CONCURRENCY_ENV, POOL_NAME_ENV, PoolWork, parse_work
-from .task_executor import NATS_TOKEN_FILE_ENV, Attempt, nats_login, run_attempt
+from .task_executor import NATS_TOKEN_FILE_ENV, Attempt, nats_login, run_attempt, token_reader
 
 log = logging.getLogger("compozy.runner")
 SOURCE = "compozy/pool-runner"
@@ -61,6 +72,9 @@ PRELOAD = ["compozy_operator.pool_runner", "compozy_operator.task_executor", "co
 PR_SET_PDEATHSIG = 1
 REMEMBERED = 10_000  # stops kept in memory
 MAX_SOCKET_DIR = 60  # characters of a temporary directory the fork server's socket path fits under
+LOGIN_REFUSED_EXIT = 77  # a process whose attempt identity NATS refused (EX_NOPERM)
+REFUSED_RETRY_SECONDS = 5.0  # its message comes back after this long (the refusal may have been a failed check)
+REFUSED_DELIVERIES = 5  # and is dropped once refused this often
 
 
 @dataclass
@@ -85,13 +99,24 @@ def child_main(work: dict[str, Any], pool: str, pod: str, claimant: str, redeliv
     os.setpgid(0, 0)
     w = PoolWork(**work)
     a = Attempt(w.namespace, w.execution, w.uid, w.task, w.attempt, pod, claimant, w.nonce, pool, redelivered)
+    user = attempt_user(w)  # (before nats_login takes the token file's name out of the environment)
 
     def reported() -> None:
         try:
             reports.send_bytes(b"1")
         except OSError:
             pass
-    asyncio.run(run_attempt(a, nats_login(), reported))
+    try:
+        asyncio.run(run_attempt(a, nats_login(), reported, user))
+    except LoginRefused as e:
+        log.warning("task %s attempt %d: NATS refused this attempt's identity: %s", w.task, w.attempt, e)
+        os._exit(LOGIN_REFUSED_EXIT)
+
+
+def attempt_user(w: PoolWork) -> str | None:
+    """A pooled attempt's NATS user in callout mode (its queue message; the token is the password),
+    None in token mode (the shared token)."""
+    return pool_attempt_user(w.dump()) if os.environ.get(NATS_TOKEN_FILE_ENV) else None
 
 
 class PoolRunner:
@@ -116,9 +141,10 @@ class PoolRunner:
         loop = asyncio.get_running_loop()
         self._warm()  # before the runner's own SIGTERM handler (see _warm)
         loop.add_signal_handler(signal.SIGTERM, self.stop)
-        # the runner's own connection: the namespace's token (token mode; docs/pools.md)
-        self.bus = bus = Bus(os.environ["COMPOZY_NATS_URL"], nats_login_for_runner(), f"runner-{self.pod}",
-                             os.environ.get("COMPOZY_NATS_CA") or None)
+        # the runner's own connection: its pod's token (callout mode) or the shared token
+        self.bus = bus = Bus(os.environ["COMPOZY_NATS_URL"], runner_login(), f"runner-{self.pod}",
+                             os.environ.get("COMPOZY_NATS_CA") or None,
+                             inbox_prefix=runner_inbox_prefix(self.namespace, self.pod))
         await bus.connect(max_delay=3)
         assert bus.nc is not None
         inbox = bus.nc.new_inbox()
@@ -241,8 +267,9 @@ class PoolRunner:
         reported = _said(child.reports)
         child.reports.close()
         w = child.work
-        if not reported and child.stopped is None:
-            code = child.process.exitcode
+        code = child.process.exitcode
+        refused = not reported and child.stopped is None and code == LOGIN_REFUSED_EXIT
+        if not reported and child.stopped is None and not refused:
             how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
             message = (f"the process of task {w.task} attempt {w.attempt} on runner {self.pod} (pool {self.pool}) "
                        f"{how} before it reported a result")
@@ -252,17 +279,45 @@ class PoolRunner:
         child.process.close()
         self.slot_free.set()
         try:
-            await child.msg.ack()
+            if refused:
+                await self._refused(child.msg, w)
+            else:
+                await child.msg.ack()
         except Exception as e:  # noqa: BLE001 - NATS away: the message comes back, and finds the attempt claimed
             log.warning("acknowledging the queue message of %s: %s", w.key, e)
 
+    async def _refused(self, msg: Msg, w: PoolWork) -> None:
+        """NATS refused the attempt's identity: its attempt has ended or its nonce was replaced (then
+        the message is stale), or the check failed (then a later look succeeds): look again later,
+        a few times."""
+        if msg.metadata.num_delivered >= REFUSED_DELIVERIES:
+            log.warning("pool %s: dropped the queue message of %s: its identity was refused %d times", self.pool,
+                        w.key, msg.metadata.num_delivered)
+            await msg.term()
+        else:
+            await msg.nak(delay=REFUSED_RETRY_SECONDS)
+
     async def _fail(self, w: PoolWork, reason: str, message: str) -> None:
+        """Report the attempt failed, as the attempt: in callout mode on a connection with its identity
+        (the runner's own may publish nothing), in token mode on the runner's."""
         assert self.bus is not None
         event = make_event(EventType.TASK_FAILED, SOURCE, w.namespace, w.execution, w.uid, w.task, w.attempt,
                            publisher=Publisher.ATTEMPT, podName=self.pod, error={"reason": reason, "message": message})
-        await self.bus.through_outage(lambda: self.bus.publish_event(event), "reporting a lost process", 300)  # type: ignore[union-attr]
-        await self.bus.emit_log(w.namespace, w.execution, w.uid, "pool-runner", "error", message, task=w.task,
-                                attempt=w.attempt)
+        user = attempt_user(w)
+        bus = self.bus if user is None else Bus(
+            self.bus.url, self.bus.token, f"runner-{self.pod}-report", os.environ.get("COMPOZY_NATS_CA") or None,
+            inbox_prefix=inbox_prefix(w.namespace, w.execution, w.task, w.attempt), user=user)
+        try:
+            if bus is not self.bus:
+                await bus.connect(max_delay=1, give_up_after=30, refusals=3)
+            await bus.through_outage(lambda: bus.publish_event(event), "reporting a lost process", 300)
+            await bus.emit_log(w.namespace, w.execution, w.uid, "pool-runner", "error", message, task=w.task,
+                               attempt=w.attempt)
+        except ConnectionError as e:  # refused: the attempt has ended meanwhile (or NATS is away that long)
+            log.warning("could not report %s of %s: %s", reason, w.key, e)
+        finally:
+            if bus is not self.bus:
+                await bus.close()
 
     async def _heartbeat(self) -> None:
         while True:
@@ -332,18 +387,16 @@ def _said(reports: Connection) -> bool:
         return False
 
 
-def nats_login_for_runner() -> str | None:
-    """The runner's NATS token (token mode), left in the environment for the attempts' processes."""
-    return os.environ.get("COMPOZY_NATS_TOKEN") or None
+def runner_login() -> str | Callable[[], str] | None:
+    """The runner's own NATS login: its pod's projected token (callout mode) or the shared token;
+    both are left in the environment for the attempts' processes."""
+    token_file = os.environ.get(NATS_TOKEN_FILE_ENV)
+    return token_reader(token_file) if token_file else os.environ.get("COMPOZY_NATS_TOKEN") or None
 
 
 def main(pool: str | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     e = os.environ
-    if e.get(NATS_TOKEN_FILE_ENV):
-        log.error("runner pools need COMPOZY_NATS_AUTH=token for now: in callout mode a runner has no NATS "
-                  "identity yet (docs/pools.md)")
-        return 1
     runner = PoolRunner(e["COMPOZY_NAMESPACE"], pool or e[POOL_NAME_ENV], int(e.get(CONCURRENCY_ENV) or "4"),
                         e.get("POD_NAME", ""), e.get("POD_UID", ""))
     asyncio.run(runner.run())

@@ -66,6 +66,9 @@ DEFAULT_INLINE_LIMIT = 16 * 1024  # bytes of JSON; larger outputs go to the obje
 RUNTIME = "compozy/runtime"  # source of the Tool* and Agent* events
 MAX_LOGGED_TEXT = 4000  # characters of a prompt or reply in a LogEmitted line (logMessages: true)
 MAX_EVENT_OUTPUT = 16 * 1024  # an agent's tool output larger than this is left out of ToolExecutionSuccess
+# A pooled attempt's login refused this often in a row is final (its attempt has ended, or its queue
+# message is not the operator's: pool_runner); a task pod's login is retried through the outage.
+LOGIN_REFUSALS = 3
 
 
 @dataclass(frozen=True)
@@ -400,24 +403,31 @@ def nats_login() -> str | Callable[[], str] | None:
     token_file = os.environ.pop(NATS_TOKEN_FILE_ENV, None)
     token = os.environ.pop("COMPOZY_NATS_TOKEN", None) if token_file else os.environ.get("COMPOZY_NATS_TOKEN")
     if token_file:
-        path = host_path(token_file)
-
-        def read() -> str:
-            with open(path) as f:
-                return f.read().strip()
-        return read
+        return token_reader(token_file)
     return token or None
 
 
+def token_reader(token_file: str) -> Callable[[], str]:
+    """Reads the pod's projected token file anew at each call (nats-py calls it at each connect)."""
+    path = host_path(token_file)
+
+    def read() -> str:
+        with open(path) as f:
+            return f.read().strip()
+    return read
+
+
 async def run_attempt(a: Attempt, login: str | Callable[[], str] | None,
-                      reported: Callable[[], None] | None = None) -> int:
+                      reported: Callable[[], None] | None = None, user: str | None = None) -> int:
     """Run one attempt in this process: a task pod's whole life, or a process a pool runner forked
-    for it (pool_runner). ``reported``: see :class:`TaskRunner`. The exit code: 1 when it failed."""
+    for it (pool_runner). ``reported``: see :class:`TaskRunner`; ``user``: a pooled attempt's NATS
+    user (``login`` its password; :class:`.bus.LoginRefused` when the server refuses it
+    :data:`LOGIN_REFUSALS` times). The exit code: 1 when it failed."""
     bus = Bus(os.environ["COMPOZY_NATS_URL"], login,
               f"task-{a.execution}-{a.task}-{a.attempt}", os.environ.get("COMPOZY_NATS_CA") or None,
-              inbox_prefix=inbox_prefix(a.namespace, a.execution, a.task, a.attempt))
+              inbox_prefix=inbox_prefix(a.namespace, a.execution, a.task, a.attempt), user=user)
     outage = float(os.environ.get("COMPOZY_NATS_OUTAGE_SECONDS") or DEFAULT_OUTAGE_SECONDS)
-    await bus.connect(max_delay=3, give_up_after=outage)
+    await bus.connect(max_delay=3, give_up_after=outage, refusals=LOGIN_REFUSALS if user else None)
     logs = TaskLog(asyncio.get_running_loop(), bus, a)
     logs.capture()  # what the tool (or anything in this process) prints becomes log lines too
     root = logging.getLogger()

@@ -236,8 +236,41 @@ def pool_subject(namespace: str, pool: str) -> str:
 
 
 def pool_consumer(namespace: str, pool: str) -> str:
-    """The durable consumer a pool's runners pull from (names hold no dots: namespaces are DNS labels)."""
-    return f"pool-{namespace}-{pool}"
+    """The durable consumer a pool's runners pull from. ``_`` joins the names (namespaces and pool
+    names are DNS labels, which never hold it), so no namespace's pool can name another's consumer
+    (``pool-a-b-c`` was both a-b/c and a/b-c): a runner's NATS identity is scoped by this name."""
+    return f"pool_{namespace}_{pool}"
+
+
+def runner_inbox_prefix(namespace: str, pod: str) -> str:
+    """The reply-subject prefix of a pool runner's own connection (its pulls and reads answer there)."""
+    return f"_INBOX_runner.{token(namespace)}.{token(pod)}"
+
+
+# A pooled attempt's process logs in with its runner pod's token as the password and this prefix and
+# the attempt's queue message (pools.PoolWork as JSON) as the user: the callout grants it that
+# attempt's identity once it has checked the message against the operator's command (nats_auth).
+POOL_ATTEMPT_USER = "compozy-pool-attempt:"
+
+
+def pool_attempt_user(work: dict[str, Any]) -> str:
+    """The NATS user a pooled attempt's process connects as (see :data:`POOL_ATTEMPT_USER`)."""
+    return POOL_ATTEMPT_USER + json.dumps(work, separators=(",", ":"), sort_keys=True)
+
+
+def runner_permissions(namespace: str, pool: str, pod: str) -> dict[str, list[str]]:
+    """What a pool runner's own connection uses, and nothing else: pull from and acknowledge its
+    pool's consumer, receive its namespace's cancels and stops and read the kept stops (the only
+    wildcards: the run, uid, task and attempt of a stop), and its own replies. It publishes no event,
+    log or command and reads no command: its attempts' processes do that under their own identities."""
+    consumer = f"{POOL_STREAM}.{pool_consumer(namespace, pool)}"
+    stops = f"compozy.cmd.{token(namespace)}.*.task.stop.*.*.*"
+    return {
+        "publish": [f"$JS.API.CONSUMER.MSG.NEXT.{consumer}", f"$JS.ACK.{consumer}.>",
+                    f"$JS.API.DIRECT.GET.{COMMAND_STREAM}.{stops}"],
+        "subscribe": [f"compozy.cmd.{token(namespace)}.*.workflow.cancel", stops,
+                      f"{runner_inbox_prefix(namespace, pod)}.>"],
+    }
 
 
 def inbox_prefix(namespace: str, execution: str, task: str, attempt: int) -> str:

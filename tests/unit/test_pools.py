@@ -86,5 +86,5 @@ def test_queue_messages_are_checked() -> None:
 
 def test_pool_subjects() -> None:
     assert pool_subject("team-a", "warm") == "compozy.pool.team-a.warm"
-    assert pool_consumer("team-a", "warm") == "pool-team-a-warm"
+    assert pool_consumer("team-a", "warm") == "pool_team-a_warm"
     assert stop_subject("a.b", "run-1", "u-1", "each[2]", 3) == "compozy.cmd.a_b.run-1.task.stop.u-1.each_5b2_5d.3"

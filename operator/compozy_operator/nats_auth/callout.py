@@ -1,4 +1,5 @@
-"""The NATS auth callout service: a task pod's ServiceAccount token in, its attempt's NATS user out.
+"""The NATS auth callout service: a task pod's ServiceAccount token in, its attempt's NATS user out
+(and a pool runner's token in, the runner's or one of its attempts' user out).
 
 nats-server (>= 2.10, ``authorization { auth_callout { ... } }``) sends every connecting client
 that is none of its configured users to ``$SYS.REQ.USER.AUTH`` as an authorization request JWT
@@ -8,7 +9,10 @@ options). For each, this service:
 1. takes the presented secret (connect option ``auth_token``, else the password),
 2. has the API server review it (TokenReview, audience ``compozy-nats``): a projected token bound
    to a pod names the pod (``authentication.kubernetes.io/pod-name`` and ``pod-uid``),
-3. gets that pod, and lets :func:`.decision.decide` say whether it is an attempt's task pod,
+3. gets that pod, and lets :func:`.decision.decide` say whether it is an attempt's task pod or a
+   pool runner; a runner's process that names a pooled attempt (connect option ``user``) is then
+   proven by that attempt's command (read from NATS with the operator's connection: ``commands``)
+   and its run's status (the WorkflowExecution from the API server: :func:`.decision.decide_pool_attempt`),
 4. answers with an authorization response JWT signed by the account issuer key: the user JWT
    (subject the request's user nkey, audience the application account, the attempt's exact
    permissions, expiring no later than the token), or an error. The server enforces it.
@@ -35,6 +39,7 @@ import ssl
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
@@ -45,16 +50,18 @@ from prometheus_client import Counter, Histogram
 from ..kube import ApiException, Kube
 from . import jwt
 from .keys import AUTH_SUBJECT, KICK_INBOX, KICK_SUBJECT
-from .decision import AUDIENCE, DEFAULT_MAX_TTL, ERROR, INVALID_REQUEST, NO_TOKEN, Grant, PodRef, Refusal, decide, \
-    reviewed_pod, token_expiry
+from ..resources.models import GROUP, VERSION
+from ..wire import command_subject
+from .decision import AUDIENCE, DEFAULT_MAX_TTL, ERROR, INVALID_REQUEST, NO_TOKEN, Grant, PoolAttempt, PodRef, \
+    Refusal, decide, decide_pool_attempt, reviewed_pod, token_expiry
 
 log = logging.getLogger(__name__)
 
 GRANTED = "granted"
 AUTH_TOTAL = Counter("compozy_nats_auth_total", "NATS connections the auth callout answered, by result "
                      "(granted, or why refused)", ["result"])
-KICKS = Counter("compozy_nats_kicks_total", "Task pod NATS connections closed because their pod ended, by result "
-                "(kicked; gone: already closed; error)", ["result"])
+KICKS = Counter("compozy_nats_kicks_total", "Task and runner pod NATS connections closed because their pod ended, "
+                "by result (kicked; gone: already closed; error)", ["result"])
 REMEMBERED_PODS = 50_000  # pods whose connections are remembered (the oldest are forgotten beyond)
 AUTH_SECONDS = Histogram("compozy_nats_auth_duration_seconds", "Time to answer one NATS authorization request "
                          "(TokenReview and pod lookup included)",
@@ -86,10 +93,17 @@ class CalloutConfig:
                    max_ttl=int(e.get("COMPOZY_NATS_MAX_TTL_SECONDS") or DEFAULT_MAX_TTL))
 
 
+CommandReader = Callable[[str], Awaitable[tuple[str, Any] | None]]  # bus.Bus.get_command
+
+
 class CalloutService:
-    def __init__(self, config: CalloutConfig, kube: Kube, concurrency: int = 16) -> None:
+    def __init__(self, config: CalloutConfig, kube: Kube, concurrency: int = 16,
+                 commands: CommandReader | None = None) -> None:
+        """``commands``: reads the TaskExecute command stored on a subject (the operator's
+        connection); without it, no pooled attempt's identity can be proven, and none is granted."""
         self.config = config
         self.kube = kube
+        self.commands = commands
         self.signer = jwt.keypair(config.issuer_seed)
         self.issuer = self.signer.public_key.decode()
         self.nc: Client | None = None
@@ -197,7 +211,19 @@ class CalloutService:
             pod = await asyncio.to_thread(self._pod, ref) if isinstance(ref, PodRef) else None
         except Exception as e:  # noqa: BLE001 - fail closed
             return Refusal(ERROR, f"could not check the token: {type(e).__name__}: {str(e)[:200]}")
-        return decide(status, pod, token_expiry(token), time.time(), self.config.max_ttl, self.config.audience)
+        outcome = decide(status, pod, token_expiry(token), time.time(), self.config.max_ttl, self.config.audience,
+                         request.user)
+        if not isinstance(outcome, PoolAttempt):
+            return outcome
+        if self.commands is None:
+            return Refusal(ERROR, "this callout service reads no commands: it cannot prove a pooled attempt")
+        w = outcome.work
+        try:
+            execution = await asyncio.to_thread(self._execution, w.namespace, w.execution)
+            command = await self.commands(command_subject(w.namespace, w.execution, w.task, w.attempt))
+        except Exception as e:  # noqa: BLE001 - fail closed
+            return Refusal(ERROR, f"could not check the pooled attempt: {type(e).__name__}: {str(e)[:200]}")
+        return decide_pool_attempt(outcome, execution, command)
 
     def _review(self, token: str) -> dict[str, Any]:
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
@@ -205,8 +231,14 @@ class CalloutService:
         return self.kube.request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", body).get("status") or {}
 
     def _pod(self, ref: PodRef) -> dict[str, Any] | None:
+        return self._get(f"/api/v1/namespaces/{ref.namespace}/pods/{ref.name}")
+
+    def _execution(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get(f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/workflowexecutions/{name}")
+
+    def _get(self, path: str) -> dict[str, Any] | None:
         try:
-            return self.kube.get(f"/api/v1/namespaces/{ref.namespace}/pods/{ref.name}")
+            return self.kube.get(path)
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -216,8 +248,7 @@ class CalloutService:
         client = f"{request.client_name or '-'}@{request.client_host or '?'}" if request else "?"
         if isinstance(outcome, Grant):
             AUTH_TOTAL.labels(result=GRANTED).inc()
-            log.info("NATS auth: granted %s (%s/%s task %s attempt %d) to %s until %s", outcome.user_name,
-                     outcome.namespace, outcome.execution, outcome.task, outcome.attempt, client,
+            log.info("NATS auth: granted %s (%s) to %s until %s", outcome.user_name, outcome.what, client,
                      time.strftime("%H:%M:%SZ", time.gmtime(outcome.expires)))
         else:
             AUTH_TOTAL.labels(result=outcome.reason).inc()

@@ -31,6 +31,7 @@ other attempt's, execution's or namespace's subject.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -56,6 +57,21 @@ def attempt_permissions(namespace: str, execution: str, uid: str, task: str, att
         raise ValueError("an attempt needs a namespace, execution, uid, task and an attempt >= 1")
     lists = events.attempt_permissions(namespace, execution, uid, task, attempt)
     return Permissions(tuple(map(bounded, lists["publish"])), tuple(map(bounded, lists["subscribe"])))
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+
+def runner_permissions(namespace: str, pool: str, pod: str) -> Permissions:
+    """The allow lists of a pool runner's own connection (events.runner_permissions): its pool's
+    consumer, its namespace's cancels and stops, its replies. Refused for names that are not
+    Kubernetes names (a ``*``, ``>`` or ``.`` would reach beyond its namespace or pool)."""
+    if not (isinstance(namespace, str) and _DNS_LABEL.fullmatch(namespace) and isinstance(pool, str)
+            and _DNS_LABEL.fullmatch(pool) and isinstance(pod, str) and _DNS_NAME.fullmatch(pod)):
+        raise ValueError("a runner needs a namespace and a pool (DNS labels) and a pod name")
+    lists = events.runner_permissions(namespace, pool, pod)
+    return Permissions(tuple(lists["publish"]), tuple(lists["subscribe"]))
 
 
 STATE_INBOX = "_INBOX_STATE"  # the state manager's reply subjects (its connection's inbox prefix)

@@ -124,8 +124,10 @@ class Dispatcher:
             nonce = secrets.token_urlsafe(24)
             work = PoolWork(run.namespace, run.name, run.uid, d.task, d.attempt, nonce)
             try:
+                # the pool in the command: the operator's word that the attempt runs there (the NATS
+                # callout grants a runner's process the attempt's identity only then: nats_auth.decision)
                 await self.bus.publish_command(command_subject(run.namespace, run.name, d.task, d.attempt),
-                                               self._command(run, d, nonce))
+                                               {**self._command(run, d, nonce), "pool": pool})
                 # the nonce in the id: a dispatch repeated after a crash queues its own message (the
                 # first one's process finds the command is not its own and leaves: pool_runner)
                 await self.bus.publish_pool_work(pool_subject(run.namespace, pool), work.dump(),
