@@ -17,10 +17,12 @@ from typing import Any
 
 import nats
 
-from compozy_operator.events import (COMMAND_STREAM, EventType, Publisher, command_subject, make_event,
+from compozy_operator.events import (COMMAND_STREAM, POOL_STREAM, EventType, Publisher, command_subject, make_event,
                                      pool_attempt_user, pool_consumer, runner_inbox_prefix)
 from compozy_operator.kube import Kube
+from compozy_operator.pool_runner import REFUSED_DELIVERIES
 from compozy_operator.pools import PoolWork
+from compozy_operator.task_executor import LOGIN_REFUSALS
 from compozy_operator.testenv.natsserver import NatsServer
 from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl, wait_for
@@ -206,6 +208,51 @@ def test_a_pooled_run_in_callout_mode_and_what_a_runners_token_cannot_get(
     assert closed, "the runner token's connection was not closed when its pod was deleted"
     metrics = op.metrics()
     assert _metric(metrics, "compozy_nats_kicks_total", '{result="kicked"}') >= 1, metrics
+    count = _metric(metrics, "compozy_nats_auth_duration_seconds_count")
+    total = _metric(metrics, "compozy_nats_auth_duration_seconds_sum")
+    print(f"callout answers: {count:.0f}, mean {1000 * total / max(count, 1):.1f} ms")
 
     w = execution_status(kubectl, ns, "waits-1")
     assert w["tasks"]["w"]["phase"] == "Pending" and "pwned" not in json.dumps(w), w
+
+
+async def _queue(url: str, namespace: str, name: str) -> tuple[int, int]:
+    """The pool consumer's messages (waiting, taken and not acknowledged)."""
+    nc = await nats.connect(url, allow_reconnect=False)
+    try:
+        info = await nc.jetstream().consumer_info(POOL_STREAM, pool_consumer(namespace, name))
+        return info.num_pending or 0, info.num_ack_pending or 0
+    finally:
+        await nc.close()
+
+
+def test_an_attempt_that_ended_in_the_queue_gets_no_identity_and_its_message_is_dropped(
+        callout_cluster: tuple[NatsServer, OperatorProcess], kubectl: Kubectl, kube: Kube,
+        tenants: tuple[str, str]) -> None:
+    """A run cancelled while its pooled attempt waits in the queue (its pool is created only after):
+    the runner's process asks for the attempt's identity and is refused (``ended``), so it neither runs
+    the tool nor reports anything; the runner puts the message back a few times, then drops it."""
+    server, op = callout_cluster
+    ns = tenants[0]
+    _apply(kubectl, ns, _workflow("late", [{"id": "l", "tool": "ok"}], [{"id": "ok", "python": PY_OK, "pool": "late"}]),
+           execution("late-1", "late"))
+    wait_for(lambda: execution_status(kubectl, ns, "late-1").get("tasks", {}).get("l", {}).get("phase") == "Pending",
+             60, "the attempt to wait in the queue of pool 'late' (which does not exist yet)")
+    kubectl.ok("patch", "wfx", "late-1", "-n", ns, "--type=merge", "-p", '{"spec":{"cancel":true}}')
+    cancelled = wait_finished(kubectl, ns, "late-1", timeout=60)
+    assert cancelled["phase"] == "Cancelled", cancelled
+    before = _metric(op.metrics(), "compozy_nats_auth_total", '{result="ended"}')
+    _apply(kubectl, ns, pool("late"))
+    wait_for(lambda: runners(kube, ns) or None, 60, "a runner of pool 'late'")
+    # taken, refused (each delivery: LOGIN_REFUSALS logins), put back, ..., then dropped
+    expected = REFUSED_DELIVERIES * LOGIN_REFUSALS
+
+    def refused() -> float:
+        return _metric(op.metrics(), "compozy_nats_auth_total", '{result="ended"}') - before
+    wait_for(lambda: refused() >= expected or None, 120, f"{expected} refusals of the attempt's identity")
+    wait_for(lambda: asyncio.run(_queue(server.operator_url, ns, "late")) == (0, 0), 30,
+             "the refused message to be dropped")
+    assert refused() == expected  # no delivery after the last
+    after = execution_status(kubectl, ns, "late-1")
+    assert after["tasks"]["l"]["phase"] == "Cancelled" and after["tasks"]["l"].get("startedAt") is None, after
+    assert after["tasks"]["l"].get("error", {}).get("reason") != "ProcessExited"
