@@ -50,7 +50,7 @@ from prometheus_client import Counter, Histogram
 from ..kube import ApiException, Kube
 from . import jwt
 from .keys import AUTH_SUBJECT, KICK_INBOX, KICK_SUBJECT
-from ..resources.models import GROUP, VERSION
+from ..resources.paths import executions_path
 from ..wire import command_subject
 from .decision import AUDIENCE, DEFAULT_MAX_TTL, ERROR, INVALID_REQUEST, NO_TOKEN, Grant, PoolAttempt, PodRef, \
     Refusal, decide, decide_pool_attempt, reviewed_pod, token_expiry
@@ -234,7 +234,7 @@ class CalloutService:
         return self._get(f"/api/v1/namespaces/{ref.namespace}/pods/{ref.name}")
 
     def _execution(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._get(f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/workflowexecutions/{name}")
+        return self._get(executions_path(namespace, name))
 
     def _get(self, path: str) -> dict[str, Any] | None:
         try:
