@@ -13,8 +13,11 @@ import pytest
 from compozy_operator.events import (EventType, Publisher, cancel_subject, command_subject, log_subject, make_event,
                                      pool_attempt_user, pool_consumer, pool_subject, runner_inbox_prefix,
                                      stop_subject)
+from compozy_operator.kube import Kube
 from compozy_operator.nats_auth import decision
+from compozy_operator.nats_auth.callout import REMEMBERED_PER_POD, CalloutConfig, CalloutService
 from compozy_operator.nats_auth.decision import Grant, PoolAttempt, Refusal, decide, decide_pool_attempt
+from compozy_operator.nats_auth.keys import CalloutKeys
 from compozy_operator.nats_auth.permissions import allows, attempt_permissions, runner_permissions
 from compozy_operator.pools import PoolWork, runner_deployment
 from compozy_operator.settings import Settings
@@ -264,3 +267,16 @@ def test_the_fixture_command_is_the_granted_one() -> None:
     """The refusals above differ from a grant by one field each."""
     assert isinstance(decide_pool_attempt(_claim(), _execution(), _command()), Grant)
     assert _command()[1]["pool"] == POOL and OTHER_RUN.execution != WORK.execution
+
+
+def test_a_runner_pods_connections_are_remembered_newest_first_and_bounded() -> None:
+    """A runner's token logs in once per attempt: a long-lived runner must not grow the callout's memory
+    (nor its kick at the pod's end) without bound."""
+    service = CalloutService(CalloutConfig("nats://127.0.0.1:1", CalloutKeys().issuer_seed, "COMPOZY"),
+                             Kube(None))  # type: ignore[arg-type]  # (no API call is made)
+    for cid in range(REMEMBERED_PER_POD + 10):
+        service.remember("runner-uid", "server", cid)
+    service.remember("task-uid", "server", 1)
+    kept = list(service.connections["runner-uid"])
+    assert len(kept) == REMEMBERED_PER_POD and kept[-1] == ("server", REMEMBERED_PER_POD + 9) and kept[0][1] == 10
+    assert list(service.connections["task-uid"]) == [("server", 1)]

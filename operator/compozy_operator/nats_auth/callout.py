@@ -37,7 +37,7 @@ import logging
 import os
 import ssl
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -63,6 +63,10 @@ AUTH_TOTAL = Counter("compozy_nats_auth_total", "NATS connections the auth callo
 KICKS = Counter("compozy_nats_kicks_total", "Task and runner pod NATS connections closed because their pod ended, "
                 "by result (kicked; gone: already closed; error)", ["result"])
 REMEMBERED_PODS = 50_000  # pods whose connections are remembered (the oldest are forgotten beyond)
+# connections remembered per pod, the newest: a pool runner's token logs in once per attempt it runs
+# (thousands in a long life; those of ended attempts are closed already, and an older one a tool kept
+# open lives until its JWT's expiry)
+REMEMBERED_PER_POD = 1024
 AUTH_SECONDS = Histogram("compozy_nats_auth_duration_seconds", "Time to answer one NATS authorization request "
                          "(TokenReview and pod lookup included)",
                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
@@ -108,7 +112,7 @@ class CalloutService:
         self.issuer = self.signer.public_key.decode()
         self.nc: Client | None = None
         self.system: Client | None = None
-        self.connections: OrderedDict[str, list[tuple[str, int]]] = OrderedDict()  # pod uid -> (server, cid)
+        self.connections: OrderedDict[str, deque[tuple[str, int]]] = OrderedDict()  # pod uid -> (server, cid)
         self._limit = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -140,14 +144,14 @@ class CalloutService:
     def remember(self, pod_uid: str, server_id: str, client_id: int | None) -> None:
         if client_id is None:
             return
-        self.connections.setdefault(pod_uid, []).append((server_id, client_id))
+        self.connections.setdefault(pod_uid, deque(maxlen=REMEMBERED_PER_POD)).append((server_id, client_id))
         self.connections.move_to_end(pod_uid)
         while len(self.connections) > REMEMBERED_PODS:
             self.connections.popitem(last=False)
 
     async def end_pod(self, pod_uid: str) -> None:
         """Close the connections granted to a pod that has ended or is gone."""
-        for server_id, client_id in self.connections.pop(pod_uid, []):
+        for server_id, client_id in self.connections.pop(pod_uid, ()):
             KICKS.labels(result=await self._kick(server_id, client_id)).inc()
 
     async def _kick(self, server_id: str, client_id: int) -> str:
