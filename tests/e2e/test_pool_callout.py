@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import nats
+import pytest
 
 from compozy_operator.events import (COMMAND_STREAM, POOL_STREAM, EventType, Publisher, command_subject, make_event,
                                      pool_attempt_user, pool_consumer, runner_inbox_prefix)
@@ -30,7 +33,7 @@ from tests.testenv.test_nats_callout import _token
 
 from .conftest import execution_status, wait_finished
 from .test_pools import PY_OK, execution, pool, runners
-from . import test_tenant_isolation
+from . import test_pools, test_tenant_isolation
 from .test_tenant_isolation import _metric
 
 CRASH = "import os\ndef run(input, ctx):\n    os._exit(3)\n"
@@ -256,3 +259,21 @@ def test_an_attempt_that_ended_in_the_queue_gets_no_identity_and_its_message_is_
     after = execution_status(kubectl, ns, "late-1")
     assert after["tasks"]["l"]["phase"] == "Cancelled" and after["tasks"]["l"].get("startedAt") is None, after
     assert after["tasks"]["l"].get("error", {}).get("reason") != "ProcessExited"
+
+
+# The pool's lifecycle in callout mode, as test_pools runs it in token mode: each report below is made
+# under an attempt's own identity (a lost runner's RunnerLost by the next process, after the runner's
+# container restarted with the same pod; Cancelled and Terminated by the process; a timeout's stop heard
+# by the runner's identity).
+LIFECYCLE = [test_pools.test_cancel_kills_the_attempts_process, test_pools.test_a_timed_out_attempt_is_killed,
+             test_pools.test_a_lost_runner_fails_its_attempt_which_is_retried,
+             test_pools.test_a_stopped_runner_lets_its_attempts_finish]
+
+
+@pytest.mark.parametrize("case", LIFECYCLE, ids=[c.__name__.removeprefix("test_") for c in LIFECYCLE])
+def test_the_pool_lifecycle_holds_in_callout_mode(case: Callable[..., None],
+                                                  callout_cluster: tuple[NatsServer, OperatorProcess],
+                                                  kubectl: Kubectl, kube: Kube, tenants: tuple[str, str],
+                                                  tmp_path: Path) -> None:
+    case(operator=callout_cluster[1], kubectl=kubectl, kube=kube, namespace=tenants[0], tmp_path=tmp_path)
+    assert _metric(callout_cluster[1].metrics(), "compozy_nats_auth_total", '{result="granted"}') >= 2
