@@ -171,7 +171,7 @@ class Dispatcher:
         if not isinstance(nonce, str):  # the commands went too: a fresh one (as a new dispatch would)
             nonce = secrets.token_urlsafe(24)
             await self.bus.publish_command(command_subject(run.namespace, run.name, d.task, d.attempt),
-                                           self._command(run, d, nonce))
+                                           {**self._command(run, d, nonce), "pool": pool})
         work = PoolWork(run.namespace, run.name, run.uid, d.task, d.attempt, nonce)
         await self.bus.publish_pool_work(pool_subject(run.namespace, pool), work.dump(),
                                          event_id(run.uid, d.task, d.attempt, "PoolWork", nonce))
