@@ -296,17 +296,18 @@ class Bus:
         """Remove every stored output whose key starts with ``prefix`` (an execution's)."""
         return await self.delete_output_keys([n for n in await self.output_names() if n.startswith(prefix)])
 
-    async def delete_output_keys(self, names: list[str]) -> int:
+    async def delete_output_keys(self, names: list[str], write: str = "purge.outputs") -> int:
+        """Remove these stored outputs (``write``: the failpoint name of the caller's write)."""
         assert self.js is not None
         if not names:
             return 0
         store = await self.js.object_store(OUTPUT_BUCKET)
-        failpoints.point("purge.outputs:before")
+        failpoints.point(f"{write}:before")
         for name in names:
             await store.delete(name)
             # and chunks of earlier writes of the same key (put_output purges nothing itself)
             await self.js.purge_stream(OUTPUT_STREAM, subject=f"$O.{OUTPUT_BUCKET}.C.{output_chunk_token(name)}.>")
-        failpoints.point("purge.outputs:after")
+        failpoints.point(f"{write}:after")
         return len(names)
 
     def check_size(self, payload: bytes, what: str) -> bytes:

@@ -14,6 +14,7 @@ Point names are ``<write>:<before|after>``:
 * ``kube.<create|patch|delete>.<resource>[.<subresource>]``: a Kubernetes write, e.g.
   ``kube.create.pods``, ``kube.patch.workflowexecutions.status``;
 * ``purge.<outputs|logs|state>``: removing a deleted run's stored outputs, log lines, state events;
+* ``sweep.outputs``: the orphan sweep's removal of outputs whose run is gone;
 * ``ack.state``: acknowledging state events after their status PATCH.
 
 Unarmed (the normal case) a point costs one set lookup.

@@ -41,7 +41,7 @@ class OrphanSweep:
             return 0
         live = await asyncio.to_thread(self._live)
         orphans = orphaned_outputs(names, live, list(self.namespaces))
-        removed = await self.bus.delete_output_keys(orphans)
+        removed = await self.bus.delete_output_keys(orphans, "sweep.outputs")
         if removed:
             OUTPUTS_SWEPT.inc(removed)
             log.info("removed %d stored outputs of runs that no longer exist", removed)
