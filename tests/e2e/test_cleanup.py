@@ -4,6 +4,7 @@ state events with them; finished task pods deleted as podCleanup says; Kubernete
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -278,6 +279,13 @@ def test_events_are_aggregated_per_run_and_reason(operator: OperatorProcess, kub
     assert got["Failed"]["count"] == 1 and got["Started"]["count"] == 1
 
 
+def armed_in(operator: OperatorProcess, devenv: DevEnvironment, tmp_path: Path, namespace: str,
+             point: str) -> contextlib.AbstractContextManager[OperatorProcess]:
+    """An operator armed at ``point`` that watches only the test's namespace (another test's namespace
+    being deleted meanwhile must not pass the point first)."""
+    return instead_of(operator, devenv, tmp_path / "armed.log", COMPOZY_FAILPOINTS=point, COMPOZY_NAMESPACES=namespace)
+
+
 def _crashed_at(op: OperatorProcess, point: str) -> None:
     assert op.proc is not None
     wait_for(lambda: not op.proc.alive(), 60, f"the operator to crash at failpoint {point}")  # type: ignore[union-attr]
@@ -296,7 +304,7 @@ def test_a_crash_between_deleting_a_run_and_purging_it_leaves_no_stored_output(
           workflow("stays", [{"id": "b", "tool": "big", "with": {}}], tools=[BIG]),
           execution("stays-1", "stays"))
     kept_uid, _ = _finished_and_stored(kubectl, devenv, namespace, "stays-1")
-    with instead_of(operator, devenv, tmp_path / "armed.log", COMPOZY_FAILPOINTS=point) as armed:
+    with armed_in(operator, devenv, tmp_path, namespace, point) as armed:
         apply(kubectl, namespace, _with_ttl("gone-1", "gone", 2))
         wait_finished(kubectl, namespace, "gone-1")
         uid = json.loads(kubectl.ok("get", "wfx", "gone-1", "-n", namespace, "-o", "json"))["metadata"]["uid"]
@@ -321,7 +329,7 @@ def test_a_crash_in_a_history_prune_is_finished_by_the_next_operator(
                                        historyLimit={"succeeded": 1}))
     point = "kube.delete.workflowexecutions:after"
     uids = {}
-    with instead_of(operator, devenv, tmp_path / "armed.log", COMPOZY_FAILPOINTS=point) as armed:
+    with armed_in(operator, devenv, tmp_path, namespace, point) as armed:
         for name in ("h-1", "h-2"):
             apply(kubectl, namespace, execution(name, "hist"))
             uids[name], _ = _finished_and_stored(kubectl, devenv, namespace, name)
