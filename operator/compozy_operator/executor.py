@@ -85,6 +85,7 @@ NON_RETRYABLE = frozenset({
     "InputTooLarge", "PodRejected",
     "CommandRefused",  # the runner refused a command not its own (task_executor): not the tool's failure
     "ProviderAuthError", "ProviderBadRequest", "OutputSchemaNotSatisfied", "MaxIterationsExceeded",
+    "ApiKeyMissing",  # a pooled agent's model.apiKeyEnv is not among its pool's variables (task_executor)
     # a pod that can never start as it is (orchestrator.pod_state.CONFIG_FAILURES): a missing Secret, ...
     "CreateContainerConfigError", "CreateContainerError", "InvalidImageName", "ErrImageNeverPull",
 })
@@ -142,7 +143,7 @@ class Dispatch:
     @property
     def pool(self) -> str | None:
         """The RunnerPool the attempt runs on (None: a pod of its own)."""
-        return self.tool.pool if self.tool else None
+        return self.agent.agent.pool if self.agent else self.tool.pool if self.tool else None
 
     @property
     def resources(self) -> dict[str, Any] | None:

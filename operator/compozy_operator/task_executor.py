@@ -332,8 +332,12 @@ class AgentWork(Work):
         self.label = f"agent {agent['id']} action {action['id']}"
         self.log_messages = bool(agent.get("logMessages"))
         self.prompt = action["prompt"]
-        # Popped, so the agent's command tools (subprocesses) never inherit the key.
-        api_key = os.environ.pop(API_KEY_ENV, None) or None
+        # Popped, so the agent's command tools (subprocesses) never inherit the key. On a pool the key
+        # is the pool's variable model.apiKeyEnv (docs/pools.md); popped from this attempt's process only.
+        api_key = os.environ.pop(model.get("apiKeyEnv") or API_KEY_ENV, None) or None
+        self.key_missing = None if api_key or not model.get("apiKeyEnv") else (
+            f"model.apiKeyEnv: the runners of pool {runner.a.pool} have no variable {model['apiKeyEnv']} (or it is "
+            f"empty): add it to the RunnerPool's env (valueFrom.secretKeyRef of the API key's Secret)")
         tools = {t["id"]: t for t in command.get("tools") or []}
         specs = [ToolSpec(t["id"], t.get("description") or t["id"], t.get("inputSchema") or NO_PARAMETERS)
                  for t in tools.values()]
@@ -348,6 +352,8 @@ class AgentWork(Work):
                               output_retries=action.get("outputRetries"))
 
     async def run(self) -> Any:
+        if self.key_missing:
+            raise TaskFailure("ApiKeyMissing", self.key_missing)
         if self.log_messages:
             await self.runner.log(f"prompt: {self.prompt[:MAX_LOGGED_TEXT]}")
         return await self.loop.run()

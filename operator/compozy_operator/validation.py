@@ -135,6 +135,8 @@ def _check_agents(wf: WorkflowSpec, prefix: str, tools: set[str]) -> list[str]:
         seen.add(agent.id)
         problems += [f"{where}.tools[{j}]: tool {t!r} is not defined in spec.tools"
                      for j, t in enumerate(agent.tools or []) if t not in tools]
+        if agent.pool:
+            problems += _pooled_agent_tools(wf, agent.tools or [], where, agent.pool)
         if agent.model.provider == "anthropic" and agent.model.temperature is not None:
             problems.append(f"{where}.model.temperature: not supported by provider anthropic "
                             "(its Messages API takes no sampling temperature)")
@@ -145,6 +147,16 @@ def _check_agents(wf: WorkflowSpec, prefix: str, tools: set[str]) -> list[str]:
             actions.add(action.id)
             problems += _schema_problem(action.output_schema, f"{where}.actions[{j}] ({action.id}).outputSchema")
     return problems
+
+
+def _pooled_agent_tools(wf: WorkflowSpec, names: list[str], where: str, pool: str) -> list[str]:
+    """An agent calls its tools in its own process: on a pool, that is a process of the pool's
+    runners, so a tool's own pod settings could never apply."""
+    defined = {t.id: t for t in wf.tools or []}
+    return [f"{where}.tools[{j}]: tool {name!r} sets {field}, but the agent runs its tools in its own process on "
+            f"pool {pool!r}'s runners, which have the pool's {field}; drop {field} from the tool or pool from the agent"
+            for j, name in enumerate(names) if name in defined
+            for field in ("image", "env", "resources") if getattr(defined[name], field) is not None]
 
 
 def _check_child(child: Task, where: str, tools: set[str], agents: dict[str, set[str]]) -> list[str]:

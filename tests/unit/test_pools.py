@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from pydantic import ValidationError
 
 from compozy_operator.events import pool_consumer, pool_subject, stop_subject
-from compozy_operator.executor import Dispatch
+from compozy_operator.executor import AgentCall, Dispatch
 from compozy_operator.pools import PoolWork, desired_replicas, parse_work, runner_deployment
 from compozy_operator.resources.models import RunnerPoolSpec, Tool
 from compozy_operator.settings import Settings
-from compozy_operator.validation import SpecError, parse_workflow
+from compozy_operator.validation import SpecError, check_workflow, parse_workflow
 
 POOL = {"metadata": {"name": "warm", "namespace": "team-a", "uid": "u-1"},
         "spec": {"concurrency": 8, "minReplicas": 1, "maxReplicas": 5, "serviceAccountName": "runner",
@@ -88,3 +91,62 @@ def test_pool_subjects() -> None:
     assert pool_subject("team-a", "warm") == "compozy.pool.team-a.warm"
     assert pool_consumer("team-a", "warm") == "pool_team-a_warm"
     assert stop_subject("a.b", "run-1", "u-1", "each[2]", 3) == "compozy.cmd.a_b.run-1.task.stop.u-1.each_5b2_5d.3"
+
+
+AGENT = {"id": "w", "pool": "warm", "model": {"name": "m", "apiKeyEnv": "LLM_KEY"}, "actions": [{"id": "go", "prompt": "p"}]}
+
+
+def agent_spec(agent: dict, tools: list[dict] | None = None) -> dict:
+    return {"tools": tools or [], "agents": [agent], "tasks": [{"id": "a", "agent": "w", "action": "go"}]}
+
+
+def test_an_agent_opts_in_with_pool_and_names_the_pools_key_variable() -> None:
+    wf = parse_workflow(agent_spec(AGENT))
+    [agent] = wf.agents or []
+    call = AgentCall(agent, agent.actions[0], None, "p", ())
+    d = Dispatch("a", 1, {}, agent=call)
+    assert d.pool == "warm" and d.env == []
+    assert d.command()["agent"]["model"]["apiKeyEnv"] == "LLM_KEY"  # a name, never the key
+    assert Dispatch("a", 1, {}, agent=AgentCall(agent.model_copy(update={"pool": None}), agent.actions[0], None, "p",
+                                                ())).pool is None
+
+
+@pytest.mark.parametrize("model,message", [
+    ({"name": "m", "apiKeySecretRef": {"name": "s", "key": "k"}}, "model.apiKeySecretRef: an agent with a pool"),
+    ({"name": "m", "apiKeyEnv": "COMPOZY_NATS_TOKEN"}, "model.apiKeyEnv: COMPOZY_ variables are the runner's own"),
+    ({"name": "m", "apiKeyEnv": "A-B"}, "apiKeyEnv"),
+])
+def test_a_pooled_agents_key_comes_from_the_pools_env(model: dict, message: str) -> None:
+    with pytest.raises(SpecError) as e:
+        parse_workflow(agent_spec({**AGENT, "model": model}))
+    assert message in str(e.value)
+
+
+def test_an_agent_without_a_pool_has_no_key_variable() -> None:
+    with pytest.raises(SpecError, match="model.apiKeyEnv: only for an agent with a pool"):
+        parse_workflow(agent_spec({k: v for k, v in AGENT.items() if k != "pool"}))
+
+
+@pytest.mark.parametrize("field,value", [("image", "other:1"), ("env", [{"name": "A", "value": "1"}]),
+                                         ("resources", {"limits": {"cpu": "1"}})])
+def test_a_pooled_agents_tools_cannot_bring_pod_settings(field: str, value: object) -> None:
+    spec = agent_spec({**AGENT, "tools": ["t"]}, [{"id": "t", "python": "x", field: value}])
+    problems = check_workflow(parse_workflow(spec))
+    assert [p for p in problems if p.startswith(f"spec.agents[0] (w).tools[0]: tool 't' sets {field}, but the agent "
+                                                "runs its tools in its own process on pool 'warm'")], problems
+    assert check_workflow(parse_workflow(agent_spec({**AGENT, "tools": ["t"]}, [{"id": "t", "python": "x"}]))) == []
+
+
+def test_the_fork_server_preload_leaves_an_agent_attempt_nothing_to_import() -> None:
+    """What the pool runner's fork server imports (agents.preload) is all a chat of either provider
+    loads up to its first request: an agent attempt's process pays no import."""
+    code = ("import sys\n"
+            "import compozy_operator.agents.preload\n"
+            "from compozy_operator.agents.providers import PROVIDERS\n"
+            "before = set(sys.modules)\n"
+            "for name, chat in PROVIDERS.items():\n"
+            "    c = chat({'name': 'm', 'baseURL': 'http://127.0.0.1:9'}, 'k', 's', 'p', [], {'type': 'object'}).client\n"
+            "    c.messages.create if name == 'anthropic' else c.chat.completions.create\n"
+            "print(sorted(set(sys.modules) - before))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -269,3 +269,15 @@ class AnthropicChat(_SdkChat):
 
 
 PROVIDERS: dict[str, type[OpenAIChat] | type[AnthropicChat]] = {"openai": OpenAIChat, "anthropic": AnthropicChat}
+
+
+def warm() -> None:
+    """Build a chat of each provider without calling it, and touch its API resource: that loads what
+    the SDKs load lazily (about 0.1 s: the HTTP transport, the resource modules). Skips an SDK that
+    is not installed."""
+    for provider, chat in PROVIDERS.items():
+        try:
+            client = chat({"name": "warm-up", "baseURL": "http://127.0.0.1:9"}, None, None, "-", [], None).client
+        except ImportError:
+            continue
+        getattr(client, "messages" if provider == "anthropic" else "chat").__class__  # noqa: B018 - loads its module

@@ -29,8 +29,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from .models import (DURATION_PATTERN, GROUP, VERSION, RunnerPoolSpec, RunnerPoolStatus, WorkflowExecutionSpec,
-                     WorkflowExecutionStatus, WorkflowSpec)
+from .models import (DURATION_PATTERN, GROUP, POOLED_AGENT_KEY_MESSAGE, UNPOOLED_KEY_ENV_MESSAGE, VERSION,
+                     RunnerPoolSpec, RunnerPoolStatus, WorkflowExecutionSpec, WorkflowExecutionStatus, WorkflowSpec)
 
 JSON = dict[str, Any]
 
@@ -95,6 +95,19 @@ TASK_RULES = [
 
 def task_extras(path: str) -> JSON:
     return {VALIDATIONS: TASK_RULES}
+
+
+#: CEL rules for each agent: where its API key comes from, in a pod of its own or on a pool.
+AGENT_RULES = [
+    _rule("!has(self.pool) || !has(self.model.apiKeySecretRef)", f"model.apiKeySecretRef: {POOLED_AGENT_KEY_MESSAGE}",
+          ".model.apiKeySecretRef"),
+    _rule("has(self.pool) || !has(self.model.apiKeyEnv)", f"model.apiKeyEnv: {UNPOOLED_KEY_ENV_MESSAGE}",
+          ".model.apiKeyEnv"),
+]
+
+
+def agent_extras(path: str) -> JSON:
+    return {VALIDATIONS: AGENT_RULES}
 
 
 def workflow_spec_rules(path: str) -> list[JSON]:
@@ -310,7 +323,7 @@ def _with_rules(schema: JSON, rules: list[JSON], description: str | None = None)
 
 
 def workflow_spec_schema() -> JSON:
-    schema = structural_schema(WorkflowSpec, "spec", {"Task": task_extras})
+    schema = structural_schema(WorkflowSpec, "spec", {"Task": task_extras, "Agent": agent_extras})
     return _with_rules(schema, workflow_spec_rules("spec"),
                        "The workflow: its tools, agents and tasks. tasks[0] starts the run.")
 
@@ -318,7 +331,8 @@ def workflow_spec_schema() -> JSON:
 def workflow_execution_spec_schema() -> JSON:
     schema = structural_schema(
         WorkflowExecutionSpec, "spec",
-        {"Task": task_extras, "WorkflowSpec": lambda path: {VALIDATIONS: workflow_spec_rules(path)}},
+        {"Task": task_extras, "Agent": agent_extras,
+         "WorkflowSpec": lambda path: {VALIDATIONS: workflow_spec_rules(path)}},
     )
     return _with_rules(schema, EXECUTION_SPEC_RULES,
                        "What to run: a Workflow by name (workflowRef) or inline (workflow), with its input.")

@@ -19,6 +19,12 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 ID_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+#: Why an agent with a pool refuses apiKeySecretRef, and one without refuses apiKeyEnv (also CEL's words: crd.py).
+POOLED_AGENT_KEY_MESSAGE = ("an agent with a pool runs on the pool's runners, which get no Secret of the agent's: put "
+                            "the secretKeyRef in the RunnerPool's env and name that variable in model.apiKeyEnv")
+UNPOOLED_KEY_ENV_MESSAGE = ("only for an agent with a pool (its key is then the pool's variable); an agent in pods of "
+                            "its own gets its key from model.apiKeySecretRef")
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
 
@@ -103,7 +109,12 @@ class ModelConfig(Model):
         None, alias="baseURL", pattern=r"^https?://",
         description="Endpoint base URL, e.g. http://vllm:8000/v1 (default: the provider's public API).")
     api_key_secret_ref: SecretKeyRef | None = Field(
-        None, description="Secret key holding the API key; it reaches the task pod as an env var from the Secret.")
+        None, description="Secret key holding the API key; it reaches the task pod as an env var from the Secret. "
+        "Not with the agent's pool (see apiKeyEnv).")
+    api_key_env: str | None = Field(
+        None, pattern=ENV_NAME_PATTERN, max_length=253,
+        description="With the agent's pool only: the name of the pool's env variable holding the API key (the "
+        "RunnerPool's env puts it there, valueFrom.secretKeyRef); not a COMPOZY_ variable (docs/pools.md).")
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
     max_tokens: int | None = Field(
         None, ge=1, description="Maximum tokens per completion (anthropic requires one; default 4096).")
@@ -148,6 +159,21 @@ class Agent(Model):
     actions: list[AgentAction] = Field(
         min_length=1, max_length=50, description="Prompts the agent can run; a task picks one with action."
     )
+    pool: str | None = Field(
+        None, pattern=ID_PATTERN, max_length=63,
+        description="Name of a RunnerPool in the run's namespace: the agent's attempts (and the tools it calls) run "
+        "as processes forked on its warm runners instead of a pod each; the API key comes from the pool's env "
+        "(model.apiKeyEnv), not from model.apiKeySecretRef (docs/pools.md).")
+
+    @model_validator(mode="after")
+    def _pooled(self) -> Agent:
+        if self.pool is not None and self.model.api_key_secret_ref is not None:
+            raise ValueError(f"model.apiKeySecretRef: {POOLED_AGENT_KEY_MESSAGE}")
+        if self.pool is None and self.model.api_key_env is not None:
+            raise ValueError(f"model.apiKeyEnv: {UNPOOLED_KEY_ENV_MESSAGE}")
+        if (self.model.api_key_env or "").startswith("COMPOZY_"):  # the runner's own: its NATS login among them
+            raise ValueError("model.apiKeyEnv: COMPOZY_ variables are the runner's own settings, not an API key")
+        return self
 
 
 class Backoff(Model):
