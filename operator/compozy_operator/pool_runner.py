@@ -67,11 +67,7 @@ PULL_EXPIRES = 2.0  # seconds one pull request waits for work
 RETRY_SECONDS = 0.5  # after a pull request that was refused at once
 HEARTBEAT_SECONDS = 3.0  # progress of the messages in flight (the consumer's ack wait is longer: pools.py)
 STOP_GRACE = 25.0  # seconds a stopping runner lets its attempts finish (the pod's grace period is 30)
-# What the fork server imports once, so that no attempt's process pays for it: the runner, and for agents
-# their loop, both providers' SDKs and what their clients load on first use (agents.preload; about 1 s
-# of imports in a cold process).
-PRELOAD = ["compozy_operator.pool_runner", "compozy_operator.task_executor", "compozy_operator.runtime",
-           "compozy_operator.sandbox", "compozy_operator.agents.loop", "compozy_operator.agents.preload"]
+PRELOAD = ["compozy_operator.pool_preload"]  # what the fork server imports once (see there)
 PR_SET_PDEATHSIG = 1
 REMEMBERED = 10_000  # stops kept in memory
 MAX_SOCKET_DIR = 60  # characters of a temporary directory the fork server's socket path fits under
