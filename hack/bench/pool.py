@@ -2,12 +2,12 @@
 (issue 15's figures).
 
     make bench-pool
-    .venv/bin/python hack/bench/pool.py --executions 200 --tasks 2 --agents 100 --active 1000
+    .venv/bin/python hack/bench/pool.py --executions 200 --tasks 5 --pod-tasks 2 --agents 100 --active 1000
 
 Prints a table (asserts nothing; the machine's cores are shared with whatever else runs):
 * raw limits: bare pods (``python3 -c pass``) completed/s, JetStream publish+ack/s;
-* E executions of T sequential no-op python tasks started at once, with a pod per attempt and then
-  pooled: tasks/s (first create -> last run ended), dispatch latency (a task's TaskExecutionSuccess
+* E executions of sequential no-op python tasks started at once (2 each with a pod per attempt, 5
+  each pooled): tasks/s (first create -> last run ended), dispatch latency (a task's TaskExecutionSuccess
   -> the next task's TaskExecutionStarted, both events' own times; and -> its TaskDispatched, the
   operator's share), operator CPU-s and API writes per task, and where a pooled attempt's time goes
   (from its events);
@@ -73,11 +73,11 @@ class Events:
     def spans(self, runs: set[str], start: str, end: str) -> list[float]:
         return [t[end] - t[start] for (e, _), t in list(self.times.items()) if e in runs and start in t and end in t]
 
-    def hops(self, runs: set[str], tasks: int, end: str) -> list[float]:
-        """Task i's TaskExecutionSuccess -> task i+1's ``end`` event, in each run."""
+    def hops(self, runs: set[str], tasks: int, end: str, first: int = 1) -> list[float]:
+        """Task i's TaskExecutionSuccess -> task i+1's ``end`` event, in each run, from task ``first`` on."""
         out = []
         for run in runs:
-            for i in range(1, tasks):
+            for i in range(first, tasks):
                 a, b = self.times.get((run, f"t{i}"), {}), self.times.get((run, f"t{i + 1}"), {})
                 if "TaskExecutionSuccess" in a and end in b:
                     out.append(b[end] - a["TaskExecutionSuccess"])
@@ -156,9 +156,9 @@ class Bench:
         self.rows.append((figure, value, budget))
         print(f"  {figure}: {value}" + (f"  (budget {budget})" if budget else ""), flush=True)
 
-    def chains(self, label: str, pool: str | None) -> float:
-        """E executions of T no-op tasks at once; returns tasks/s."""
-        e, t = self.args.executions, self.args.tasks
+    def chains(self, label: str, pool: str | None, t: int) -> float:
+        """E executions of ``t`` no-op tasks at once; returns tasks/s."""
+        e = self.args.executions
         name = f"chain-{label}"
         apply(self.kubectl, chain(name, t, pool))
         runs = [f"{label}-{i}" for i in range(e)]
@@ -185,6 +185,9 @@ class Bench:
                  f"{ms(started, 50)} / {ms(started, 99)}", "p50 <= 20 ms, p99 <= 100 ms" if pool else "")
         self.row(f"{label} of it the operator's: success -> next TaskDispatched p50 / p99",
                  f"{ms(dispatched, 50)} / {ms(dispatched, 99)}", "p50 <= 50 ms, p99 <= 250 ms")
+        if t > 2:  # the first hop of every run falls in the burst of their starts
+            steady = self.events.hops(names, t, "TaskExecutionStarted", first=2)
+            self.row(f"{label} the same after each run's first hop p50 / p99", f"{ms(steady, 50)} / {ms(steady, 99)}")
         self.row(f"{label} operator CPU-s per task", f"{cpu['operator'] / done:.4f}")
         self.row(f"{label} CPU-s per task, all processes", f"{sum(cpu.values()) / done:.3f} = " + ", ".join(
             f"{k} {v / done:.3f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if v / done >= 0.0005))
@@ -241,7 +244,8 @@ class Bench:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--executions", type=int, default=200, help="executions started at once, pods and pooled")
-    parser.add_argument("--tasks", type=int, default=2, help="sequential no-op tasks per execution")
+    parser.add_argument("--tasks", type=int, default=5, help="sequential no-op tasks per pooled execution")
+    parser.add_argument("--pod-tasks", type=int, default=2, help="sequential no-op tasks per execution with pods")
     parser.add_argument("--agents", type=int, default=100, help="agent executions on the pool, started at once")
     parser.add_argument("--active", type=int, default=1000, help="active executions of the RSS figure")
     parser.add_argument("--bare-pods", type=int, default=100, help="pods of the bare-pod completion rate")
@@ -265,7 +269,7 @@ def main() -> None:
                           "spec": {"concurrency": args.concurrency, "minReplicas": args.replicas,
                                    "maxReplicas": args.replicas}})
         if not args.skip_pods:
-            pod_rate = b.chains("pods", None)
+            pod_rate = b.chains("pods", None, args.pod_tasks)
             b.row("per-pod tasks/s / bare-pod rate", f"{pod_rate / bare_rate * 100 if bare_rate else 0:.0f}%", ">= 60%")
         while len([p for p in b.kube.get(f"/api/v1/namespaces/{NS}/pods",
                                          labelSelector="app.kubernetes.io/component=runner")["items"]
@@ -273,9 +277,11 @@ def main() -> None:
             time.sleep(0.5)
         create_all(b.kube, ["warm-up"], lambda _: {"workflow": chain("x", 1, "warm")["spec"]})
         wait_until(b.kube, "warm-up", 1, ENDED, 60)
-        b.chains("pooled", "warm")
-        b.agents("warm")
-        b.active(args.active)
+        b.chains("pooled", "warm", args.tasks)
+        if args.agents:
+            b.agents("warm")
+        if args.active:
+            b.active(args.active)
         b.op.stop()
 
     print(f"\nissue 15 figures ({args.replicas} runners x {args.concurrency} slots; bench took "

@@ -226,7 +226,13 @@ class PoolRunner:
             known.msg = msg
             await msg.in_progress()
             return
-        self.starting += 1  # holds a slot while it is looked at: the next pull must not ask for it
+        # holds a slot while it is looked at (the next pull must not ask for it); the look for a stop is a
+        # NATS round trip, made beside the next deliveries rather than before them (this callback runs
+        # one message at a time)
+        self.starting += 1
+        asyncio.ensure_future(self._start_unless_stopped(work, msg))
+
+    async def _start_unless_stopped(self, work: PoolWork, msg: Msg) -> None:
         try:
             if await self._stopped(work):  # timed out before it could start: never start it
                 await msg.ack()
@@ -362,7 +368,7 @@ class PoolRunner:
 
     async def _drain(self) -> None:
         deadline = time.monotonic() + STOP_GRACE
-        while self.children and time.monotonic() < deadline:
+        while (self.children or self.starting) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         for child in list(self.children.values()):
             if child.process.pid is not None:

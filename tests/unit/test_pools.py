@@ -138,17 +138,21 @@ def test_a_pooled_agents_tools_cannot_bring_pod_settings(field: str, value: obje
 
 
 def test_the_fork_server_preload_leaves_an_agent_attempt_nothing_to_import() -> None:
-    """What the pool runner's fork server imports (pool_preload) is all a chat of either provider
-    loads up to its first request: an agent attempt's process pays no import."""
-    code = ("import sys\n"
+    """What the pool runner's fork server imports (pool_preload) is all a model call of either
+    provider loads (here one to a closed port): an agent attempt's process pays no import. And the
+    inherited heap is left out of collections (gc.freeze)."""
+    code = ("import asyncio, gc, sys\n"
             "import compozy_operator.pool_preload\n"
-            "from compozy_operator.agents.providers import PROVIDERS\n"
+            "from compozy_operator.agents.providers import PROVIDERS, AgentError, _TLS\n"
             "before = set(sys.modules)\n"
-            "for name, chat in PROVIDERS.items():\n"
-            "    c = chat({'name': 'm', 'baseURL': 'http://127.0.0.1:9'}, 'k', 's', 'p', [], {'type': 'object'}).client\n"
-            "    c.messages.create if name == 'anthropic' else c.chat.completions.create\n"
-            "print(sorted(set(sys.modules) - before))\n"
-            "import gc\n"
-            "print(gc.get_freeze_count() > 100_000)\n")  # the inherited heap is left out of collections
+            "async def call():\n"
+            "    for chat in PROVIDERS.values():\n"
+            "        model = {'name': 'm', 'baseURL': 'http://127.0.0.1:9', 'maxRetries': 0}\n"
+            "        try:\n"
+            "            await chat(model, 'k', 's', 'p', [], {'type': 'object'}).send()\n"
+            "        except AgentError as e:\n"
+            "            assert e.reason == 'ProviderConnectionError', e.reason\n"
+            "asyncio.run(call())\n"
+            "print(sorted(set(sys.modules) - before), len(_TLS), gc.get_freeze_count() > 100_000)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["[]", "True"], out.stdout
+    assert out.stdout.split() == ["[]", "1", "True"], out.stdout + out.stderr

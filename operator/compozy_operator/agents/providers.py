@@ -12,8 +12,10 @@ Retry-After), 5xx, timeouts and connection errors. What still fails is turned in
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
@@ -147,11 +149,24 @@ def provider_error(exc: Exception, secret: str | None = None) -> AgentError:
     return AgentError("ProviderBadRequest", f"HTTP {status}: {text}")
 
 
-def _client_options(model: dict[str, Any]) -> dict[str, Any]:
+#: What a first model call imports (tests/unit/test_pools.py finds any other): the transport's async
+#: backend, and the anthropic SDK's trace propagation.
+REQUEST_TIME_IMPORTS = ("anyio._backends._asyncio", "opentelemetry.propagate")
+#: The TLS context of this process's model clients, made once by :func:`warm` (a pool runner's fork
+#: server; its attempts' processes inherit a copy each). Without it each client loads the CA bundle
+#: itself, about 20 ms of CPU.
+_TLS: list[Any] = []
+
+
+def _client_options(model: dict[str, Any], http_client: Callable[..., Any]) -> dict[str, Any]:
+    """The SDK client's options; ``http_client``: the SDK's ``DefaultAsyncHttpxClient`` (its own
+    defaults), used on the warm TLS context where there is one."""
     options: dict[str, Any] = {"timeout": parse_duration(model.get("timeout") or DEFAULT_TIMEOUT),
                                "max_retries": model.get("maxRetries", DEFAULT_MAX_RETRIES)}
     if model.get("baseURL"):
         options["base_url"] = model["baseURL"]
+    if _TLS:
+        options["http_client"] = http_client(verify=_TLS[0])
     return options
 
 
@@ -189,11 +204,11 @@ class OpenAIChat(_SdkChat):
 
     def __init__(self, model: dict[str, Any], api_key: str | None, system: str | None, prompt: str,
                  tools: list[ToolSpec], output_schema: dict[str, Any] | None) -> None:
-        from openai import AsyncOpenAI, OpenAIError  # noqa: PLC0415 - only agent pods need it
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient, OpenAIError  # noqa: PLC0415 - only agent pods need it
 
         super().__init__(OpenAIError, api_key)
         # Endpoints without auth (a local vLLM or Ollama) still get a placeholder: the SDK insists.
-        self.client = AsyncOpenAI(api_key=api_key or "unused", **_client_options(model))
+        self.client = AsyncOpenAI(api_key=api_key or "unused", **_client_options(model, DefaultAsyncHttpxClient))
         system, native = _schema_mode(model, system, output_schema)
         if system:
             self.messages.append({"role": "system", "content": system})
@@ -232,10 +247,10 @@ class AnthropicChat(_SdkChat):
 
     def __init__(self, model: dict[str, Any], api_key: str | None, system: str | None, prompt: str,
                  tools: list[ToolSpec], output_schema: dict[str, Any] | None) -> None:
-        from anthropic import AnthropicError, AsyncAnthropic  # noqa: PLC0415 - only agent pods need it
+        from anthropic import AnthropicError, AsyncAnthropic, DefaultAsyncHttpxClient  # noqa: PLC0415 - only agent pods need it
 
         super().__init__(AnthropicError, api_key)
-        self.client = AsyncAnthropic(api_key=api_key or "unused", **_client_options(model))
+        self.client = AsyncAnthropic(api_key=api_key or "unused", **_client_options(model, DefaultAsyncHttpxClient))
         system, native = _schema_mode(model, system, output_schema)
         self.messages.append({"role": "user", "content": prompt})
         self.request: dict[str, Any] = {"model": model["name"],
@@ -272,8 +287,9 @@ PROVIDERS: dict[str, type[OpenAIChat] | type[AnthropicChat]] = {"openai": OpenAI
 
 
 def warm() -> None:
-    """Build a chat of each provider without calling it, and touch its API resource: that loads what
-    the SDKs load lazily (about 0.1 s: the HTTP transport, the resource modules). Skips an SDK that
+    """Load what the SDKs load lazily on a first model call (about 0.1 s: the HTTP transport and its
+    async backend, the resource modules) by building a chat of each provider without calling it, and
+    make the TLS context every later client of this process shares (:data:`_TLS`). Skips an SDK that
     is not installed."""
     for provider, chat in PROVIDERS.items():
         try:
@@ -281,3 +297,13 @@ def warm() -> None:
         except ImportError:
             continue
         getattr(client, "messages" if provider == "anthropic" else "chat").__class__  # noqa: B018 - loads its module
+    for module in REQUEST_TIME_IMPORTS:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+    try:
+        import httpx2  # noqa: PLC0415 - the SDKs' HTTP client
+    except ImportError:
+        return
+    _TLS[:] = [httpx2.create_ssl_context()]  # as each client would make it (SSL_CERT_FILE, ... honoured)
