@@ -57,6 +57,7 @@ bench-collection: $(STAMP) binaries
 	$(PY) hack/bench/collection.py
 
 bench-pool: $(STAMP) binaries
+	$(PY) hack/bench/pool_runner.py
 	$(PY) hack/bench/pool.py
 
 bench-agents: $(STAMP) binaries

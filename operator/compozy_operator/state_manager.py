@@ -42,6 +42,9 @@ DURABLE = STATE_CONSUMER
 # after a crash. A batch that takes longer keeps its events with in-progress acks.
 ACK_WAIT = 8.0
 MAX_NAK_DELAY = 30.0
+# Batches folded at once. Folded one after another, every execution's events waited for the slowest
+# PATCH of the batch before (under load: 0.6 s p50, 2 s p99, so events sat 1.4-2.3 s in the stream).
+MAX_BATCHES = 8
 Key = tuple[str, str]  # namespace, execution name
 Item = tuple[Msg, Event, int]  # a message, its event, its stream sequence
 # (the object with its status folded, not yet written; the events folded into it since the last write)
@@ -135,6 +138,39 @@ class Pending:
     timer: asyncio.TimerHandle | None = None
 
 
+class Pipeline:
+    """Batches folded side by side, up to ``limit`` at once, so one execution's slow PATCH holds up no
+    other's events. One execution's events still fold in stream order: a batch is started (its groups'
+    tasks made, each taking its execution's lock first thing) before the next one, and the locks are
+    first come, first served. A batch that fails fails the pipeline at the next :meth:`submit`, as a
+    batch folded in line failed the loop (its supervisor restarts it)."""
+
+    def __init__(self, limit: int) -> None:
+        self.room = asyncio.Semaphore(limit)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.failure: BaseException | None = None
+
+    async def submit(self, start: Callable[[], Awaitable[None]]) -> None:
+        """Wait for room, then ``start()`` a batch (see :meth:`StateManager.start_batch`)."""
+        await self.room.acquire()
+        if self.failure is not None:
+            self.room.release()
+            raise self.failure
+        task = asyncio.ensure_future(start())
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.room.release()
+        if not task.cancelled() and task.exception() is not None and self.failure is None:
+            self.failure = task.exception()
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+
 class StateManager:
     def __init__(self, bus: Bus, kube: Kube, on_status: OnStatus, batch: int = 256, defer: float = 2.0) -> None:
         self.bus = bus
@@ -157,6 +193,7 @@ class StateManager:
         """Fetch and fold until cancelled. Raises if it cannot subscribe (its supervisor restarts it)."""
         # Creating the consumer updates an existing one to this config (e.g. an older ack_wait).
         sub = await self.bus.durable_pull(STATE_STREAM, consumer_config())
+        batches = Pipeline(MAX_BATCHES)
         try:
             while True:
                 try:
@@ -173,8 +210,9 @@ class StateManager:
                     msgs += await sub.fetch(self.batch - 1, timeout=0.002)
                 except asyncio.TimeoutError:
                     pass
-                await self.apply_batch(msgs)
+                await batches.submit(lambda: self.start_batch(msgs))
         finally:
+            batches.cancel()  # what they had not acknowledged is redelivered
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
@@ -202,20 +240,33 @@ class StateManager:
         return True
 
     async def apply_batch(self, msgs: list[Msg]) -> None:
+        await self.start_batch(msgs)
+
+    def start_batch(self, msgs: list[Msg]) -> Awaitable[None]:
+        """Start folding ``msgs``; the result is done when they all are. Each execution's group is a
+        task started here, before anything is awaited, and takes its execution's lock first thing:
+        so of two batches started one after the other, the first folds each execution's events first
+        (Pipeline)."""
         groups: dict[Key, list[Item]] = defaultdict(list)
+        invalid: list[tuple[Msg, InvalidEvent]] = []
         for m in msgs:
             try:
                 ev = parse_state_event(m.subject, m.data)
             except InvalidEvent as e:
-                await self.reject(m, e.reason, e.problem)
+                invalid.append((m, e))
                 continue
             EVENTS.labels(ev.type).inc()
             groups[(ev.namespace, ev.execution)].append((m, ev, m.metadata.sequence.stream))
-        keepalive = asyncio.create_task(keep_in_progress(msgs))
-        try:
-            await asyncio.gather(*(self.apply_group(k, items) for k, items in groups.items()))
-        finally:
-            keepalive.cancel()
+        work = [asyncio.ensure_future(self.apply_group(k, items)) for k, items in groups.items()]
+        work += [asyncio.ensure_future(self.reject(m, e.reason, e.problem)) for m, e in invalid]
+        keepalive = asyncio.ensure_future(keep_in_progress(msgs))
+
+        async def done() -> None:
+            try:
+                await asyncio.gather(*work)
+            finally:
+                keepalive.cancel()
+        return done()
 
     @staticmethod
     async def reject(m: Msg, reason: str, problem: str) -> None:

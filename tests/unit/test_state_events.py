@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -16,7 +17,7 @@ from compozy_operator.events import (EventType, InvalidEvent, Publisher, StateSu
 from compozy_operator.kube import ApiException
 from compozy_operator.monitoring import REJECTED_EVENTS
 from compozy_operator.operator_main import Supervised
-from compozy_operator.state_manager import MAX_NAK_DELAY, StateManager, consumer_config, nak_delay
+from compozy_operator.state_manager import MAX_NAK_DELAY, Pipeline, StateManager, consumer_config, nak_delay
 
 UID = "uid-1"
 
@@ -330,3 +331,70 @@ def test_a_supervised_loop_is_restarted_and_reported_meanwhile(monkeypatch: pyte
     down, after = asyncio.run(scenario())
     assert down == "state manager stopped (KeyError: 'data'); restarting"
     assert after == "state manager restarted after: KeyError: 'data'"
+
+
+class SlowKube(FakeKube):
+    """Executions by name; a PATCH of ``slow`` waits until ``release`` is set (in its thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.objs = {n: {"metadata": {"name": n, "namespace": "ns", "uid": UID}, "status": {}} for n in ("slow", "fast")}
+        self.release = threading.Event()
+        self.order: list[tuple[str, dict[str, Any]]] = []  # (execution, status patch)
+
+    def get(self, path: str) -> dict[str, Any]:
+        return self.objs[path.rsplit("/", 1)[1]]
+
+    def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        name = path.rsplit("/", 2)[1]
+        if name == "slow":
+            self.release.wait(10)
+        self.order.append((name, body["status"]))
+        obj = self.objs[name]
+        self.objs[name] = {**obj, "status": {**obj["status"], **body["status"]}}
+        return self.objs[name]
+
+
+def test_a_slow_patch_of_one_execution_holds_up_no_others_events_and_its_own_keep_their_order() -> None:
+    kube = SlowKube()
+    first = [FakeMsg(b["subject"], encode(b), seq) for seq, b in enumerate([
+        event(EventType.WORKFLOW_STARTED, None, None, execution="slow", taskCount=1),
+        event(EventType.TASK_SUCCESS, execution="slow", output={"n": 1})], start=1)]
+    later = [FakeMsg(b["subject"], encode(b), seq) for seq, b in enumerate([
+        event(EventType.TASK_STARTED, task="b", execution="slow"),
+        event(EventType.WORKFLOW_STARTED, None, None, execution="fast", taskCount=1)], start=3)]
+
+    async def scenario() -> None:
+        m, batches = manager(kube), Pipeline(4)
+        await batches.submit(lambda: m.start_batch(first))  # type: ignore[arg-type]
+        await batches.submit(lambda: m.start_batch(later))  # type: ignore[arg-type]
+        for _ in range(500):  # the other execution's event is folded and written meanwhile
+            if later[1].settled:
+                break
+            await asyncio.sleep(0.01)
+        assert later[1].settled == [("ack", None)] and not first[0].settled and not later[0].settled
+        kube.release.set()
+        while batches.tasks:
+            await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
+    assert [name for name, _ in kube.order] == ["fast", "slow", "slow"]  # slow's second batch waited for its first
+    (_, one), (_, two) = kube.order[1:]
+    assert one["tasks"]["a"]["phase"] == "Succeeded" and one["stateSeq"] == 2
+    assert two["tasks"] == {"b": two["tasks"]["b"]} and two["tasks"]["b"]["phase"] == "Running" and two["stateSeq"] == 3
+
+
+def test_a_failed_batch_fails_the_pipeline() -> None:
+    async def scenario() -> None:
+        batches = Pipeline(2)
+
+        async def broken() -> None:
+            raise KeyError("boom")
+
+        await batches.submit(broken)
+        while batches.tasks:
+            await asyncio.sleep(0)
+        with pytest.raises(KeyError, match="boom"):
+            await batches.submit(broken)
+
+    asyncio.run(scenario())
