@@ -8,12 +8,14 @@ that the process forked for each attempt imports nothing and copies little:
   heap: measured, a no-op attempt's process took 34-36 ms of CPU without it, 18-19 ms with it.
 """
 
-import concurrent.futures.thread  # noqa: F401 - a tool runs in asyncio's default executor
 import gc
+import importlib
 
-from . import pool_runner, runtime, sandbox, task_executor  # noqa: F401
-from .agents import loop  # noqa: F401
 from .agents.providers import warm
 
+for module in ("concurrent.futures.thread",  # a tool runs in asyncio's default executor
+               "compozy_operator.pool_runner", "compozy_operator.task_executor", "compozy_operator.runtime",
+               "compozy_operator.sandbox", "compozy_operator.agents.loop"):
+    importlib.import_module(module)
 warm()
 gc.freeze()
