@@ -2,16 +2,16 @@
 (issue 15's figures).
 
     make bench-pool
-    .venv/bin/python hack/bench/pool.py --executions 200 --tasks 5 --pod-tasks 2 --agents 100 --active 1000
+    .venv/bin/python hack/bench/pool.py --executions 200 --tasks 5 --pod-tasks 2 --light 10 --agents 100 --active 1000
 
 Prints a table (asserts nothing; the machine's cores are shared with whatever else runs):
 * raw limits: bare pods (``python3 -c pass``) completed/s, JetStream publish+ack/s;
 * one run of an N-item collection of a no-op python tool on the pool: tasks/s and API writes per task;
 * E executions of sequential no-op python tasks started at once (2 each with a pod per attempt, 5
-  each pooled; pooled also with a few executions, L, where no attempt waits for a slot): tasks/s (first create -> last run ended), dispatch latency (a task's TaskExecutionSuccess
-  -> the next task's TaskExecutionStarted, both events' own times; and -> its TaskDispatched, the
-  operator's share), operator CPU-s and API writes per task, and where a pooled attempt's time goes
-  (from its events);
+  each pooled; pooled also with L executions, where no attempt waits for a slot): tasks/s (first
+  create -> last run ended), dispatch latency (a task's TaskExecutionSuccess -> the next task's
+  TaskExecutionStarted, both events' own times; and -> its TaskDispatched, the operator's share),
+  operator CPU-s and API writes per task, and where a pooled attempt's time goes (its events);
 * agent tasks on the pool (2 model calls and a tool call each, against the tests' stand-in endpoint
   answering at once), L/2 and then A at once: agent tasks/s and the overhead, dispatch -> success;
 * operator RSS with N active executions (each one pooled task waiting in its queue).
@@ -145,8 +145,8 @@ def ms(values: list[float], p: float) -> str:
 
 
 class Bench:
-    def __init__(self, env: DevEnvironment, args: argparse.Namespace) -> None:
-        self.env, self.args = env, args
+    def __init__(self, env: DevEnvironment) -> None:
+        self.env = env
         self.kubectl, self.op = prepare(env)
         self.kube = env.kube()
         self.events = Events(env.nats.url, env.nats.token)
@@ -277,7 +277,7 @@ def main() -> None:
 
     t_start = time.time()
     with DevEnvironment.start() as env:
-        b = Bench(env, args)
+        b = Bench(env)
         bare_rate, bare_done = bare_pods(b.kube, args.bare_pods)
         b.kubectl.ok("delete", "pods", "-n", NS, "-l", "bench=bare", "--wait=true")
         serial, pipelined = asyncio.run(jetstream_rate(env.nats.url, env.nats.token, args.publishes))
