@@ -140,7 +140,12 @@ def test_cancel_kills_the_attempts_process(operator: OperatorProcess, kubectl: K
 def test_a_timed_out_attempt_is_killed(operator: OperatorProcess, kubectl: Kubectl, kube: Kube, namespace: str,
                                       tmp_path: Path) -> None:
     pidfile = tmp_path / "timeout"
-    apply(kubectl, namespace, pool("warm"),
+    # a warm runner first: the 3 s count from the dispatch, and a runner's start (its fork server's
+    # preload, over a second of CPU) must not be what times the attempt out
+    apply(kubectl, namespace, pool("warm"), workflow("ok", [{"id": "a", "tool": "ok"}], {"ok": PY_OK}),
+          execution("ok-1", "ok"))
+    assert wait_finished(kubectl, namespace, "ok-1", timeout=90)["phase"] == "Succeeded"
+    apply(kubectl, namespace,
           {**workflow("late", [{"id": "wait", "tool": "slow", "with": {"pidfile": str(pidfile), "seconds": 120},
                                 "timeout": "3s"}], {"slow": PY_SLOW})},
           execution("late-1", "late"))
