@@ -305,7 +305,7 @@ def main() -> None:
             b.collection(args.items, "warm")
         # a few at once first (the pool's own latency, no queue), then all at once
         b.chains("light", "warm", args.tasks, args.light)
-        b.agents("warm", max(1, args.light // 2), "agents-light")
+        b.agents("warm", max(1, args.light // 2), "few-agents")  # (no label may start with another's + "-")
         b.chains("pooled", "warm", args.tasks, args.executions)
         if args.agents:
             b.agents("warm", args.agents, "agents")
