@@ -271,12 +271,12 @@ class Bus:
                               headers={"Nats-Rollup": "sub"})
         return {"bucket": OUTPUT_BUCKET, "key": key, "size": len(data), "digest": digest}
 
-    async def output_fields(self, key: str, value: Any, inline_limit: int) -> dict[str, Any]:
-        """``{"output": value}``, or ``{"outputRef": ...}`` with the value stored when it is too large."""
+    async def output_fields(self, key: str, value: Any, inline_limit: int, name: str = "output") -> dict[str, Any]:
+        """``{name: value}``, or ``{name + "Ref": ...}`` with the value stored when it is too large."""
         encoded = json.dumps(value).encode()
         if len(encoded) <= inline_limit:
-            return {"output": value}
-        return {"outputRef": await self.put_output(key, encoded)}
+            return {name: value}
+        return {f"{name}Ref": await self.put_output(key, encoded)}
 
     async def get_output(self, ref: dict[str, Any]) -> Any:
         assert self.js is not None

@@ -7,12 +7,18 @@ same labels, same naming, same spec.
 
 from __future__ import annotations
 
+import math
+from datetime import datetime
 from typing import Any
 
 from .resources.models import API_VERSION
 
 LABEL_WORKFLOW = "compozy.dev/workflow"  # the Workflow a run runs (`kubectl get wfx -l compozy.dev/workflow=x`)
 LABEL_RESUBMITTED_FROM = "compozy.dev/resubmitted-from"  # the run a resubmitted run was made from
+# the run's metadata.creationTimestamp in Unix seconds, so that "created after" is a label selector
+# (`compozy.dev/created-at>N`) the API server applies before it cuts a page: the orchestrator makes
+# it exact when it starts the run; whoever creates a run stamps its own clock's guess to spare that write
+LABEL_CREATED = "compozy.dev/created-at"
 KIND = "WorkflowExecution"
 _UNSET: Any = object()
 
@@ -56,6 +62,23 @@ def resubmission(old: dict[str, Any], input: Any = _UNSET, *, name: str | None =
     else:
         metadata["generateName"] = f"{base[:57]}-"
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": new_spec}
+
+
+def created_value(when: datetime | float) -> str:
+    """The ``compozy.dev/created-at`` value of a run created at ``when`` (a timestamp or Unix seconds)."""
+    return str(int(when.timestamp() if isinstance(when, datetime) else when))
+
+
+def stamp_created(obj: dict[str, Any], now: float) -> dict[str, Any]:
+    """``obj`` (a new run) labelled as created at ``now``, the creator's guess of the API server's clock."""
+    obj["metadata"].setdefault("labels", {})[LABEL_CREATED] = created_value(now)
+    return obj
+
+
+def created_after_selector(after: datetime) -> str:
+    """The label selector term of the runs created at or after ``after``; creation timestamps have
+    whole seconds, and a label selector knows only ``>`` (on integers)."""
+    return f"{LABEL_CREATED}>{math.ceil(after.timestamp()) - 1}"
 
 
 def requested_retries(spec: dict[str, Any]) -> int:

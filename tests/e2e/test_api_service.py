@@ -20,7 +20,8 @@ import pytest
 import requests
 
 from compozy_operator.api_service.service import STATUS_HEADER, trigger_subject
-from compozy_operator.execution_requests import LABEL_RESUBMITTED_FROM, LABEL_WORKFLOW
+from compozy_operator.execution_requests import LABEL_CREATED, LABEL_RESUBMITTED_FROM, LABEL_WORKFLOW, created_value
+from compozy_operator.executor import epoch
 from compozy_operator.kube import Kube
 from compozy_operator.testenv import DevEnvironment
 from compozy_operator.testenv.operator_process import OperatorProcess
@@ -130,7 +131,8 @@ def test_trigger_get_list_and_logs_after_the_pods_are_gone(setup: dict[str, Any]
 
     obj = api("GET", f"/namespaces/{ns}/executions/{name}").json()
     assert obj["metadata"]["uid"] == created["uid"]
-    assert obj["metadata"]["labels"] == {"team": "a", LABEL_WORKFLOW: "ok"}
+    assert obj["metadata"]["labels"] == {"team": "a", LABEL_WORKFLOW: "ok",
+                                         LABEL_CREATED: created_value(epoch(obj["metadata"]["creationTimestamp"]))}
     assert obj["status"]["phase"] == "Succeeded" and obj["spec"]["input"] == {"hello": "world"}
 
     # the task pods are gone (deleted once finished, and here deleted again for certain): the logs stay
@@ -297,7 +299,9 @@ def test_cancel_retry_resubmit_signal(setup: dict[str, Any], kubectl: Kubectl) -
     assert changed.status_code == 201, changed.text
     for made, n in ((again.json(), 1), (changed.json(), 2)):
         obj = api("GET", f"/namespaces/{ns}/executions/{made['name']}").json()
-        assert obj["metadata"]["labels"] == {"team": "b", LABEL_WORKFLOW: "typed", LABEL_RESUBMITTED_FROM: first}
+        labels = obj["metadata"]["labels"]
+        assert labels.pop(LABEL_CREATED).isdigit()
+        assert labels == {"team": "b", LABEL_WORKFLOW: "typed", LABEL_RESUBMITTED_FROM: first}
         assert obj["spec"]["input"] == {"n": n}
         assert wait_finished(kubectl, ns, made["name"])["phase"] == "Succeeded"
     error = error_of(api("POST", f"/namespaces/{ns}/executions/{first}/resubmit", {"input": {"n": "x"}}), 400)

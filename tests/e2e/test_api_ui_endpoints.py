@@ -4,11 +4,17 @@ store. Real ServiceAccount tokens and real RBAC, as in test_api_service."""
 
 from __future__ import annotations
 
+import json
+import time
+from datetime import datetime, timedelta
 from typing import Any
 
+from compozy_operator.execution_requests import LABEL_CREATED, created_value
+from compozy_operator.executor import epoch
 from compozy_operator.kube import Kube
+from compozy_operator.resources.models import GROUP, VERSION
 from compozy_operator.testenv.operator_process import OperatorProcess
-from tests.helpers import Kubectl
+from tests.helpers import Kubectl, wait_for
 
 from .conftest import wait_finished
 from . import test_api_service
@@ -17,6 +23,7 @@ from .test_ui import grant_workflows
 from .test_workflows import apply, workflow
 
 setup = test_api_service.setup  # the fixture: Workflows ok, slow, long, fails, typed and alice
+EXECUTIONS = f"/apis/{GROUP}/{VERSION}"
 PY_BIG = "def run(input, ctx):\n    return {'blob': 'x' * input['n']}\n"
 
 
@@ -146,3 +153,62 @@ def test_the_ui_is_served_without_a_token_with_its_security_headers(operator: Op
     assert js.status_code == 200 and "immutable" in js.headers["cache-control"]
     assert "/api/v1" in js.text
     assert 'src="http' not in page.text and 'href="http' not in page.text, "no CDN: every asset is served here"
+
+
+def _names(page: dict[str, Any]) -> list[str]:
+    return [i["metadata"]["name"] for i in page["items"]]
+
+
+def _all_pages(api: Api, path: str, **params: Any) -> list[list[str]]:
+    pages, cont = [], None
+    while True:
+        page = api("GET", path, params={**params, **({"continue": cont} if cont else {})}).json()
+        pages.append(_names(page))
+        if not (cont := page.get("continue")):
+            return pages
+
+
+def test_phase_and_created_after_are_applied_by_the_api_server_before_the_page_is_cut(
+        setup: dict[str, Any], kubectl: Kubectl, kube: Kube) -> None:
+    """Runs r-0 .. r-5 alternate Succeeded and Failed (the API server lists by name), so a page of two
+    filtered after it was cut would hold one Failed run; selected before, it holds two."""
+    ns, api = setup["namespace"], setup["api"]
+    path, runs = f"/namespaces/{ns}/executions", f"{EXECUTIONS}/namespaces/{ns}/workflowexecutions"
+    for i in range(6):
+        if i == 3:  # the second half is created at least a second later (creation times have whole seconds)
+            first = epoch(kube.get(f"{runs}/r-2")["metadata"]["creationTimestamp"])
+            wait_for(lambda: time.time() >= first + 1.05 or None, 5, "the next second")
+        trigger(api, ns, "fails" if i % 2 else "ok", {"name": f"r-{i}", "labels": {LABEL_CREATED: "1"}})
+    names = [f"r-{i}" for i in range(6)]
+    for name in names:
+        wait_finished(kubectl, ns, name)
+    assert _all_pages(api, path, phase="Failed", limit=2) == [["r-1", "r-3"], ["r-5"]]
+    assert _all_pages(api, path, phase="Succeeded", limit=2) == [["r-0", "r-2"], ["r-4"]]
+    assert _all_pages(api, path, phase="Running", limit=2) == [[]]
+    assert _all_pages(api, path, phase="Pending", limit=2) == [[]]  # every run here was started
+
+    # the label is the creation second exactly, whatever the creator sent
+    stored = {n: kube.get(f"{runs}/{n}")["metadata"] for n in names}
+    for meta in stored.values():
+        assert meta["labels"][LABEL_CREATED] == created_value(epoch(meta["creationTimestamp"])), meta
+    second = datetime.fromisoformat(stored["r-3"]["creationTimestamp"].replace("Z", "+00:00"))
+    later = sorted(n for n, m in stored.items() if epoch(m["creationTimestamp"]) >= second.timestamp())
+    assert {"r-3", "r-4", "r-5"} <= set(later) and "r-0" not in later
+    pages = _all_pages(api, path, createdAfter=second.isoformat(), limit=2)
+    assert [n for page in pages for n in page] == later and all(len(p) == 2 for p in pages[:-1]), pages
+    failed_later = _all_pages(api, path, createdAfter=second.isoformat(), phase="Failed", limit=1)
+    assert [n for page in failed_later for n in page] == [n for n in later if n in ("r-1", "r-3", "r-5")]
+    moment = (second + timedelta(milliseconds=1)).isoformat()  # within r-3's second: from the next one on
+    assert "r-3" not in [n for page in _all_pages(api, path, createdAfter=moment) for n in page]
+    error = error_of(api("GET", path, params={"createdAfter": "yesterday"}), 400)
+    assert error["field"] == "createdAfter", error
+    assert error_of(api("GET", path, params={"createdAfter": "2026-01-01T00:00:00"}), 400)["field"] == "createdAfter"
+
+    # a run applied with kubectl, with a forged label, is labelled by the operator when it starts
+    kubectl.ok("apply", "-n", ns, "-f", "-", stdin=json.dumps({
+        "apiVersion": "compozy.dev/v1alpha1", "kind": "WorkflowExecution",
+        "metadata": {"name": "by-kubectl", "labels": {LABEL_CREATED: "42"}}, "spec": {"workflowRef": {"name": "ok"}}}))
+    wait_finished(kubectl, ns, "by-kubectl")
+    meta = kube.get(f"{runs}/by-kubectl")["metadata"]
+    assert meta["labels"][LABEL_CREATED] == created_value(epoch(meta["creationTimestamp"])), meta
+    assert meta["labels"]["compozy.dev/workflow"] == "ok"

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from compozy_operator.cli.logs import API_EXTENSION
-from compozy_operator.execution_requests import LABEL_RESUBMITTED_FROM, LABEL_WORKFLOW
+from compozy_operator.execution_requests import LABEL_CREATED, LABEL_RESUBMITTED_FROM, LABEL_WORKFLOW, created_value
+from compozy_operator.executor import epoch
 from compozy_operator.kube import Kube, set_context_extension, write_kubeconfig
 from compozy_operator.testenv import DevEnvironment
 from compozy_operator.testenv.operator_process import OperatorProcess
@@ -65,7 +66,9 @@ def test_submit_wait_succeeds_with_params_parsed_as_json(operator: OperatorProce
     assert json.loads(out.stdout.splitlines()[1].removeprefix("output: ")) == expected
     obj = _json(cli("get", name, "-o", "json"))
     assert obj["spec"]["input"] == expected
-    assert obj["metadata"]["labels"] == {LABEL_WORKFLOW: "echo", "team": "ml"}
+    labels = obj["metadata"]["labels"]
+    assert labels.pop(LABEL_CREATED) == created_value(epoch(obj["metadata"]["creationTimestamp"]))
+    assert labels == {LABEL_WORKFLOW: "echo", "team": "ml"}
     assert "\x1b[" not in out.stdout + out.stderr  # no colour, no progress off a terminal
 
 

@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from compozy_operator.execution_requests import LABEL_RESUBMITTED_FROM, LABEL_WORKFLOW, resubmission, retry_patch
+from compozy_operator.execution_requests import (LABEL_CREATED, LABEL_RESUBMITTED_FROM, LABEL_WORKFLOW, created_value,
+                                                 resubmission, retry_patch)
+from compozy_operator.executor import epoch
 from compozy_operator.kube import Kube
 from compozy_operator.resources.models import GROUP, VERSION
 from compozy_operator.testenv.operator_process import OperatorProcess
@@ -216,7 +218,9 @@ def test_resubmit_runs_again_with_the_same_input_and_labels(operator: OperatorPr
     assert name.startswith("line-") and new["spec"]["input"] == {"dir": str(workdir)}
     status = wait_finished(kubectl, namespace, name, 90)
     assert status["phase"] == "Succeeded" and status["output"] == {"b": 1, "c": 3}, json.dumps(status, indent=1)
-    labels = kube.get(path(namespace, name))["metadata"]["labels"]
+    meta = kube.get(path(namespace, name))["metadata"]
+    labels = meta["labels"]  # created without a guess of its creation second: the operator labelled it
+    assert labels.pop(LABEL_CREATED) == created_value(epoch(meta["creationTimestamp"]))
     assert labels == {LABEL_WORKFLOW: "line", LABEL_RESUBMITTED_FROM: "orig"}
     assert tool_runs(workdir, name) == Counter({("a", 1): 1, ("b", 1): 1, ("c", 1): 1})
 

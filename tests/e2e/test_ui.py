@@ -24,7 +24,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from compozy_operator.api_service.ui import UI_DIR
 from compozy_operator.kube import Kube
@@ -283,3 +283,24 @@ def test_a_user_without_rights_sees_no_action_buttons_and_the_api_refuses_anyway
     # the same pages show alice every action
     page.open(f"runs/{ns}/{run}", token=ui["alice"])
     page.wait(lambda d: {"Retry", "Resubmit"} <= page.buttons(), "alice's action buttons")
+
+
+def test_the_phase_filter_selects_on_the_server_so_a_page_is_never_short(ui: dict[str, Any], kubectl: Kubectl) -> None:
+    """50 runs that fail at start (their Workflow does not exist: no pod) come before the one running
+    run by name, so the first page of 50 holds none of it: a filter applied to the page after it was
+    cut would show an empty page; one the API server applies shows the run."""
+    page, ns = ui["page"], ui["namespace"]
+    runs = [{"apiVersion": "compozy.dev/v1alpha1", "kind": "WorkflowExecution", "metadata": {"name": f"a-{i:02d}"},
+             "spec": {"workflowRef": {"name": "missing"}}} for i in range(50)]
+    kubectl.ok("apply", "-n", ns, "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": runs}))
+    running = trigger(ui["api"], ns, "long", {"name": "z-running"})["name"]
+    page.open(f"runs?ns={ns}&phase=Running", token=ui["alice"])
+    page.wait(lambda d: [r.get_attribute("data-run") for r in page.all("tr[data-run]")] == [running],
+              "the running run, alone, on the first page")
+    Select(page.one('select[aria-label="Phase"]')).select_by_visible_text("Failed")
+    page.wait(lambda d: len(page.all('tr[data-run] [data-phase="Failed"]')) == 50, "a full page of failed runs")
+    assert running not in {r.get_attribute("data-run") for r in page.all("tr[data-run]")}
+    Select(page.one('select[aria-label="Started"]')).select_by_visible_text("last 1h")
+    page.wait(lambda d: "since=1h" in d.current_url and len(page.all('tr[data-run] [data-phase="Failed"]')) == 50,
+              "the same page within the last hour")
+    assert all(r.get_attribute("data-run").startswith("a-") for r in page.all("tr[data-run]"))

@@ -1,7 +1,12 @@
 """The objects behind start/resubmit/retry/cancel requests (pure)."""
 
-from compozy_operator.execution_requests import (LABEL_RESUBMITTED_FROM, LABEL_WORKFLOW, cancel_patch,
-                                                 new_execution, resubmission, retry_patch)
+from datetime import datetime, timezone
+
+from compozy_operator.api_service.operations import list_selectors
+from compozy_operator.execution_requests import (LABEL_CREATED, LABEL_RESUBMITTED_FROM, LABEL_WORKFLOW, cancel_patch,
+                                                 created_after_selector, new_execution, resubmission, retry_patch,
+                                                 stamp_created)
+from compozy_operator.orchestrator.starter import run_labels_patch
 from compozy_operator.resources.models import API_VERSION
 
 
@@ -37,3 +42,34 @@ def test_retry_and_cancel_patches():
     assert retry_patch({"metadata": {"resourceVersion": "10"}, "spec": {"retry": 2}})["spec"] == {"retry": 3}
     # a cancelled run is retried with its cancel removed (the CRD refuses a retry that keeps it)
     assert retry_patch({"metadata": {}, "spec": {"retry": 1, "cancel": True}})["spec"] == {"retry": 2, "cancel": None}
+
+
+def test_created_label_and_its_selector_agree_on_whole_seconds():
+    stamped = stamp_created(new_execution("hello", labels={LABEL_CREATED: "1"}), 1796212800.9)
+    assert stamped["metadata"]["labels"][LABEL_CREATED] == "1796212800"  # the creator's, not the caller's
+    at = datetime(2026, 12, 2, 12, 0, 0, tzinfo=timezone.utc)  # 1796212800
+    assert created_after_selector(at) == f"{LABEL_CREATED}>1796212799"  # created in that second or later
+    assert created_after_selector(at.replace(microsecond=1)) == f"{LABEL_CREATED}>1796212800"  # from the next
+
+
+def test_list_filters_are_selectors_and_pending_is_none_of_the_started_phases():
+    assert list_selectors(None, None, None, None) == (None, None)
+    at = datetime(2026, 12, 2, 12, 0, 0, tzinfo=timezone.utc)
+    assert list_selectors("wf", "Failed", "team=a", at) == (
+        f"team=a,{LABEL_WORKFLOW}=wf,{LABEL_CREATED}>1796212799", "status.phase=Failed")
+    labels, fields = list_selectors(None, "Pending", None, None)
+    assert labels is None and fields is not None
+    assert sorted(fields.split(",")) == sorted(f"status.phase!={p}" for p in
+                                               ("Running", "Succeeded", "Failed", "TimedOut", "Cancelled"))
+
+
+def test_the_operator_labels_a_run_only_where_its_labels_are_missing_or_wrong():
+    meta = {"name": "r", "namespace": "n", "creationTimestamp": "2026-12-02T12:00:00Z"}
+    run = {"metadata": meta, "spec": {"workflowRef": {"name": "hello"}}}
+    assert run_labels_patch(run) == {LABEL_WORKFLOW: "hello", LABEL_CREATED: "1796212800"}
+    labelled = {**run, "metadata": {**meta, "labels": {LABEL_WORKFLOW: "hello", LABEL_CREATED: "1796212800"}}}
+    assert run_labels_patch(labelled) == {}  # created by api.Service or the CLI: no write
+    forged = {**run, "metadata": {**meta, "labels": {LABEL_WORKFLOW: "hello", LABEL_CREATED: "42"}}}
+    assert run_labels_patch(forged) == {LABEL_CREATED: "1796212800"}
+    inline = {"metadata": meta, "spec": {"workflow": {"tasks": []}}}
+    assert run_labels_patch(inline) == {LABEL_CREATED: "1796212800"}

@@ -1,4 +1,4 @@
-import { useEffect, useState } from 'react'
+import { useEffect, useMemo, useState } from 'react'
 import { get, query, type Json } from './api'
 import { ALL } from './App'
 import { age, between } from './format'
@@ -30,7 +30,8 @@ export function Progress({ progress }: { progress?: string }) {
 }
 
 /** Runs of a namespace (or of all, for a caller who may list them all), one page at a time: the
- * API server's `continue` tokens, so the 10,000th run costs what the first does. */
+ * API server's `continue` tokens, so the 10,000th run costs what the first does. Every filter is
+ * sent to the API, which has the API server select before it cuts the page: a page is full. */
 export function RunsPage({ namespace, route }: { namespace: string; route: Route }) {
   const p = route.params
   const filters = { workflow: p.get('workflow') ?? '', phase: p.get('phase') ?? '', label: p.get('label') ?? '',
@@ -44,6 +45,9 @@ export function RunsPage({ namespace, route }: { namespace: string; route: Route
   const key = JSON.stringify([namespace, filters])
 
   useEffect(() => setPages(['']), [key])
+  // a window's start is fixed when the filter is chosen, so the pages of one listing agree
+  const createdAfter = useMemo(() => WINDOWS[filters.since]
+    ? new Date(Date.now() - WINDOWS[filters.since] * 1000).toISOString() : undefined, [key]) // eslint-disable-line react-hooks/exhaustive-deps
 
   useEffect(() => {
     if (!namespace) return
@@ -52,7 +56,8 @@ export function RunsPage({ namespace, route }: { namespace: string; route: Route
     const load = async () => {
       try {
         const page = await get(path + query({ workflow: filters.workflow || undefined, phase: filters.phase || undefined,
-          labelSelector: filters.label || undefined, limit: PAGE, continue: cont || undefined }), ctl.signal)
+          labelSelector: filters.label || undefined, createdAfter, limit: PAGE, continue: cont || undefined }),
+        ctl.signal)
         setItems(page.items)
         setNext(page.continue ?? null)
         setError(null)
@@ -72,8 +77,6 @@ export function RunsPage({ namespace, route }: { namespace: string; route: Route
 
   const setFilter = (name: string, value: string) =>
     navigate(['runs'], { ns: namespace, ...filters, [name]: value }, true)
-  const cutoff = WINDOWS[filters.since] ? Date.now() - WINDOWS[filters.since] * 1000 : 0
-  const shown = items.filter((r) => !cutoff || Date.parse(r.metadata.creationTimestamp) >= cutoff)
   if (!namespace) return <p className="muted">You may not list runs in any namespace.</p>
 
   return (
@@ -102,7 +105,7 @@ export function RunsPage({ namespace, route }: { namespace: string; route: Route
             <th>Started</th><th>Duration</th><th>Message</th></tr>
         </thead>
         <tbody>
-          {shown.map((r) => {
+          {items.map((r) => {
             const st = r.status ?? {}
             return (
               <tr key={r.metadata.uid} data-run={r.metadata.name}>
@@ -117,7 +120,7 @@ export function RunsPage({ namespace, route }: { namespace: string; route: Route
               </tr>
             )
           })}
-          {loaded && shown.length === 0 && <tr><td colSpan={8} className="muted">No runs on this page.</td></tr>}
+          {loaded && items.length === 0 && <tr><td colSpan={8} className="muted">No runs on this page.</td></tr>}
         </tbody>
       </table>
       <div className="pager">

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AwareDatetime
 from nats.js.errors import BucketNotFoundError, ObjectDeletedError, ObjectNotFoundError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException
@@ -186,6 +187,8 @@ def create_app(ctx: "Context", max_body: int, ui_dir: str | None = None) -> Fast
     LabelSelector = Annotated[str | None, Query(alias="labelSelector", max_length=4096)]
     Limit = Annotated[int | None, Query(ge=1, le=1000)]
     Continue = Annotated[str | None, Query(alias="continue", max_length=8192)]
+    CreatedAfter = Annotated[AwareDatetime | None, Query(
+        alias="createdAfter", description="Only runs created at or after this time (RFC 3339, with a zone).")]
     LIST_ANSWERS: dict[int | str, dict[str, Any]] = {**ERRORS, 200: {"model": ExecutionList},
                                                      410: {"model": ErrorBody}}
 
@@ -193,16 +196,19 @@ def create_app(ctx: "Context", max_body: int, ui_dir: str | None = None) -> Fast
              tags=["executions"])
     async def list_executions(namespace: Namespace, user: Caller, workflow: WorkflowFilter = None,
                               phase: Phase = None, label_selector: LabelSelector = None, limit: Limit = None,
-                              continue_: Continue = None) -> JSONResponse:
-        """Runs in the namespace (list workflowexecutions); `phase` filters each page."""
-        return JSONResponse(await ops.list(user, namespace, workflow, phase, label_selector, limit, continue_))
+                              continue_: Continue = None, created_after: CreatedAfter = None) -> JSONResponse:
+        """Runs in the namespace (list workflowexecutions); every filter is applied by the API server
+        before it cuts the page."""
+        return JSONResponse(await ops.list(user, namespace, workflow, phase, label_selector, limit, continue_,
+                                           created_after))
 
     @app.get(PREFIX + "/executions", response_class=JSONResponse, responses=LIST_ANSWERS, tags=["executions"])
     async def list_all_executions(user: Caller, workflow: WorkflowFilter = None, phase: Phase = None,
                                   label_selector: LabelSelector = None, limit: Limit = None,
-                                  continue_: Continue = None) -> JSONResponse:
+                                  continue_: Continue = None, created_after: CreatedAfter = None) -> JSONResponse:
         """Runs of every namespace, as `kubectl get -A` (list workflowexecutions at the cluster scope)."""
-        return JSONResponse(await ops.list(user, None, workflow, phase, label_selector, limit, continue_))
+        return JSONResponse(await ops.list(user, None, workflow, phase, label_selector, limit, continue_,
+                                           created_after))
 
     @app.get(PREFIX + "/whoami", response_model=Whoami, responses=ERRORS, tags=["access"])
     async def whoami(user: Caller) -> Whoami:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from .. import execution_requests as requests
@@ -27,6 +29,7 @@ from .auth import RESOURCE, WORKFLOWS, Authorizer, User
 from .models import Accepted, ApiError, Created, ResubmitRequest, SignalRequest, TriggerRequest
 
 PHASES = ("Pending", "Running", *sorted(TERMINAL_PHASES))
+PHASE_FIELD = "status.phase"  # a selectable field of the CRD (resources/crd.py)
 # where a problem's path (as validation and the API server name it) is in the request body
 _FIELDS = (("spec.input", "input"), ("spec.timeout", "timeout"), ("metadata.name", "name"),
            ("metadata.labels", "labels"), ("metadata.generateName", "name"), ("workflow.spec", "workflow"))
@@ -52,6 +55,22 @@ def stored_output_ref(run: dict[str, Any], task: str | None) -> dict[str, Any]:
         raise ApiError(409, "ForeignOutput", f"the outputRef of {where} does not name this run's output",
                        "task" if task is not None else None)
     return ref
+
+
+def list_selectors(workflow: str | None, phase: str | None, label_selector: str | None,
+                   created_after: datetime | None) -> tuple[str | None, str | None]:
+    """The (label selector, field selector) of a list's filters. The phase is the CRD's selectable
+    field ``status.phase``; a run the operator has not started has none, so ``Pending`` is "none of
+    the others" (field selectors have no "or")."""
+    labels = [t for t in (label_selector, f"{requests.LABEL_WORKFLOW}={workflow}" if workflow else None,
+                          requests.created_after_selector(created_after) if created_after else None) if t]
+    if phase is None:
+        fields = None
+    elif phase == "Pending":
+        fields = ",".join(f"{PHASE_FIELD}!={p}" for p in PHASES if p != "Pending")
+    else:
+        fields = f"{PHASE_FIELD}={phase}"
+    return ",".join(labels) or None, fields
 
 
 # what the UI asks "may I" about in a namespace: (resource, verb) as RBAC names them
@@ -150,23 +169,24 @@ class Operations:
         if problems:
             field = request_field(problems[0])
             raise ApiError(400, "Invalid", "; ".join(problems)[:4000], field)
-        created = await self._kube("WorkflowExecution", "POST", executions_path(namespace), obj)
+        created = await self._kube("WorkflowExecution", "POST", executions_path(namespace),
+                                   requests.stamp_created(obj, time.time()))
         meta = created["metadata"]
         return Created(name=meta["name"], namespace=namespace, uid=meta["uid"],
                        phase=(created.get("status") or {}).get("phase") or "Pending")
 
     async def list(self, user: User, namespace: str | None, workflow: str | None, phase: str | None,
-                   label_selector: str | None, limit: int | None, continue_: str | None) -> dict[str, Any]:
+                   label_selector: str | None, limit: int | None, continue_: str | None,
+                   created_after: datetime | None = None) -> dict[str, Any]:
         """A page of runs (``namespace`` None: of every namespace, for a caller who may list them all,
-        as ``kubectl get -A``). ``workflow`` is a label selector term; ``phase`` filters each page
-        (status fields are not selectable on a custom resource), so a page may hold fewer than ``limit``."""
+        as ``kubectl get -A``). Every filter is a selector the API server applies before it cuts the
+        page (:func:`list_selectors`), so a page holds ``limit`` matching runs unless it is the last."""
         await self.authorizer.authorize(user, "list", namespace or "")
-        terms = [t for t in (label_selector, f"{requests.LABEL_WORKFLOW}={workflow}" if workflow else None) if t]
+        labels, fields = list_selectors(workflow, phase, label_selector, created_after)
         page = await self._kube("WorkflowExecutions", "GET", executions_path(namespace),
-                                query={"labelSelector": ",".join(terms) or None, "limit": limit,
+                                query={"labelSelector": labels, "fieldSelector": fields, "limit": limit,
                                        "continue": continue_ or None})
-        items = [dict(i, apiVersion=f"{GROUP}/{VERSION}", kind=requests.KIND) for i in page.get("items") or []
-                 if phase is None or (i.get("status") or {}).get("phase", "Pending") == phase]
+        items = [dict(i, apiVersion=f"{GROUP}/{VERSION}", kind=requests.KIND) for i in page.get("items") or []]
         more = (page.get("metadata") or {}).get("continue")
         return {"items": items, **({"continue": more} if more else {})}
 

@@ -19,7 +19,8 @@ from typing import Any, TextIO
 
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from ..execution_requests import LABEL_WORKFLOW, cancel_patch, new_execution, resubmission, retry_patch
+from ..execution_requests import (LABEL_WORKFLOW, cancel_patch, new_execution, resubmission, retry_patch,
+                                  stamp_created)
 from ..kube import ApiException
 from ..resources.models import TERMINAL_PHASES, check_duration
 from . import render
@@ -224,7 +225,8 @@ def submit(args: argparse.Namespace) -> int:
     body = new_execution(args.workflow, value, name=args.name, labels=labels, timeout=args.timeout)
     if args.generate_name:
         body["metadata"]["generateName"] = args.generate_name
-    created = call(f"starting a run of {args.workflow}", t.kube.create, t.executions(), body)
+    created = call(f"starting a run of {args.workflow}", t.kube.create, t.executions(),
+                   stamp_created(body, time.time()))
     return after_start(t, args, created, "created")
 
 
@@ -311,7 +313,7 @@ def resubmit(args: argparse.Namespace) -> int:
     base = _read_input(args)
     value = render.merge_input(base if base is not None else (old.get("spec") or {}).get("input"), params)
     body = resubmission(old, value, name=args.name)
-    created = call(f"resubmitting {args.execution}", t.kube.create, t.executions(), body)
+    created = call(f"resubmitting {args.execution}", t.kube.create, t.executions(), stamp_created(body, time.time()))
     return after_start(t, args, created, "created")
 
 

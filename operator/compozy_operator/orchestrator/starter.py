@@ -21,10 +21,11 @@ from ..resources.models import (GROUP, VERSION, OutputRef, Snapshot, WorkflowExe
                           WorkflowSpec, parse_duration)
 from ..bus import Bus, PayloadTooLarge
 from ..events import EventType, make_event, output_prefix, round_id, state_subject
-from ..execution_requests import LABEL_WORKFLOW
-from ..executor import RunContext
+from ..execution_requests import LABEL_CREATED, LABEL_WORKFLOW, created_value
+from ..executor import RunContext, epoch
 from ..kube import ApiException, Kube
 from ..pools import RUNNER_POD_SELECTOR
+from ..resources.paths import executions_path
 from ..pods import ANNOTATION_TASK, LABEL_ATTEMPT, LABEL_EXECUTION, LABEL_TASK, label_value
 from ..reducer import fold_all
 from ..sandbox import EvalPool, EvaluationError
@@ -33,6 +34,19 @@ from ..validation import SpecError, apply_defaults, input_problems, model_proble
 from .run import SOURCE, Run
 
 log = logging.getLogger(__name__)
+
+
+def run_labels_patch(obj: dict[str, Any]) -> dict[str, str]:
+    """The labels the operator keeps on a run that it lacks or has wrong (empty: none)."""
+    meta = obj["metadata"]
+    want: dict[str, str] = {}
+    name = ((obj.get("spec") or {}).get("workflowRef") or {}).get("name")
+    if isinstance(name, str) and name:
+        want[LABEL_WORKFLOW] = label_value(name)
+    if meta.get("creationTimestamp"):
+        want[LABEL_CREATED] = created_value(epoch(meta["creationTimestamp"]))
+    have = meta.get("labels") or {}
+    return {k: v for k, v in want.items() if have.get(k) != v}
 
 
 class SnapshotLost(RuntimeError):
@@ -66,8 +80,8 @@ class Starter:
         timeout_s = parse_duration(timeout) if timeout else None
         prefix = output_prefix(run.namespace, run.name, run.uid)
         inline = self.settings.output_inline_limit
-        snapshot = {**_renamed(await self.bus.output_fields(f"{prefix}_snapshot/spec", wf.dump(), inline), "spec"),
-                    **_renamed(await self.bus.output_fields(f"{prefix}_snapshot/input", value, inline), "input")}
+        snapshot = {**await self.bus.output_fields(f"{prefix}_snapshot/spec", wf.dump(), inline, "spec"),
+                    **await self.bus.output_fields(f"{prefix}_snapshot/input", value, inline, "input")}
         started = make_event(EventType.WORKFLOW_STARTED, SOURCE, run.namespace, run.name, run.uid,
                              id_extra=round_id(round), workflow=wf_name, taskCount=len(wf.tasks), timeoutSeconds=timeout_s,
                              generation=run.generation, **({"retry": spec.retry} if spec.retry else {}),
@@ -84,20 +98,17 @@ class Starter:
                                 f"started workflow {wf_name} ({len(wf.tasks)} tasks)")
 
     async def _label(self, obj: dict[str, Any]) -> None:
-        """Label a run with its Workflow (``kubectl get wfx -l compozy.dev/workflow=NAME``) when whoever
-        created it did not (``kubectl apply``): one metadata patch per run at most, none for runs
-        created by api.Service or the CLI (execution_requests labels them). Inline-workflow runs
-        have no Workflow to name and get no label."""
+        """Label a run with its Workflow (``kubectl get wfx -l compozy.dev/workflow=NAME``; inline-workflow
+        runs have none) and its creation second (``compozy.dev/created-at``, the API's time filter)
+        where whoever created it did not, or not exactly: one metadata patch per run at most, none
+        for runs that api.Service or the CLI created with the right labels (execution_requests)."""
         meta = obj["metadata"]
-        name = ((obj.get("spec") or {}).get("workflowRef") or {}).get("name")
-        if not isinstance(name, str) or not name:
+        patch = run_labels_patch(obj)
+        if not patch:
             return
-        value = label_value(name)
-        if (meta.get("labels") or {}).get(LABEL_WORKFLOW) == value:
-            return
-        path = f"/apis/{GROUP}/{VERSION}/namespaces/{meta['namespace']}/workflowexecutions/{meta['name']}"
         try:
-            await asyncio.to_thread(self.kube.merge_patch, path, {"metadata": {"labels": {LABEL_WORKFLOW: value}}})
+            await asyncio.to_thread(self.kube.merge_patch, executions_path(meta["namespace"], meta["name"]),
+                                    {"metadata": {"labels": patch}})
         except ApiException as e:
             if e.status != 404:  # deleted meanwhile: nothing to label
                 raise
@@ -183,8 +194,3 @@ class Starter:
             return await self.bus.get_output(ref.dump())
         except NotFoundError:
             raise SnapshotLost(f"the run's stored snapshot {ref.bucket}/{ref.key} is gone") from None
-
-
-def _renamed(fields: dict[str, Any], name: str) -> dict[str, Any]:
-    """``{"output": v}`` -> ``{name: v}``; ``{"outputRef": r}`` -> ``{name + "Ref": r}``."""
-    return {name: fields["output"]} if "output" in fields else {f"{name}Ref": fields["outputRef"]}
