@@ -359,7 +359,8 @@ class AgentWork(Work):
         return await self.loop.run()
 
     def report(self) -> dict[str, Any]:
-        return {"usage": self.loop.usage.dump(), "callSeconds": [round(s, 4) for s in self.loop.call_seconds]}
+        calls = self.loop.call_records(self.ident["model"])
+        return {"usage": self.loop.usage.dump(), "callSeconds": [c["seconds"] for c in calls], "calls": calls}
 
     def task_report(self) -> dict[str, Any]:
         return {"usage": self.loop.usage.dump()}

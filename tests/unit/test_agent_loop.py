@@ -124,8 +124,13 @@ def test_parallel_tool_calls_round_trip(llm: FakeLLM, make: Any) -> None:
         llm.add(anthropic_reply(tool_uses=[("word-count", {"text": "a b c"}), ("word-count", {"text": "boom"})]),
                 anthropic_reply("done"))
     observer = Recorder()
-    output, _ = run(make(llm), observer)
+    output, loop = run(make(llm), observer)
     assert output == {"text": "done"}
+    calls = loop.call_records("configured")
+    assert [(c["model"], c["finishReason"], c["toolCalls"]) for c in calls] == [  # as each provider says it
+        ("fake", "tool_calls" if make is openai_chat else "tool_use", ["word-count", "word-count"]),
+        ("fake", "stop" if make is openai_chat else "end_turn", [])]
+    assert all(c["inputTokens"] > 0 and c["outputTokens"] > 0 and c["seconds"] >= 0 for c in calls), calls
     assert ("end", "1.0", "word-count", '{"words": 3}') in observer.seen
     assert ("end", "1.1", "word-count", "the tool broke") in observer.seen
     second = llm.requests[1].body["messages"]

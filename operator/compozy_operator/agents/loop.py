@@ -48,6 +48,20 @@ class Usage:
         return {"inputTokens": self.input_tokens, "outputTokens": self.output_tokens, "modelCalls": self.model_calls}
 
 
+MAX_REPORTED_TOOL_CALLS = 64  # tool calls of one model call named in its record
+
+
+def call_record(reply: Reply, model: str) -> dict[str, Any]:
+    """One model call as the attempt reports it (api.Service's ``/attempt``, the UI's panel): who
+    answered, tokens, time, why it stopped and the tools it asked for, by name (no text, no arguments)."""
+    record: dict[str, Any] = {"model": reply.model or model, "inputTokens": reply.input_tokens,
+                              "outputTokens": reply.output_tokens, "seconds": round(reply.seconds, 4),
+                              "toolCalls": [c.name for c in reply.tool_calls[:MAX_REPORTED_TOOL_CALLS]]}
+    if reply.finish_reason:
+        record["finishReason"] = reply.finish_reason
+    return record
+
+
 class Observer(Protocol):
     """What the loop reports as it goes (events and log lines in the task pod)."""
 
@@ -97,7 +111,7 @@ class AgentLoop:
         self.output_schema = output_schema
         self.output_retries = DEFAULT_OUTPUT_RETRIES if output_retries is None else output_retries
         self.usage = Usage()
-        self.call_seconds: list[float] = []
+        self.replies: list[Reply] = []  # every model call's, in order (the attempt's report)
 
     async def run(self) -> Any:
         """The task output; raises :class:`AgentError` (provider errors come from the chat)."""
@@ -105,7 +119,7 @@ class AgentLoop:
         for iteration in range(1, self.max_iterations + 1):
             reply = await self.chat.send()
             self.usage.add(reply)
-            self.call_seconds.append(reply.seconds)
+            self.replies.append(reply)
             await self.observer.model_replied(iteration, reply)
             if reply.tool_calls:
                 self.chat.add_tool_results(list(await asyncio.gather(
@@ -124,6 +138,10 @@ class AgentLoop:
                                "Reply again with only JSON that matches the schema.")
         raise AgentError("MaxIterationsExceeded",
                          f"no final answer after {self.max_iterations} model calls (the agent's maxIterations)")
+
+    def call_records(self, model: str) -> list[dict[str, Any]]:
+        """The model calls made so far (:func:`call_record`; ``model``: the configured name)."""
+        return [call_record(r, model) for r in self.replies]
 
     async def _call(self, key: str, call: ToolCall) -> ToolResult:
         await self.observer.tool_started(key, call)

@@ -51,6 +51,13 @@ class Reply:
     input_tokens: int
     output_tokens: int
     seconds: float
+    finish_reason: str | None = None  # as the provider says it (OpenAI's finish_reason, Anthropic's stop_reason)
+    model: str | None = None  # the model that answered, as the provider names it (e.g. a dated version)
+
+
+def _text(value: Any) -> str | None:
+    """A provider's string field (an endpoint may leave it out, or send something else)."""
+    return value[:200] if isinstance(value, str) and value else None
 
 
 @dataclass(frozen=True)
@@ -236,7 +243,8 @@ class OpenAIChat(_SdkChat):
         self.messages.append(turn)
         usage = r.usage
         return Reply(msg.content, calls, getattr(usage, "prompt_tokens", 0) or 0,
-                     getattr(usage, "completion_tokens", 0) or 0, seconds)
+                     getattr(usage, "completion_tokens", 0) or 0, seconds, _text(r.choices[0].finish_reason),
+                     _text(getattr(r, "model", None)))
 
     def add_tool_results(self, results: list[ToolResult]) -> None:
         self.messages += [{"role": "tool", "tool_call_id": r.call.id, "content": r.content} for r in results]
@@ -275,7 +283,7 @@ class AnthropicChat(_SdkChat):
                 content.append({"type": "tool_use", "id": block.id, "name": block.name, "input": block.input})
         self.messages.append({"role": "assistant", "content": content})
         return Reply("".join(texts) if texts else None, calls, r.usage.input_tokens or 0, r.usage.output_tokens or 0,
-                     seconds)
+                     seconds, _text(r.stop_reason), _text(getattr(r, "model", None)))
 
     def add_tool_results(self, results: list[ToolResult]) -> None:
         self.messages.append({"role": "user", "content": [
