@@ -19,8 +19,9 @@ from .wire import (API_TRIGGER_SUBJECTS, COMMAND_NONCE_ENV, COMMAND_STREAM, LOG_
                    StateSubject, attempt_permissions, attempt_state_subjects, cancel_subject, claim_subject,
                    command_subject, event_id, execution_logs, inbox_prefix, log_subject, output_chunk_token,
                    output_key, output_meta_subject, output_prefix, parse_log_subject, parse_state_subject,
-                   pool_attempt_user, pool_consumer, pool_subject, round_id, runner_inbox_prefix, runner_permissions,
-                   state_subject, stop_subject, task_token, token, untask_token, untoken, utcnow, envelope)
+                   pool_attempt_user, pool_consumer, pool_subject, rendered_key, round_id, runner_inbox_prefix,
+                   runner_permissions, state_subject, stop_subject, task_token, token, untask_token, untoken, utcnow,
+                   envelope)
 
 __all__ = [  # the wire names, for the operator's modules, and this module's own
     "API_TRIGGER_SUBJECTS", "COMMAND_NONCE_ENV", "COMMAND_STREAM", "LOG_MAX_AGE", "LOG_MAX_BYTES", "LOG_STREAM",
@@ -28,8 +29,8 @@ __all__ = [  # the wire names, for the operator's modules, and this module's own
     "StateSubject", "attempt_permissions", "attempt_state_subjects", "cancel_subject", "claim_subject",
     "command_subject", "event_id", "execution_logs", "inbox_prefix", "log_subject", "output_chunk_token",
     "output_key", "output_meta_subject", "output_prefix", "parse_log_subject", "parse_state_subject",
-    "pool_attempt_user", "pool_consumer", "pool_subject", "round_id", "runner_inbox_prefix", "runner_permissions",
-    "state_subject", "stop_subject", "task_token", "token",
+    "pool_attempt_user", "pool_consumer", "pool_subject", "rendered_key", "round_id", "runner_inbox_prefix",
+    "runner_permissions", "state_subject", "stop_subject", "task_token", "token",
     "untask_token", "untoken", "utcnow", "Event", "InvalidEvent", "data_problem",
     "make_event", "parse_state_event", "subject_problem",
 ]
@@ -81,7 +82,8 @@ class InvalidEvent(ValueError):
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")  # as the reducer parses it
 _OPTIONAL_STRINGS = ("task", "podName", "notBefore", "workflow", "reason", "message")
-_MODELS = (("usage", TokenUsage), ("outputRef", OutputRef), ("specRef", OutputRef), ("inputRef", OutputRef))
+_MODELS = (("usage", TokenUsage), ("outputRef", OutputRef), ("specRef", OutputRef), ("inputRef", OutputRef),
+           ("renderedRef", OutputRef))
 
 
 def parse_state_event(subject: str, body: bytes) -> Event:

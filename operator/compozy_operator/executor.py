@@ -136,6 +136,15 @@ class Dispatch:
                 "action": {k: v for k, v in action.items() if v is not None},
                 "tools": [t.dump() for t in a.tools], "input": self.input}
 
+    def rendered(self) -> dict[str, Any]:
+        """What the attempt receives after templates, for people to read (its TaskDispatched event):
+        the input, and an agent's prompt and instructions. No secret is in it: secrets reach the
+        attempt only through Secret references in its pod's env (the API key too), never through templates."""
+        if self.agent is None:
+            return {"input": self.input}
+        extra = {"instructions": self.agent.instructions} if self.agent.instructions is not None else {}
+        return {"input": self.input, "prompt": self.agent.prompt, **extra}
+
     @property
     def image(self) -> str | None:
         return self.tool.image if self.tool else None

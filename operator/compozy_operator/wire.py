@@ -288,6 +288,11 @@ def output_key(namespace: str, execution: str, uid: str, task: str, attempt: int
     return f"{output_prefix(namespace, execution, uid)}{task}/{attempt}"
 
 
+def rendered_key(namespace: str, execution: str, uid: str, task: str, attempt: int) -> str:
+    """Object-store key of a task attempt's large rendered input (``_``: no task id starts with it)."""
+    return f"{output_prefix(namespace, execution, uid)}_rendered/{task}/{attempt}"
+
+
 def output_meta_subject(key: str) -> str:
     """The object store's metadata subject of ``key`` (as every NATS client names it)."""
     return f"$O.{OUTPUT_BUCKET}.M.{base64.urlsafe_b64encode(key.encode()).decode()}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,10 +15,12 @@ from compozy_operator.executor import epoch
 from compozy_operator.kube import Kube
 from compozy_operator.resources.models import GROUP, VERSION
 from compozy_operator.testenv.operator_process import OperatorProcess
+from tests.fakellm import FakeLLM, openai_reply
 from tests.helpers import Kubectl, wait_for
 
 from .conftest import wait_finished
 from . import test_api_service
+from .test_agents import SCHEMA as SUMMARY, agent, agent_workflow, go
 from .test_api_service import ALL_VERBS, Api, error_of, service_account_token, trigger
 from .test_ui import grant_workflows
 from .test_workflows import apply, workflow
@@ -212,3 +215,80 @@ def test_phase_and_created_after_are_applied_by_the_api_server_before_the_page_i
     meta = kube.get(f"{runs}/by-kubectl")["metadata"]
     assert meta["labels"][LABEL_CREATED] == created_value(epoch(meta["creationTimestamp"])), meta
     assert meta["labels"]["compozy.dev/workflow"] == "ok"
+
+
+PY_SECRET = ("import os\ndef run(input, ctx):\n"
+             "    return {'has_secret': bool(os.environ.get('TOKEN')), 'words': len(input['text'].split())}\n")
+
+
+def test_an_attempts_rendered_input_is_what_it_received_and_never_a_secret(setup: dict[str, Any], kubectl: Kubectl,
+                                                                            kube: Kube) -> None:
+    """The rendered `with` of each attempt, from the operator's TaskDispatched: inline when small,
+    in the object store (fetched on demand) when larger than the outputs' inline limit. The tool's
+    Secret reaches its pod's environment (the tool sees it) and nothing that api.Service answers."""
+    ns, api = setup["namespace"], setup["api"]
+    secret = f"s3cr3t-{uuid.uuid4().hex}"
+    kubectl.ok("create", "secret", "generic", "tool-token", "-n", ns, f"--from-literal=token={secret}")
+    tools = [{"id": "secret", "python": PY_SECRET,
+              "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "tool-token", "key": "token"}}}]}]
+    apply(kubectl, ns, workflow("render", [
+        {"id": "count", "tool": "secret", "with": {"text": "{{ workflow.input.text }}", "n": "{{ workflow.input.n }}",
+                                                    "style": "{{ env.STYLE }}"}}], tools=tools, env={"STYLE": "terse"}))
+    small = trigger(api, ns, "render", {"input": {"text": "a b c", "n": 3}})["name"]
+    large_text = "word " * 5000  # 25,000 bytes: more than the 16 KiB inline limit
+    large = trigger(api, ns, "render", {"input": {"text": large_text, "n": 1}})["name"]
+    for run in (small, large):
+        status = wait_finished(kubectl, ns, run)
+        assert status["phase"] == "Succeeded" and status["tasks"]["count"]["output"]["has_secret"] is True, status
+
+    path = f"/namespaces/{ns}/executions/{small}/attempt"
+    detail = api("GET", path, params={"task": "count"}).json()
+    assert detail == {"task": "count", "attempt": 1, "dispatched": True, "renderedSize": None, "modelCalls": None,
+                      "rendered": {"input": {"text": "a b c", "n": 3, "style": "terse"}}}
+    assert api("GET", path, params={"task": "count", "attempt": 1}).json() == detail
+
+    path = f"/namespaces/{ns}/executions/{large}/attempt"
+    apart = api("GET", path, params={"task": "count"}).json()
+    assert apart["rendered"] is None and apart["renderedSize"] > 16384, apart
+    fetched = api("GET", path, params={"task": "count", "stored": "true"}).json()
+    assert fetched["rendered"] == {"input": {"text": large_text, "n": 1, "style": "terse"}}
+
+    for run in (small, large):
+        answers = [api("GET", f"/namespaces/{ns}/executions/{run}/attempt", params={"task": "count", "stored": "true"}),
+                   api.stream(f"/namespaces/{ns}/executions/{run}/events")]
+        assert all(a.status_code == 200 and secret not in a.text for a in answers)
+    error = error_of(api("GET", path, params={"task": "nope"}), 404)
+    assert error["field"] == "task", error
+    assert api("GET", path, params={"task": "count", "attempt": 7}).json()["dispatched"] is False
+    assert error_of(api("GET", path), 400)["field"] == "task"
+    reader = Api(setup["base"], service_account_token(kube, ns, "lister", ["list"]))
+    assert error_of(reader("GET", path, params={"task": "count"}), 403)["reason"] == "Forbidden"
+
+
+def test_an_agent_attempts_model_calls_and_rendered_prompt(setup: dict[str, Any], kubectl: Kubectl) -> None:
+    """Each model call as the agent's pod reported it with its end: model, tokens, time, finish reason
+    and the tools asked for (the stand-in LLM endpoint answers with the real wire protocol)."""
+    ns, api = setup["namespace"], setup["api"]
+    key = f"sk-test-{uuid.uuid4().hex}"
+    kubectl.ok("create", "secret", "generic", "llm-credentials", "-n", ns, f"--from-literal=api-key={key}")
+    llm = FakeLLM()
+    try:
+        llm.add(openai_reply(tool_calls=[("word-count", {"text": "one two three"})], prompt_tokens=21,
+                             completion_tokens=5),
+                openai_reply('{"summary": "three words"}', prompt_tokens=40, completion_tokens=9))
+        wf = agent_workflow("agentic", [agent("writer", "gpt-x", llm.url, go(SUMMARY), tools=["word-count"])],
+                            [{"id": "sum", "agent": "writer", "action": "go", "with": {"text": "{{ workflow.input.t }}"}}])
+        apply(kubectl, ns, wf)
+        run = trigger(api, ns, "agentic", {"input": {"t": "one two three"}})["name"]
+        assert wait_finished(kubectl, ns, run, 90)["phase"] == "Succeeded"
+    finally:
+        llm.close()
+    answer = api("GET", f"/namespaces/{ns}/executions/{run}/attempt", params={"task": "sum"})
+    assert key not in answer.text
+    detail = answer.json()
+    assert detail["rendered"] == {"input": {"text": "one two three"}, "prompt": "Handle: one two three",
+                                  "instructions": "Be brief."}
+    calls = detail["modelCalls"]
+    assert [(c["model"], c["inputTokens"], c["outputTokens"], c["finishReason"], c["toolCalls"]) for c in calls] == [
+        ("fake", 21, 5, "tool_calls", ["word-count"]), ("fake", 40, 9, "stop", [])]
+    assert all(isinstance(c["seconds"], float) and c["seconds"] >= 0 for c in calls), calls

@@ -29,9 +29,11 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from compozy_operator.api_service.ui import UI_DIR
 from compozy_operator.kube import Kube
 from compozy_operator.testenv.operator_process import OperatorProcess
+from tests.fakellm import FakeLLM, openai_reply
 from tests.helpers import Kubectl
 
 from .conftest import execution_status, wait_finished
+from .test_agents import SCHEMA as SUMMARY, agent, agent_workflow, go
 from .test_api_service import ALL_VERBS, Api, service_account_token, trigger
 from .test_workflows import PY_OK, PY_SLOW, apply, workflow
 
@@ -304,3 +306,28 @@ def test_the_phase_filter_selects_on_the_server_so_a_page_is_never_short(ui: dic
     page.wait(lambda d: "since=1h" in d.current_url and len(page.all('tr[data-run] [data-phase="Failed"]')) == 50,
               "the same page within the last hour")
     assert all(r.get_attribute("data-run").startswith("a-") for r in page.all("tr[data-run]"))
+
+
+def test_a_task_panel_shows_the_rendered_input_and_each_model_call(ui: dict[str, Any], kubectl: Kubectl) -> None:
+    page, ns = ui["page"], ui["namespace"]
+    kubectl.ok("create", "secret", "generic", "llm-credentials", "-n", ns, "--from-literal=api-key=sk-test-ui")
+    llm = FakeLLM()
+    try:
+        llm.add(openai_reply(tool_calls=[("word-count", {"text": "red green blue"})], prompt_tokens=30,
+                             completion_tokens=4), openai_reply('{"summary": "colours"}'))
+        apply(kubectl, ns, agent_workflow("colours", [agent("writer", "gpt-x", llm.url, go(SUMMARY),
+                                                            tools=["word-count"])],
+                                          [{"id": "sum", "agent": "writer", "action": "go",
+                                            "with": {"text": "{{ workflow.input.t }}"}}]))
+        run = trigger(ui["api"], ns, "colours", {"input": {"t": "red green blue"}})["name"]
+        assert wait_finished(kubectl, ns, run, 90)["phase"] == "Succeeded"
+    finally:
+        llm.close()
+    page.open(f"runs/{ns}/{run}?task=sum", token=ui["alice"])
+    shown = page.wait(lambda d: page.all('[data-testid="task-input"]'), "the rendered input")[0]
+    assert json.loads(shown.text) == {"text": "red green blue"}  # the template was {{ workflow.input.t }}
+    assert page.one('[data-testid="task-prompt"]').text == "Handle: red green blue"
+    rows = page.wait(lambda d: page.all('[data-testid="model-calls"] tbody tr'), "the model calls")
+    cells = [[c.text for c in r.find_elements(By.TAG_NAME, "td")] for r in rows]
+    assert [(c[0], c[1], c[2], c[4], c[5]) for c in cells] == [
+        ("1", "fake", "30 / 4", "tool_calls", "word-count"), ("2", "fake", "11 / 7", "stop", "-")], cells

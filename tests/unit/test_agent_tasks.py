@@ -50,6 +50,9 @@ def test_agent_task_dispatch_renders_prompts_and_carries_no_secret() -> None:
     assert command["agent"]["maxIterations"] == 4 and command["input"] == {"text": "a b c"}
     assert [t["id"] for t in command["tools"]] == ["word-count"]
     assert "apiKeySecretRef" not in json.dumps(command) and "api-key" not in json.dumps(command)
+    # what people see of it (api.Service's /attempt): the rendered input, prompt and instructions only
+    assert d.rendered() == {"input": {"text": "a b c"}, "prompt": "Summarize for ops: a b c",
+                            "instructions": "You write terse summaries."}
     assert d.image is None  # the agent's tools run in the agent's pod, of the runner image
     pod = task_pod(Settings(task_image="img:1"), {"metadata": {"name": "run-1", "namespace": "ns", "uid": "u"}},
                    d.task, d.attempt, image=d.image, env=d.env, resources=d.resources)

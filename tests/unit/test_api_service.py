@@ -19,7 +19,8 @@ from compozy_operator.api_service.http import create_app, validation_field
 from compozy_operator.api_service.models import ApiError
 from compozy_operator.api_service.operations import kube_error, request_field, stored_output_ref
 from compozy_operator.api_service.service import Context, trigger_subject
-from compozy_operator.api_service.streams import LogLine, log_line, sse, wanted
+from compozy_operator.api_service.streams import LogLine, attempt_facts, log_line, model_calls, sse, wanted
+from compozy_operator.events import Event, EventType, make_event
 from compozy_operator.kube import ApiException
 from compozy_operator.nats_auth.permissions import attempt_permissions
 from compozy_operator.testenv.workdir import free_port
@@ -225,3 +226,28 @@ def test_a_request_without_a_token_is_the_local_user_when_one_is_set(tmp_path: P
         assert requests.get(f"{base}/api/v1/whoami", timeout=10).status_code == 401
         missing = requests.get(f"{base}/ui/", timeout=10)
         assert missing.status_code == 404 and "make ui" in missing.json()["error"]["message"]
+
+
+def _event(etype: str, uid: str = "u1", **data: Any) -> Event:
+    return make_event(EventType(etype), "test", "ns", "run", uid, "t", 1, **data)
+
+
+def test_attempt_facts_take_the_operators_rendered_input_and_the_attempts_model_calls() -> None:
+    calls = [{"model": "m", "inputTokens": 3, "outputTokens": 2, "seconds": 0.5, "finishReason": "stop",
+              "toolCalls": ["a"], "text": "not shown"}]
+    facts = attempt_facts([_event("TaskDispatched", rendered={"input": {"n": 1}}, podName="p"),
+                           _event("TaskDispatched", uid="old", rendered={"input": {"n": 0}}),  # an older run's
+                           _event("AgentExecutionSuccess", calls=calls)], "u1")
+    assert facts == {"dispatched": True, "rendered": {"input": {"n": 1}}, "renderedRef": None,
+                     "modelCalls": [{"model": "m", "inputTokens": 3, "outputTokens": 2, "seconds": 0.5,
+                                     "finishReason": "stop", "toolCalls": ["a"]}]}
+    assert attempt_facts([], "u1") == {"dispatched": False, "rendered": None, "renderedRef": None, "modelCalls": None}
+
+
+def test_model_calls_reported_by_an_attempt_are_kept_only_as_far_as_well_formed() -> None:
+    hostile = [{"model": 7, "inputTokens": -1, "outputTokens": True, "seconds": "slow", "finishReason": "x" * 999,
+                "toolCalls": ["ok", 3, {"a": 1}]}, "junk", None]
+    assert model_calls(hostile) == [{"model": None, "inputTokens": None, "outputTokens": None, "seconds": None,
+                                     "finishReason": "x" * 200, "toolCalls": ["ok"]}]
+    assert model_calls({"not": "a list"}) is None
+    assert len(model_calls([{}] * 5000) or []) == 1000

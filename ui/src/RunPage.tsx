@@ -2,7 +2,7 @@ import { useCallback, useEffect, useMemo, useRef, useState } from 'react'
 import { stringify } from 'yaml'
 import { call, can, events, get, logLines, type Access, type Json } from './api'
 import { collectionChildren, phaseAfter, rank, TERMINAL } from './graph'
-import { between, pretty } from './format'
+import { between, pretty, span } from './format'
 import { GraphView } from './GraphView'
 import { href, navigate, type Route } from './route'
 import { PhaseBadge, Progress } from './RunsPage'
@@ -193,6 +193,40 @@ function findTask(spec: Json, id: string): Json | null {
   return walk(spec?.tasks)
 }
 
+/** One attempt as api.Service records it (`/attempt`): its rendered input and an agent's model calls.
+ * Read again when the attempt changes or ends (the calls are reported at its end). */
+function useAttempt(namespace: string, name: string, id: string, st: Json, wanted: boolean) {
+  const [detail, setDetail] = useState<{ value?: Json; error?: string } | null>(null)
+  const ended = TERMINAL.has(st.phase)
+  const load = useCallback((stored = false) => {
+    const q = `task=${encodeURIComponent(id)}&attempt=${st.attempt ?? 1}${stored ? '&stored=true' : ''}`
+    return get(`/namespaces/${namespace}/executions/${name}/attempt?${q}`)
+      .then((value) => setDetail({ value }), (e) => setDetail({ error: (e as Error).message }))
+  }, [namespace, name, id, st.attempt])
+  useEffect(() => {
+    setDetail(null)
+    if (wanted && st.phase && st.phase !== 'Waiting') void load()
+  }, [load, wanted, ended, !!st.phase]) // eslint-disable-line react-hooks/exhaustive-deps
+  return { detail, fetchStored: () => load(true) }
+}
+
+function ModelCalls({ calls }: { calls: Json[] }) {
+  return (
+    <table className="attempts" data-testid="model-calls">
+      <thead><tr><th>#</th><th>Model</th><th>Tokens in / out</th><th>Took</th><th>Finish</th><th>Tools requested</th></tr></thead>
+      <tbody>
+        {calls.map((c: Json, i: number) => (
+          <tr key={i}>
+            <td>{i + 1}</td><td>{c.model ?? '-'}</td><td>{c.inputTokens ?? '-'} / {c.outputTokens ?? '-'}</td>
+            <td>{c.seconds == null ? '-' : span(c.seconds)}</td><td>{c.finishReason ?? '-'}</td>
+            <td>{c.toolCalls?.length ? c.toolCalls.join(', ') : '-'}</td>
+          </tr>
+        ))}
+      </tbody>
+    </table>
+  )
+}
+
 function TaskPanel({ namespace, name, id, spec, status, children, onClose, onSelect, onLogs }: {
   namespace: string; name: string; id: string; spec: Json; status: Json | undefined; children: [string, Json][]
   onClose: () => void; onSelect: (id: string) => void; onLogs: () => void
@@ -205,6 +239,8 @@ function TaskPanel({ namespace, name, id, spec, status, children, onClose, onSel
   const loadOutput = () => get(`/namespaces/${namespace}/executions/${name}/output?task=${encodeURIComponent(id)}`)
     .then((value) => setStored({ value }), (e) => setStored({ error: (e as Error).message }))
   const shownChildren = children.filter(([, c]) => !filter || c.phase === filter)
+  const { detail, fetchStored } = useAttempt(namespace, name, id, st, !!(task?.tool || task?.agent))
+  const rendered = detail?.value?.rendered
   return (
     <aside className="panel" aria-label={`Task ${id}`} data-testid="task-panel">
       <div className="panel-head">
@@ -227,7 +263,26 @@ function TaskPanel({ namespace, name, id, spec, status, children, onClose, onSel
           <pre className="error" data-testid="task-error">{st.error.reason}: {st.error.message}</pre>
         </>
       )}
-      {task?.with !== undefined && <><h3>Input (template)</h3><pre>{pretty(task.with)}</pre></>}
+      {rendered && (
+        <>
+          <h3>Input (rendered, attempt {detail?.value?.attempt})</h3>
+          <pre data-testid="task-input">{pretty(rendered.input ?? null)}</pre>
+          {rendered.prompt !== undefined && <><h3>Prompt (rendered)</h3><pre data-testid="task-prompt">{rendered.prompt}</pre></>}
+        </>
+      )}
+      {!rendered && detail?.value?.renderedSize != null && (
+        <>
+          <h3>Input (rendered, stored, {detail.value.renderedSize} bytes)</h3>
+          <button onClick={fetchStored}>Fetch input</button>
+        </>
+      )}
+      {detail?.error && <p className="error">{detail.error}</p>}
+      {task?.with !== undefined && (
+        <details open={!rendered}><summary>Input (template)</summary><pre>{pretty(task.with)}</pre></details>
+      )}
+      {detail?.value?.modelCalls?.length > 0 && (
+        <><h3>Model calls (attempt {detail?.value?.attempt})</h3><ModelCalls calls={detail!.value.modelCalls} /></>
+      )}
       {st.output !== undefined && st.output !== null && <><h3>Output</h3><pre data-testid="task-output">{pretty(st.output)}</pre></>}
       {st.outputRef && (
         <>

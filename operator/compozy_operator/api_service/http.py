@@ -23,10 +23,12 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from .auth import User, bearer_token, certificate_user
-from .models import (NAME_PATTERN, NAMESPACE_PATTERN, Accepted, Access, ApiError, Created, ErrorBody, ExecutionList,
+from .models import (NAME_PATTERN, NAMESPACE_PATTERN, Accepted, Access, ApiError, AttemptDetail, Created, ErrorBody,
+                     ExecutionList,
                      NamespaceList, ResubmitRequest, SignalRequest, TriggerRequest, Whoami, Workflow,
                      WorkflowExecution, WorkflowList)
-from .operations import PHASES, Operations, stored_output_ref
+from .operations import PHASES, Operations, own_ref, stored_output_ref
+from .streams import attempt_facts
 from .ui import mount_ui
 
 if TYPE_CHECKING:
@@ -254,14 +256,44 @@ def create_app(ctx: "Context", max_body: int, ui_dir: str | None = None) -> Fast
         """An output too large for the status (its `outputRef`), of the run or of `task` (get)."""
         run = await ops.read(user, namespace, name)
         request.state.uid = run["metadata"]["uid"]
-        ref = stored_output_ref(run, task)
+        return JSONResponse(await stored(stored_output_ref(run, task)))
+
+    async def stored(ref: dict[str, Any]) -> Any:
         try:
-            value = await ctx.bus.get_output(ref)
+            return await ctx.bus.get_output(ref)
         except (ObjectNotFoundError, ObjectDeletedError, BucketNotFoundError):
-            raise ApiError(404, "NotFound", "the stored output is gone (removed with the run's cleanup)") from None
+            raise ApiError(404, "NotFound", "the stored value is gone (removed with the run's cleanup)") from None
         except Exception as e:  # noqa: BLE001 - NATS away: try again
             raise ApiError(503, "ServiceUnavailable", f"NATS is not available ({type(e).__name__}); try again") from None
-        return JSONResponse(value)
+
+    @app.get(PREFIX + "/namespaces/{namespace}/executions/{name}/attempt", response_model=AttemptDetail,
+             responses=ERRORS, tags=["executions"])
+    async def attempt_detail(request: Request, namespace: Namespace, name: Name, user: Caller,
+                             task: Annotated[str, Query(max_length=300)],
+                             attempt: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
+                             stored_: Annotated[bool, Query(alias="stored")] = False) -> dict[str, Any]:
+        """One attempt of `task` (default: its current one): its rendered input and an agent's model
+        calls, from the run's state events (get)."""
+        run = await ops.read(user, namespace, name)
+        meta = run["metadata"]
+        request.state.uid = meta["uid"]
+        current = ((run.get("status") or {}).get("tasks") or {}).get(task)
+        if not isinstance(current, dict):
+            raise ApiError(404, "NotFound", f"task {task!r} has not run (it is not in the run's status)", "task")
+        number = attempt or int(current.get("attempt") or 1)
+        try:
+            facts = attempt_facts(await ctx.streams.attempt(namespace, name, task, number), meta["uid"])
+        except ApiError:
+            raise
+        except Exception as e:  # noqa: BLE001 - NATS away: try again
+            raise ApiError(503, "ServiceUnavailable", f"NATS is not available ({type(e).__name__}); try again") from None
+        ref, rendered = facts["renderedRef"], facts["rendered"]
+        size = ref.get("size") if own_ref(meta, ref) else None
+        if size is not None and stored_:
+            value = await stored(ref)
+            rendered = value if isinstance(value, dict) else None
+        return {"task": task, "attempt": number, "dispatched": facts["dispatched"], "rendered": rendered,
+                "renderedSize": size, "modelCalls": facts["modelCalls"]}
 
     @app.post(PREFIX + "/namespaces/{namespace}/executions/{name}/cancel", status_code=202, response_model=Accepted,
               responses=ERRORS, tags=["executions"])

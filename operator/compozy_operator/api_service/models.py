@@ -115,6 +115,33 @@ class Access(BaseModel):
     resources: dict[str, dict[str, bool]]
 
 
+class ModelCall(BaseModel):
+    """One model call of an agent attempt, as the attempt reported it."""
+
+    model: str | None = Field(description="The model that answered (as the provider names it).")
+    inputTokens: int | None
+    outputTokens: int | None
+    seconds: float | None = Field(description="The call's duration.")
+    finishReason: str | None = Field(description="Why the model stopped, in the provider's words (stop, "
+                                     "tool_calls, length, end_turn, tool_use, ...).")
+    toolCalls: list[str] = Field(description="The tools it asked for, by name.")
+
+
+class AttemptDetail(BaseModel):
+    """One task attempt: what it received after templates, and an agent's model calls."""
+
+    task: str
+    attempt: int
+    dispatched: bool = Field(description="Its dispatch is on record (state events are kept 7 days).")
+    rendered: dict[str, Any] | None = Field(
+        description="`input` (the rendered `with`), and an agent's rendered `prompt` and `instructions`. "
+        "Null when stored apart (see renderedSize) or not recorded. Never a secret: secrets reach a task "
+        "only through Secret references in its pod's environment.")
+    renderedSize: int | None = Field(None, description="Bytes of a rendered input too large for the event, kept in "
+                                     "the object store: ask again with `stored=true`.")
+    modelCalls: list[ModelCall] | None = Field(description="Agent attempts that ended: each model call, in order.")
+
+
 class Whoami(BaseModel):
     user: str = Field(description="The user the bearer token authenticates as.")
     groups: list[str]

@@ -50,11 +50,16 @@ def stored_output_ref(run: dict[str, Any], task: str | None) -> dict[str, Any]:
     if not isinstance(ref, dict) or not isinstance(ref.get("key"), str) or not isinstance(ref.get("bucket"), str):
         raise ApiError(404, "NotFound", f"{where} has no stored output (a small output is in the status itself)",
                        "task" if task is not None else None)
-    if ref["bucket"] != OUTPUT_BUCKET or not ref["key"].startswith(output_prefix(meta["namespace"], meta["name"],
-                                                                                 meta["uid"])):
+    if not own_ref(meta, ref):
         raise ApiError(409, "ForeignOutput", f"the outputRef of {where} does not name this run's output",
                        "task" if task is not None else None)
     return ref
+
+
+def own_ref(meta: dict[str, Any], ref: Any) -> bool:
+    """Whether ``ref`` names an object of the run ``meta`` (under its own prefix of the outputs' bucket)."""
+    return (isinstance(ref, dict) and ref.get("bucket") == OUTPUT_BUCKET and isinstance(ref.get("key"), str)
+            and ref["key"].startswith(output_prefix(meta["namespace"], meta["name"], meta["uid"])))
 
 
 def list_selectors(workflow: str | None, phase: str | None, label_selector: str | None,

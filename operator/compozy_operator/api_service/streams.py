@@ -22,8 +22,8 @@ import nats.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ..bus import Bus
-from ..events import LOG_STREAM, STATE_STREAM, EventType, InvalidEvent, execution_logs, parse_log_subject, \
-    parse_state_event, token
+from ..events import LOG_STREAM, STATE_STREAM, Event, EventType, InvalidEvent, execution_logs, parse_log_subject, \
+    parse_state_event, task_token, token
 from ..resources.models import TERMINAL_PHASES
 from .models import ApiError
 
@@ -35,6 +35,8 @@ CHECK_SECONDS = 5.0  # how often a quiet stream asks whether its run has ended (
 INACTIVE_SECONDS = 30.0  # a consumer left behind (its reader gone with its process) is removed after this
 SETTLE_SECONDS = 0.5  # after the terminal event: how often until the status says so too
 MAX_MESSAGE = 16_000  # characters of one log message shown
+MAX_CALLS = 1000  # model calls of one attempt shown
+MAX_TEXT = 200  # characters of a model call's names and reasons shown
 
 # (uid, phase) of the run now, or None once it is deleted
 RunState = Callable[[], Awaitable[tuple[str, str] | None]]
@@ -75,6 +77,53 @@ def log_line(subject: str, body: bytes) -> LogLine | None:
         attempt = number if isinstance(number, int) and not isinstance(number, bool) else None
     return LogLine(str(event.get("time") or "-").replace(" ", "_"), origin.component.replace(" ", "_"), task, attempt,
                    str(data.get("level") or "info").replace(" ", "_"), str(data.get("message") or ""))
+
+
+def _short(value: Any) -> str | None:
+    return value[:MAX_TEXT] if isinstance(value, str) and value else None
+
+
+def _count(value: Any) -> int | float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    return value if ok else None
+
+
+def model_calls(value: Any) -> list[dict[str, Any]] | None:
+    """An agent attempt's report of its model calls (agents.loop.call_record), as far as it is well
+    formed: the attempt wrote it (untrusted), so only the known fields, of the right types, bounded."""
+    if not isinstance(value, list):
+        return None
+    calls = []
+    for item in value[:MAX_CALLS]:
+        if not isinstance(item, dict):
+            continue
+        record = {"model": _short(item.get("model")), "inputTokens": _count(item.get("inputTokens")),
+                  "outputTokens": _count(item.get("outputTokens")), "seconds": _count(item.get("seconds")),
+                  "finishReason": _short(item.get("finishReason"))}
+        tools = item.get("toolCalls")
+        record["toolCalls"] = [t[:MAX_TEXT] for t in tools[:MAX_CALLS] if isinstance(t, str)] \
+            if isinstance(tools, list) else []
+        calls.append(record)
+    return calls
+
+
+def attempt_facts(events: list[Event], uid: str) -> dict[str, Any]:
+    """What one attempt's state events say about it, for ``/attempt``: its rendered input (the
+    operator's TaskDispatched: ``rendered`` or ``renderedRef``, the latest if dispatched again) and
+    an agent's model calls (its AgentExecutionSuccess/Failed). Another run's events (same name, an
+    older uid) are left out. The subjects were checked (parse_state_event): only the operator sends
+    TaskDispatched."""
+    facts: dict[str, Any] = {"dispatched": False, "rendered": None, "renderedRef": None, "modelCalls": None}
+    for event in events:
+        if event.data.get("uid") != uid:
+            continue
+        if event.type == EventType.TASK_DISPATCHED:
+            rendered = event.data.get("rendered")
+            facts.update(dispatched=True, rendered=rendered if isinstance(rendered, dict) else None,
+                         renderedRef=event.data.get("renderedRef"))
+        elif event.type in (EventType.AGENT_SUCCESS, EventType.AGENT_FAILED):
+            facts["modelCalls"] = model_calls(event.data.get("calls"))
+    return facts
 
 
 def wanted(line: LogLine, task: str | None, attempt: int | None) -> bool:
@@ -182,6 +231,25 @@ class Streams:
                 yield sse(msg.metadata.sequence.stream, event.type, event.model_dump_json())
         finally:
             self._close(STATE_STREAM, sub)
+
+    async def attempt(self, namespace: str, name: str, task: str, attempt: int) -> list[Event]:
+        """The state events stored now of one attempt (the operator's and its own), in order."""
+        subject = f"compozy.state.{token(namespace)}.{token(name)}.*.{task_token(task)}.{attempt}.*"
+        sub = await self._subscribe(STATE_STREAM, subject, ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+        events = []
+        try:
+            info = await sub.consumer_info()
+            pending = info.num_pending + (info.delivered.consumer_seq if info.delivered else 0)
+            while pending:
+                msg = await sub.next_msg(timeout=5.0)
+                pending = msg.metadata.num_pending
+                try:
+                    events.append(parse_state_event(msg.subject, msg.data))
+                except InvalidEvent:
+                    continue
+        finally:
+            self._close(STATE_STREAM, sub)
+        return events
 
     async def logs(self, namespace: str, name: str, uid: str, state: RunState, *,
                    task: str | None, attempt: int | None, follow: bool) -> AsyncIterator[str]:

@@ -38,7 +38,8 @@ from typing import Any
 
 from ..resources.models import WorkflowExecutionStatus, WorkflowSpec
 from ..bus import Bus, PayloadTooLarge, without_credentials
-from ..events import POOL_STREAM, EventType, claim_subject, command_subject, event_id, make_event, pool_subject
+from ..events import (POOL_STREAM, EventType, claim_subject, command_subject, event_id, make_event, pool_subject,
+                      rendered_key)
 from ..executor import Dispatch, epoch
 from ..kube import ApiException, Kube
 from ..monitoring import DISPATCH_SECONDS, PODS_CREATED
@@ -136,7 +137,8 @@ class Dispatcher:
                 await self._fail(run, d, "InputTooLarge", f"task {d.task}: its rendered input is too large to send: {e}")
                 return
             await run.publish(self.bus, make_event(EventType.TASK_DISPATCHED, SOURCE, run.namespace, run.name, run.uid,
-                                                   d.task, d.attempt, pool=pool, **d.runs))
+                                                   d.task, d.attempt, pool=pool, **d.runs,
+                                                   **await self._rendered(run, d)))
             if (run.namespace, pool) not in self.known_pools:  # it waits in the queue: say why
                 await self.bus.publish_event(make_event(
                     EventType.TASK_POD_WAITING, SOURCE, run.namespace, run.name, run.uid, d.task, d.attempt,
@@ -189,6 +191,12 @@ class Dispatcher:
                 "attempt": d.attempt, "nonce": nonce, **d.command(), "env": run.spec.env or {},
                 "outputInlineLimit": self.settings.output_inline_limit}
 
+    async def _rendered(self, run: Run, d: Dispatch) -> dict[str, Any]:
+        """The attempt's rendered input for its TaskDispatched event (api.Service's ``/attempt``), by
+        the outputs' rule: in the event up to the inline limit, else in the object store (``renderedRef``)."""
+        return await self.bus.output_fields(rendered_key(run.namespace, run.name, run.uid, d.task, d.attempt),
+                                            d.rendered(), self.settings.output_inline_limit, "rendered")
+
     async def _command_for_existing(self, run: Run, d: Dispatch, name: str, published: str) -> None:
         """The pod was there already, created with its own nonce: make the stored command carry it."""
         pod = await asyncio.to_thread(self.kube.get, f"/api/v1/namespaces/{run.namespace}/pods/{name}")
@@ -201,12 +209,13 @@ class Dispatcher:
         """Store the command and TaskDispatched (both before the pod exists: it fetches the command).
         False when the command can never fit: the attempt failed instead."""
         await self.ensure_nats_secret(run.namespace)
+        rendered = await self._rendered(run, d)
         publish_command = self.bus.publish_command(command_subject(run.namespace, run.name, d.task, d.attempt),
                                                    self._command(run, d, nonce))
         try:
             await asyncio.gather(
                 run.publish(self.bus, make_event(EventType.TASK_DISPATCHED, SOURCE, run.namespace, run.name, run.uid,
-                                                 d.task, d.attempt, podName=name, **d.runs)),
+                                                 d.task, d.attempt, podName=name, **d.runs, **rendered)),
                 publish_command)
         except PayloadTooLarge as e:
             await self._fail(run, d, "InputTooLarge", f"task {d.task}: its rendered input is too large to send: {e}")
