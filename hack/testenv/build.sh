@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build the pinned binaries of the local test cluster from the Go module proxy.
 #
-# Each subdirectory (kubernetes, etcd, helm, nats, prometheus) is a Go module whose go.mod/go.sum pin one
-# upstream release; its `tool` directives name the commands to build. Binaries go to a per-user
+# Each subdirectory (kubernetes, etcd, helm, nats, prometheus, oidc) is a Go module whose go.mod/go.sum pin one
+# upstream release; its `tool` directives name the commands to build (oidc's is its own main.go, a
+# small program around the pinned OpenID Provider library). Binaries go to a per-user
 # cache keyed by the pins, so a second run builds nothing. The last line printed on stdout is
 # the directory that holds all of them (progress goes to stderr).
 #
@@ -23,8 +24,9 @@ declare -A binaries=(
   [helm]="helm"
   [nats]="nats-server"
   [prometheus]="promtool"
+  [oidc]="oidc"
 )
-components=(etcd nats kubernetes helm prometheus)
+components=(etcd nats kubernetes helm prometheus oidc)
 declare -A hint=([kubernetes]="; the first build takes about 5 minutes on 2 cores")
 # `go build tool` names a binary after its package; these are renamed to what people type.
 declare -A rename=([etcd]="server:etcd")
@@ -36,9 +38,10 @@ pin() { # the version a module pins for $2, read from its go.mod
     "$here/$1/go.mod" | head -n1
 }
 
-# The cache key covers the pins and the link flags, so changing either rebuilds.
+# The cache key covers the pins, the module's own sources and the link flags, so changing any rebuilds.
 key_of() {
-  { cat "$here/$1/go.mod" "$here/$1/go.sum"; ldflags_of "$1"; [ -z "${tags[$1]:-}" ] || echo "tags=${tags[$1]}"; } |
+  { cat "$here/$1/go.mod" "$here/$1/go.sum"; find "$here/$1" -maxdepth 1 -name '*.go' -print0 | sort -z | xargs -0r cat
+    ldflags_of "$1"; [ -z "${tags[$1]:-}" ] || echo "tags=${tags[$1]}"; } |
     sha256sum | cut -c1-12
 }
 

@@ -205,7 +205,7 @@ class Operator:
                              client_ca=settings.api_client_ca,
                              namespaces=settings.namespaces, ui_dir=settings.ui_dir or None,
                              local_user=local_user(settings.api_local_user, settings.api_local_groups,
-                                                   settings.api_host))
+                                                   settings.api_host), oidc=settings.oidc())
             self.loops.append(Supervised("api.Service", api.run))
         self.nats_ready = False
         self.live_state = LiveState(self.live_runs, lambda: [self.bus, *self.own_buses()])

@@ -6,11 +6,15 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .container_paths import host_path
 from .events import LOG_MAX_AGE, LOG_MAX_BYTES
 from .resources.models import POD_CLEANUP_POLICIES
+
+if TYPE_CHECKING:
+    from .api_service.oidc import OidcConfig
 
 
 def _env(name: str, default: str = "") -> str:
@@ -134,6 +138,16 @@ class Settings:
     api_local_user: str = field(default_factory=lambda: _env("COMPOZY_API_LOCAL_USER"))
     api_local_groups: tuple[str, ...] = field(
         default_factory=lambda: tuple(g for g in _env("COMPOZY_API_LOCAL_GROUPS").split(",") if g))
+    # sign-in with an OpenID Connect provider (api_service/oidc.py, docs/ui.md; chart: api.oidc): off
+    # without an issuer. The client secret and the cookie secret come from Secrets (the chart's env)
+    api_oidc_issuer_url: str = field(default_factory=lambda: _env("COMPOZY_API_OIDC_ISSUER_URL"))
+    api_oidc_client_id: str = field(default_factory=lambda: _env("COMPOZY_API_OIDC_CLIENT_ID"))
+    api_oidc_client_secret: str = field(default_factory=lambda: _env("COMPOZY_API_OIDC_CLIENT_SECRET"))
+    api_oidc_redirect_url: str = field(default_factory=lambda: _env("COMPOZY_API_OIDC_REDIRECT_URL"))
+    api_oidc_scopes: tuple[str, ...] = field(default_factory=lambda: tuple(
+        s for s in _env("COMPOZY_API_OIDC_SCOPES", "openid,email,profile").replace(" ", ",").split(",") if s))
+    api_oidc_ca_file: str = field(default_factory=lambda: _file("COMPOZY_API_OIDC_CA_FILE"))
+    api_oidc_cookie_secret: str = field(default_factory=lambda: _env("COMPOZY_API_OIDC_COOKIE_SECRET"))
     # an execution's spec.input larger than this (bytes of compact JSON) is refused at apply
     max_input_bytes: int = field(default_factory=lambda: int(_env("COMPOZY_MAX_INPUT_BYTES", str(1 << 20))))
 
@@ -144,6 +158,15 @@ class Settings:
             raise ValueError("COMPOZY_ORPHAN_SWEEP_SECONDS must be > 0")
         if self.pod_cleanup_delay < 0 or (self.ttl_seconds_after_finished or 0) < 0:
             raise ValueError("COMPOZY_POD_CLEANUP_DELAY_SECONDS and COMPOZY_TTL_SECONDS_AFTER_FINISHED must be >= 0")
+
+    def oidc(self) -> OidcConfig | None:
+        """api.Service's OIDC sign-in, or None when no issuer is configured."""
+        if not self.api_oidc_issuer_url:
+            return None
+        from .api_service.oidc import OidcConfig  # noqa: PLC0415 - task pods read settings too: no JWT library there
+        return OidcConfig(self.api_oidc_issuer_url, self.api_oidc_client_id, self.api_oidc_client_secret,
+                          self.api_oidc_redirect_url, self.api_oidc_scopes, self.api_oidc_ca_file,
+                          self.api_oidc_cookie_secret)
 
     def nats_ca(self) -> str | None:
         """The CA's PEM text, or None (then the system's trust store verifies a TLS server)."""

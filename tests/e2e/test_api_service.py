@@ -458,5 +458,8 @@ def test_health_metrics_and_openapi(setup: dict[str, Any]) -> None:
         # for the web UI (docs/ui.md; test_api_ui_endpoints)
         "/api/v1/whoami", "/api/v1/namespaces", "/api/v1/namespaces/{namespace}/access", "/api/v1/executions",
         "/api/v1/namespaces/{namespace}/workflows", "/api/v1/namespaces/{namespace}/workflows/{workflow}",
-        "/api/v1/namespaces/{namespace}/executions/{name}/output"}
+        "/api/v1/namespaces/{namespace}/executions/{name}/output",
+        "/api/v1/namespaces/{namespace}/executions/{name}/attempt",
+        # OIDC sign-in (docs/ui.md; test_ui_oidc)
+        "/oauth2/config", "/oauth2/login", "/oauth2/callback", "/oauth2/logout"}
     assert not any("422" in op["responses"] for path in doc["paths"].values() for op in path.values())

@@ -33,7 +33,7 @@ PY_BIG = "def run(input, ctx):\n    return {'blob': 'x' * input['n']}\n"
 def test_whoami_names_the_caller_and_needs_a_token(setup: dict[str, Any]) -> None:
     api, ns = setup["api"], setup["namespace"]
     me = api("GET", "/whoami").json()
-    assert me["user"] == f"system:serviceaccount:{ns}:alice"
+    assert me["user"] == f"system:serviceaccount:{ns}:alice" and me["via"] == "token"
     assert "system:serviceaccounts" in me["groups"]
     assert error_of(Api(setup["base"], None)("GET", "/whoami"), 401)["reason"] == "Unauthorized"
 

@@ -55,15 +55,15 @@ INPUT_SCHEMA = {"type": "object", "required": ["n"],
                                "topic": {"type": "string"}}}
 
 
-def start_browser(downloads: Path) -> WebDriver:
-    """Headless Chromium with a fresh profile. Selenium is told where both binaries are and to stay
-    offline, so it never looks for (or downloads) a browser or a driver of its own."""
+def start_browser(downloads: Path, flags: tuple[str, ...] = ()) -> WebDriver:
+    """Headless Chromium with a fresh profile (and ``flags``). Selenium is told where both binaries
+    are and to stay offline, so it never looks for (or downloads) a browser or a driver of its own."""
     if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
         pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are needed (make browser: Debian's chromium and chromium-driver)")
     os.environ["SE_OFFLINE"] = "true"
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={downloads}"]:
+    for flag in [*CHROMIUM_FLAGS, *flags, f"--user-data-dir={downloads}"]:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))

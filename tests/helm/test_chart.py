@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,7 @@ BAD_VALUES = {
     "tls-without-secret": (sets("nats.tls.enabled=true"), "at '/nats/tls/secretName': minLength: got 0, want 1"),
     "unknown-failure-policy": (sets("webhook.failurePolicy=Retry"),
                                "at '/webhook/failurePolicy': value must be one of 'Fail', 'Ignore'"),
+    "oidc-issuer-not-https": (sets("api.oidc.issuerURL=http://dex.example"), "at '/api/oidc/issuerURL'"),
 }
 
 
@@ -181,3 +183,29 @@ def test_the_charts_nats_callout_conf_is_the_generated_one() -> None:
                          capture_output=True, text=True, check=True)
     shipped = (Path(CHART) / "files" / "nats-callout.conf").read_text()
     assert shipped == out.stdout, "charts/compozy-operator/files/nats-callout.conf is stale: run `make chart`"
+
+
+def test_oidc_sign_in_takes_its_secrets_by_reference_only(helm: Helm) -> None:
+    """api.oidc: the settings as env, the client secret from the user's Secret, the cookie key from a
+    Secret the chart generates (shared by the replicas), the provider's CA from a ConfigMap."""
+    docs = _kinds(helm, *sets("api.oidc.issuerURL=https://dex.example", "api.oidc.clientID=compozy",
+                              "api.oidc.clientSecretRef.name=dex-client", "api.oidc.caConfigMap=dex-ca",
+                              "api.oidc.redirectURL=https://compozy.example/oauth2/callback"))
+    pod = docs["Deployment"][0]["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["COMPOZY_API_OIDC_ISSUER_URL"]["value"] == "https://dex.example"
+    assert env["COMPOZY_API_OIDC_SCOPES"]["value"] == "openid,email,profile"
+    assert env["COMPOZY_API_OIDC_CLIENT_SECRET"]["valueFrom"] == {"secretKeyRef": {"name": "dex-client",
+                                                                                   "key": "client-secret"}}
+    cookie = next(s for s in docs["Secret"] if s["metadata"]["name"] == "r-compozy-operator-oidc-cookie")
+    assert env["COMPOZY_API_OIDC_COOKIE_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == cookie["metadata"]["name"]
+    assert len(base64.b64decode(cookie["data"]["secret"])) == 48
+    assert env["COMPOZY_API_OIDC_CA_FILE"]["value"] == "/etc/compozy/oidc-ca/ca.crt"
+    assert next(v for v in pod["volumes"] if v["name"] == "oidc-ca")["configMap"]["name"] == "dex-ca"
+
+    off = _kinds(helm)
+    assert not any(e["name"].startswith("COMPOZY_API_OIDC")
+                   for e in off["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["env"])
+    assert not any(s["metadata"]["name"].endswith("oidc-cookie") for s in off.get("Secret", []))
+    missing = helm("template", "r", CHART, "-n", "ns", *sets("api.oidc.issuerURL=https://dex.example"))
+    assert missing.returncode != 0 and "api.oidc.clientID is required" in missing.stderr, missing.stderr

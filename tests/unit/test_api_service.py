@@ -219,7 +219,8 @@ def test_a_request_without_a_token_is_the_local_user_when_one_is_set(tmp_path: P
                        ready=lambda: (True, "ok"), local_user=user)
 
     with served(create_app(ctx(User("dev", "", ("system:masters",))), max_body=1 << 16, ui_dir=str(tmp_path))) as base:
-        assert requests.get(f"{base}/api/v1/whoami", timeout=10).json() == {"user": "dev", "groups": ["system:masters"]}
+        assert requests.get(f"{base}/api/v1/whoami", timeout=10).json() == {"user": "dev", "groups": ["system:masters"],
+                                                                                   "via": "local"}
         basic = requests.get(f"{base}/api/v1/whoami", headers={"Authorization": "Basic eDp5"}, timeout=10)
         assert basic.status_code == 401
     with served(create_app(ctx(None), max_body=1 << 16, ui_dir=str(tmp_path))) as base:

@@ -1,11 +1,13 @@
 import { useCallback, useEffect, useState } from 'react'
-import { ApiError, get, token } from './api'
+import { ApiError, get, signInOptions, signOut, token } from './api'
 import { href, navigate, useRoute } from './route'
 import { RunsPage } from './RunsPage'
 import { RunPage } from './RunPage'
 import { WorkflowPage, WorkflowsPage } from './WorkflowsPage'
 
-export interface Session { user: string; namespaces: string[]; allNamespaces: boolean; local: boolean }
+// `via`: how the calls authenticate (a pasted token, an OIDC sign-in's cookie, a client
+// certificate, the local cluster's user); only the first two can be signed out of here
+export interface Session { user: string; namespaces: string[]; allNamespaces: boolean; via: string }
 export const ALL = '*' // the namespace selector's "all namespaces"
 
 type Theme = 'light' | 'dark'
@@ -34,7 +36,7 @@ export function App() {
       // namespaces`): a namespace in the address still opens, and the header says why the menu is empty
       const ns = await get('/namespaces').catch((e: Error) => ({ items: [], allNamespaces: false, problem: e.message }))
       setSession({ user: me.user, namespaces: ns.items.map((n: { name: string }) => n.name),
-        allNamespaces: ns.allNamespaces, local: !token.get() })
+        allNamespaces: ns.allNamespaces, via: me.via })
       setProblem(ns.problem ?? null)
     } catch (e) {
       setSession(null)
@@ -78,8 +80,11 @@ export function App() {
         <button className="ghost" onClick={() => setTheme(theme === 'dark' ? 'light' : 'dark')}
           aria-label="Toggle dark mode">{theme === 'dark' ? 'Light' : 'Dark'}</button>
         <span className="user" title="The identity every call acts as">{session.user}</span>
-        {!session.local && (
-          <button className="ghost" onClick={() => { token.clear(); setSession(null) }}>Sign out</button>
+        {(session.via === 'token' || session.via === 'session') && (
+          <button className="ghost" onClick={() => {
+            token.clear()
+            void signOut().finally(() => setSession(null))
+          }}>Sign out</button>
         )}
       </header>
       {problem && <p className="error" role="alert">{problem}</p>}
@@ -93,12 +98,31 @@ export function App() {
   )
 }
 
+/** A failed OIDC sign-in comes back to `/ui/?signinError=...`: said once, then gone from the address. */
+function takeSignInError(): string | null {
+  const q = new URLSearchParams(location.search)
+  const error = q.get('signinError')
+  if (error !== null) history.replaceState(null, '', location.pathname + location.hash)
+  return error
+}
+
 function SignIn({ problem, onToken }: { problem: string | null; onToken: (t: string) => void }) {
   const [value, setValue] = useState('')
+  const [oidc, setOidc] = useState(false)
+  const [failed] = useState(takeSignInError)
+  useEffect(() => { signInOptions().then((o) => setOidc(o.oidc), () => setOidc(false)) }, [])
+  const login = `/oauth2/login?return=${encodeURIComponent('/ui/' + location.hash)}`
   return (
     <div className="center">
       <form className="card signin" onSubmit={(e) => { e.preventDefault(); if (value.trim()) onToken(value) }}>
         <h1>Compozy</h1>
+        {failed && <p className="error" role="alert" data-testid="signin-error">Sign-in failed: {failed}</p>}
+        {oidc && (
+          <>
+            <a className="button primary" href={login} data-testid="oidc-login">Sign in with your identity provider</a>
+            <p className="muted">or</p>
+          </>
+        )}
         <p>Sign in with a Kubernetes bearer token: the UI acts as that identity, with its RBAC.</p>
         <p className="muted">For a ServiceAccount: <code>kubectl create token NAME -n NAMESPACE</code>; an OIDC
           ID token works where the cluster accepts OIDC.</p>

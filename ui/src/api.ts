@@ -19,9 +19,12 @@ export const token = {
   clear: () => sessionStorage.removeItem(TOKEN_KEY),
 }
 
+/** Every call says it is the UI's: with an OIDC sign-in (an HttpOnly cookie) api.Service takes a
+ * call that changes something only with this header, which another site cannot send. */
 function headers(extra: Record<string, string> = {}): Record<string, string> {
   const t = token.get()
-  return t ? { ...extra, Authorization: `Bearer ${t}` } : extra
+  const own = { ...extra, 'X-Compozy-Request': 'ui' }
+  return t ? { ...own, Authorization: `Bearer ${t}` } : own
 }
 
 async function failure(resp: Response): Promise<ApiError> {
@@ -46,6 +49,14 @@ export async function call(method: string, path: string, body?: Json, signal?: A
 }
 
 export const get = (path: string, signal?: AbortSignal) => call('GET', path, undefined, signal)
+
+/** The sign-in endpoints, beside the API (`/oauth2/...`). */
+export async function signInOptions(): Promise<{ oidc: boolean; localUser: boolean }> {
+  const resp = await fetch('/oauth2/config')
+  return resp.ok ? resp.json() : { oidc: false, localUser: false }
+}
+
+export const signOut = () => fetch('/oauth2/logout', { method: 'POST', headers: headers() })
 
 export function query(params: Record<string, string | number | undefined | null>): string {
   const q = new URLSearchParams()

@@ -9,12 +9,13 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
+from urllib.parse import urlencode
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AwareDatetime
 from nats.js.errors import BucketNotFoundError, ObjectDeletedError, ObjectNotFoundError
@@ -24,9 +25,10 @@ from starlette.exceptions import HTTPException
 from .. import __version__
 from .auth import User, bearer_token, certificate_user
 from .models import (NAME_PATTERN, NAMESPACE_PATTERN, Accepted, Access, ApiError, AttemptDetail, Created, ErrorBody,
-                     ExecutionList,
+                     ExecutionList, SignInOptions,
                      NamespaceList, ResubmitRequest, SignalRequest, TriggerRequest, Whoami, Workflow,
                      WorkflowExecution, WorkflowList)
+from .oidc import SESSION_COOKIE, STATE_COOKIE, UI_PREFIX
 from .operations import PHASES, Operations, own_ref, stored_output_ref
 from .streams import attempt_facts
 from .ui import mount_ui
@@ -34,6 +36,7 @@ from .ui import mount_ui
 if TYPE_CHECKING:
     from .service import Context
 
+UI_HEADER = "X-Compozy-Request"  # the UI's calls carry it (cookie sessions: no cross-site forgery)
 PEER_SUBJECT = "client_cert_subject"  # in scope["extensions"]["tls"] (service._PeerCertificateProtocol)
 
 log = logging.getLogger(__name__)
@@ -141,18 +144,95 @@ def create_app(ctx: "Context", max_body: int, ui_dir: str | None = None) -> Fast
                      credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
         subject = ((request.scope.get("extensions") or {}).get("tls") or {}).get(PEER_SUBJECT)
         if subject and credentials is None:  # a client certificate the handshake verified
-            user = certificate_user(subject)
+            user, via = certificate_user(subject), "certificate"
             if user is None:
                 raise ApiError(401, "Unauthorized", "the client certificate names no user (no single common name)")
+        elif credentials is None and request.headers.get("authorization") is None and session_of(request):
+            user, via = await ctx.authorizer.authenticate(session_token(request)), "session"
         elif credentials is None and request.headers.get("authorization") is None and ctx.local_user is not None:
-            user = ctx.local_user  # a local cluster's API on loopback (auth.local_user)
+            user, via = ctx.local_user, "local"  # a local cluster's API on loopback (auth.local_user)
         else:
             token = bearer_token(f"Bearer {credentials.credentials}" if credentials else None)
-            user = await ctx.authorizer.authenticate(token)
-        request.state.user = user
+            user, via = await ctx.authorizer.authenticate(token), "token"
+        request.state.user, request.state.via = user, via
         return user
 
     Caller = Annotated[User, Depends(caller)]
+
+    def session_of(request: Request) -> str | None:
+        return request.cookies.get(SESSION_COOKIE) if ctx.oidc is not None else None
+
+    def session_token(request: Request) -> str:
+        """The ID token of the OIDC sign-in (oidc.py). A cookie goes with every request to this
+        origin, so a request that changes something must also carry the UI's header, which no
+        other site can add (it needs a CORS preflight that api.Service never grants)."""
+        assert ctx.oidc is not None
+        token = ctx.oidc.token_of(session_of(request))
+        if token is None:
+            raise ApiError(401, "Unauthorized", "the sign-in is not valid any more: sign in again")
+        if request.method not in ("GET", "HEAD") and request.headers.get(UI_HEADER) != "ui":
+            raise ApiError(403, "Forbidden", f"a request signed in by cookie that changes something needs the "
+                           f"header {UI_HEADER}: ui (cross-site request forgery is refused)")
+        return token
+
+    @app.get("/oauth2/config", response_model=SignInOptions, tags=["auth"])
+    async def sign_in_options() -> SignInOptions:
+        """How one may sign in here (the UI's sign-in page); no authentication."""
+        return SignInOptions(oidc=ctx.oidc is not None, localUser=ctx.local_user is not None)
+
+    @app.get("/oauth2/login", status_code=302, response_class=RedirectResponse, tags=["auth"],
+             responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+    async def oidc_login(return_: Annotated[str | None, Query(alias="return", max_length=2048)] = None) -> Response:
+        """Sign in with the identity provider (OIDC): a redirect to it; it comes back to /oauth2/callback."""
+        if ctx.oidc is None:
+            raise ApiError(404, "NotFound", "OIDC sign-in is not configured (the chart's api.oidc)")
+        url, sealed = await ctx.oidc.start(return_)
+        response = RedirectResponse(url, status_code=302)
+        response.headers.append("Set-Cookie", ctx.oidc.state_cookie(sealed))
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.get("/oauth2/callback", status_code=302, response_class=RedirectResponse, tags=["auth"],
+             responses={404: {"model": ErrorBody}})
+    async def oidc_callback(request: Request, code: Annotated[str | None, Query(max_length=4096)] = None,
+                            state: Annotated[str | None, Query(max_length=1024)] = None,
+                            error: Annotated[str | None, Query(max_length=256)] = None,
+                            error_description: Annotated[str | None, Query(max_length=1024)] = None) -> Response:
+        """Where the identity provider sends the browser back: the code is exchanged, the ID token
+        checked and kept in an HttpOnly cookie, then back to the UI (or to its sign-in page, saying why)."""
+        if ctx.oidc is None:
+            raise ApiError(404, "NotFound", "OIDC sign-in is not configured (the chart's api.oidc)")
+        try:
+            if error:
+                raise ApiError(401, "SignInRefused", f"the identity provider said {error}"
+                               f"{': ' + error_description if error_description else ''}")
+            if not code or not state:
+                raise ApiError(400, "Invalid", "the callback needs code and state")
+            token, expires, return_to = await ctx.oidc.finish(request.cookies.get(STATE_COOKIE), state, code)
+            user = await ctx.authorizer.authenticate(token)
+        except ApiError as e:
+            if e.status == 401 and e.reason == "Unauthorized":  # the TokenReview said no
+                e = ApiError(401, "NotAcceptedByCluster", "the identity provider signed you in, but the cluster's "
+                             "API server does not accept its ID tokens (its --oidc-issuer-url and --oidc-client-id, "
+                             "or an AuthenticationConfiguration, must name this provider and client)")
+            log.info("api.Service: OIDC sign-in failed: %s", e.message)
+            failed = RedirectResponse(f"{UI_PREFIX}?{urlencode({'signinError': e.message[:500]})}", status_code=302)
+            failed.headers.append("Set-Cookie", ctx.oidc.cleared(STATE_COOKIE))
+            return failed
+        log.info("api.Service: %s signed in with OIDC", user.name)
+        response = RedirectResponse(return_to, status_code=302)
+        response.headers.append("Set-Cookie", ctx.oidc.cleared(STATE_COOKIE))
+        response.headers.append("Set-Cookie", ctx.oidc.session_cookie(token, expires))
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.post("/oauth2/logout", status_code=204, response_class=Response, tags=["auth"])
+    async def oidc_logout() -> Response:
+        """Sign out: the session cookie is cleared (the identity provider's own session stays)."""
+        response = Response(status_code=204)
+        if ctx.oidc is not None:
+            response.headers.append("Set-Cookie", ctx.oidc.cleared(SESSION_COOKIE))
+        return response
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, e: ApiError) -> JSONResponse:
@@ -213,9 +293,9 @@ def create_app(ctx: "Context", max_body: int, ui_dir: str | None = None) -> Fast
                                            created_after))
 
     @app.get(PREFIX + "/whoami", response_model=Whoami, responses=ERRORS, tags=["access"])
-    async def whoami(user: Caller) -> Whoami:
-        """The user the bearer token authenticates as (the UI's sign-in check)."""
-        return Whoami(user=user.name, groups=list(user.groups))
+    async def whoami(request: Request, user: Caller) -> Whoami:
+        """The user the caller authenticates as, and how (the UI's sign-in check)."""
+        return Whoami(user=user.name, groups=list(user.groups), via=request.state.via)
 
     @app.get(PREFIX + "/namespaces", response_model=NamespaceList, responses=ERRORS, tags=["access"])
     async def namespaces(user: Caller) -> dict[str, Any]:

@@ -5,7 +5,7 @@ say the same thing about a run's input and timeout."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -142,9 +142,17 @@ class AttemptDetail(BaseModel):
     modelCalls: list[ModelCall] | None = Field(description="Agent attempts that ended: each model call, in order.")
 
 
+class SignInOptions(BaseModel):
+    oidc: bool = Field(description="Sign-in with the identity provider is configured (`/oauth2/login`).")
+    localUser: bool = Field(description="A request without credentials acts as the local cluster's user.")
+
+
 class Whoami(BaseModel):
     user: str = Field(description="The user the bearer token authenticates as.")
     groups: list[str]
+    via: Literal["token", "session", "certificate", "local"] = Field(
+        description="How: a bearer token, an OIDC sign-in's session cookie, a client certificate, or the local "
+        "cluster's user (no credentials).")
 
 
 class ErrorDetail(BaseModel):

@@ -32,6 +32,7 @@ from ..kube import Kube
 from .auth import Authorizer, User, bearer_token
 from .http import PEER_SUBJECT, REQUESTS, create_app
 from .models import NAMESPACE_PATTERN, ApiError, NatsTriggerRequest
+from .oidc import Oidc, OidcConfig
 from .operations import Operations
 from .streams import RunState, Streams
 
@@ -59,6 +60,7 @@ class Context:
     bus: Bus
     ready: Callable[[], tuple[bool, str]]
     local_user: User | None = None  # who a request without a token is (local clusters only)
+    oidc: Oidc | None = None  # sign-in with an identity provider (oidc.py)
 
     def run_state(self, namespace: str, name: str) -> RunState:
         async def state() -> tuple[str, str] | None:
@@ -138,19 +140,24 @@ class ApiService:
     def __init__(self, kube: Kube, bus: Bus, validate: Any, ready: Callable[[], tuple[bool, str]], *,
                  host: str, port: int, max_input_bytes: int, max_streams: int,
                  tls: tuple[str, str] | None = None, client_ca: str = "", namespaces: tuple[str, ...] = (),
-                 ui_dir: str | None = None, local_user: User | None = None) -> None:
+                 ui_dir: str | None = None, local_user: User | None = None,
+                 oidc: OidcConfig | None = None) -> None:
         """``tls``: (certificate file, key file) to serve HTTPS with; None: plain HTTP. ``client_ca``
         (HTTPS only): also accept client certificates signed by this CA (a PEM file, or ``cluster``:
         the API server's own client CA); empty: bearer tokens only. ``namespaces``: those the
         operator serves (empty: all). ``local_user``: who a request without a token (or a client
-        certificate) is (auth.local_user; None: nobody, a 401)."""
+        certificate) is (auth.local_user; None: nobody, a 401). ``oidc``: sign-in with an identity
+        provider (None: not offered)."""
         if client_ca and tls is None:
             raise ValueError("COMPOZY_API_CLIENT_CA: client certificates need HTTPS (set COMPOZY_API_CERT_FILE and "
                              "COMPOZY_API_KEY_FILE)")
         self.kube, self.client_ca = kube, client_ca
         authorizer = Authorizer(kube)
+        if oidc is not None and (problems := oidc.problems()):
+            raise ValueError("; ".join(problems))
         self.ctx = Context(Operations(kube, authorizer, validate, max_input_bytes, namespaces), authorizer,
-                           Streams(bus, max_streams), bus, ready, local_user)
+                           Streams(bus, max_streams), bus, ready, local_user,
+                           Oidc(oidc) if oidc is not None else None)
         # the largest input, escaped and pretty-printed, and the other fields
         self.app = create_app(self.ctx, max_body=2 * max_input_bytes + (1 << 16), ui_dir=ui_dir)
         self.host, self.port, self.tls = host, port, tls

@@ -31,8 +31,11 @@ def _port_conflict(err: ComponentError) -> bool:
 class LocalCluster:
     """Start with :meth:`start`, stop with :meth:`stop` (or use it as a context manager)."""
 
-    def __init__(self, bindir: Path, workdir: Path, node_monitor_grace_period: str = "20s") -> None:
+    def __init__(self, bindir: Path, workdir: Path, node_monitor_grace_period: str = "20s",
+                 apiserver_flags: tuple[str, ...] = ()) -> None:
+        """``apiserver_flags``: more kube-apiserver flags (e.g. an OIDC issuer's, testenv/oidc.py)."""
         self.bindir = bindir
+        self.apiserver_flags = apiserver_flags
         self.workdir = workdir
         self.node_monitor_grace_period = node_monitor_grace_period
         self.pki: Pki = write_pki(workdir / "pki")
@@ -138,6 +141,7 @@ class LocalCluster:
             "--endpoint-reconciler-type=none",
             "--profiling=false",
             "--v=1",
+            *self.apiserver_flags,
         ])
         ctx = self._admin_context()
         proc.wait_until(lambda: _https_ok(f"{self.server}/readyz", ctx), timeout, "ready")

@@ -53,11 +53,12 @@ class DevEnvironment:
         bindir: Path | None = None,
         workdir: Path | None = None,
         nats_tls: bool = False,
+        apiserver_flags: tuple[str, ...] = (),
     ) -> DevEnvironment:
         install_cleanup_handlers()
         bindir = bindir or find_binaries()
         workdir = workdir or new_run_dir()
-        env = cls(workdir, bindir, LocalCluster(bindir, workdir / "cluster"),
+        env = cls(workdir, bindir, LocalCluster(bindir, workdir / "cluster", apiserver_flags=apiserver_flags),
                   NatsServer(bindir, workdir / "nats", tls=nats_tls), images, entrypoint)
         try:
             env.nats.start()  # no dependency on the cluster: start it first, it is quick
