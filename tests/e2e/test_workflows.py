@@ -327,7 +327,8 @@ def test_a_pod_task_is_created_once_and_deleted_once(operator: OperatorProcess, 
                                                      namespace: str, tmp_path: Path) -> None:
     """What a task costs the API server (docs/performance.md), counted by an operator of this test's
     own (``compozy_api_writes_total`` from zero): its pod is created once and deleted once (not again
-    on the update its own delete causes), one status PATCH per task plus one for the run's end."""
+    on the update its own delete causes), one status PATCH per task plus one for the run's end, one
+    metadata patch for the run's labels."""
     operator.stop()
     op = OperatorProcess(devenv, extra_env=OPERATOR_ENV, log_path=tmp_path / "operator.log")
     op.start()
@@ -342,8 +343,10 @@ def test_a_pod_task_is_created_once_and_deleted_once(operator: OperatorProcess, 
         op.stop()
         operator.start()
     writes = {w: metric(text, "compozy_api_writes_total", f'{{write="{w}"}}')
-              for w in ("create.pods", "delete.pods", "patch.workflowexecutions.status")}
+              for w in ("create.pods", "delete.pods", "patch.workflowexecutions.status", "patch.workflowexecutions")}
     assert writes["create.pods"] == 2 and writes["delete.pods"] == 2, writes
+    # a run applied with kubectl gets its labels (workflow, created-at: the list's filters) in one patch
+    assert writes["patch.workflowexecutions"] == 1, writes
     assert 2 <= writes["patch.workflowexecutions.status"] <= 5, writes  # 3 unless a hop outlasts the deferral
 
 
