@@ -50,8 +50,10 @@ screenshots: $(STAMP) binaries ui browser
 bench-ui: $(STAMP) binaries ui browser
 	$(PY) hack/bench/ui.py
 
+# the workflow figures, then issue 15's: bare pods, JetStream, a pod per attempt and pooled, side by side
 bench: $(STAMP) binaries
 	$(PY) hack/bench/workflows.py
+	$(PY) hack/bench/pool.py
 
 bench-collection: $(STAMP) binaries
 	$(PY) hack/bench/collection.py
