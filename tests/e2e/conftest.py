@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,6 +15,7 @@ from nats.js import JetStreamContext
 
 from compozy_operator.testenv import DevEnvironment
 from compozy_operator.testenv.operator_process import OperatorProcess
+from tests.fakellm import FakeLLM
 from tests.helpers import SESSION_OPERATORS, Kubectl, apply_crds, wait_for
 
 T = TypeVar("T")
@@ -51,6 +53,22 @@ def operator(devenv: DevEnvironment, kubectl: Kubectl) -> Iterator[OperatorProce
     yield op
     SESSION_OPERATORS.remove(op)
     op.stop()
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[FakeLLM]:
+    """The stand-in LLM endpoint (OpenAI and Anthropic protocols) of a test module."""
+    server = FakeLLM()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def api_key(kubectl: Kubectl, namespace: str) -> str:
+    """A random API key in the test namespace's Secret llm-credentials (key api-key)."""
+    key = f"sk-test-{secrets.token_hex(12)}"
+    kubectl.ok("create", "secret", "generic", "llm-credentials", "-n", namespace, f"--from-literal=api-key={key}")
+    return key
 
 
 @contextlib.contextmanager

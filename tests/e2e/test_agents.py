@@ -6,13 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import nats
-import pytest
 import yaml
 
 from compozy_operator.testenv import DevEnvironment
@@ -29,20 +26,6 @@ COUNT = ("def run(input, ctx):\n    ctx.log.info('counting words')\n"
 TOOLS = [{"id": "word-count", "description": "Count words", "python": COUNT,
           "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}]
 SCHEMA = {"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]}
-
-
-@pytest.fixture(scope="module")
-def llm() -> Iterator[FakeLLM]:
-    server = FakeLLM()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def api_key(kubectl: Kubectl, namespace: str) -> str:
-    key = f"sk-test-{secrets.token_hex(12)}"
-    kubectl.ok("create", "secret", "generic", "llm-credentials", "-n", namespace, f"--from-literal=api-key={key}")
-    return key
 
 
 def agent(aid: str, model: str, url: str, actions: list[dict[str, Any]], provider: str = "openai",

@@ -5,13 +5,9 @@ from the pool's env (a Secret), not from a pod of its own."""
 from __future__ import annotations
 
 import json
-import secrets
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from compozy_operator.kube import Kube
 from compozy_operator.testenv.operator_process import OperatorProcess
@@ -30,20 +26,6 @@ PID = ("import os\n"
 COUNT = "def run(input, ctx):\n    return {'words': len(input['text'].split())}\n"
 SCHEMA = {"type": "object", "properties": {"words": {"type": "integer"}}, "required": ["words"]}
 KEY_ENV = "LLM_API_KEY"
-
-
-@pytest.fixture(scope="module")
-def llm() -> Iterator[FakeLLM]:
-    server = FakeLLM()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def api_key(kubectl: Kubectl, namespace: str) -> str:
-    key = f"sk-pool-{secrets.token_hex(12)}"
-    kubectl.ok("create", "secret", "generic", "llm-credentials", "-n", namespace, f"--from-literal=api-key={key}")
-    return key
 
 
 def key_pool(**spec: Any) -> dict[str, Any]:
