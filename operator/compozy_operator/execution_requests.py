@@ -11,7 +11,7 @@ import math
 from datetime import datetime
 from typing import Any
 
-from .resources.models import API_VERSION
+from .resources.models import API_VERSION, TERMINAL_PHASES
 
 LABEL_WORKFLOW = "compozy.dev/workflow"  # the Workflow a run runs (`kubectl get wfx -l compozy.dev/workflow=x`)
 LABEL_RESUBMITTED_FROM = "compozy.dev/resubmitted-from"  # the run a resubmitted run was made from
@@ -73,6 +73,18 @@ def stamp_created(obj: dict[str, Any], now: float) -> dict[str, Any]:
     """``obj`` (a new run) labelled as created at ``now``, the creator's guess of the API server's clock."""
     obj["metadata"].setdefault("labels", {})[LABEL_CREATED] = created_value(now)
     return obj
+
+
+PHASES = ("Pending", "Running", *sorted(TERMINAL_PHASES))
+PHASE_FIELD = "status.phase"  # a selectable field of the CRD (resources/crd.py; Kubernetes >= 1.31)
+
+
+def phase_selector(phase: str) -> str:
+    """The field selector of runs in ``phase``. A run the operator has not started has no phase, so
+    ``Pending`` is "none of the others" (field selectors have no "or")."""
+    if phase == "Pending":
+        return ",".join(f"{PHASE_FIELD}!={p}" for p in PHASES if p != "Pending")
+    return f"{PHASE_FIELD}={phase}"
 
 
 def created_after_selector(after: datetime) -> str:

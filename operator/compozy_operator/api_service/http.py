@@ -29,7 +29,8 @@ from .models import (NAME_PATTERN, NAMESPACE_PATTERN, Accepted, Access, ApiError
                      NamespaceList, ResubmitRequest, SignalRequest, TriggerRequest, Whoami, Workflow,
                      WorkflowExecution, WorkflowList)
 from .oidc import SESSION_COOKIE, STATE_COOKIE, UI_PREFIX
-from .operations import PHASES, Operations, own_ref, stored_output_ref
+from ..execution_requests import PHASES
+from .operations import Operations, own_ref, stored_output_ref
 from .streams import attempt_facts
 from .ui import mount_ui
 

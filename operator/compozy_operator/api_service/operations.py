@@ -28,8 +28,6 @@ from ..validation import name_problems
 from .auth import RESOURCE, WORKFLOWS, Authorizer, User
 from .models import Accepted, ApiError, Created, ResubmitRequest, SignalRequest, TriggerRequest
 
-PHASES = ("Pending", "Running", *sorted(TERMINAL_PHASES))
-PHASE_FIELD = "status.phase"  # a selectable field of the CRD (resources/crd.py)
 # where a problem's path (as validation and the API server name it) is in the request body
 _FIELDS = (("spec.input", "input"), ("spec.timeout", "timeout"), ("metadata.name", "name"),
            ("metadata.labels", "labels"), ("metadata.generateName", "name"), ("workflow.spec", "workflow"))
@@ -64,17 +62,10 @@ def own_ref(meta: dict[str, Any], ref: Any) -> bool:
 
 def list_selectors(workflow: str | None, phase: str | None, label_selector: str | None,
                    created_after: datetime | None) -> tuple[str | None, str | None]:
-    """The (label selector, field selector) of a list's filters. The phase is the CRD's selectable
-    field ``status.phase``; a run the operator has not started has none, so ``Pending`` is "none of
-    the others" (field selectors have no "or")."""
+    """The (label selector, field selector) of a list's filters (the phase: execution_requests.phase_selector)."""
     labels = [t for t in (label_selector, f"{requests.LABEL_WORKFLOW}={workflow}" if workflow else None,
                           requests.created_after_selector(created_after) if created_after else None) if t]
-    if phase is None:
-        fields = None
-    elif phase == "Pending":
-        fields = ",".join(f"{PHASE_FIELD}!={p}" for p in PHASES if p != "Pending")
-    else:
-        fields = f"{PHASE_FIELD}={phase}"
+    fields = requests.phase_selector(phase) if phase is not None else None
     return ",".join(labels) or None, fields
 
 

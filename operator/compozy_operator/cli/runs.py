@@ -19,15 +19,14 @@ from typing import Any, TextIO
 
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from ..execution_requests import (LABEL_WORKFLOW, cancel_patch, new_execution, resubmission, retry_patch,
-                                  stamp_created)
+from ..execution_requests import (LABEL_WORKFLOW, PHASES, cancel_patch, new_execution, phase_selector, resubmission,
+                                  retry_patch, stamp_created)
 from ..kube import ApiException
 from ..resources.models import TERMINAL_PHASES, check_duration
 from . import render
 from .connect import CliError, Target, add_flags, api_message, call, connect
 from .render import JSON, Style, UsageError
 
-PHASES = ("Pending", "Running", *sorted(TERMINAL_PHASES))
 WATCH_SECONDS = 60  # one watch request; then it is renewed from the last resourceVersion
 
 
@@ -235,12 +234,15 @@ def list_runs(args: argparse.Namespace) -> int:
     if unknown := phases - set(PHASES):
         raise UsageError(f"--phase {','.join(sorted(unknown))}: not a phase (phases: {', '.join(PHASES)})")
     selectors = [s for s in (args.selector, f"{LABEL_WORKFLOW}={args.workflow}" if args.workflow else None) if s]
+    # one phase: selected by the API server; several: filtered here (field selectors have no "or")
+    fields = phase_selector(next(iter(phases))) if len(phases) == 1 else None
     t = connect(args)
     items: list[JSON] = []
     token = None
     while True:
         page = call("listing executions", t.kube.get, t.executions("" if args.all_namespaces else None),
-                    labelSelector=",".join(selectors) or None, limit=500, **({"continue": token} if token else {}))
+                    labelSelector=",".join(selectors) or None, fieldSelector=fields, limit=500,
+                    **({"continue": token} if token else {}))
         items += page.get("items") or []
         token = (page.get("metadata") or {}).get("continue")
         if not token:
