@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,13 @@ from compozy_operator.pools import PoolWork
 from compozy_operator.task_executor import LOGIN_REFUSALS
 from compozy_operator.testenv.natsserver import NatsServer
 from compozy_operator.testenv.operator_process import OperatorProcess
+from tests.fakellm import FakeLLM
 from tests.helpers import Kubectl, wait_for
 from tests.testenv.test_nats_callout import _token
 
 from .conftest import execution_status, wait_finished
 from .test_pools import PY_OK, execution, pool, runners
-from . import test_pools, test_tenant_isolation
+from . import test_pool_agents, test_pools, test_tenant_isolation
 from .test_tenant_isolation import _metric
 
 CRASH = "import os\ndef run(input, ctx):\n    os._exit(3)\n"
@@ -276,4 +278,15 @@ def test_the_pool_lifecycle_holds_in_callout_mode(case: Callable[..., None],
                                                   kubectl: Kubectl, kube: Kube, tenants: tuple[str, str],
                                                   tmp_path: Path) -> None:
     case(operator=callout_cluster[1], kubectl=kubectl, kube=kube, namespace=tenants[0], tmp_path=tmp_path)
+    assert _metric(callout_cluster[1].metrics(), "compozy_nats_auth_total", '{result="granted"}') >= 2
+
+
+def test_a_pooled_agent_in_callout_mode(callout_cluster: tuple[NatsServer, OperatorProcess], kubectl: Kubectl,
+                                        kube: Kube, tenants: tuple[str, str], llm: FakeLLM) -> None:
+    """test_pool_agents' agent (2 model calls, a tool call, the pool's API key) on a runner whose
+    attempts log in through the callout."""
+    key = f"sk-callout-{secrets.token_hex(12)}"
+    kubectl.ok("create", "secret", "generic", "llm-credentials", "-n", tenants[0], f"--from-literal=api-key={key}")
+    test_pool_agents.test_an_agent_runs_on_the_pool_with_the_pools_key(
+        operator=callout_cluster[1], kubectl=kubectl, kube=kube, namespace=tenants[0], llm=llm, api_key=key)
     assert _metric(callout_cluster[1].metrics(), "compozy_nats_auth_total", '{result="granted"}') >= 2
