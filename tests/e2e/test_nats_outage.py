@@ -16,6 +16,7 @@ from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl, wait_for
 
 from .conftest import wait_finished
+from .test_pools import pool, runners, task_pods
 from .test_reliability import pods_of
 from .test_workflows import apply, execution, workflow
 
@@ -36,11 +37,16 @@ def tool_runs(file: Path) -> Counter[str]:
 
 
 def run_through_outage(devenv: DevEnvironment, kubectl: Kubectl, kube: Kube, namespace: str, tmp_path: Path,
-                       outage: float, runs: int) -> None:
+                       outage: float, runs: int, pooled: bool = False) -> None:
+    """``pooled``: the tool runs on a warm runner pool (its runner and each attempt's process lose
+    NATS too) instead of a pod per attempt."""
     file = tmp_path / "tool-runs"
     names = [f"outage-{i}" for i in range(runs)]
-    apply(kubectl, namespace, workflow("outage", TASKS, tools=[{"id": "counted", "python": COUNTED}],
-                                       output={"n": "{{ tasks.b.output.n }}"}),
+    tool = {"id": "counted", "python": COUNTED, **({"pool": "warm"} if pooled else {})}
+    if pooled:
+        apply(kubectl, namespace, pool("warm", concurrency=2 * runs, minReplicas=1, maxReplicas=1))
+        wait_for(lambda: runners(kube, namespace), 60, "the pool's runner")
+    apply(kubectl, namespace, workflow("outage", TASKS, tools=[tool], output={"n": "{{ tasks.b.output.n }}"}),
           *(execution(name, "outage", {"file": str(file), "n": i}) for i, name in enumerate(names)))
     wait_for(lambda: len(tool_runs(file)) == runs, 60, "every run's first tool to start")
     devenv.nats.stop()
@@ -56,7 +62,10 @@ def run_through_outage(devenv: DevEnvironment, kubectl: Kubectl, kube: Kube, nam
     assert {n: {t: s["tasks"][t]["attempt"] for t in ("a", "b")} for n, s in statuses.items()} == \
         {n: {"a": 1, "b": 1} for n in names}
     assert tool_runs(file) == {f"{n} {t} 1": 1 for n in names for t in ("a", "b")}
-    wait_for(lambda: not pods_of(kube, namespace), 60, "every task pod to be deleted")
+    if pooled:  # (the runner's pod stays)
+        assert task_pods(kube, namespace) == [], "a pooled attempt got a pod"
+    else:
+        wait_for(lambda: not pods_of(kube, namespace), 60, "every task pod to be deleted")
 
 
 def test_runs_in_flight_survive_a_20s_nats_outage(operator: OperatorProcess, devenv: DevEnvironment,
@@ -69,3 +78,9 @@ def test_runs_in_flight_survive_a_60s_nats_outage(operator: OperatorProcess, dev
                                                   kubectl: Kubectl, kube: Kube, namespace: str,
                                                   tmp_path: Path) -> None:
     run_through_outage(devenv, kubectl, kube, namespace, tmp_path, outage=60, runs=3)
+
+
+def test_pooled_runs_in_flight_survive_a_20s_nats_outage(operator: OperatorProcess, devenv: DevEnvironment,
+                                                         kubectl: Kubectl, kube: Kube, namespace: str,
+                                                         tmp_path: Path) -> None:
+    run_through_outage(devenv, kubectl, kube, namespace, tmp_path, outage=20, runs=6, pooled=True)
