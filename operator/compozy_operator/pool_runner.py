@@ -58,7 +58,8 @@ from nats.aio.msg import Msg
 from .bus import Bus, LoginRefused
 from .events import (POOL_STREAM, EventType, Publisher, inbox_prefix, make_event, pool_attempt_user, pool_consumer,
                      runner_inbox_prefix, stop_subject, token, untask_token, untoken)
-from .pools import CONCURRENCY_ENV, POOL_NAME_ENV, PoolWork, parse_work
+from .pools import ATTEMPT_MEMORY_ENV, CONCURRENCY_ENV, POOL_NAME_ENV, PoolWork, parse_work
+from .process_limits import limit_memory, oom_kill_me_first
 from .task_executor import NATS_TOKEN_FILE_ENV, Attempt, nats_login, run_attempt, token_reader
 
 log = logging.getLogger("compozy.runner")
@@ -96,6 +97,9 @@ def child_main(work: dict[str, Any], pool: str, pod: str, claimant: str, redeliv
     # a group of its own: a signal to the runner's group (a kubelet stopping the pod) is the runner's
     # to handle (it lets the attempts finish first), not each attempt's
     os.setpgid(0, 0)
+    # a tool's leak or memory bomb fails its own attempt, not the runner's container
+    limit_memory(int(os.environ.get(ATTEMPT_MEMORY_ENV) or 0))
+    oom_kill_me_first()
     w = PoolWork(**work)
     a = Attempt(w.namespace, w.execution, w.uid, w.task, w.attempt, pod, claimant, w.nonce, pool, redelivered)
     user = attempt_user(w)  # (before nats_login takes the token file's name out of the environment)

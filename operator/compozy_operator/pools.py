@@ -24,10 +24,16 @@ RUNNER_COMPONENT = "runner"
 RUNNER_POD_SELECTOR = f"{LABEL_MANAGED}={MANAGER},app.kubernetes.io/component={RUNNER_COMPONENT}"
 POOL_NAME_ENV = "COMPOZY_POOL"
 CONCURRENCY_ENV = "COMPOZY_POOL_CONCURRENCY"
+ATTEMPT_MEMORY_ENV = "COMPOZY_POOL_ATTEMPT_MEMORY_MB"
 
 
 def deployment_name(pool: str) -> str:
     return f"compozy-runner-{pool}"
+
+
+def mebibytes(quantity: str) -> int:
+    """``512Mi`` -> 512, ``2Gi`` -> 2048 (the forms RunnerPoolSpec.attempt_memory allows)."""
+    return int(quantity[:-2]) * (1024 if quantity.endswith("Gi") else 1)
 
 
 def runner_deployment(settings: Settings, pool: dict[str, Any], replicas: int) -> dict[str, Any]:
@@ -45,6 +51,9 @@ def runner_deployment(settings: Settings, pool: dict[str, Any], replicas: int) -
             {"name": "COMPOZY_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": POOL_NAME_ENV, "value": name},
             {"name": CONCURRENCY_ENV, "value": str(spec.concurrency)},
+            # (glibc's per-thread malloc arenas would reserve 64 MiB of address space each)
+            *([{"name": ATTEMPT_MEMORY_ENV, "value": str(mebibytes(spec.attempt_memory))},
+               {"name": "MALLOC_ARENA_MAX", "value": "2"}] if spec.attempt_memory else []),
             *runner_variables(settings),
             *(spec.env or []),
         ],

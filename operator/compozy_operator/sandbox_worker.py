@@ -15,7 +15,6 @@ import collections
 import ctypes
 import os
 import pickle
-import resource
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ import jsonschema
 from . import templates
 from .resources.models import WorkflowSpec
 from .executor import decide
+from .process_limits import limit_memory, oom_kill_me_first
 from .sandbox import HEADER, MAX_ANSWER, dumps, encode_action
 from .templates import TemplateTimeout
 from .validation import check_input, check_workflow
@@ -212,16 +212,6 @@ def _read(stream: BinaryIO, n: int) -> bytes:
     return data
 
 
-def _limit_memory(extra_mb: int) -> None:
-    if extra_mb <= 0:
-        return
-    with open("/proc/self/statm") as f:
-        size = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    limit = size + extra_mb * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
 def _die_with(parent: int) -> None:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -229,11 +219,7 @@ def _die_with(parent: int) -> None:
         pass
     if os.getppid() != parent:
         os._exit(0)
-    try:  # under the pod's memory limit, the kernel's OOM killer picks a worker before the operator
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("1000")
-    except OSError:
-        pass
+    oom_kill_me_first()  # under the pod's memory limit: a worker before the operator
 
 
 def main() -> None:
@@ -248,7 +234,7 @@ def main() -> None:
     install_guard(float(limits["timeout"]))
     worker = Worker(limits)
     signal.signal(signal.SIGALRM, worker.timer.fire)
-    _limit_memory(int(limits["memory_mb"]))
+    limit_memory(int(limits["memory_mb"]))
 
     def send(data: bytes) -> None:
         channel_out.write(HEADER.pack(len(data)) + data)

@@ -300,3 +300,28 @@ def test_an_operator_restart_leaves_running_and_queued_pooled_attempts_alone(
             assert status["phase"] == "Succeeded" and status["tasks"]["a"]["attempt"] == 1, status
         assert sorted(log.read_text().split()) == ["r-1", "r-2"]
         assert op.log_path is not None and "queued task a attempt 1 of" not in op.log_path.read_text()
+
+
+HOG = "def run(input, ctx):\n    return {'n': len(bytearray(2 << 30))}\n"  # 2 GiB
+
+
+def test_a_memory_bomb_fails_only_its_own_attempt(operator: OperatorProcess, kubectl: Kubectl, kube: Kube,
+                                                 namespace: str, tmp_path: Path) -> None:
+    """attemptMemory bounds each attempt's process: a tool allocating 2 GiB fails with MemoryError,
+    while an attempt beside it on the same runner succeeds and the runner goes on, never restarted."""
+    log = tmp_path / "runs.log"
+    apply(kubectl, namespace, pool("warm", attemptMemory="256Mi", concurrency=2, maxReplicas=1),
+          workflow("bomb", [{"id": "a", "tool": "hog", "with": {}}], {"hog": HOG}),
+          workflow("calm", [{"id": "a", "tool": "counted", "with": {"log": str(log), "seconds": 3}}],
+                   {"counted": PY_COUNTED}))
+    [runner] = wait_for(lambda: runners(kube, namespace), 60, "the pool's runner")
+    apply(kubectl, namespace, execution("calm-1", "calm"))
+    wait_for(lambda: log.exists() and "calm-1" in log.read_text(), 60, "calm-1's attempt to start")
+    apply(kubectl, namespace, execution("bomb-1", "bomb"))
+    bomb = wait_finished(kubectl, namespace, "bomb-1", 60)
+    assert bomb["phase"] == "Failed" and "MemoryError" in bomb["tasks"]["a"]["error"]["message"], bomb
+    assert bomb["tasks"]["a"]["podName"] == runner["metadata"]["name"]
+    assert wait_finished(kubectl, namespace, "calm-1", 60)["phase"] == "Succeeded"
+    [after] = runners(kube, namespace)
+    assert after["metadata"]["uid"] == runner["metadata"]["uid"]
+    assert [c.get("restartCount", 0) for c in after["status"].get("containerStatuses") or []] in ([0], [])

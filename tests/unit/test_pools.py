@@ -42,6 +42,19 @@ def test_pool_bounds_are_checked() -> None:
         RunnerPoolSpec.model_validate({"concurrency": 0})
 
 
+def test_attempt_memory_reaches_the_runner_as_mebibytes() -> None:
+    for quantity, mib in (("256Mi", "256"), ("2Gi", "2048")):
+        pool = {**POOL, "spec": {**POOL["spec"], "attemptMemory": quantity}}
+        [c] = runner_deployment(Settings(), pool, replicas=1)["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["COMPOZY_POOL_ATTEMPT_MEMORY_MB"] == mib and env["MALLOC_ARENA_MAX"] == "2"
+    [c] = runner_deployment(Settings(), POOL, replicas=1)["spec"]["template"]["spec"]["containers"]
+    assert "COMPOZY_POOL_ATTEMPT_MEMORY_MB" not in {e["name"] for e in c["env"]}
+    for bad in ("256M", "0Mi", "1.5Gi", "-1Gi", "512"):
+        with pytest.raises(ValidationError, match="attempt_memory|attemptMemory"):
+            RunnerPoolSpec.model_validate({"attemptMemory": bad})
+
+
 def test_the_runners_deployment() -> None:
     d = runner_deployment(Settings(task_image="img:1"), POOL, replicas=2)
     assert d["metadata"]["name"] == "compozy-runner-warm" and d["metadata"]["namespace"] == "team-a"

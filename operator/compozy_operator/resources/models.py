@@ -434,6 +434,11 @@ class RunnerPoolSpec(Model):
         None, max_length=100, description="Kubernetes EnvVar list of the runner pods (valueFrom.secretKeyRef "
         "allowed): what every pooled attempt's process inherits.")
     concurrency: int = Field(4, ge=1, le=256, description="Attempts one runner runs at once.")
+    attempt_memory: str | None = Field(
+        None, pattern=r"^[1-9][0-9]{0,6}(Mi|Gi)$",
+        description="Memory one attempt's process may allocate beyond what it starts with (e.g. 512Mi): "
+        "more fails in that process (MemoryError), not in the runner or another attempt. Unset: no "
+        "limit of its own (the runner pod's memory limit is shared by its attempts).")
     min_replicas: int = Field(1, ge=0, le=1000, description="Runners kept even when idle.")
     max_replicas: int = Field(4, ge=1, le=1000, description="Runners at most, however deep the queue.")
 
