@@ -7,12 +7,16 @@ import json
 from collections import Counter
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from compozy_operator.executor import epoch
 from compozy_operator.kube import Kube
+from compozy_operator.orchestrator.pod_watch import STOP_GRACE
+from compozy_operator.pods import ANNOTATION_TASK, LABEL_ATTEMPT, LABEL_EXECUTION, LABEL_MANAGED, LABEL_TASK, MANAGER
 from compozy_operator.testenv import DevEnvironment
 from compozy_operator.testenv.admission import unchecked  # past the webhook: what the run does with it
 from compozy_operator.testenv.operator_process import OperatorProcess
@@ -199,3 +203,40 @@ def test_a_result_lost_with_the_stream_fails_the_attempt_instead_of_hanging(
     lost = status["tasks"]["a"]["attempts"][0]["error"]
     assert lost["reason"] == "ResultLost" and "exited successfully" in lost["message"]
     assert tool_runs(tmp_path, "forgotten-1") == Counter({("a", 1): 1, ("a", 2): 1})
+
+
+def test_a_pod_still_going_after_its_run_ended_is_stopped_by_the_next_operator(
+        operator: OperatorProcess, devenv: DevEnvironment, kubectl: Kubectl, kube: Kube, namespace: str,
+        tmp_path: Path) -> None:
+    """The chaos run's leftover: a replaced attempt's pod whose stop was lost (a NATS outage) and whose
+    stop timer died with the operator, still running after its run ended. Made here as a pod of the
+    ended run that just sleeps (the process node runs it), while no operator runs: the next operator
+    stops it, the run having ended more than STOP_GRACE ago."""
+    apply(kubectl, namespace, workflow("over", [{"id": "a", "tool": "counted", "with": {"dir": "/tmp"}}],
+                                       tools=TOOLS), execution("over-1", "over"))
+    assert wait_finished(kubectl, namespace, "over-1")["phase"] == "Succeeded"
+    run = kube.get(f"/apis/compozy.dev/v1alpha1/namespaces/{namespace}/workflowexecutions/over-1")["metadata"]
+    name = "over-1-a-7"
+    with instead_of(operator, devenv, tmp_path / "operator.log") as op:
+        op.kill()
+        labels = {LABEL_MANAGED: MANAGER, "app.kubernetes.io/component": "task", LABEL_TASK: "a",
+                  LABEL_ATTEMPT: "7", LABEL_EXECUTION: "over-1"}
+        kube.create(f"/api/v1/namespaces/{namespace}/pods", {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": labels, "annotations": {ANNOTATION_TASK: "a"},
+                         "ownerReferences": [{"apiVersion": "compozy.dev/v1alpha1", "kind": "WorkflowExecution",
+                                              "name": "over-1", "uid": run["uid"], "controller": True}]},
+            "spec": {"containers": [{"name": "task", "image": "compozy/compozy-operator:parked",
+                                     "command": ["python3", "-c", "import time; time.sleep(300)"]}]}})
+
+        def phase() -> str | None:
+            pods = kube.get(f"/api/v1/namespaces/{namespace}/pods", fieldSelector=f"metadata.name={name}")["items"]
+            if not pods:
+                return "Gone"
+            return "Stopping" if pods[0]["metadata"].get("deletionTimestamp") else pods[0]["status"].get("phase")
+
+        assert wait_for(lambda: phase() == "Running", 60, "the pod to run"), phase()
+        time.sleep(max(0.0, epoch(execution_status(kubectl, namespace, "over-1")["finishedAt"]) + STOP_GRACE
+                       - time.time()))
+        op.start()
+        wait_for(lambda: phase() in ("Stopping", "Gone"), 30, "the pod of the ended run to be stopped")

@@ -88,7 +88,7 @@ class Orchestrator:
             workflow = ((obj.get("spec") or {}).get("workflowRef") or {}).get("name")
             if meta["uid"] not in self.pods.finished and isinstance(workflow, str):  # its end, first seen here
                 self.retention.workflow_seen(meta["namespace"], workflow)
-            self.forget(meta["uid"], epoch(current.finished_at) if current.finished_at else None)
+            self.forget(meta["uid"], epoch(current.finished_at) if current.finished_at else None, meta["namespace"])
             await self.retention.run_seen(obj)
             return
         self.pool.start()
@@ -139,12 +139,12 @@ class Orchestrator:
     async def on_node(self, node: dict[str, Any], deleted: bool = False) -> None:
         await self.pods.on_node(node, deleted)
 
-    def forget(self, uid: str, finished_at: float | None = None) -> None:
-        """The run has ended (at ``finished_at``) or is gone."""
-        self.runs.pop(uid, None)
+    def forget(self, uid: str, finished_at: float | None = None, namespace: str | None = None) -> None:
+        """The run (of ``namespace``) has ended (at ``finished_at``) or is gone."""
+        run = self.runs.pop(uid, None)
         self.dispatcher.forget(uid)
         self.timers.cancel(uid)
-        self.pods.run_ended(uid, finished_at)
+        self.pods.run_ended(uid, finished_at, run.namespace if run is not None else namespace)
 
     async def close(self) -> None:
         await self.effects.close()

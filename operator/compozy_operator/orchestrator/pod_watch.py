@@ -84,6 +84,8 @@ class PodWatch:
             self.slot_freed(run)  # a worker slot is free: a full parent may dispatch now
         if run is not None and not ended:
             await self._stop_if_stale(run, meta["name"], task, attempt)
+        elif run is None and not ended and owner["uid"] in self.finished:
+            await self._stop_after_run(pod, owner["uid"])
         await self.effects.run(("pod", meta["uid"], event_type == "DELETED"),
                                lambda: self._check(event_type, pod, owner, task, attempt, phase, recheck),
                                f"handling pod {meta['namespace']}/{meta['name']} ({event_type})")
@@ -143,7 +145,7 @@ class PodWatch:
             return "unknown"
         return "ended" if _ended(run.status.tasks.get(task), attempt, TASK_TERMINAL) else "in-flight"
 
-    def run_ended(self, uid: str, finished_at: float | None = None) -> None:
+    def run_ended(self, uid: str, finished_at: float | None = None, namespace_of_run: str | None = None) -> None:
         """Remember that a run has ended, and when (bounded: the oldest are forgotten first); its
         pods kept for the run's end (OnWorkflowCompletion) are looked at again."""
         self.finished[uid] = self.finished.get(uid) or finished_at or time.time()
@@ -151,6 +153,25 @@ class PodWatch:
             self.finished.popitem(last=False)
         for namespace, name in self.kept.pop(uid, ()):
             self.recheck_later({"metadata": {"namespace": namespace, "name": name}}, 0.0)
+        if namespace_of_run is not None:  # its pods still going are stopped after the grace (_stop_after_run)
+            wait = max(0.0, self.finished[uid] + STOP_GRACE - time.time())
+            for name in self.dispatcher.alive.get(uid, {}):
+                self.recheck_later({"metadata": {"namespace": namespace_of_run, "name": name}}, wait + 0.05)
+
+    async def _stop_after_run(self, pod: dict[str, Any], run_uid: str) -> None:
+        """A pod still going after its run ended (a replaced attempt's whose stop was lost, and whose
+        grace timer died with an operator): stopped once STOP_GRACE has passed since the run's end,
+        a time kept in the status, so a restarted operator does it too."""
+        meta = pod["metadata"]
+        if meta.get("deletionTimestamp"):
+            return
+        wait = self.finished[run_uid] + STOP_GRACE - time.time()
+        if wait > 0:
+            self.recheck_later(pod, wait + 0.05)
+            return
+        await self.effects.run(("stop", run_uid, meta["name"]),
+                               lambda: self.cleanup.delete_pod(meta["namespace"], meta["name"], uid=meta["uid"]),
+                               f"stopping pod {meta['namespace']}/{meta['name']}: its run has ended")
 
     def run_resumed(self, uid: str) -> None:
         """A retry round of an ended run began: its pods matter again."""
