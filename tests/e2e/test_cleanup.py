@@ -342,3 +342,24 @@ def test_a_crash_in_a_history_prune_is_finished_by_the_next_operator(
     wait_for(lambda: not stored_outputs(devenv, output_prefix(namespace, "h-1", uids["h-1"]))
              and not stored_outputs(devenv, output_prefix(namespace, "h-2", uids["h-2"])), 30,
              "the deleted runs' outputs to be removed")
+
+
+def test_a_crash_in_the_orphan_sweep_is_finished_by_the_next_operator(
+        operator: OperatorProcess, kubectl: Kubectl, kube: Kube, devenv: DevEnvironment, namespace: str,
+        tmp_path: Path) -> None:
+    """A run deleted while no operator runs leaves its output; the next operator's sweep is killed just
+    before it removes it; the one after removes it, and never a live run's."""
+    apply(kubectl, namespace, workflow("swept", [{"id": "b", "tool": "big", "with": {}}], tools=[BIG]),
+          execution("swept-1", "swept"), execution("swept-2", "swept"))
+    gone_uid, _ = _finished_and_stored(kubectl, devenv, namespace, "swept-1")
+    kept_uid, _ = _finished_and_stored(kubectl, devenv, namespace, "swept-2")
+    point = "sweep.outputs:before"
+    with armed_in(operator, devenv, tmp_path, namespace, point) as armed:
+        armed.kill()
+        kubectl.ok("delete", "wfx", "swept-1", "-n", namespace)
+        armed.start()
+        _crashed_at(armed, point)
+        assert stored_outputs(devenv, output_prefix(namespace, "swept-1", gone_uid))
+    wait_for(lambda: not stored_outputs(devenv, output_prefix(namespace, "swept-1", gone_uid)), 30,
+             "the orphaned output to be swept by the next operator")
+    assert stored_outputs(devenv, output_prefix(namespace, "swept-2", kept_uid)), "a live run's output was swept"
