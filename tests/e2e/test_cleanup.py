@@ -357,7 +357,7 @@ def test_a_crash_in_the_orphan_sweep_is_finished_by_the_next_operator(
     with armed_in(operator, devenv, tmp_path, namespace, point) as armed:
         armed.kill()
         kubectl.ok("delete", "wfx", "swept-1", "-n", namespace)
-        armed.start()
+        armed.start(wait_ready=False)  # the sweep runs at start: it may fire before the probe answers
         _crashed_at(armed, point)
         assert stored_outputs(devenv, output_prefix(namespace, "swept-1", gone_uid))
     wait_for(lambda: not stored_outputs(devenv, output_prefix(namespace, "swept-1", gone_uid)), 30,
