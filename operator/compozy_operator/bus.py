@@ -377,7 +377,9 @@ class Bus:
         """Queue one pooled attempt on its pool's work queue (pools.PoolWork)."""
         assert self.js is not None
         data = self.check_size(json.dumps(work).encode(), "the pool message")
+        failpoints.point("publish.PoolWork:before")
         ack = await self.js.publish(subject, data, stream=POOL_STREAM, headers={"Nats-Msg-Id": msg_id})
+        failpoints.point("publish.PoolWork:after")
         return ack.seq
 
     async def get_command(self, subject: str) -> tuple[str, Any] | None:

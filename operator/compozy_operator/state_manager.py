@@ -2,7 +2,8 @@
 
 A durable pull consumer reads ``COMPOZY_STATE``. Each batch is grouped by execution; each group
 becomes at most one status PATCH (a merge patch of only what changed), and progress-only events
-wait briefly to share a PATCH with what follows. Messages are acked only after their PATCH
+wait briefly to share a PATCH with what follows; a task's or run's end is decided on at once and
+written with the events that decision published (the next dispatch, the run's end). Messages are acked only after their PATCH
 succeeded, so an operator crash re-delivers them (after ``ACK_WAIT``), and the reducer's
 transition checks make the re-delivery a no-op. This is the only writer of the status.
 
@@ -45,6 +46,12 @@ MAX_NAK_DELAY = 30.0
 # Batches folded at once. Folded one after another, every execution's events waited for the slowest
 # PATCH of the batch before (under load: 0.6 s p50, 2 s p99, so events sat 1.4-2.3 s in the stream).
 MAX_BATCHES = 8
+# After an urgent event the orchestrator decides at once, and the status write waits for that
+# decision (at most DECISION_WAIT) and LINGER more: the events it published (the next task's
+# TaskDispatched, the run's end) then share the PATCH of the event that caused them, one PATCH per
+# hop instead of two or three. Live progress does not wait for it (the event stream never does).
+DECISION_WAIT = 1.0
+LINGER = 0.05
 Key = tuple[str, str]  # namespace, execution name
 Item = tuple[Msg, Event, int]  # a message, its event, its stream sequence
 # (the object with its status folded, not yet written; the events folded into it since the last write)
@@ -136,6 +143,10 @@ class Pending:
     fresh: list[Event] = field(default_factory=list)  # events not folded before (for metrics once written)
     events: list[Event] = field(default_factory=list)  # every event folded since the last write
     timer: asyncio.TimerHandle | None = None
+    due: bool = False  # an urgent event's write is on its way (after its decision): no timer needed
+    # the status as each urgent event left it: the milestones between them are observed one by one
+    # (a failed attempt and its retry, folded into one write, still make a TaskFailed Event)
+    marks: list[WorkflowExecutionStatus] = field(default_factory=list)
 
 
 class Pipeline:
@@ -184,6 +195,7 @@ class StateManager:
         self.fetch_error: str | None = None  # why the last fetch failed, until one succeeds
         self.position: tuple[datetime | None, int] | None = None  # (stream created, ack floor) last seen
         self.recorder = EventRecorder(kube)  # Kubernetes Events of the milestones, aggregated
+        self.writes: set[asyncio.Task[None]] = set()  # urgent writes waiting for their decision
 
     def problem(self) -> str | None:
         """Why the manager cannot read events right now (for /readyz), or None."""
@@ -213,6 +225,8 @@ class StateManager:
                 await batches.submit(lambda: self.start_batch(msgs))
         finally:
             batches.cancel()  # what they had not acknowledged is redelivered
+            for task in self.writes:
+                task.cancel()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
@@ -326,19 +340,44 @@ class StateManager:
             p.msgs += msgs
             # Redelivered events are late already (a crash, a failed PATCH): they wait no longer.
             urgent = any(ev.type in URGENT or m.metadata.num_delivered > 1 for m, ev, _ in folded)
+            if urgent:
+                p.marks.append(p.after)  # (a fold makes a new status: this one stays as it is)
             if not urgent and self.defer > 0:
-                if p.timer is None:
+                if p.timer is None and not p.due:
                     p.timer = asyncio.get_running_loop().call_later(
                         self.defer, lambda: asyncio.ensure_future(self._flush_later(key)))
                 return
-            # The orchestrator decides from the folded status at once, in parallel with the
-            # PATCH: the events are already durable in the stream, which is what it replays
-            # after a restart, so nothing is decided that a crash could lose.
+            # The orchestrator decides from the folded status at once, before the PATCH: the
+            # events are already durable in the stream, which is what it replays after a
+            # restart, so nothing is decided that a crash could lose.
             decided = asyncio.create_task(self.on_status({**p.obj, "status": p.after.dump()}, p.events))
+            if self.defer > 0:
+                if not p.due:
+                    p.due = True
+                    if p.timer is not None:  # the urgent write takes the deferred events with it
+                        p.timer.cancel()
+                        p.timer = None
+                    self._write_after(key, decided)
+                return
             await self._flush(key)
+        await self._decided(key, decided)
+
+    def _write_after(self, key: Key, decided: asyncio.Task[None]) -> None:
+        """Flush ``key`` once ``decided`` is done (or DECISION_WAIT has passed) and LINGER more."""
+        async def write() -> None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._decided(key, decided)), DECISION_WAIT)
+            await asyncio.sleep(LINGER)
+            await self._flush_later(key)
+        task = asyncio.ensure_future(write())
+        self.writes.add(task)
+        task.add_done_callback(self.writes.discard)
+
+    @staticmethod
+    async def _decided(key: Key, decided: asyncio.Task[None]) -> None:
         try:
             await decided
-        except Exception:  # noqa: BLE001 - the status is written; its watch event brings the orchestrator back
+        except Exception:  # noqa: BLE001 - the status gets written; its watch event brings the orchestrator back
             log.exception("the orchestrator failed to decide on %s/%s", *key)
 
     async def _flush_later(self, key: Key) -> None:
@@ -382,8 +421,10 @@ class StateManager:
         STATUS_PATCHES.inc()
         written = await asyncio.to_thread(self.kube.merge_patch, executions_path(*key) + "/status", {"status": patch})
         self.cache[key] = written
-        for etype, reason, message in observe(key[0], p.before, p.after):
-            asyncio.get_running_loop().run_in_executor(None, self.recorder.post, written, etype, reason, message)
+        chain = [p.before, *p.marks, p.after]
+        for before, after in zip(chain, chain[1:]):
+            for etype, reason, message in observe(key[0], before, after):
+                asyncio.get_running_loop().run_in_executor(None, self.recorder.post, written, etype, reason, message)
         return written
 
     def forget(self, key: Key) -> None:

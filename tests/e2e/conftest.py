@@ -86,6 +86,13 @@ def instead_of(operator: OperatorProcess, devenv: DevEnvironment, log_path: Path
         operator.start()
 
 
+def crashed_at(op: OperatorProcess, point: str) -> None:
+    """Wait for ``op`` (armed at failpoint ``point``) to die, and check it died there."""
+    assert op.proc is not None
+    wait_for(lambda: not op.proc.alive(), 60, f"the operator to crash at failpoint {point}")  # type: ignore[union-attr]
+    assert op.log_path is not None and f"failpoint {point} fired" in op.log_path.read_text()
+
+
 def execution_status(kubectl: Kubectl, namespace: str, name: str) -> dict:
     import json
 

@@ -24,7 +24,7 @@ from compozy_operator.testenv import DevEnvironment
 from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl, wait_for
 
-from .conftest import execution_status, instead_of, jetstream, wait_finished
+from .conftest import crashed_at, execution_status, instead_of, jetstream, wait_finished
 from .test_workflows import apply, execution, metric, workflow
 
 PREFIX = "/apis/compozy.dev/v1alpha1/namespaces"
@@ -286,12 +286,6 @@ def armed_in(operator: OperatorProcess, devenv: DevEnvironment, tmp_path: Path, 
     return instead_of(operator, devenv, tmp_path / "armed.log", COMPOZY_FAILPOINTS=point, COMPOZY_NAMESPACES=namespace)
 
 
-def _crashed_at(op: OperatorProcess, point: str) -> None:
-    assert op.proc is not None
-    wait_for(lambda: not op.proc.alive(), 60, f"the operator to crash at failpoint {point}")  # type: ignore[union-attr]
-    assert op.log_path is not None and f"failpoint {point} fired" in op.log_path.read_text()
-
-
 @pytest.mark.parametrize("point", ["kube.delete.workflowexecutions:after", "purge.outputs:before",
                                    "purge.logs:before", "purge.state:before"])
 def test_a_crash_between_deleting_a_run_and_purging_it_leaves_no_stored_output(
@@ -308,7 +302,7 @@ def test_a_crash_between_deleting_a_run_and_purging_it_leaves_no_stored_output(
         apply(kubectl, namespace, _with_ttl("gone-1", "gone", 2))
         wait_finished(kubectl, namespace, "gone-1")
         uid = json.loads(kubectl.ok("get", "wfx", "gone-1", "-n", namespace, "-o", "json"))["metadata"]["uid"]
-        _crashed_at(armed, point)
+        crashed_at(armed, point)
         assert _gone(kube, namespace, "gone-1")
         orphaned = point in ("kube.delete.workflowexecutions:after", "purge.outputs:before")
         assert bool(stored_outputs(devenv, output_prefix(namespace, "gone-1", uid))) == orphaned
@@ -333,7 +327,7 @@ def test_a_crash_in_a_history_prune_is_finished_by_the_next_operator(
         for name in ("h-1", "h-2"):
             apply(kubectl, namespace, execution(name, "hist"))
             uids[name], _ = _finished_and_stored(kubectl, devenv, namespace, name)
-        _crashed_at(armed, point)
+        crashed_at(armed, point)
         assert _runs(kube, namespace) == {"h-2"}
         assert stored_outputs(devenv, output_prefix(namespace, "h-1", uids["h-1"]))
     apply(kubectl, namespace, execution("h-3", "hist"))
@@ -358,7 +352,7 @@ def test_a_crash_in_the_orphan_sweep_is_finished_by_the_next_operator(
         armed.kill()
         kubectl.ok("delete", "wfx", "swept-1", "-n", namespace)
         armed.start(wait_ready=False)  # the sweep runs at start: it may fire before the probe answers
-        _crashed_at(armed, point)
+        crashed_at(armed, point)
         assert stored_outputs(devenv, output_prefix(namespace, "swept-1", gone_uid))
     wait_for(lambda: not stored_outputs(devenv, output_prefix(namespace, "swept-1", gone_uid)), 30,
              "the orphaned output to be swept by the next operator")

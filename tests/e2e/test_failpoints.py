@@ -23,7 +23,7 @@ from compozy_operator.testenv import DevEnvironment
 from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl, wait_for
 
-from .conftest import OPERATOR_ENV, execution_status, wait_finished
+from .conftest import OPERATOR_ENV, crashed_at, execution_status, wait_finished
 from .test_workflows import apply, execution, workflow
 
 COUNTED = ("import os, time\n"
@@ -87,10 +87,7 @@ def crash_and_recover(start: Callable[[str | None], OperatorProcess], point: str
     """Arm ``point``, do ``run``, see the operator die there, then start a clean one."""
     armed = start(point)
     run()
-    assert armed.proc is not None
-    wait_for(lambda: not armed.proc.alive(), 60, f"the operator to crash at failpoint {point}")  # type: ignore[union-attr]
-    assert armed.log_path is not None
-    assert f"failpoint {point} fired" in armed.log_path.read_text()
+    crashed_at(armed, point)
     start(None)
 
 

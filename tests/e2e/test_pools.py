@@ -17,7 +17,7 @@ from compozy_operator.testenv import DevEnvironment
 from compozy_operator.testenv.operator_process import OperatorProcess
 from tests.helpers import Kubectl, pid_alive, pid_of, wait_for
 
-from .conftest import execution_status, instead_of, jetstream, wait_finished
+from .conftest import OPERATOR_ENV, crashed_at, execution_status, instead_of, jetstream, wait_finished
 from .test_workflows import metric
 
 PY_OK = "def run(input, ctx):\n    ctx.log.info('pid %s', __import__('os').getpid())\n    return {'echo': input}\n"
@@ -300,6 +300,33 @@ def test_an_operator_restart_leaves_running_and_queued_pooled_attempts_alone(
             assert status["phase"] == "Succeeded" and status["tasks"]["a"]["attempt"] == 1, status
         assert sorted(log.read_text().split()) == ["r-1", "r-2"]
         assert op.log_path is not None and "queued task a attempt 1 of" not in op.log_path.read_text()
+
+
+@pytest.mark.parametrize("point", ["publish.PoolWork:before", "publish.PoolWork:after"])
+def test_a_crash_while_queueing_a_lost_attempt_again_runs_it_once(
+        point: str, operator: OperatorProcess, kubectl: Kubectl, kube: Kube, devenv: DevEnvironment, namespace: str,
+        tmp_path: Path) -> None:
+    """The pool's stream is deleted while no operator runs, with one attempt running and one queued. The
+    next operator queues the lost one again and is killed just before (or just after) that publish; the
+    one after it queues it (or finds it queued: the same message id, or claimed): both runs succeed,
+    each attempt run once."""
+    log = tmp_path / "runs.log"
+    with instead_of(operator, devenv, tmp_path / "operator.log", COMPOZY_NAMESPACES=namespace) as op:
+        one_running_one_queued(kubectl, kube, namespace, "k", log)
+        op.kill()
+        jetstream(devenv, lambda js: js.delete_stream(POOL_STREAM))
+        armed = OperatorProcess(devenv, extra_env={**OPERATOR_ENV, "COMPOZY_NAMESPACES": namespace,
+                                                   "COMPOZY_FAILPOINTS": point}, log_path=tmp_path / "armed.log")
+        try:
+            armed.start(wait_ready=False)  # it queues again while it starts
+            crashed_at(armed, point)
+        finally:
+            armed.stop()
+        op.start()
+        for name in ("k-1", "k-2"):
+            status = wait_finished(kubectl, namespace, name, 90)
+            assert status["phase"] == "Succeeded" and status["tasks"]["a"]["attempt"] == 1, status
+        assert sorted(log.read_text().split()) == ["k-1", "k-2"]
 
 
 HOG = "def run(input, ctx):\n    return {'n': len(bytearray(2 << 30))}\n"  # 2 GiB

@@ -398,3 +398,71 @@ def test_a_failed_batch_fails_the_pipeline() -> None:
             await batches.submit(broken)
 
     asyncio.run(scenario())
+
+
+def urgent_write_scenario(decide_seconds: float, follow: list[dict[str, Any]],
+                          end: dict[str, Any] | None = None) -> tuple[FakeKube, list[FakeMsg], list[str]]:
+    """A task's ``end`` is folded with deferral on; the orchestrator's decision on it takes
+    ``decide_seconds`` and then publishes ``follow`` (delivered to the manager as its fetch would).
+    Returns the API, every message, and the reasons of the Kubernetes Events posted."""
+    kube = FakeKube()
+    sent: list[FakeMsg] = []
+    decided: list[bool] = []
+    posted: list[str] = []
+
+    async def scenario() -> None:
+        m: StateManager
+
+        async def on_status(obj: dict[str, Any], _: list) -> None:
+            if obj["status"].get("phase") != "Running" or decided:
+                return
+            decided.append(True)
+            await asyncio.sleep(decide_seconds)
+            published = [FakeMsg(b["subject"], encode(b), seq) for seq, b in enumerate(follow, start=3)]
+            sent.extend(published)
+            await m.apply_batch(published)  # type: ignore[arg-type]
+
+        m = StateManager(SimpleNamespace(), kube, on_status, defer=5)  # type: ignore[arg-type]
+        m.recorder = SimpleNamespace(post=lambda _obj, _type, reason, _msg: posted.append(reason))  # type: ignore[assignment]
+        first = msgs_of(event(EventType.WORKFLOW_STARTED, None, None, workflow="wf", taskCount=2),
+                        end or event(EventType.TASK_SUCCESS, output={"n": 1}))
+        await m.apply_batch(first)  # type: ignore[arg-type]
+        sent[:0] = first
+        for _ in range(300):
+            if len(sent) == len(first) + len(follow) and all(msg.settled for msg in sent):
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
+    return kube, sent, posted
+
+
+def test_the_events_a_tasks_end_causes_share_its_status_patch() -> None:
+    """The next dispatch and the run's end, published by the decision on a task's end, are written in
+    the same PATCH as that end (one write per hop), and every event is acknowledged after it."""
+    kube, msgs, _ = urgent_write_scenario(0.05, [event(EventType.TASK_DISPATCHED, task="b", podName="run-b-1"),
+                                              event(EventType.WORKFLOW_SUCCESS, None, None, output={})])
+    assert len(kube.patches) == 1, kube.patches
+    status = kube.patches[0]["status"]
+    assert status["tasks"]["a"]["phase"] == "Succeeded" and "b" in status["tasks"] and status["phase"] == "Succeeded"
+    assert [msg.settled for msg in msgs] == [[("ack", None)]] * 4
+
+
+def test_a_slow_decision_does_not_hold_the_tasks_end_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write waits for the decision at most DECISION_WAIT: what it publishes later is written after."""
+    monkeypatch.setattr(state_manager, "DECISION_WAIT", 0.1)
+    kube, msgs, _ = urgent_write_scenario(0.5, [event(EventType.WORKFLOW_SUCCESS, None, None, output={})])
+    assert len(kube.patches) == 2, kube.patches
+    assert kube.patches[0]["status"]["tasks"]["a"]["phase"] == "Succeeded" and kube.patches[0]["status"]["phase"] == "Running"
+    assert kube.patches[1]["status"]["phase"] == "Succeeded"
+    assert all(msg.settled == [("ack", None)] for msg in msgs)
+
+
+def test_a_failed_attempt_retried_in_the_same_write_still_makes_its_event() -> None:
+    """The attempt's failure and the retry its decision scheduled share one PATCH; the status never
+    shows the attempt Failed, yet its TaskFailed Event (and metrics) are observed."""
+    kube, _, posted = urgent_write_scenario(
+        0.01, [event(EventType.TASK_RETRY_SCHEDULED, attempt=2, notBefore="2026-01-01T00:00:05Z", delay=1.0)],
+        end=event(EventType.TASK_FAILED, error={"reason": "ToolError", "message": "boom"}))
+    assert len(kube.patches) == 1 and kube.patches[0]["status"]["tasks"]["a"]["attempt"] == 2, kube.patches
+    assert sorted(posted) == ["Started", "TaskFailed"]
