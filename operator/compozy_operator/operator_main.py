@@ -229,7 +229,8 @@ class Operator:
         """Answer the NATS server's authorization requests of task pods until cancelled."""
         assert self.callout_config is not None
         # the orchestrator's connection reads the command that proves a pooled attempt
-        service = await CalloutService(self.callout_config, self.kube, commands=self.bus.get_command).start()
+        service = await CalloutService(self.callout_config, self.kube, commands=self.bus.get_command,
+                                       pods_watched=True).start()
         self.callout = service
         try:
             await asyncio.Event().wait()

@@ -159,6 +159,7 @@ def test_a_pooled_run_in_callout_mode_and_what_a_runners_token_cannot_get(
 
     token = _token(kube, runner)
     before = op.metrics()
+    kept = _metric(before, "compozy_nats_token_reviews_total", '{source="kept"}')
     asks = {"an ended attempt of its own pool": work(ended), "a pod's attempt": work(in_a_pod),
             "a live attempt of another pool": work(elsewhere),
             "an attempt of another namespace": work(elsewhere, namespace=other)}
@@ -168,6 +169,8 @@ def test_a_pooled_run_in_callout_mode_and_what_a_runners_token_cannot_get(
     counted = {r: _metric(after, "compozy_nats_auth_total", f'{{result="{r}"}}') -
                _metric(before, "compozy_nats_auth_total", f'{{result="{r}"}}') for r in REASONS}
     assert counted == {"ended": 1, "wrong_pool": 1, "not_pooled": 1, "wrong_namespace": 1}, counted
+    # the runner token's review is kept between its logins (one TokenReview, not one per attempt)
+    assert _metric(after, "compozy_nats_token_reviews_total", '{source="kept"}') - kept >= 3
 
     # the runner's own identity, taken by a hostile tool
     forged = make_event(EventType.TASK_SUCCESS, "x", ns, "waits-1", uid, "w", 1, publisher=Publisher.ATTEMPT,
@@ -204,13 +207,15 @@ def test_a_pooled_run_in_callout_mode_and_what_a_runners_token_cannot_get(
         closed = kicked.is_set()
         if not nc.is_closed:
             await nc.close()
-        return refused, allowed, closed
+        # and the kept review went with the pod: the token logs in no more
+        again = await _as_attempt(server.url, token, work(elsewhere))
+        return refused, allowed, closed and again is not None
 
     refused, allowed, closed = asyncio.run(probe())
     print("\nrunner token:", json.dumps(refused, indent=1))
     assert all(refused.values()), refused
     assert allowed == {"pull from its pool": False, "received nothing": True}, allowed
-    assert closed, "the runner token's connection was not closed when its pod was deleted"
+    assert closed, "the runner token's connection was not closed (or it logged in again) when its pod was deleted"
     metrics = op.metrics()
     assert _metric(metrics, "compozy_nats_kicks_total", '{result="kicked"}') >= 1, metrics
     count = _metric(metrics, "compozy_nats_auth_duration_seconds_count")

@@ -5,7 +5,11 @@ build them; the permissions are checked against a table of what a runner may and
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import copy
+import json
+import time
 from typing import Any
 
 import pytest
@@ -13,10 +17,11 @@ import pytest
 from compozy_operator.events import (EventType, Publisher, cancel_subject, command_subject, log_subject, make_event,
                                      pool_attempt_user, pool_consumer, pool_subject, runner_inbox_prefix,
                                      stop_subject)
-from compozy_operator.kube import Kube
+from compozy_operator.kube import ApiException, Kube
 from compozy_operator.nats_auth import decision
 from compozy_operator.nats_auth.callout import REMEMBERED_PER_POD, CalloutConfig, CalloutService
 from compozy_operator.nats_auth.decision import Grant, PoolAttempt, Refusal, decide, decide_pool_attempt
+from compozy_operator.nats_auth.jwt import AuthorizationRequest
 from compozy_operator.nats_auth.keys import CalloutKeys
 from compozy_operator.nats_auth.permissions import allows, attempt_permissions, runner_permissions
 from compozy_operator.pools import PoolWork, runner_deployment
@@ -280,3 +285,102 @@ def test_a_runner_pods_connections_are_remembered_newest_first_and_bounded() -> 
     kept = list(service.connections["runner-uid"])
     assert len(kept) == REMEMBERED_PER_POD and kept[-1] == ("server", REMEMBERED_PER_POD + 9) and kept[0][1] == 10
     assert list(service.connections["task-uid"]) == [("server", 1)]
+
+
+# ---- a runner token's review, kept between its logins ------------------------------------------
+
+def _token(exp: int) -> str:
+    """A ServiceAccount token as far as the callout reads it without the API server (its ``exp``)."""
+    claims = base64.urlsafe_b64encode(json.dumps({"exp": exp}).encode()).decode().rstrip("=")
+    return f"h.{claims}.s"
+
+
+class CountingKube:
+    """The API server as the callout uses it: TokenReview and GETs, counted; ``pods`` as they are now."""
+
+    def __init__(self, *pods: dict[str, Any]) -> None:
+        self.pods = {p["metadata"]["uid"]: p for p in pods}
+        self.reviews = self.gets = 0
+
+    def request(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.reviews += 1
+        pod = self.pods.get(body["spec"]["token"].split("|")[-1]) if "|" in body["spec"]["token"] else None
+        return {"status": _review(pod) if pod else {"authenticated": False, "error": "the pod is gone"}}
+
+    def get(self, path: str) -> dict[str, Any]:
+        self.gets += 1
+        if "/pods/" in path:
+            found = [p for p in self.pods.values() if path.endswith("/" + p["metadata"]["name"])]
+            if found:
+                return found[0]
+            raise ApiException(status=404, reason="Not Found")
+        return _execution()
+
+
+def _request(token: str, user: str | None = None) -> AuthorizationRequest:
+    return AuthorizationRequest(server_id="S", user_nkey="U", token=None, user=user, password=token,
+                                client_name="c", client_host="h", expires=None, client_id=1)
+
+
+def _service(kube: CountingKube, watched: bool = True) -> CalloutService:
+    async def commands(_: str) -> tuple[str, Any]:
+        return _command()
+    return CalloutService(CalloutConfig("nats://127.0.0.1:1", CalloutKeys().issuer_seed, "COMPOZY"),
+                          kube, commands=commands, pods_watched=watched)  # type: ignore[arg-type]
+
+
+def test_a_runner_tokens_review_is_kept_until_its_pod_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pooled attempt's login presents the runner pod's token: its TokenReview and pod GET are
+    made once, not per attempt, until the pod ends; then the token is reviewed again (and refused)."""
+    pod = _runner_pod()
+    kube = CountingKube(pod)
+    service = _service(kube)
+    token = _token(int(time.time()) + 3600) + "|pod-uid"
+    attempt = pool_attempt_user(WORK.dump())
+
+    async def scenario() -> list[Any]:
+        got = [await service.authorize(_request(token, attempt)) for _ in range(5)]
+        await service.end_pod("pod-uid")
+        del kube.pods["pod-uid"]
+        got.append(await service.authorize(_request(token, attempt)))
+        return got
+
+    got = asyncio.run(scenario())
+    assert all(isinstance(g, Grant) for g in got[:5]), got
+    assert isinstance(got[5], Refusal) and got[5].reason == decision.UNAUTHENTICATED, got[5]
+    assert kube.reviews == 2 and kube.gets == 1 + 5, (kube.reviews, kube.gets)  # one pod GET, a run GET per attempt
+
+
+@pytest.mark.parametrize("case", ["a task pod's token", "no pod watch (the standalone callout)", "no expiry"])
+def test_a_review_is_not_kept_where_nothing_would_drop_it(case: str) -> None:
+    pod = _runner_pod()
+    if case == "a task pod's token":
+        pod["metadata"]["labels"]["app.kubernetes.io/component"] = "task"
+    kube = CountingKube(pod)
+    service = _service(kube, watched=case != "no pod watch (the standalone callout)")
+    token = (_token(int(time.time()) + 3600) if case != "no expiry" else "opaque") + "|pod-uid"
+
+    async def scenario() -> None:
+        for _ in range(3):
+            await service.authorize(_request(token))
+
+    asyncio.run(scenario())
+    assert kube.reviews == 3 and not service.reviews
+
+
+def test_a_grant_checked_while_its_pod_ended_is_refused() -> None:
+    """The pod ends (its connections are kicked) while a login through its token is being checked: that
+    grant would never be kicked, so it is not given."""
+    kube = CountingKube(_runner_pod())
+    service = _service(kube)
+    token = _token(int(time.time()) + 3600) + "|pod-uid"
+    real = service._checked
+
+    async def ending_meanwhile(t: str) -> Any:
+        checked = await real(t)
+        await service.end_pod("pod-uid")
+        return checked
+
+    service._checked = ending_meanwhile  # type: ignore[method-assign]
+    got = asyncio.run(service.authorize(_request(token, pool_attempt_user(WORK.dump()))))
+    assert isinstance(got, Refusal) and got.reason == decision.POD_GONE, got

@@ -32,6 +32,7 @@ compozy_operator.nats_auth.callout`` with the environment of :meth:`CalloutConfi
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -52,8 +53,9 @@ from . import jwt
 from .keys import AUTH_SUBJECT, KICK_INBOX, KICK_SUBJECT
 from ..resources.paths import executions_path
 from ..wire import command_subject
-from .decision import AUDIENCE, DEFAULT_MAX_TTL, ERROR, INVALID_REQUEST, NO_TOKEN, Grant, PoolAttempt, PodRef, \
-    Refusal, decide, decide_pool_attempt, reviewed_pod, token_expiry
+from .decision import AUDIENCE, COMPONENT, DEFAULT_MAX_TTL, ERROR, INVALID_REQUEST, NO_TOKEN, POD_GONE, Grant, \
+    PoolAttempt, PodRef, Refusal, decide, decide_pool_attempt, reviewed_pod, token_expiry
+from ..pools import RUNNER_COMPONENT
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +64,20 @@ AUTH_TOTAL = Counter("compozy_nats_auth_total", "NATS connections the auth callo
                      "(granted, or why refused)", ["result"])
 KICKS = Counter("compozy_nats_kicks_total", "Task and runner pod NATS connections closed because their pod ended, "
                 "by result (kicked; gone: already closed; error)", ["result"])
+REVIEWS = Counter("compozy_nats_token_reviews_total", "Tokens the auth callout checked, by where their review "
+                  "came from (api: a TokenReview and a pod GET; kept: a runner token's, kept from its last login)",
+                  ["source"])
 REMEMBERED_PODS = 50_000  # pods whose connections are remembered (the oldest are forgotten beyond)
 # connections remembered per pod, the newest: a pool runner's token logs in once per attempt it runs
 # (thousands in a long life; those of ended attempts are closed already, and an older one a tool kept
 # open lives until its JWT's expiry)
 REMEMBERED_PER_POD = 1024
+# A runner pod's token logs in once per attempt it runs: its TokenReview and pod are kept this long
+# (never past the token's expiry) and dropped the moment its pod ends or is deleted (the operator's
+# pod watch: end_pod), so a pooled attempt's login costs the two reads that prove the attempt only.
+RUNNER_REVIEW_SECONDS = 10.0
+RUNNER_REVIEWS = 1024  # runner tokens kept (the least recently used are dropped beyond)
+ENDED_PODS = 4096  # uids of pods seen ended, newest: a grant checked while its pod ended is refused
 AUTH_SECONDS = Histogram("compozy_nats_auth_duration_seconds", "Time to answer one NATS authorization request "
                          "(TokenReview and pod lookup included)",
                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
@@ -102,12 +113,18 @@ CommandReader = Callable[[str], Awaitable[tuple[str, Any] | None]]  # bus.Bus.ge
 
 class CalloutService:
     def __init__(self, config: CalloutConfig, kube: Kube, concurrency: int = 16,
-                 commands: CommandReader | None = None) -> None:
+                 commands: CommandReader | None = None, pods_watched: bool = False) -> None:
         """``commands``: reads the TaskExecute command stored on a subject (the operator's
-        connection); without it, no pooled attempt's identity can be proven, and none is granted."""
+        connection); without it, no pooled attempt's identity can be proven, and none is granted.
+        ``pods_watched``: :meth:`end_pod` is called for every task and runner pod that ends (the
+        operator's pod watch), so a runner token's review may be reused until then."""
         self.config = config
         self.kube = kube
         self.commands = commands
+        self.review_seconds = RUNNER_REVIEW_SECONDS if pods_watched else 0.0
+        # sha256 of a runner's token -> (kept until, its TokenReview status, its pod)
+        self.reviews: OrderedDict[str, tuple[float, dict[str, Any], dict[str, Any]]] = OrderedDict()
+        self.ended: OrderedDict[str, None] = OrderedDict()
         self.signer = jwt.keypair(config.issuer_seed)
         self.issuer = self.signer.public_key.decode()
         self.nc: Client | None = None
@@ -150,7 +167,12 @@ class CalloutService:
             self.connections.popitem(last=False)
 
     async def end_pod(self, pod_uid: str) -> None:
-        """Close the connections granted to a pod that has ended or is gone."""
+        """Close the connections granted to a pod that has ended or is gone; grant it nothing more."""
+        self.ended[pod_uid] = None
+        while len(self.ended) > ENDED_PODS:
+            self.ended.popitem(last=False)
+        for key in [k for k, (_, _, pod) in self.reviews.items() if pod["metadata"].get("uid") == pod_uid]:
+            del self.reviews[key]
         for server_id, client_id in self.connections.pop(pod_uid, ()):
             KICKS.labels(result=await self._kick(server_id, client_id)).inc()
 
@@ -206,13 +228,17 @@ class CalloutService:
         return jwt.encode(answer, self.signer).encode()
 
     async def authorize(self, request: jwt.AuthorizationRequest) -> Grant | Refusal:
+        outcome = await self._authorize(request)
+        if isinstance(outcome, Grant) and outcome.pod.uid in self.ended:  # it ended (was kicked) meanwhile
+            return Refusal(POD_GONE, f"pod {outcome.pod.namespace}/{outcome.pod.name} has ended")
+        return outcome
+
+    async def _authorize(self, request: jwt.AuthorizationRequest) -> Grant | Refusal:
         token = request.credential
         if not token:
             return Refusal(NO_TOKEN, "no token presented")
         try:
-            status = await asyncio.to_thread(self._review, token)
-            ref = reviewed_pod(status, self.config.audience)
-            pod = await asyncio.to_thread(self._pod, ref) if isinstance(ref, PodRef) else None
+            status, pod = await self._checked(token)
         except Exception as e:  # noqa: BLE001 - fail closed
             return Refusal(ERROR, f"could not check the token: {type(e).__name__}: {str(e)[:200]}")
         outcome = decide(status, pod, token_expiry(token), time.time(), self.config.max_ttl, self.config.audience,
@@ -228,6 +254,29 @@ class CalloutService:
         except Exception as e:  # noqa: BLE001 - fail closed
             return Refusal(ERROR, f"could not check the pooled attempt: {type(e).__name__}: {str(e)[:200]}")
         return decide_pool_attempt(outcome, execution, command)
+
+    async def _checked(self, token: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The token's TokenReview status and the pod it is bound to (None: none, or not found); a
+        runner pod's kept for a while (RUNNER_REVIEW_SECONDS)."""
+        key, now = hashlib.sha256(token.encode()).hexdigest(), time.time()
+        kept = self.reviews.get(key)
+        if kept is not None and kept[0] > now:
+            self.reviews.move_to_end(key)
+            REVIEWS.labels(source="kept").inc()
+            return kept[1], kept[2]
+        self.reviews.pop(key, None)
+        REVIEWS.labels(source="api").inc()
+        status = await asyncio.to_thread(self._review, token)
+        ref = reviewed_pod(status, self.config.audience)
+        pod = await asyncio.to_thread(self._pod, ref) if isinstance(ref, PodRef) else None
+        meta = (pod or {}).get("metadata") or {}
+        until = min(now + self.review_seconds, token_expiry(token) or now)
+        if until > now and pod is not None and (meta.get("labels") or {}).get(COMPONENT) == RUNNER_COMPONENT \
+                and meta.get("uid") not in self.ended:
+            self.reviews[key] = (until, status, pod)
+            while len(self.reviews) > RUNNER_REVIEWS:
+                self.reviews.popitem(last=False)
+        return status, pod
 
     def _review(self, token: str) -> dict[str, Any]:
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
