@@ -225,8 +225,7 @@ class StateManager:
                 await batches.submit(lambda: self.start_batch(msgs))
         finally:
             batches.cancel()  # what they had not acknowledged is redelivered
-            for task in self.writes:
-                task.cancel()
+            self.drop_pending()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
@@ -361,6 +360,17 @@ class StateManager:
                 return
             await self._flush(key)
         await self._decided(key, decided)
+
+    def drop_pending(self) -> None:
+        """Forget every folded, unwritten event (the loop stops; its supervisor may start it again):
+        none is acknowledged, so each is redelivered and folded again, as after a crash. Nothing is
+        left marked as being written by a write that will never come."""
+        for task in self.writes:
+            task.cancel()
+        for p in self.pending.values():
+            if p.timer is not None:
+                p.timer.cancel()
+        self.pending.clear()
 
     def _write_after(self, key: Key, decided: asyncio.Task[None]) -> None:
         """Flush ``key`` once ``decided`` is done (or DECISION_WAIT has passed) and LINGER more."""

@@ -466,3 +466,36 @@ def test_a_failed_attempt_retried_in_the_same_write_still_makes_its_event() -> N
         end=event(EventType.TASK_FAILED, error={"reason": "ToolError", "message": "boom"}))
     assert len(kube.patches) == 1 and kube.patches[0]["status"]["tasks"]["a"]["attempt"] == 2, kube.patches
     assert sorted(posted) == ["Started", "TaskFailed"]
+
+
+def test_events_left_unwritten_by_a_stopped_loop_are_written_when_redelivered() -> None:
+    """The loop stops (its supervisor restarts it) while a task's end waits for its decision: its write
+    never comes, and the redelivered event must not find the execution marked as being written."""
+    kube = FakeKube()
+    hang = asyncio.Event()
+
+    async def scenario() -> None:
+        async def on_status(_: dict[str, Any], __: list) -> None:
+            await hang.wait()
+
+        m = StateManager(SimpleNamespace(), kube, on_status, defer=5)  # type: ignore[arg-type]
+        first = msgs_of(event(EventType.WORKFLOW_STARTED, None, None, workflow="wf", taskCount=1),
+                        event(EventType.TASK_SUCCESS, output={}))
+        await m.apply_batch(first)  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        m.drop_pending()
+        hang.set()
+        again = msgs_of(event(EventType.WORKFLOW_STARTED, None, None, workflow="wf", taskCount=1),
+                        event(EventType.TASK_SUCCESS, output={}))
+        for msg in again:
+            msg.num_delivered = 2
+        await m.apply_batch(again)  # type: ignore[arg-type]
+        for _ in range(200):
+            if all(msg.settled for msg in again):
+                break
+            await asyncio.sleep(0.01)
+        assert not any(msg.settled for msg in first)
+        assert [msg.settled for msg in again] == [[("ack", None)]] * 2
+
+    asyncio.run(scenario())
+    assert len(kube.patches) == 1 and kube.patches[0]["status"]["tasks"]["a"]["phase"] == "Succeeded"
