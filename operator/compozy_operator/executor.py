@@ -316,7 +316,7 @@ def _start(wf: WorkflowSpec, task: Task, key: str, attempt: int, context: dict[s
             return Dispatch(key, attempt, rendered, agent=_agent_call(wf, task, {**context, "input": rendered}))
     except TemplateError as e:
         return FailTask(key, attempt, e.reason, str(e))
-    return Dispatch(key, attempt, rendered, tool=_tool(wf, task.tool))
+    return Dispatch(key, attempt, rendered, tool=_tool(wf, task.tool).pooled(wf.pool))
 
 
 def _finish_success(wf: WorkflowSpec, status: WorkflowExecutionStatus, run: RunContext) -> Finish:

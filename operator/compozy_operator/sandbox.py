@@ -152,7 +152,7 @@ def _decode_dispatch(d: dict[str, Any], wf: WorkflowSpec) -> Dispatch:
             raise _Bad("agent tools differ from the workflow's")
         call = AgentCall(agent, action, _get(a, "instructions", str, optional=True), _get(a, "prompt", str), tools)
         return Dispatch(task, attempt, value, agent=call)
-    return Dispatch(task, attempt, value, tool=_tool(wf, _get(d, "tool", str)))
+    return Dispatch(task, attempt, value, tool=_tool(wf, _get(d, "tool", str)).pooled(wf.pool))
 
 
 def decode_action(d: Any, wf: WorkflowSpec) -> Action:

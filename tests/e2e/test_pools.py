@@ -97,6 +97,31 @@ def test_a_workflow_runs_on_warm_runners_without_a_pod_per_task(operator: Operat
     assert deployment["metadata"]["ownerReferences"][0]["kind"] == "RunnerPool"
 
 
+def test_a_workflows_default_pool_and_the_tools_that_keep_a_pod(operator: OperatorProcess, kubectl: Kubectl,
+                                                                 kube: Kube, namespace: str) -> None:
+    """spec.pool runs every tool on the pool but those that keep a pod of their own: isolation pod, or
+    a setting only a pod can have (env). A tool cannot ask for both a pool and isolation pod: refused at
+    apply, naming the field."""
+    tools = [{"id": "plain", "python": PY_OK}, {"id": "isolated", "python": PY_OK, "isolation": "pod"},
+             {"id": "with-env", "python": PY_OK, "env": [{"name": "A", "value": "1"}]}]
+    wf = {"apiVersion": "compozy.dev/v1alpha1", "kind": "Workflow", "metadata": {"name": "default-pool"},
+          "spec": {"pool": "warm", "tools": tools, "tasks": [{"id": "all", "type": "parallel", "tasks": [
+              {"id": "p", "tool": "plain", "with": {"n": 1}}, {"id": "i", "tool": "isolated", "with": {"n": 2}},
+              {"id": "e", "tool": "with-env", "with": {"n": 3}}]}]}}
+    apply(kubectl, namespace, pool("warm"), wf, execution("default-pool-1", "default-pool"))
+    status = wait_finished(kubectl, namespace, "default-pool-1", timeout=90)
+    assert status["phase"] == "Succeeded", status
+    runner_names = {p["metadata"]["name"] for p in runners(kube, namespace)}
+    t = status["tasks"]
+    assert t["p"]["podName"] in runner_names, (t["p"], runner_names)
+    assert t["i"]["podName"] not in runner_names and t["e"]["podName"] not in runner_names, t
+    assert t["i"]["podName"].startswith("default-pool-1-") and t["e"]["podName"].startswith("default-pool-1-")
+    both = {**tools[1], "pool": "warm"}
+    out = kubectl.apply(namespace, {**wf, "metadata": {"name": "both"}, "spec": {**wf["spec"], "tools": [both]}})
+    assert out.returncode != 0 and "isolation: a tool with isolation pod runs in a pod of its own" in out.stderr, \
+        out.stderr
+
+
 def test_a_crashing_tool_takes_down_only_its_own_attempt(operator: OperatorProcess, kubectl: Kubectl, kube: Kube,
                                                          namespace: str) -> None:
     apply(kubectl, namespace, pool("warm", maxReplicas=1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -169,3 +170,24 @@ def test_the_fork_server_preload_leaves_an_agent_attempt_nothing_to_import() -> 
             "print(sorted(set(sys.modules) - before), len(_TLS), gc.get_freeze_count() > 100_000)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["[]", "1", "True"], out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(("tool", "pool"), [
+    ({}, "warm"),
+    ({"pool": "own"}, "own"),
+    ({"isolation": "pod"}, None),
+    ({"image": "example.com/tool:1"}, None),
+    ({"env": [{"name": "A", "value": "1"}]}, None),
+    ({"resources": {"limits": {"memory": "1Gi"}}}, None),
+])
+def test_a_workflows_default_pool_takes_each_tool_that_can_run_there(tool: dict[str, Any], pool: str | None) -> None:
+    t = Tool.model_validate({"id": "t", "python": "def run(i, c): return {}", **tool})
+    assert t.pooled("warm").pool == pool
+    assert t.pooled(None).pool == tool.get("pool")
+
+
+def test_a_tool_cannot_ask_for_a_pool_and_a_pod_of_its_own() -> None:
+    with pytest.raises(ValidationError, match="isolation: a tool with isolation pod runs in a pod of its own"):
+        Tool.model_validate({"id": "t", "python": "x", "pool": "warm", "isolation": "pod"})
+    with pytest.raises(ValidationError, match="isolation"):
+        Tool.model_validate({"id": "t", "python": "x", "isolation": "pool"})  # pod is the only value

@@ -29,8 +29,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from .models import (DURATION_PATTERN, GROUP, POOLED_AGENT_KEY_MESSAGE, UNPOOLED_KEY_ENV_MESSAGE, VERSION,
-                     RunnerPoolSpec, RunnerPoolStatus, WorkflowExecutionSpec, WorkflowExecutionStatus, WorkflowSpec)
+from .models import (DURATION_PATTERN, GROUP, ISOLATED_POOL_MESSAGE, POD_FIELDS, POOLED_AGENT_KEY_MESSAGE,
+                     UNPOOLED_KEY_ENV_MESSAGE, VERSION, RunnerPoolSpec, RunnerPoolStatus, WorkflowExecutionSpec,
+                     WorkflowExecutionStatus, WorkflowSpec, pooled_field_message)
 
 JSON = dict[str, Any]
 
@@ -108,6 +109,17 @@ AGENT_RULES = [
 
 def agent_extras(path: str) -> JSON:
     return {VALIDATIONS: AGENT_RULES}
+
+
+#: CEL rules for each tool: a tool on a pool has the pool's settings, and no pod of its own.
+TOOL_RULES = [
+    _rule("!has(self.pool) || !has(self.isolation)", ISOLATED_POOL_MESSAGE, ".isolation"),
+    *[_rule(f"!has(self.pool) || !has(self.{field})", pooled_field_message(field), f".{field}") for field in POD_FIELDS],
+]
+
+
+def tool_extras(path: str) -> JSON:
+    return {VALIDATIONS: TOOL_RULES}
 
 
 def workflow_spec_rules(path: str) -> list[JSON]:
@@ -323,7 +335,7 @@ def _with_rules(schema: JSON, rules: list[JSON], description: str | None = None)
 
 
 def workflow_spec_schema() -> JSON:
-    schema = structural_schema(WorkflowSpec, "spec", {"Task": task_extras, "Agent": agent_extras})
+    schema = structural_schema(WorkflowSpec, "spec", {"Task": task_extras, "Agent": agent_extras, "Tool": tool_extras})
     return _with_rules(schema, workflow_spec_rules("spec"),
                        "The workflow: its tools, agents and tasks. tasks[0] starts the run.")
 
@@ -331,7 +343,7 @@ def workflow_spec_schema() -> JSON:
 def workflow_execution_spec_schema() -> JSON:
     schema = structural_schema(
         WorkflowExecutionSpec, "spec",
-        {"Task": task_extras, "Agent": agent_extras,
+        {"Task": task_extras, "Agent": agent_extras, "Tool": tool_extras,
          "WorkflowSpec": lambda path: {VALIDATIONS: workflow_spec_rules(path)}},
     )
     return _with_rules(schema, EXECUTION_SPEC_RULES,

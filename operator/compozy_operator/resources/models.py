@@ -25,6 +25,16 @@ POOLED_AGENT_KEY_MESSAGE = ("an agent with a pool runs on the pool's runners, wh
                             "the secretKeyRef in the RunnerPool's env and name that variable in model.apiKeyEnv")
 UNPOOLED_KEY_ENV_MESSAGE = ("only for an agent with a pool (its key is then the pool's variable); an agent in pods of "
                             "its own gets its key from model.apiKeySecretRef")
+#: Why a tool with a pool refuses isolation pod, and its own image, env or resources (also CEL's words: crd.py).
+ISOLATED_POOL_MESSAGE = ("isolation: a tool with isolation pod runs in a pod of its own, never on a pool; drop isolation "
+                         "or pool")
+
+
+def pooled_field_message(field: str) -> str:
+    return (f"{field}: a tool with a pool runs on the pool's runners, which have the pool's {field}; drop {field} "
+            "or pool")
+
+
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
 
@@ -71,6 +81,9 @@ class SecretKeyRef(Model):
     key: str = Field(description="Key within the Secret.")
 
 
+POD_FIELDS = ("image", "env", "resources")  # a tool's settings that only a pod of its own can have
+
+
 class Tool(Model):
     id: str = Field(pattern=ID_PATTERN, max_length=63, description="Tool id, referenced by tasks and agents.")
     description: str | None = Field(None, description="What the tool does (shown to agents).")
@@ -88,15 +101,28 @@ class Tool(Model):
         None, pattern=ID_PATTERN, max_length=63,
         description="Name of a RunnerPool in the run's namespace: attempts run as processes forked on its warm "
         "runners instead of a pod each (docs/pools.md); not with image, env or resources (the pool's apply).")
+    isolation: Literal["pod"] | None = Field(
+        None, description="pod: every attempt in a pod of its own, never on a pool, even when the Workflow's "
+        "spec.pool names one; not with pool.")
 
     @model_validator(mode="after")
     def _pooled(self) -> Tool:
         if self.pool is not None:
-            for field in ("image", "env", "resources"):
+            if self.isolation == "pod":
+                raise ValueError(ISOLATED_POOL_MESSAGE)
+            for field in POD_FIELDS:
                 if getattr(self, field) is not None:
-                    raise ValueError(f"{field}: a tool with a pool runs on the pool's runners, which have the "
-                                     f"pool's {field}; drop {field} or pool")
+                    raise ValueError(pooled_field_message(field))
         return self
+
+    def pooled(self, default: str | None) -> Tool:
+        """This tool as a task runs it under a Workflow whose ``spec.pool`` is ``default``: on its own
+        pool; else on the default unless it keeps a pod of its own (an image, env or resources of its
+        own, which only a pod can have, or isolation pod)."""
+        if self.pool is not None or default is None or self.isolation == "pod" \
+                or any(getattr(self, f) is not None for f in POD_FIELDS):
+            return self
+        return self.model_copy(update={"pool": default})
 
 
 class ModelConfig(Model):
@@ -274,6 +300,10 @@ class WorkflowSpec(Model):
     env: dict[str, str] | None = Field(None, description="Variables for templates (env.NAME) and task pods.")
     timeout: str | None = Field(None, pattern=DURATION_PATTERN, description="Limit on a run's wall time, e.g. 30m.")
     tools: list[Tool] | None = Field(None, max_length=100, description="Tools: Python or a command, run in task pods.")
+    pool: str | None = Field(
+        None, pattern=ID_PATTERN, max_length=63,
+        description="A RunnerPool of the run's namespace that this Workflow's tools run on by default: each tool "
+        "without a pool of its own, image, env, resources or isolation pod (docs/pools.md). Agents name theirs.")
     agents: list[Agent] | None = Field(
         None, max_length=100, description="LLM agents; a task runs one of their actions."
     )
