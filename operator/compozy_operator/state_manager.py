@@ -3,8 +3,8 @@
 A durable pull consumer reads ``COMPOZY_STATE``. Each batch is grouped by execution; each group
 becomes at most one status PATCH (a merge patch of only what changed), and progress-only events
 wait briefly to share a PATCH with what follows; a task's or run's end is decided on at once and
-written with the events that decision published (the next dispatch, the run's end). Messages are acked only after their PATCH
-succeeded, so an operator crash re-delivers them (after ``ACK_WAIT``), and the reducer's
+written with the events that decision published (the next dispatch, the run's end). Messages are
+acked only after their PATCH succeeded, so an operator crash re-delivers them (after ``ACK_WAIT``), and the reducer's
 transition checks make the re-delivery a no-op. This is the only writer of the status.
 
 Nothing an event says can stop it: an event that can never be folded (malformed, or one whose
@@ -350,6 +350,7 @@ class StateManager:
             # events are already durable in the stream, which is what it replays after a
             # restart, so nothing is decided that a crash could lose.
             decided = asyncio.create_task(self.on_status({**p.obj, "status": p.after.dump()}, p.events))
+            decided.add_done_callback(lambda task: self._decision_failed(key, task))
             if self.defer > 0:
                 if not p.due:
                     p.due = True
@@ -359,7 +360,7 @@ class StateManager:
                     self._write_after(key, decided)
                 return
             await self._flush(key)
-        await self._decided(key, decided)
+        await asyncio.wait({decided})
 
     def drop_pending(self) -> None:
         """Forget every folded, unwritten event (the loop stops; its supervisor may start it again):
@@ -375,8 +376,7 @@ class StateManager:
     def _write_after(self, key: Key, decided: asyncio.Task[None]) -> None:
         """Flush ``key`` once ``decided`` is done (or DECISION_WAIT has passed) and LINGER more."""
         async def write() -> None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._decided(key, decided)), DECISION_WAIT)
+            await asyncio.wait({decided}, timeout=DECISION_WAIT)  # (a timeout leaves the decision going)
             await asyncio.sleep(LINGER)
             await self._flush_later(key)
         task = asyncio.ensure_future(write())
@@ -384,11 +384,11 @@ class StateManager:
         task.add_done_callback(self.writes.discard)
 
     @staticmethod
-    async def _decided(key: Key, decided: asyncio.Task[None]) -> None:
-        try:
-            await decided
-        except Exception:  # noqa: BLE001 - the status gets written; its watch event brings the orchestrator back
-            log.exception("the orchestrator failed to decide on %s/%s", *key)
+    def _decision_failed(key: Key, decided: asyncio.Task[None]) -> None:
+        """Log a decision that raised: the status gets written, and its watch event brings the
+        orchestrator back to it."""
+        if not decided.cancelled() and (e := decided.exception()) is not None:
+            log.error("the orchestrator failed to decide on %s/%s", *key, exc_info=e)
 
     async def _flush_later(self, key: Key) -> None:
         async with self.locks[key]:

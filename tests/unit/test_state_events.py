@@ -499,3 +499,29 @@ def test_events_left_unwritten_by_a_stopped_loop_are_written_when_redelivered() 
 
     asyncio.run(scenario())
     assert len(kube.patches) == 1 and kube.patches[0]["status"]["tasks"]["a"]["phase"] == "Succeeded"
+
+
+@pytest.mark.parametrize("defer", [0, 5])
+def test_a_decision_that_raises_is_logged_and_the_status_still_written(defer: float,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    kube = FakeKube()
+
+    async def on_status(_: dict[str, Any], __: list) -> None:
+        raise KeyError("boom")
+
+    async def scenario() -> list[FakeMsg]:
+        m = StateManager(SimpleNamespace(), kube, on_status, defer=defer)  # type: ignore[arg-type]
+        msgs = msgs_of(event(EventType.WORKFLOW_STARTED, None, None, workflow="wf", taskCount=1),
+                       event(EventType.TASK_SUCCESS, output={}))
+        await m.apply_batch(msgs)  # type: ignore[arg-type]
+        for _ in range(200):
+            if all(msg.settled for msg in msgs):
+                break
+            await asyncio.sleep(0.01)
+        return msgs
+
+    msgs = asyncio.run(scenario())
+    assert [msg.settled for msg in msgs] == [[("ack", None)]] * 2
+    assert kube.patches and kube.patches[-1]["status"]["tasks"]["a"]["phase"] == "Succeeded"
+    failed = [r for r in caplog.records if "failed to decide" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is not None
