@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -233,6 +234,21 @@ class Bus:
     async def create_consumer(self, stream: str, config: ConsumerConfig) -> None:
         assert self.js is not None
         await self.js.add_consumer(stream, config)
+
+    async def unacknowledged(self, stream: str, durable: str) -> tuple[int, int] | None:
+        """A durable consumer's (ack floor, messages delivered and not acknowledged), or None when
+        it does not exist."""
+        assert self.js is not None
+        try:
+            info = await self.js.consumer_info(stream, durable)
+        except NotFoundError:
+            return None
+        return (info.ack_floor.stream_seq if info.ack_floor else 0), info.num_ack_pending or 0
+
+    async def delete_consumer(self, stream: str, durable: str) -> None:
+        assert self.js is not None
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_consumer(stream, durable)
 
     async def consumer_position(self, stream: str, durable: str) -> tuple[datetime | None, int] | None:
         """Where a durable consumer stands: (its stream's creation time, the stream sequence up to

@@ -203,6 +203,7 @@ class StateManager:
 
     async def run(self) -> None:
         """Fetch and fold until cancelled. Raises if it cannot subscribe (its supervisor restarts it)."""
+        await self.resume()
         # Creating the consumer updates an existing one to this config (e.g. an older ack_wait).
         sub = await self.bus.durable_pull(STATE_STREAM, consumer_config())
         batches = Pipeline(MAX_BATCHES)
@@ -228,6 +229,21 @@ class StateManager:
             self.drop_pending()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def resume(self) -> None:
+        """Take up at the first event not acknowledged. Events a predecessor fetched and never
+        acknowledged (it crashed, or lost its leadership, between a fold and its PATCH) would come
+        back only after ACK_WAIT, and the status would lag them meanwhile (a run could end showing a
+        task still running): the consumer is made again from its ack floor, so they come at once.
+        Events after the floor that were acknowledged come again too, and fold to nothing new."""
+        position = await self.bus.unacknowledged(STATE_STREAM, DURABLE)
+        if position is None or position[1] == 0:
+            return
+        floor, outstanding = position
+        await self.bus.delete_consumer(STATE_STREAM, DURABLE)
+        await self.bus.create_consumer(STATE_STREAM, consumer_config(floor + 1))
+        log.info("state consumer taken up again from its ack floor (%d): %d event(s) fetched and not "
+                 "acknowledged before come again now", floor, outstanding)
 
     def _fetch_failed(self, e: Exception) -> None:
         text = why(e)
