@@ -288,6 +288,14 @@ def one_running_one_queued(kubectl: Kubectl, kube: Kube, namespace: str, name: s
              == "Pending", 30, f"{name}-2's attempt to wait in the queue")
 
 
+def both_ran_once(kubectl: Kubectl, namespace: str, name: str, log: Path) -> None:
+    """Both runs of :func:`one_running_one_queued` succeed, each attempt run once and never retried."""
+    for run in (f"{name}-1", f"{name}-2"):
+        status = wait_finished(kubectl, namespace, run, 90)
+        assert status["phase"] == "Succeeded" and status["tasks"]["a"]["attempt"] == 1, status
+    assert sorted(log.read_text().split()) == [f"{name}-1", f"{name}-2"]
+
+
 @pytest.mark.parametrize("what", ["stream", "consumer"])
 def test_a_deleted_pool_queue_loses_no_attempt(what: str, operator: OperatorProcess, kubectl: Kubectl, kube: Kube,
                                                devenv: DevEnvironment, namespace: str, tmp_path: Path) -> None:
@@ -301,10 +309,7 @@ def test_a_deleted_pool_queue_loses_no_attempt(what: str, operator: OperatorProc
             jetstream(devenv, lambda js: js.delete_stream(POOL_STREAM))
         else:
             jetstream(devenv, lambda js: js.delete_consumer(POOL_STREAM, pool_consumer(namespace, "warm")))
-        for name in ("q-1", "q-2"):
-            status = wait_finished(kubectl, namespace, name, 90)
-            assert status["phase"] == "Succeeded" and status["tasks"]["a"]["attempt"] == 1, status
-        assert sorted(log.read_text().split()) == ["q-1", "q-2"]
+        both_ran_once(kubectl, namespace, "q", log)
         if what == "stream":
             assert metric(op.metrics(), "compozy_jetstream_repairs_total", f'{{name="{POOL_STREAM}"}}') > 0
             assert op.log_path is not None and "queued task a attempt 1 of" in op.log_path.read_text()
@@ -320,10 +325,7 @@ def test_an_operator_restart_leaves_running_and_queued_pooled_attempts_alone(
         one_running_one_queued(kubectl, kube, namespace, "r", log)
         op.kill()
         op.start()
-        for name in ("r-1", "r-2"):
-            status = wait_finished(kubectl, namespace, name, 90)
-            assert status["phase"] == "Succeeded" and status["tasks"]["a"]["attempt"] == 1, status
-        assert sorted(log.read_text().split()) == ["r-1", "r-2"]
+        both_ran_once(kubectl, namespace, "r", log)
         assert op.log_path is not None and "queued task a attempt 1 of" not in op.log_path.read_text()
 
 
@@ -348,10 +350,7 @@ def test_a_crash_while_queueing_a_lost_attempt_again_runs_it_once(
         finally:
             armed.stop()
         op.start()
-        for name in ("k-1", "k-2"):
-            status = wait_finished(kubectl, namespace, name, 90)
-            assert status["phase"] == "Succeeded" and status["tasks"]["a"]["attempt"] == 1, status
-        assert sorted(log.read_text().split()) == ["k-1", "k-2"]
+        both_ran_once(kubectl, namespace, "k", log)
 
 
 HOG = "def run(input, ctx):\n    return {'n': len(bytearray(2 << 30))}\n"  # 2 GiB
