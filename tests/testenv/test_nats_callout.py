@@ -11,6 +11,7 @@ at connect."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import json
 import os
@@ -249,8 +250,13 @@ def test_a_task_pod_gets_exactly_its_attempts_subjects(callout_nats: NatsServer,
 
             await bus.nc.subscribe(cancel_subject(namespace, "run-a"), cb=on_cancel)
             await bus.nc.flush()
-            await op.nc.publish(cancel_subject(namespace, "run-a"), b"{}")  # type: ignore[union-attr]
-            await asyncio.wait_for(cancelled.wait(), 5)
+            for _ in range(10):  # core NATS: at most once (seen lost once under a loaded CI); ask again
+                await op.nc.publish(cancel_subject(namespace, "run-a"), b"{}")  # type: ignore[union-attr]
+                await op.nc.flush()  # type: ignore[union-attr]
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(cancelled.wait(), 1)
+                    break
+            assert cancelled.is_set(), "the attempt's connection never received its execution's cancel"
             await bus.close()
             # ... and the operator sees all of it
             assert op.js is not None
