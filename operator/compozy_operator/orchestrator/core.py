@@ -86,7 +86,9 @@ class Orchestrator:
         current = known.newest if known and known.newest and known.newest.state_seq > status.state_seq else status
         if current.phase in TERMINAL_PHASES and not retry_due(current, max(wanted, known.wanted if known else 0)):
             workflow = ((obj.get("spec") or {}).get("workflowRef") or {}).get("name")
-            if meta["uid"] not in self.pods.finished and isinstance(workflow, str):  # its end, first seen here
+            # its end, first seen here; and again once the API server has it (the prune LISTs the runs,
+            # and a status handed over by the state manager may not be written yet)
+            if (facts is None or meta["uid"] not in self.pods.finished) and isinstance(workflow, str):
                 self.retention.workflow_seen(meta["namespace"], workflow)
             self.forget(meta["uid"], epoch(current.finished_at) if current.finished_at else None, meta["namespace"])
             await self.retention.run_seen(obj)
